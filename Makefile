@@ -1,0 +1,43 @@
+# Two commands a newcomer needs: `make demo` and `make test`. Both create .venv when it is
+# missing (quick when it is present: a stamp file remembers what was installed).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.ppu-installed
+# The local CPU build on lab laptops and CI; elsewhere: make TORCH_SPEC=torch (or your CUDA wheel).
+TORCH_SPEC ?= torch==2.13.0
+PIP := $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: demo test lint typecheck pytest bench clean env
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "-> installing PPU into $(VENV) (first time only: a few minutes)"
+	@$(PIP) install --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+	@$(PIP) install "$(TORCH_SPEC)" 2>&1 | grep -v "^WARNING: Location" || true
+	@$(PY) -c "import torch" || (echo "torch failed to install; see above" && exit 1)
+	@$(PIP) install -c constraints.txt -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+	@$(PY) -c "import ppu, bluesky, ophyd, prefect, botorch, zmq" || (echo "install failed; see above" && exit 1)
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/ppu demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check ppu drivers simulators flows tests benchmarks
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+pytest: $(STAMP)
+	$(VENV)/bin/pytest -q
+
+test: lint typecheck pytest
+
+bench: $(STAMP)
+	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,1 @@
+"""Ophyd device classes and Bluesky plans per instrument type (installed as ppu.drivers)."""

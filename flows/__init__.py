@@ -1,0 +1,1 @@
+"""Prefect flows for campaigns (installed as ppu.flows)."""

@@ -1,0 +1,101 @@
+"""The lab config: one YAML file a scientist can read (STYLE.md §7).
+
+Every field has a description and bounds; backends are listed as ``{type: ..., **kwargs}`` and
+rebuilt through :mod:`ppu.backends.registry`, where each type validates its own fields.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+
+from ppu.errors import ConfigError
+from ppu.models import Autonomy, Strict
+
+
+class OrchestratorConfig(Strict):
+    bind: str = Field("tcp://127.0.0.1:5555", description="address the orchestrator's ROUTER binds")
+    heartbeat_s: float = Field(1.0, gt=0, le=60, description="heartbeat interval both ways")
+    missed_heartbeats: int = Field(3, ge=1, le=100, description="a peer missing this many is dead")
+    max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024, le=1024**3)
+    backoff_base_s: float = Field(1.0, ge=0, le=3600, description="first retry delay of a repeatable task")
+    backoff_max_s: float = Field(300.0, ge=0, le=86400)
+    restart_grace_s: float = Field(10.0, ge=0, le=3600,
+                                   description="after a restart, how long workers have to come back")
+
+
+class AutonomyConfig(Strict):
+    default: Autonomy = Field(Autonomy.autonomous, description="level for anything not listed below")
+    backends: dict[str, Autonomy] = Field(default_factory=dict, description="backend name -> level")
+    capabilities: dict[str, Autonomy] = Field(default_factory=dict, description="capability -> level")
+    cost_threshold: float = Field(100.0, ge=0, description="supervised: approval above this cost")
+    limit_margin: float = Field(0.05, ge=0, le=0.5,
+                                description="supervised: approval for setpoints within this fraction of a limit")
+
+
+class SecurityConfig(Strict):
+    curve: bool = Field(False, description="authenticate peers with CURVE keys")
+    keys_dir: str = Field("keys", description="folder with this lab's key pairs (ppu keys generate NAME)")
+    server_key: str = Field("orchestrator", description="name of the orchestrator's key pair")
+    clients: list[str] = Field(default_factory=list, description="public keys (z85) allowed to act as clients")
+    admins: list[str] = Field(default_factory=list, description="public keys allowed to approve and override")
+    workers: dict[str, list[str]] = Field(
+        default_factory=dict, description="worker public key (z85) -> backend names it may register")
+
+
+class LabConfig(Strict):
+    name: str = Field("lab", description="a name for this lab")
+    run_dir: str = Field("runs", description="folder for the store, documents, plots")
+    store: str | None = Field(None, description="SQLAlchemy URL; default sqlite under run_dir")
+    time_scale: float = Field(1.0, gt=0, le=1e7,
+                              description="simulated lab time runs this many times faster than wall time")
+    orchestrator: OrchestratorConfig = Field(default_factory=OrchestratorConfig)
+    autonomy: AutonomyConfig = Field(default_factory=AutonomyConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
+    backends: list[dict[str, Any]] = Field(default_factory=list, description="{type: ..., name: ..., ...}")
+
+    @field_validator("backends")
+    @classmethod
+    def _names(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        names = [b.get("name") for b in v]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"backend names must be unique: {sorted(dupes)}")
+        return v
+
+    def store_url(self) -> str:
+        if self.store:
+            return self.store
+        return f"sqlite:///{(Path(self.run_dir) / 'ppu.sqlite').resolve()}"
+
+    def backend_entry(self, name: str) -> dict[str, Any]:
+        for b in self.backends:
+            if b.get("name") == name:
+                return b
+        raise ConfigError(f"no backend named {name!r} in lab {self.name}",
+                          hint=f"backends in the config: {', '.join(str(b.get('name')) for b in self.backends)}")
+
+
+def load_lab(path: str | Path) -> LabConfig:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"lab config {p} does not exist", hint="pass --config PATH to a lab YAML file")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p} is not valid YAML: {exc}") from None
+    return parse_lab(raw, source=str(p))
+
+
+def parse_lab(raw: Any, source: str = "<lab>") -> LabConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the lab config must be a mapping")
+    try:
+        return LabConfig.model_validate(raw)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        loc = ".".join(str(x) for x in e["loc"])
+        raise ConfigError(f"{source}: {loc}: {e['msg']}", field=loc) from None

@@ -1,0 +1,253 @@
+"""The vocabulary of DESIGN.md, one pydantic model each. Every model rejects unknown fields.
+
+These are the boundary forms (wire, store, config, API). The scheduler keeps a compact
+internal record of a task for speed and converts at its edge (see ``ppu.scheduler``).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Strict(BaseModel):
+    """Base for every PPU model: unknown fields are an error, assignment is validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def new_id(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:16]}"
+
+
+class ActionClass(StrEnum):
+    repeatable = "repeatable"  # digital: safe to run again
+    once = "once"  # physical: consumes material or changes the world; never re-run silently
+
+
+class TaskState(StrEnum):
+    pending = "pending"  # waiting for dependencies, approval or a retry backoff
+    ready = "ready"  # may be placed on a backend
+    assigned = "assigned"  # sent to a backend, not yet confirmed started
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+    needs_review = "needs_review"  # an interrupted `once` task: a person decides
+
+
+TERMINAL_STATES = frozenset({TaskState.succeeded, TaskState.failed, TaskState.cancelled})
+
+
+class ApprovalState(StrEnum):
+    not_required = "not_required"
+    waiting = "waiting"
+    approved = "approved"
+    rejected = "rejected"
+
+
+class Autonomy(StrEnum):
+    manual = "manual"  # every task waits for approval
+    supervised = "supervised"  # approval above a cost threshold or outside known recipes
+    autonomous = "autonomous"
+
+
+class BackendKind(StrEnum):
+    digital = "digital"
+    physical = "physical"
+
+
+class BackendState(StrEnum):
+    online = "online"
+    busy = "busy"
+    offline = "offline"
+    faulted = "faulted"
+    maintenance = "maintenance"
+
+
+class Limit(Strict):
+    """A safe range for one setpoint, addressed by a dotted path into the task inputs."""
+
+    min: float | None = None
+    max: float | None = None
+    unit: str = ""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Limit:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+    def violation(self, value: float) -> str | None:
+        if self.min is not None and value < self.min:
+            return f"{value} {self.unit} is below the safe minimum {self.min} {self.unit}".replace("  ", " ")
+        if self.max is not None and value > self.max:
+            return f"{value} {self.unit} is above the safe maximum {self.max} {self.unit}".replace("  ", " ")
+        return None
+
+
+class CapabilityOffer(Strict):
+    """What one backend says about one capability it offers."""
+
+    name: str
+    fidelity: float = Field(1.0, ge=0.0, le=1.0, description="0 = rough guess, 1 = ground truth")
+    duration_s: float = Field(1.0, gt=0, description="expected duration of one task (or batch), lab time")
+    cost: float = Field(0.0, ge=0, description="cost of one task in the lab's unit (e.g. EUR)")
+
+
+class BackendSpec(Strict):
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")
+    kind: BackendKind
+    capabilities: list[CapabilityOffer] = Field(min_length=1)
+    slots: int = Field(1, ge=1, le=10_000)
+    batch_size: int = Field(1, ge=1, le=100_000)
+    batch_wait_s: float = Field(0.01, ge=0, le=60, description="max wait to fill a batch")
+    safe_limits: dict[str, Limit] = Field(default_factory=dict)
+    site: str = "local"
+    state: BackendState = BackendState.online
+
+    @field_validator("capabilities")
+    @classmethod
+    def _unique(cls, v: list[CapabilityOffer]) -> list[CapabilityOffer]:
+        names = [c.name for c in v]
+        if len(names) != len(set(names)):
+            raise ValueError(f"capability listed twice: {names}")
+        return v
+
+    def offer(self, capability: str) -> CapabilityOffer | None:
+        for c in self.capabilities:
+            if c.name == capability:
+                return c
+        return None
+
+
+def lookup_path(data: Any, path: str) -> Any:
+    """Read ``a.b.c`` out of nested dicts; None where the path does not exist."""
+    cur = data
+    for part in path.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
+
+
+def limit_violations(limits: dict[str, Limit], inputs: dict[str, Any]) -> list[str]:
+    """Every setpoint in ``inputs`` outside ``limits``, as 'path: reason' lines."""
+    out = []
+    for path, lim in limits.items():
+        value = lookup_path(inputs, path)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            why = lim.violation(float(value))
+            if why:
+                out.append(f"{path}: {why}")
+    return out
+
+
+class TaskSpec(Strict):
+    """What a client submits. The orchestrator validates it and turns it into a Task."""
+
+    capability: str
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    id: str | None = Field(None, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")
+    priority: int = Field(0, ge=-1000, le=1000)
+    campaign: str | None = None
+    depends_on: list[str] = Field(default_factory=list)
+    deadline: float | None = Field(None, description="epoch seconds; earlier deadlines go first")
+    pin_backend: str | None = None
+    min_fidelity: float = Field(0.0, ge=0.0, le=1.0)
+    max_attempts: int = Field(3, ge=1, le=100)
+    sample_id: str | None = Field(None, description="the physical sample this task works on")
+
+
+class Task(Strict):
+    id: str
+    capability: str
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    action: ActionClass
+    priority: int = 0
+    campaign: str | None = None
+    depends_on: list[str] = Field(default_factory=list)
+    deadline: float | None = None
+    pin_backend: str | None = None
+    min_fidelity: float = 0.0
+    max_attempts: int = 3
+    sample_id: str | None = None
+    seq: int = 0
+    state: TaskState = TaskState.pending
+    approval: ApprovalState = ApprovalState.not_required
+    attempts: int = 0
+    backend: str | None = None
+    submitted_at: float = Field(default_factory=time.time)
+    not_before: float | None = None
+    avoid: list[str] = Field(default_factory=list)
+    cancel_requested: bool = False
+    error: str | None = None
+    batch_id: str | None = None
+
+
+class SampleState(StrEnum):
+    planned = "planned"
+    available = "available"
+    in_use = "in_use"
+    consumed = "consumed"
+    lost = "lost"
+
+
+class Location(Strict):
+    device: str
+    slot: str | None = None
+
+
+class Sample(Strict):
+    id: str
+    made_by: str | None = Field(None, description="task id that made it")
+    parents: list[str] = Field(default_factory=list, description="sample ids it was made from")
+    recipe: dict[str, Any] = Field(default_factory=dict)
+    campaign: str | None = None
+    location: Location | None = None
+    state: SampleState = SampleState.available
+    held_by: str | None = Field(None, description="task id holding it now")
+    measurements: list[str] = Field(default_factory=list, description="task ids that measured it")
+
+
+class ResultStatus(StrEnum):
+    succeeded = "succeeded"
+    failed = "failed"
+
+
+class Provenance(Strict):
+    backend: str
+    kind: BackendKind
+    model_name: str | None = None
+    model_version: str | None = None
+    weights_sha256: str | None = None
+    device: str | None = None
+    run_uids: list[str] = Field(default_factory=list, description="Bluesky run start uids")
+    documents: str | None = Field(None, description="where the Bluesky documents are kept")
+    entered_by: str | None = Field(None, description="person who entered a manual result")
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class Result(Strict):
+    task_id: str
+    attempt: int
+    status: ResultStatus
+    outputs: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+    retryable: bool = True
+    interrupted: bool = Field(False, description="a physical run stopped part-way: a person must review")
+    started_at: float | None = None
+    finished_at: float | None = None
+    provenance: Provenance | None = None
+
+
+class AuditEntry(Strict):
+    at: float = Field(default_factory=time.time)
+    actor: str
+    action: str
+    target: str | None = None
+    detail: dict[str, Any] = Field(default_factory=dict)

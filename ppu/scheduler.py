@@ -1,0 +1,781 @@
+"""The scheduler: a pure state machine, ``handle(event) -> Step`` (STYLE.md §2).
+
+No IO, no clock, no threads: every event carries its time, and the asyncio/ZMQ shell around it
+(``ppu.orchestrator``) journals the returned transitions to the store *before* it carries out the
+instructions or acknowledges anything. Task states move only through :data:`TRANSITIONS`;
+anything else raises :class:`~ppu.errors.IllegalTransition`.
+
+Data layout, chosen for 1,000 backends x 100,000 queued tasks (see benchmarks/scheduler_scale.py):
+- ready tasks sit in one heap per (capability, minimum fidelity) plus one heap per pinned backend,
+  ordered by (-priority, deadline, submission seq): priorities first, then earliest deadline,
+  then FIFO. Entries are removed lazily (a per-task queue version marks stale ones).
+- ``_free[capability]`` holds the backends that could take work now, so a task arriving while
+  everything is busy costs one heap push, and a freed slot costs a few heap peeks.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ppu.errors import IllegalTransition, NotAllowed, UnknownBackendError, UnknownTaskError
+from ppu.events import (
+    Abort,
+    Approve,
+    Assign,
+    BackendLost,
+    Cancel,
+    Dropped,
+    Event,
+    Finished,
+    Heartbeat,
+    Hold,
+    RegisterBackend,
+    Reject,
+    Review,
+    SetBackendState,
+    Started,
+    Step,
+    Submit,
+    Tick,
+    Transition,
+)
+from ppu.models import (
+    TERMINAL_STATES,
+    ActionClass,
+    ApprovalState,
+    BackendSpec,
+    BackendState,
+    Result,
+    ResultStatus,
+    Task,
+    TaskState,
+    limit_violations,
+)
+
+S = TaskState
+# The one table of legal moves. Terminal states have no way out.
+TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
+    # pending/ready -> succeeded: a late result for the attempt that was being retried.
+    S.pending: frozenset({S.ready, S.succeeded, S.failed, S.cancelled}),
+    S.ready: frozenset({S.assigned, S.pending, S.succeeded, S.cancelled, S.failed}),
+    S.assigned: frozenset({S.running, S.ready, S.pending, S.succeeded, S.failed, S.cancelled, S.needs_review}),
+    S.running: frozenset({S.succeeded, S.failed, S.cancelled, S.needs_review, S.pending}),
+    S.needs_review: frozenset({S.ready, S.succeeded, S.failed, S.cancelled}),
+    S.succeeded: frozenset(),
+    S.failed: frozenset(),
+    S.cancelled: frozenset(),
+}
+_IN_FLIGHT = (S.assigned, S.running)
+_ACCEPTING = (BackendState.online, BackendState.busy)
+_SKIP_LIMIT = 64  # heads a freed slot may pass over (pinned elsewhere, avoided, limits) per pull
+
+
+class _T:
+    """The scheduler's compact record of a live task (about 300 bytes; Task is the boundary form)."""
+
+    __slots__ = (
+        "action", "approval", "attempts", "avoid", "backend", "batch_id", "campaign", "cancel_requested",
+        "capability", "deadline", "depends_on", "deps_left", "error", "id", "inputs", "max_attempts",
+        "min_fidelity", "not_before", "pin", "priority", "qver", "ready_at", "sample_id", "seq", "state",
+        "submitted_at",
+    )
+
+    def __init__(self, t: Task):
+        self.id = t.id
+        self.capability = t.capability
+        self.inputs = t.inputs
+        self.action = t.action
+        self.priority = t.priority
+        self.campaign = t.campaign
+        self.depends_on = tuple(t.depends_on)
+        self.deadline = t.deadline
+        self.pin = t.pin_backend
+        self.min_fidelity = t.min_fidelity
+        self.max_attempts = t.max_attempts
+        self.sample_id = t.sample_id
+        self.seq = t.seq
+        self.state = t.state
+        self.approval = t.approval
+        self.attempts = t.attempts
+        self.backend = t.backend
+        self.submitted_at = t.submitted_at
+        self.not_before = t.not_before
+        self.avoid: tuple[str, ...] = tuple(t.avoid)
+        self.cancel_requested = t.cancel_requested
+        self.error = t.error
+        self.batch_id = t.batch_id
+        self.deps_left = 0
+        self.qver = 0
+        self.ready_at = 0.0
+
+    def key(self) -> tuple[int, float, int]:
+        return (-self.priority, self.deadline if self.deadline is not None else math.inf, self.seq)
+
+    def to_task(self) -> Task:
+        return Task.model_construct(
+            id=self.id, capability=self.capability, inputs=self.inputs, action=self.action,
+            priority=self.priority, campaign=self.campaign, depends_on=list(self.depends_on),
+            deadline=self.deadline, pin_backend=self.pin, min_fidelity=self.min_fidelity,
+            max_attempts=self.max_attempts, sample_id=self.sample_id, seq=self.seq, state=self.state,
+            approval=self.approval, attempts=self.attempts, backend=self.backend,
+            submitted_at=self.submitted_at, not_before=self.not_before, avoid=list(self.avoid),
+            cancel_requested=self.cancel_requested, error=self.error, batch_id=self.batch_id,
+        )
+
+
+@dataclass(slots=True)
+class _B:
+    spec: BackendSpec
+    state: BackendState
+    alive_until: float
+    liveness_s: float
+    held: bool = False
+    registered: bool = True
+    used: int = 0  # slots in use (a batch uses one slot)
+    backlog_s: float = 0.0  # expected seconds of work in flight
+    batches: dict[str, list[str]] = field(default_factory=dict)  # batch id -> task ids
+    offers: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # cap -> (fid, dur, cost)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def accepting(self) -> bool:
+        return self.registered and self.state in _ACCEPTING and not self.held
+
+    def free(self) -> int:
+        return self.spec.slots - self.used if self.accepting() else 0
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 300.0
+    restart_grace_s: float = 10.0  # how long a restarted scheduler waits for workers to come back
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig | None = None):
+        self.cfg = config or SchedulerConfig()
+        self._tasks: dict[str, _T] = {}  # every non-terminal task
+        self._done: dict[str, TaskState] = {}  # terminal tasks: only their end state is needed here
+        self._dependents: dict[str, list[str]] = {}
+        self._ready: dict[str, dict[float, list[tuple[tuple[int, float, int], int, str]]]] = {}
+        self._pinned: dict[str, list[tuple[tuple[int, float, int], int, str]]] = {}
+        self._delayed: list[tuple[float, str]] = []  # (not_before, task id)
+        self._backends: dict[str, _B] = {}
+        self._offered_by: dict[str, set[str]] = {}  # capability -> backend names
+        self._free: dict[str, set[str]] = {}  # capability -> backends with a free slot now
+        self._flush_at: dict[str, float] = {}  # batch backend -> when its partial batch must leave
+        self._sample_holder: dict[str, str] = {}
+        self._seq = 0
+        self._batch_seq = 0
+        self._step = Step()
+        self._terminal: dict[str, _T] = {}  # tasks that ended during the current step
+        self._now = 0.0
+
+    # ---- public surface ------------------------------------------------------------------
+
+    def handle(self, event: Event) -> Step:
+        """Apply one event; return what to journal and what to do. Raises before any change."""
+        self._step = step = Step()
+        self._terminal = {}
+        self._now = event.at
+        match event:
+            case Submit():
+                self._on_submit(event.task)
+            case RegisterBackend():
+                self._on_register(event)
+            case Heartbeat():
+                b = self._backends.get(event.backend)
+                if b is not None and b.registered:
+                    b.alive_until = event.at + b.liveness_s
+            case BackendLost():
+                self._on_lost(event.backend, event.reason)
+            case SetBackendState():
+                self._on_set_state(event.backend, event.state)
+            case Hold():
+                b = self._backend(event.backend)
+                b.held = event.held
+                self._refresh_free(b)
+                if not event.held:
+                    self._pull(b)
+            case Started():
+                self._on_started(event)
+            case Finished():
+                self._on_finished(event.result, event.backend)
+            case Cancel():
+                self._on_cancel(event.task_id, event.reason)
+            case Approve():
+                self._on_approve(event.task_id, event.actor)
+            case Reject():
+                self._on_reject(event.task_id, event.actor, event.reason)
+            case Review():
+                self._on_review(event)
+            case Tick():
+                self._on_tick()
+            case _:
+                raise TypeError(f"not a scheduler event: {event!r}")
+        for tid in step.changed:
+            rec = self._tasks.get(tid) or self._terminal.get(tid)
+            if rec is not None:
+                step.records[tid] = rec
+        return step
+
+    def next_wake(self) -> float | None:
+        """The earliest time at which a Tick would change something (backoff, batch flush, liveness)."""
+        times = [t for t in self._flush_at.values()]
+        while self._delayed and self._stale_delayed(self._delayed[0]):
+            heapq.heappop(self._delayed)
+        if self._delayed:
+            times.append(self._delayed[0][0])
+        times.extend(b.alive_until for b in self._backends.values() if b.batches or b.registered)
+        return min(times) if times else None
+
+    def task(self, task_id: str) -> Task:
+        t = self._tasks.get(task_id)
+        if t is None:
+            raise UnknownTaskError(f"no live task {task_id!r} in the scheduler")
+        return t.to_task()
+
+    def state_of(self, task_id: str) -> TaskState | None:
+        t = self._tasks.get(task_id)
+        return t.state if t is not None else self._done.get(task_id)
+
+    def live_tasks(self) -> Iterable[Task]:
+        return (t.to_task() for t in self._tasks.values())
+
+    def backends(self) -> list[dict[str, Any]]:
+        out = []
+        for b in self._backends.values():
+            out.append({
+                "name": b.name, "kind": b.spec.kind.value, "state": self._effective_state(b).value,
+                "slots": b.spec.slots, "used": b.used, "held": b.held, "registered": b.registered,
+                "capabilities": sorted(b.offers), "in_flight": sum(len(v) for v in b.batches.values()),
+            })
+        return out
+
+    def backend_spec(self, name: str) -> BackendSpec:
+        return self._backend(name).spec
+
+    def queue_order(self, capability: str) -> list[str]:
+        """Ready task ids of one capability in the order they would leave (for tests and status)."""
+        entries = [e for heap in self._ready.get(capability, {}).values() for e in heap if self._valid(e)]
+        entries += [e for heap in self._pinned.values() for e in heap
+                    if self._valid(e) and self._tasks[e[2]].capability == capability]
+        return [e[2] for e in sorted(entries)]
+
+    def queue_depths(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for t in self._tasks.values():
+            d = out.setdefault(t.capability, {})
+            d[t.state.value] = d.get(t.state.value, 0) + 1
+        return out
+
+    def restore(self, tasks: Iterable[Task], done: Iterable[tuple[str, TaskState]], at: float) -> None:
+        """Rebuild from the store after a restart: same tasks, same queue order, same seq counter.
+
+        Tasks that were in flight keep their backend; that backend gets ``restart_grace_s`` to
+        re-register and say which of them it still holds (see ``_on_register``).
+        """
+        self._now = at
+        for tid, st in done:
+            self._done[tid] = st
+            self._seq = max(self._seq, 0)
+        live = [_T(t) for t in tasks]
+        for t in live:
+            self._tasks[t.id] = t
+            self._seq = max(self._seq, t.seq + 1)
+        for t in live:
+            for d in t.depends_on:
+                if self._done.get(d) is not S.succeeded:
+                    t.deps_left += 1
+                    self._dependents.setdefault(d, []).append(t.id)
+            if t.state is S.ready:
+                self._enqueue(t)
+            elif t.state is S.pending and t.not_before is not None:
+                heapq.heappush(self._delayed, (t.not_before, t.id))
+            elif t.state in _IN_FLIGHT and t.backend:
+                b = self._backends.get(t.backend)
+                if b is None:
+                    spec = BackendSpec(name=t.backend, kind="digital", capabilities=[{"name": t.capability}])
+                    b = self._backends[t.backend] = _B(spec=spec, state=BackendState.offline, registered=False,
+                                                       alive_until=at + self.cfg.restart_grace_s, liveness_s=0)
+                b.batches.setdefault(t.batch_id or t.id, []).append(t.id)
+                if t.sample_id:
+                    self._sample_holder[t.sample_id] = t.id
+        self._step = Step()
+
+    # ---- events ----------------------------------------------------------------------------
+
+    def _on_submit(self, task: Task) -> None:
+        if task.id in self._tasks or task.id in self._done:
+            raise NotAllowed(f"task id {task.id!r} already exists", field="id", hint="leave id empty for a new one")
+        if task.id in task.depends_on:
+            raise NotAllowed("a task cannot depend on itself", field="depends_on")
+        for d in task.depends_on:
+            if d not in self._tasks and d not in self._done:
+                raise UnknownTaskError(f"dependency {d!r} is not a known task", field="depends_on")
+        t = _T(task)
+        t.seq = self._seq
+        self._seq += 1
+        t.state = S.pending
+        t.attempts = 0
+        self._tasks[t.id] = t
+        self._record(t, None, S.pending, "submitted")
+        failed_dep = next((d for d in t.depends_on if self._done.get(d) in (S.failed, S.cancelled)), None)
+        if failed_dep is not None:
+            self._finish(t, S.failed, f"dependency {failed_dep} {self._done[failed_dep].value}")
+            return
+        for d in t.depends_on:
+            if self._done.get(d) is not S.succeeded:
+                t.deps_left += 1
+                self._dependents.setdefault(d, []).append(t.id)
+        self._maybe_ready(t)
+
+    def _on_register(self, ev: RegisterBackend) -> None:
+        spec = ev.spec
+        old = self._backends.get(spec.name)
+        b = _B(spec=spec, state=spec.state, alive_until=ev.at + ev.liveness_s, liveness_s=ev.liveness_s)
+        b.offers = {c.name: (c.fidelity, c.duration_s, c.cost) for c in spec.capabilities}
+        self._backends[spec.name] = b
+        for cap in b.offers:
+            self._offered_by.setdefault(cap, set()).add(spec.name)
+        if old is not None:
+            self._unindex(old)
+            b.held = old.held
+            if old.state is BackendState.maintenance:
+                b.state = old.state
+            # Tasks the old incarnation held: those the worker still holds stay; the rest were lost.
+            still = set(ev.in_flight)
+            lost = []
+            for bid, tids in old.batches.items():
+                keep = [tid for tid in tids if tid in still]
+                lost += [tid for tid in tids if tid not in still]
+                if keep:
+                    b.batches[bid] = keep
+                    b.used += 1
+                    b.backlog_s += self._duration(b, self._tasks[keep[0]].capability)
+            for tid in lost:
+                self._interrupt(self._tasks[tid], f"{spec.name} came back without task {tid}")
+        self._refresh_free(b)
+        self._pull(b)
+        self._retry_placement_for(b.offers)
+
+    def _on_lost(self, name: str, reason: str) -> None:
+        b = self._backend(name)
+        self._unindex(b)
+        b.registered = False
+        b.state = BackendState.offline
+        held = [tid for tids in b.batches.values() for tid in tids]
+        b.batches.clear()
+        b.used = 0
+        b.backlog_s = 0.0
+        for tid in held:
+            self._interrupt(self._tasks[tid], f"{name}: {reason}")
+
+    def _on_set_state(self, name: str, state: BackendState) -> None:
+        b = self._backend(name)
+        b.state = state
+        self._refresh_free(b)
+        if b.accepting():
+            self._pull(b)
+
+    def _on_started(self, ev: Started) -> None:
+        t = self._tasks.get(ev.task_id)
+        if t is None or t.attempts != ev.attempt or t.state is not S.assigned:
+            self._step.instructions.append(Dropped(ev.task_id, ev.attempt, "start of a task not assigned"))
+            return
+        self._move(t, S.running, "started")
+
+    def _on_finished(self, r: Result, backend: str | None) -> None:
+        t = self._tasks.get(r.task_id)
+        if t is None:
+            self._step.instructions.append(Dropped(r.task_id, r.attempt, "task already ended"))
+            return
+        late = t.state not in _IN_FLIGHT
+        # A late result is still the truth about the attempt it names: accept it while the task
+        # waits for review (the worker came back) or for its retry (saves re-running it).
+        if r.attempt != t.attempts or (late and t.state not in (S.needs_review, S.pending, S.ready)):
+            self._step.instructions.append(Dropped(r.task_id, r.attempt, f"stale attempt (task at {t.attempts})"))
+            return
+        if late and t.state is not S.needs_review and r.status is not ResultStatus.succeeded:
+            self._step.instructions.append(Dropped(r.task_id, r.attempt, "late failure of a task already retried"))
+            return
+        if not late:
+            self._release(t)
+        self._step.results.append(r)
+        self._step.changed.add(t.id)
+        if t.cancel_requested:
+            self._finish(t, S.cancelled, "cancelled while running")
+        elif r.status is ResultStatus.succeeded:
+            self._finish(t, S.succeeded, "result recorded" if not late else "late result recorded")
+        elif t.state is S.needs_review:
+            if not r.interrupted:  # the worker came back with a definitive failure
+                self._finish(t, S.failed, r.error or "failed")
+        elif r.interrupted and t.action is ActionClass.once:
+            self._move(t, S.needs_review, f"interrupted: {r.error}")
+        elif r.retryable and t.action is ActionClass.repeatable and t.attempts < t.max_attempts:
+            self._retry(t, r.error or "failed", avoid=backend or t.backend)
+        else:
+            self._finish(t, S.failed, r.error or "failed")
+
+    def _on_cancel(self, task_id: str, reason: str) -> None:
+        t = self._live(task_id)
+        if t.state in _IN_FLIGHT:
+            if not t.cancel_requested:
+                t.cancel_requested = True
+                self._step.changed.add(t.id)
+                assert t.backend is not None
+                self._step.instructions.append(Abort(t.backend, t.id))
+            return
+        self._finish(t, S.cancelled, reason)
+
+    def _on_approve(self, task_id: str, actor: str) -> None:
+        t = self._live(task_id)
+        if t.approval is not ApprovalState.waiting:
+            raise NotAllowed(f"task {task_id} is not waiting for approval (approval: {t.approval.value})")
+        t.approval = ApprovalState.approved
+        self._step.changed.add(t.id)
+        self._maybe_ready(t)
+
+    def _on_reject(self, task_id: str, actor: str, reason: str) -> None:
+        t = self._live(task_id)
+        if t.approval is not ApprovalState.waiting:
+            raise NotAllowed(f"task {task_id} is not waiting for approval (approval: {t.approval.value})")
+        t.approval = ApprovalState.rejected
+        self._finish(t, S.cancelled, f"rejected by {actor}: {reason}")
+
+    def _on_review(self, ev: Review) -> None:
+        t = self._live(ev.task_id)
+        if t.state is not S.needs_review:
+            raise NotAllowed(f"task {ev.task_id} is {t.state.value}, not needs_review",
+                             hint="ppu review lists the tasks that wait for a person")
+        if ev.decision == "retry":
+            t.avoid = ()
+            t.error = None
+            self._move(t, S.ready, f"retry approved by {ev.actor}")
+            self._enqueue(t)
+            self._place(t)
+        elif ev.decision == "fail":
+            self._finish(t, S.failed, f"failed by {ev.actor}: {ev.reason}")
+        else:
+            if ev.result is None or ev.result.status is not ResultStatus.succeeded:
+                raise NotAllowed("a manual result must be a succeeded Result", field="result")
+            self._step.results.append(ev.result)
+            self._finish(t, S.succeeded, f"result entered by {ev.actor}")
+
+    def _on_tick(self) -> None:
+        now = self._now
+        while self._delayed and self._delayed[0][0] <= now:
+            _, tid = heapq.heappop(self._delayed)
+            t = self._tasks.get(tid)
+            if t is not None and t.state is S.pending and t.not_before is not None and t.not_before <= now:
+                t.not_before = None
+                self._maybe_ready(t)
+        for name, when in list(self._flush_at.items()):
+            if when <= now:
+                del self._flush_at[name]
+                self._pull(self._backends[name])
+        for b in list(self._backends.values()):
+            if b.alive_until < now and (b.registered or b.batches):
+                self._on_lost(b.name, "missed heartbeats" if b.registered else "did not come back after restart")
+
+    # ---- state changes ---------------------------------------------------------------------
+
+    def _move(self, t: _T, dst: TaskState, reason: str) -> None:
+        if dst not in TRANSITIONS[t.state]:
+            raise IllegalTransition(t.id, t.state.value, dst.value)
+        self._record(t, t.state, dst, reason)
+        t.state = dst
+        if dst is S.ready:
+            t.ready_at = self._now
+
+    def _record(self, t: _T, src: TaskState | None, dst: TaskState, reason: str) -> None:
+        self._step.transitions.append(Transition(t.id, src, dst, self._now, reason))
+        self._step.changed.add(t.id)
+
+    def _finish(self, t: _T, dst: TaskState, reason: str) -> None:
+        """Move to a terminal state and settle everything that waited on this task."""
+        if t.state in _IN_FLIGHT:
+            self._release(t)
+        if dst is not S.succeeded:
+            t.error = reason
+        self._move(t, dst, reason)
+        self._done[t.id] = dst
+        del self._tasks[t.id]
+        self._terminal[t.id] = t  # the shell snapshots it from the step before it is gone
+        stack = [t]
+        while stack:
+            cur = stack.pop()
+            for dep_id in self._dependents.pop(cur.id, []):
+                d = self._tasks.get(dep_id)
+                if d is None:
+                    continue
+                if cur.state is S.succeeded:
+                    d.deps_left -= 1
+                    self._maybe_ready(d)
+                elif d.state in (S.pending, S.ready):
+                    why = f"dependency {cur.id} {cur.state.value}"
+                    d.error = why
+                    self._move(d, S.failed, why)
+                    self._done[d.id] = S.failed
+                    del self._tasks[d.id]
+                    self._terminal[d.id] = d
+                    stack.append(d)
+
+    def _maybe_ready(self, t: _T) -> None:
+        if t.state is not S.pending or t.deps_left > 0:
+            return
+        if t.approval in (ApprovalState.waiting, ApprovalState.rejected):
+            return
+        if t.not_before is not None and t.not_before > self._now:
+            return
+        t.not_before = None
+        self._move(t, S.ready, "dependencies met" if t.depends_on else "accepted")
+        self._enqueue(t)
+        self._place(t)
+
+    def _retry(self, t: _T, why: str, avoid: str | None) -> None:
+        if t.state in _IN_FLIGHT:
+            self._release(t)
+        if avoid and avoid not in t.avoid:
+            t.avoid = (*t.avoid, avoid)
+        t.error = why
+        delay = min(self.cfg.backoff_max_s, self.cfg.backoff_base_s * 2 ** max(0, t.attempts - 1))
+        t.not_before = self._now + delay
+        self._move(t, S.pending, f"retry {t.attempts + 1}/{t.max_attempts} in {delay:g}s: {why}")
+        heapq.heappush(self._delayed, (t.not_before, t.id))
+
+    def _interrupt(self, t: _T, why: str) -> None:
+        """The backend running ``t`` vanished: requeue digital work, hold physical work for a person."""
+        if t.cancel_requested:
+            self._finish(t, S.cancelled, f"cancelled; backend gone ({why})")
+        elif t.action is ActionClass.once:
+            self._release(t)
+            self._move(t, S.needs_review, f"interrupted, never re-run automatically: {why}")
+        elif t.attempts < t.max_attempts:
+            self._retry(t, why, avoid=t.backend)
+        else:
+            self._finish(t, S.failed, f"gave up after {t.attempts} attempts: {why}")
+
+    def _release(self, t: _T) -> None:
+        """Take ``t`` off its backend (if still there); frees the slot when its batch is empty."""
+        name = t.backend
+        if t.sample_id and self._sample_holder.get(t.sample_id) == t.id:
+            del self._sample_holder[t.sample_id]
+        b = self._backends.get(name) if name else None
+        bid = t.batch_id or t.id
+        if b is None or bid not in b.batches:
+            return
+        tids = b.batches[bid]
+        if t.id in tids:
+            tids.remove(t.id)
+        if not tids:
+            del b.batches[bid]
+            if b.registered:
+                b.used = max(0, b.used - 1)
+                b.backlog_s = max(0.0, b.backlog_s - self._duration(b, t.capability))
+                self._refresh_free(b)
+                self._pull(b)
+
+    # ---- queues and placement --------------------------------------------------------------
+
+    def _enqueue(self, t: _T) -> None:
+        t.qver += 1
+        entry = (t.key(), t.qver, t.id)
+        if t.pin:
+            heapq.heappush(self._pinned.setdefault(t.pin, []), entry)
+        else:
+            heapq.heappush(self._ready.setdefault(t.capability, {}).setdefault(t.min_fidelity, []), entry)
+
+    def _valid(self, e: tuple[Any, int, str]) -> bool:
+        t = self._tasks.get(e[2])
+        return t is not None and t.state is S.ready and t.qver == e[1]
+
+    def _stale_delayed(self, e: tuple[float, str]) -> bool:
+        t = self._tasks.get(e[1])
+        return t is None or t.state is not S.pending or t.not_before != e[0]
+
+    def _peek(self, heap: list[tuple[Any, int, str]]) -> tuple[Any, int, str] | None:
+        while heap and not self._valid(heap[0]):
+            heapq.heappop(heap)
+        return heap[0] if heap else None
+
+    def _heaps_for(self, b: _B) -> list[list[tuple[Any, int, str]]]:
+        heaps = []
+        for cap, (fid, _, _) in b.offers.items():
+            for minf, heap in self._ready.get(cap, {}).items():
+                if minf <= fid and heap:
+                    heaps.append(heap)
+        pinned = self._pinned.get(b.name)
+        if pinned:
+            heaps.append(pinned)
+        return heaps
+
+    def _acceptable(self, b: _B, t: _T) -> bool:
+        offer = b.offers.get(t.capability)
+        if offer is None or offer[0] < t.min_fidelity or (t.pin and t.pin != b.name):
+            return False
+        if b.spec.safe_limits and limit_violations(b.spec.safe_limits, t.inputs):
+            return False
+        if t.sample_id and self._sample_holder.get(t.sample_id, t.id) != t.id:
+            return False
+        if b.name in t.avoid:
+            # "on another backend where possible": only refuse while another candidate is up.
+            others = self._offered_by.get(t.capability, set()) - {b.name} - set(t.avoid)
+            if any(self._backends[o].accepting() for o in others):
+                return False
+        return True
+
+    def _pull(self, b: _B) -> None:
+        """Fill ``b``'s free slots with the best ready tasks it can take."""
+        skipped: list[tuple[list[Any], tuple[Any, int, str]]] = []
+        while b.free() > 0:
+            best: tuple[Any, int, str] | None = None
+            best_heap: list[Any] | None = None
+            for heap in self._heaps_for(b):
+                head = self._peek(heap)
+                if head is not None and (best is None or head < best):
+                    best, best_heap = head, heap
+            if best is None or best_heap is None:
+                break
+            t = self._tasks[best[2]]
+            if not self._acceptable(b, t):
+                skipped.append((best_heap, heapq.heappop(best_heap)))
+                if len(skipped) >= _SKIP_LIMIT:
+                    break
+                continue
+            if b.spec.batch_size > 1:
+                if not self._pull_batch(b, t):
+                    break
+            else:
+                heapq.heappop(best_heap)
+                self._assign(b, [t])
+        for heap, e in skipped:
+            heapq.heappush(heap, e)
+
+    def _pull_batch(self, b: _B, head: _T) -> bool:
+        """Take up to batch_size ready tasks of head's capability; wait for more until the flush time."""
+        cap = head.capability
+        fid = b.offers[cap][0]
+        heaps = [h for minf, h in self._ready.get(cap, {}).items() if minf <= fid]
+        if b.name in self._pinned:
+            heaps.append(self._pinned[b.name])
+        taken: list[tuple[list[Any], tuple[Any, int, str]]] = []
+        aside: list[tuple[list[Any], tuple[Any, int, str]]] = []
+        while len(taken) < b.spec.batch_size and len(aside) < _SKIP_LIMIT:
+            best: tuple[Any, int, str] | None = None
+            best_heap: list[Any] | None = None
+            for h in heaps:
+                e = self._peek(h)
+                if e is not None and (best is None or e < best):
+                    best, best_heap = e, h
+            if best is None or best_heap is None:
+                break
+            heapq.heappop(best_heap)
+            t = self._tasks[best[2]]
+            if t.capability == cap and self._acceptable(b, t):
+                taken.append((best_heap, best))
+            else:
+                aside.append((best_heap, best))
+        for h, e in aside:
+            heapq.heappush(h, e)
+        if not taken:
+            return False
+        if len(taken) < b.spec.batch_size:
+            flush = min(self._tasks[e[2]].ready_at for _, e in taken) + b.spec.batch_wait_s
+            if flush > self._now:
+                for h, e in taken:
+                    heapq.heappush(h, e)
+                self._flush_at[b.name] = min(flush, self._flush_at.get(b.name, math.inf))
+                return False
+        self._flush_at.pop(b.name, None)
+        self._assign(b, [self._tasks[e[2]] for _, e in taken])
+        return True
+
+    def _assign(self, b: _B, tasks: list[_T]) -> None:
+        self._batch_seq += 1
+        batch_id = f"{b.name}#{self._batch_seq}" if len(tasks) > 1 else tasks[0].id
+        for t in tasks:
+            t.attempts += 1
+            t.backend = b.name
+            t.batch_id = batch_id if len(tasks) > 1 else None
+            if t.sample_id:
+                self._sample_holder[t.sample_id] = t.id
+            self._move(t, S.assigned, f"on {b.name}")
+        b.batches[batch_id] = [t.id for t in tasks]
+        b.used += 1
+        b.backlog_s += self._duration(b, tasks[0].capability)
+        self._refresh_free(b)
+        self._step.instructions.append(Assign(b.name, batch_id, tuple((t.id, t.attempts) for t in tasks)))
+
+    def _place(self, t: _T) -> None:
+        """A task just became ready: offer it to free backends, best by policy first."""
+        free = self._free.get(t.capability)
+        if not free:
+            return
+        cands = [self._backends[n] for n in free]
+        if len(cands) > 1:
+            cands.sort(key=lambda b: self._policy_key(b, t.capability))
+        for b in cands:
+            if t.state is not S.ready:
+                return
+            if self._acceptable(b, t):
+                self._pull(b)
+
+    def _policy_key(self, b: _B, cap: str) -> tuple[float, float, float, str]:
+        """Default policy: earliest expected completion, then lower cost, then higher fidelity."""
+        fid, dur, cost = b.offers[cap]
+        return (b.backlog_s / b.spec.slots + dur, cost, -fid, b.name)
+
+    def _retry_placement_for(self, caps: Iterable[str]) -> None:
+        for cap in caps:
+            for name in list(self._free.get(cap, ())):
+                self._pull(self._backends[name])
+
+    def _refresh_free(self, b: _B) -> None:
+        has = b.free() > 0
+        for cap in b.offers:
+            s = self._free.setdefault(cap, set())
+            if has:
+                s.add(b.name)
+            else:
+                s.discard(b.name)
+        if not has:
+            self._flush_at.pop(b.name, None)
+
+    def _unindex(self, b: _B) -> None:
+        for cap in b.offers:
+            self._free.get(cap, set()).discard(b.name)
+            self._offered_by.get(cap, set()).discard(b.name)
+        self._flush_at.pop(b.name, None)
+
+    # ---- helpers ---------------------------------------------------------------------------
+
+    def _duration(self, b: _B, cap: str) -> float:
+        o = b.offers.get(cap)
+        return o[1] if o else 0.0
+
+    def _effective_state(self, b: _B) -> BackendState:
+        if b.state is BackendState.online and b.used >= b.spec.slots:
+            return BackendState.busy
+        return b.state
+
+    def _backend(self, name: str) -> _B:
+        b = self._backends.get(name)
+        if b is None:
+            raise UnknownBackendError(f"unknown backend {name!r}", hint="ppu status lists the backends")
+        return b
+
+    def _live(self, task_id: str) -> _T:
+        t = self._tasks.get(task_id)
+        if t is None:
+            if task_id in self._done:
+                raise NotAllowed(f"task {task_id} already ended ({self._done[task_id].value})")
+            raise UnknownTaskError(f"unknown task {task_id!r}", hint="ppu tasks lists the tasks")
+        return t

@@ -1,0 +1,1 @@
+"""The simulated lab: a hidden world and instrument models (installed as ppu.simulators)."""
