@@ -60,7 +60,7 @@ class LabConfig(Strict):
     @field_validator("backends")
     @classmethod
     def _names(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        names = [b.get("name") for b in v]
+        names = [str(b.get("name")) for b in v]
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
             raise ValueError(f"backend names must be unique: {sorted(dupes)}")

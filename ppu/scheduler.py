@@ -44,7 +44,6 @@ from ppu.events import (
     Transition,
 )
 from ppu.models import (
-    TERMINAL_STATES,
     ActionClass,
     ApprovalState,
     BackendSpec,
@@ -172,6 +171,7 @@ class Scheduler:
         self._free: dict[str, set[str]] = {}  # capability -> backends with a free slot now
         self._flush_at: dict[str, float] = {}  # batch backend -> when its partial batch must leave
         self._sample_holder: dict[str, str] = {}
+        self._sample_waiters: dict[str, set[str]] = {}  # sample id -> ready tasks refused for it
         self._seq = 0
         self._batch_seq = 0
         self._step = Step()
@@ -568,6 +568,10 @@ class Scheduler:
         name = t.backend
         if t.sample_id and self._sample_holder.get(t.sample_id) == t.id:
             del self._sample_holder[t.sample_id]
+            for tid in sorted(self._sample_waiters.pop(t.sample_id, ()), key=lambda i: self._key_of(i)):
+                w = self._tasks.get(tid)
+                if w is not None and w.state is S.ready:
+                    self._place(w)
         b = self._backends.get(name) if name else None
         bid = t.batch_id or t.id
         if b is None or bid not in b.batches:
@@ -624,6 +628,7 @@ class Scheduler:
         if b.spec.safe_limits and limit_violations(b.spec.safe_limits, t.inputs):
             return False
         if t.sample_id and self._sample_holder.get(t.sample_id, t.id) != t.id:
+            self._sample_waiters.setdefault(t.sample_id, set()).add(t.id)
             return False
         if b.name in t.avoid:
             # "on another backend where possible": only refuse while another candidate is up.
@@ -756,6 +761,10 @@ class Scheduler:
         self._flush_at.pop(b.name, None)
 
     # ---- helpers ---------------------------------------------------------------------------
+
+    def _key_of(self, tid: str) -> tuple[int, float, int]:
+        t = self._tasks.get(tid)
+        return t.key() if t is not None else (0, 0.0, 0)
 
     def _duration(self, b: _B, cap: str) -> float:
         o = b.offers.get(cap)

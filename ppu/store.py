@@ -117,27 +117,30 @@ class Store:
         self._insert = self._dialect_insert()
 
     def _dialect_insert(self) -> Any:
+        # Both dialects have INSERT ... ON CONFLICT, with the same API.
         name = self.engine.dialect.name
         if name == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        elif name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            raise StoreError(f"unsupported database {name!r}", hint="use sqlite:/// or postgresql+psycopg://")
-        return insert
+            from sqlalchemy.dialects import sqlite
+            return sqlite.insert
+        if name == "postgresql":
+            from sqlalchemy.dialects import postgresql
+            return postgresql.insert
+        raise StoreError(f"unsupported database {name!r}", hint="use sqlite:/// or postgresql+psycopg://")
 
     def close(self) -> None:
         self.engine.dispose()
 
     # ---- writes ----------------------------------------------------------------------------
 
-    def apply(self, steps: Iterable[Step], audits: Iterable[AuditEntry] = ()) -> None:
-        """Journal scheduler steps (and audit entries) in one transaction."""
+    def apply(self, steps: Iterable[Step], audits: Iterable[AuditEntry] = (), samples_: Iterable[Sample] = ()) -> None:
+        """Journal scheduler steps, audit entries and sample changes in one transaction."""
         with self.engine.begin() as conn:
             for step in steps:
                 self._write_step(conn, step)
             for entry in audits:
                 self._write_audit(conn, entry)
+            for s in samples_:
+                self._write_sample(conn, s)
 
     def _write_step(self, conn: Connection, step: Step) -> None:
         now = time.time()
@@ -178,12 +181,15 @@ class Store:
 
     def put_sample(self, s: Sample) -> None:
         with self.engine.begin() as conn:
-            stmt = self._insert(samples).values(id=s.id, campaign=s.campaign, state=s.state.value,
-                                                updated_at=time.time(), body=s.model_dump_json())
-            conn.execute(stmt.on_conflict_do_update(
-                index_elements=[samples.c.id],
-                set_={"state": stmt.excluded.state, "updated_at": stmt.excluded.updated_at,
-                      "body": stmt.excluded.body, "campaign": stmt.excluded.campaign}))
+            self._write_sample(conn, s)
+
+    def _write_sample(self, conn: Connection, s: Sample) -> None:
+        stmt = self._insert(samples).values(id=s.id, campaign=s.campaign, state=s.state.value,
+                                            updated_at=time.time(), body=s.model_dump_json())
+        conn.execute(stmt.on_conflict_do_update(
+            index_elements=[samples.c.id],
+            set_={"state": stmt.excluded.state, "updated_at": stmt.excluded.updated_at,
+                  "body": stmt.excluded.body, "campaign": stmt.excluded.campaign}))
 
     def add_documents(self, run_uid: str, task_id: str | None, docs: list[tuple[str, dict[str, Any]]]) -> None:
         if not docs:
@@ -244,7 +250,8 @@ class Store:
         """The result that settled the task: the succeeded one if any, else the last attempt's."""
         rs = self.results_for(task_id)
         ok = [r for r in rs if r.status.value == "succeeded"]
-        return (ok or rs or [None])[-1]
+        chosen = ok or rs
+        return chosen[-1] if chosen else None
 
     def journal_for(self, task_id: str) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

@@ -1,1 +1,28 @@
 """The simulated lab: a hidden world and instrument models (installed as ppu.simulators)."""
+
+from ppu.simulators.instruments import (
+    FaultConfig,
+    InstrumentFault,
+    IsothermModel,
+    SynthesisModel,
+    UVVisModel,
+    XRDModel,
+)
+from ppu.simulators.lab import SampleRecord, SimulatedLab, UnknownSampleError
+from ppu.simulators.phases import PHASES, REFERENCE_PEAKS, TARGET_PHASE
+from ppu.simulators.world import (
+    DEMO_CSV,
+    ELEMENTS,
+    TableWorld,
+    TrueProperties,
+    World,
+    WorldConfig,
+    candidate_id,
+    candidate_pool,
+)
+
+__all__ = [
+    "DEMO_CSV", "ELEMENTS", "PHASES", "REFERENCE_PEAKS", "TARGET_PHASE", "FaultConfig", "InstrumentFault",
+    "IsothermModel", "SampleRecord", "SimulatedLab", "SynthesisModel", "TableWorld", "TrueProperties",
+    "UVVisModel", "UnknownSampleError", "World", "WorldConfig", "XRDModel", "candidate_id", "candidate_pool",
+]

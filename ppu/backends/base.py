@@ -19,7 +19,16 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from ppu.models import BackendKind, BackendSpec, CapabilityOffer, Limit, Provenance, Result, ResultStatus, Strict
+from ppu.models import (
+    BackendKind,
+    BackendSpec,
+    CapabilityOffer,
+    Limit,
+    Provenance,
+    Result,
+    ResultStatus,
+    Strict,
+)
 
 ProgressFn = Callable[[str, float, str], Awaitable[None] | None]
 """progress(task_id, fraction 0..1, message)"""

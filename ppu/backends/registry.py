@@ -16,6 +16,9 @@ from ppu.errors import ConfigError
 
 BACKEND_TYPES: dict[str, str] = {
     "echo": "ppu.backends.echo:EchoBackend",
+    "torch": "ppu.digital.torch_backend:TorchBackend",
+    "surrogate_trainer": "ppu.digital.trainer:SurrogateTrainerBackend",
+    "mlip": "ppu.digital.mlip:MLIPBackend",
 }
 
 

@@ -1,0 +1,178 @@
+"""The durable store: journal before acknowledgement, and an exact rebuild after a restart."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from sched_helpers import ok, register, spec, task
+
+from ppu.events import Finished, Submit
+from ppu.models import ActionClass, ApprovalState, TaskSpec, TaskState
+from ppu.orchestrator import LocalWorker, Orchestrator
+from ppu.scheduler import Scheduler
+from ppu.store import Store, sqlite_url
+
+
+def _store(tmp_path: Path) -> Store:
+    return Store(sqlite_url(tmp_path / "ppu.sqlite"))
+
+
+def test_restart_from_store_reproduces_the_queue_exactly(tmp_path: Path):
+    store = _store(tmp_path)
+    s = Scheduler()
+    steps = register(s, spec("busy", "echo"), spec("robot", "synthesize", kind="physical"))
+    steps += [s.handle(Submit(task(f"t{i}", priority=i % 3, deadline=(100.0 - i if i % 2 else None)), 1.0))
+              for i in range(40)]
+    steps += [s.handle(Submit(task("gate", approval=ApprovalState.waiting), 1.0)),
+              s.handle(Submit(task("child", depends_on=["t5", "gate"]), 1.0)),
+              s.handle(Submit(task("syn", "synthesize", ActionClass.once), 1.0))]
+    steps.append(s.handle(Finished(ok("t0"), 2.0)))
+    store.apply(steps)
+    before = {cap: s.queue_order(cap) for cap in ("echo", "synthesize")}
+    snap = {t.id: t.model_dump() for t in s.live_tasks()}
+    store.close()
+
+    store2 = _store(tmp_path)
+    s2 = Scheduler()
+    live, done = store2.load()
+    s2.restore(live, done, at=3.0)
+    assert {cap: s2.queue_order(cap) for cap in ("echo", "synthesize")} == before
+    assert {t.id: t.model_dump() for t in s2.live_tasks()} == snap
+    assert s2.state_of("t0") is TaskState.succeeded
+    assert s2._seq == s._seq
+    # the rebuilt scheduler goes on exactly where the old one was
+    in_flight = [t.id for t in s2.live_tasks() if t.state is TaskState.assigned and t.backend == "busy"]
+    a = register(s2, spec("busy", "echo"), at=3.5)[0]  # came back holding nothing
+    assert [tid for ins in a.instructions for tid, _ in getattr(ins, "tasks", ())] == [before["echo"][0]]
+    assert [s2.state_of(t) for t in in_flight] == [TaskState.pending]  # lost: retried after backoff
+    store2.close()
+
+
+def test_in_flight_once_task_goes_to_review_when_its_worker_never_returns(tmp_path: Path):
+    store = _store(tmp_path)
+    s = Scheduler()
+    steps = register(s, spec("robot", "synthesize", kind="physical"))
+    steps.append(s.handle(Submit(task("syn", "synthesize", ActionClass.once), 0.0)))
+    store.apply(steps)
+    store.close()
+    store2 = _store(tmp_path)
+    s2 = Scheduler()
+    s2.restore(*store2.load(), at=100.0)
+    assert s2.state_of("syn") is TaskState.assigned
+    from ppu.events import Tick
+
+    s2.handle(Tick(100.0 + s2.cfg.restart_grace_s + 1))
+    assert s2.state_of("syn") is TaskState.needs_review
+    store2.close()
+
+
+def test_results_recorded_exactly_once(tmp_path: Path):
+    store = _store(tmp_path)
+    s = Scheduler()
+    steps = register(s, spec("b"))
+    steps.append(s.handle(Submit(task("a"), 0.0)))
+    steps.append(s.handle(Finished(ok("a"), 1.0)))
+    store.apply(steps)
+    store.apply([s.handle(Finished(ok("a"), 1.0))])  # a re-sent result
+    assert len(store.results_for("a")) == 1
+    assert [j["dst"] for j in store.journal_for("a")] == ["pending", "ready", "assigned", "succeeded"]
+    store.close()
+
+
+# ---- through the orchestrator: the door and the journal ---------------------------------------
+
+
+@pytest.fixture
+def orch_env(tmp_path: Path):
+    async def make(backends: list[dict] | None = None, **autonomy):
+        from ppu.backends import build_backend
+        from ppu.config import AutonomyConfig, OrchestratorConfig
+
+        store = _store(tmp_path)
+        orch = Orchestrator(store, OrchestratorConfig(heartbeat_s=0.05, backoff_base_s=0.01),
+                            AutonomyConfig(**autonomy))
+        await orch.start()
+        worker = LocalWorker(orch, [build_backend(b) for b in (backends or [{"type": "echo", "name": "e1"}])])
+        await worker.start()
+        return store, orch, worker
+    return make
+
+
+def test_door_refuses_bad_input_naming_field_and_changes_nothing(orch_env):
+    from ppu.errors import UnknownCapabilityError, ValidationFailed
+
+    async def body():
+        store, orch, worker = await orch_env()
+        with pytest.raises(UnknownCapabilityError) as e1:
+            orch.submit([TaskSpec(capability="teleport", inputs={})])
+        assert "teleport" in str(e1.value) and "echo" in e1.value.hint
+        with pytest.raises(ValidationFailed) as e2:
+            orch.submit([TaskSpec(capability="echo", inputs={"x": "lots"})])
+        assert e2.value.field == "inputs.x"
+        with pytest.raises(ValidationFailed) as e3:
+            orch.submit([TaskSpec(capability="echo", inputs={"x": 1}),
+                         TaskSpec(capability="echo", inputs={"x": 1, "extra": 2})])
+        assert e3.value.field == "inputs.extra"
+        with pytest.raises(ValidationFailed) as e4:
+            orch.submit([TaskSpec(capability="characterize.xrd", inputs={"sample_id": "nope"})])
+        assert "sample registry" in str(e4.value)
+        assert store.count_tasks() == {}  # an all-or-nothing submission: nothing was accepted
+        ids = orch.submit([TaskSpec(capability="echo", inputs={"x": 2})])
+        (t,) = await orch.wait(ids, timeout=5)
+        assert t.state is TaskState.succeeded and store.final_result(ids[0]).outputs["y"] == 4
+        await worker.close()
+        await orch.close()
+        store.close()
+    asyncio.run(body())
+
+
+def test_safe_limits_refused_at_the_door(orch_env):
+    from ppu.errors import SafeLimitError
+
+    async def body():
+        store, orch, worker = await orch_env([{
+            "type": "echo", "name": "e1", "safe_limits": {"x": {"min": 0, "max": 10, "unit": "V"}}}])
+        with pytest.raises(SafeLimitError) as e:
+            orch.submit([TaskSpec(capability="echo", inputs={"x": 50})])
+        assert e.value.field == "inputs.x" and "safe maximum 10" in str(e.value)
+        await worker.close()
+        await orch.close()
+        store.close()
+    asyncio.run(body())
+
+
+def test_manual_autonomy_waits_for_approval_and_audits_it(orch_env):
+    async def body():
+        store, orch, worker = await orch_env(default="manual")
+        ids = orch.submit([TaskSpec(capability="echo", inputs={"x": 1}), TaskSpec(capability="echo")])
+        await asyncio.sleep(0.1)
+        assert orch.get_task(ids[0]).state is TaskState.pending
+        orch.approve(ids[0], actor="alice", note="fine")
+        orch.reject(ids[1], actor="alice", reason="not today")
+        done = await orch.wait(ids, timeout=5)
+        assert [t.state for t in done] == [TaskState.succeeded, TaskState.cancelled]
+        actions = [(a.actor, a.action, a.target) for a in store.audit_entries()]
+        assert ("alice", "approve", ids[0]) in actions and ("alice", "reject", ids[1]) in actions
+        await worker.close()
+        await orch.close()
+        store.close()
+    asyncio.run(body())
+
+
+def test_retry_on_other_backend_through_the_orchestrator(orch_env):
+    async def body():
+        store, orch, worker = await orch_env([
+            {"type": "echo", "name": "flaky", "fail_when_x": 3, "duration_s": 0},
+            {"type": "echo", "name": "solid", "duration_s": 0.5, "time_scale": 10}])
+        ids = orch.submit([TaskSpec(capability="echo", inputs={"x": 3}, pin_backend=None)])
+        (t,) = await orch.wait(ids, timeout=10)
+        assert t.state is TaskState.succeeded
+        rs = store.results_for(ids[0])
+        assert all(r.provenance.backend in ("flaky", "solid") for r in rs)
+        assert rs[-1].provenance.backend == "solid"
+        await worker.close()
+        await orch.close()
+        store.close()
+    asyncio.run(body())
