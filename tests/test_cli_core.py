@@ -1,0 +1,50 @@
+"""The CLI against a lab's store: errors say what to do and exit non-zero; actions are journaled."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from ppu import cli
+from ppu.cli import app
+
+runner = CliRunner()
+cli.console.width = 250  # tables wide enough to show whole ids
+
+
+def _lab(tmp_path: Path) -> Path:
+    p = tmp_path / "lab.yaml"
+    p.write_text(yaml.safe_dump({"name": "t", "run_dir": str(tmp_path / "run")}))
+    return p
+
+
+def test_submit_then_list_then_cancel(tmp_path: Path):
+    lab = _lab(tmp_path)
+    r = runner.invoke(app, ["submit", "echo", "--input", '{"x": 2}', "-c", str(lab)])
+    assert r.exit_code == 0, r.output
+    tid = r.output.strip().splitlines()[-1]
+    r = runner.invoke(app, ["tasks", "-c", str(lab), "--state", "ready"])
+    assert tid in r.output
+    r = runner.invoke(app, ["cancel", tid, "-c", str(lab)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["tasks", "-c", str(lab), "--state", "cancelled"])
+    assert tid in r.output
+
+
+def test_errors_name_the_problem_and_what_to_do(tmp_path: Path):
+    lab = _lab(tmp_path)
+    r = runner.invoke(app, ["submit", "teleport", "-c", str(lab)])
+    assert r.exit_code == 2 and "unknown capability" in r.output and "what to do" in r.output
+    r = runner.invoke(app, ["submit", "echo", "--input", "{x: 1", "-c", str(lab)])
+    assert r.exit_code == 2 and "not valid JSON" in r.output
+    r = runner.invoke(app, ["submit", "echo", "--input", json.dumps({"x": "a lot"}), "-c", str(lab)])
+    assert r.exit_code == 2 and "inputs.x" in r.output
+    r = runner.invoke(app, ["cancel", "t-nope", "-c", str(lab)])
+    assert r.exit_code == 2 and "unknown task" in r.output
+    r = runner.invoke(app, ["status", "-c", str(tmp_path / "missing.yaml")])
+    assert r.exit_code == 2 and "does not exist" in r.output
+    r = runner.invoke(app, ["review", "t-x", "-c", str(lab)])
+    assert r.exit_code == 2 and "exactly one" in r.output
