@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from ppu import capabilities
@@ -110,7 +110,9 @@ class Orchestrator:
         self._known_recipes: set[str] = set()
         self._rearm = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
+        self._group: tuple[list[Step], list[AuditEntry], list[Sample]] | None = None
         self._sending: set[asyncio.Task[None]] = set()
+        self._closing = False
         self.started_at = clock()
 
     # ---- life cycle -----------------------------------------------------------------------
@@ -122,12 +124,17 @@ class Orchestrator:
         for s in self.store.list_samples():
             if s.recipe and s.made_by:
                 self._known_recipes.add(recipe_key({"recipe": s.recipe}) or "")
+        saved = self.store.get_meta("autonomy")
+        if saved:  # a run-time change outlives a restart
+            self.autonomy = AutonomyConfig.model_validate(saved)
         holds = self.store.get_meta("holds", {}) or {}
         self._holds: dict[str, bool] = dict(holds)
         self._timer = asyncio.get_running_loop().create_task(self._tick_loop())
         log.info("orchestrator started: %d live tasks, %d ended", len(live), len(done))
 
     async def close(self) -> None:
+        self._closing = True
+        self._rearm.set()
         if self._timer:
             self._timer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -137,12 +144,17 @@ class Orchestrator:
                 f.cancel()
 
     async def _tick_loop(self) -> None:
-        while True:
+        # No wait_for here: on 3.11 it can swallow a cancellation that races with the event,
+        # and a clock that cannot be cancelled hangs the loop's shutdown.
+        while not self._closing:
             wake = self.sched.next_wake()
             delay = 0.5 if wake is None else min(0.5, max(0.0, wake - self.clock()))
             self._rearm.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._rearm.wait(), timeout=delay + 0.001)
+            waiter = asyncio.ensure_future(self._rearm.wait())
+            try:
+                await asyncio.wait({waiter}, timeout=delay + 0.001)
+            finally:
+                waiter.cancel()
             try:
                 self._apply([Tick(self.clock())])
             except Exception:  # never let the clock die; the next tick retries
@@ -155,6 +167,11 @@ class Orchestrator:
         steps = [self.sched.handle(ev) for ev in events]
         audits = list(audits)
         samples = list(samples) + self._sample_changes(steps)
+        if self._group is not None:  # inside grouped(): journaled and carried out at its end
+            self._group[0].extend(steps)
+            self._group[1].extend(audits)
+            self._group[2].extend(samples)
+            return steps
         if audits or samples or any(s.transitions or s.results or s.changed for s in steps):
             # Durable first: nothing below (assignments, answers, waiters) happens before this.
             self.store.apply(steps, audits, samples)
@@ -162,6 +179,30 @@ class Orchestrator:
             self._carry_out(step)
         self._rearm.set()
         return steps
+
+    @contextlib.contextmanager
+    def grouped(self) -> Iterator[None]:
+        """Group commit: every change made inside is journaled in ONE transaction at the end.
+
+        The transport handles a burst of messages inside one group and sends its answers (acks,
+        replies) only after the group ends, so "durable before acknowledged" still holds while
+        the store fsyncs once per burst instead of once per message.
+        """
+        if self._group is not None:
+            yield
+            return
+        group: tuple[list[Step], list[AuditEntry], list[Sample]] = ([], [], [])
+        self._group = group
+        try:
+            yield
+        finally:
+            self._group = None
+            steps, audits, samples = group
+            if audits or samples or any(s.transitions or s.results or s.changed for s in steps):
+                self.store.apply(steps, audits, samples)
+            for step in steps:
+                self._carry_out(step)
+            self._rearm.set()
 
     def _carry_out(self, step: Step) -> None:
         loop = asyncio.get_running_loop()
@@ -423,6 +464,55 @@ class Orchestrator:
                 self._waiters.setdefault(tid, []).append(f)
             futs.append(f)
         return list(await asyncio.wait_for(asyncio.gather(*futs), timeout))
+
+    def approvals(self) -> list[dict[str, Any]]:
+        """Tasks waiting for a person's approval: why, and what they would do."""
+        reasons = {e.target: e.detail.get("reason", "") for e in self.store.audit_entries()
+                   if e.action == "approval_required"}
+        out = []
+        for t in self.sched.live_tasks():
+            if t.approval is not ApprovalState.waiting:
+                continue
+            offers = [(n, o) for n, s in self.specs.items() if (o := s.offer(t.capability))]
+            out.append({
+                "task_id": t.id, "capability": t.capability, "campaign": t.campaign, "inputs": t.inputs,
+                "reason": reasons.get(t.id, ""), "backends": [n for n, _ in offers],
+                "expected_duration_s": min((o.duration_s for _, o in offers), default=None),
+                "expected_cost": min((o.cost for _, o in offers), default=None),
+            })
+        return out
+
+    def reviews(self) -> list[dict[str, Any]]:
+        """Interrupted physical tasks waiting for a person, with what is known about them."""
+        out = []
+        for t in self.sched.live_tasks():
+            if t.state is not TaskState.needs_review:
+                continue
+            sample = self.store.get_sample(t.sample_id) if t.sample_id else None
+            results = self.store.results_for(t.id)
+            out.append({
+                "task_id": t.id, "capability": t.capability, "backend": t.backend, "attempts": t.attempts,
+                "why": t.error, "inputs": t.inputs, "last_progress": self.progress_of.get(t.id),
+                "run_uids": [u for r in results if r.provenance for u in r.provenance.run_uids],
+                "sample": sample.model_dump(mode="json") if sample else None,
+            })
+        return out
+
+    def set_autonomy(self, level: str, actor: str, backend: str | None = None,
+                     capability: str | None = None) -> None:
+        """Change an autonomy level at run time (recorded in the audit log)."""
+        from ppu.models import Autonomy
+
+        new = Autonomy(level)
+        if backend:
+            self.autonomy.backends[backend] = new
+        elif capability:
+            self.autonomy.capabilities[capability] = new
+        else:
+            self.autonomy.default = new
+        self.store.set_meta("autonomy", self.autonomy.model_dump(mode="json"))
+        self.store.add_audit(AuditEntry(actor=actor, action="autonomy", target=backend or capability or "default",
+                                        detail={"level": new.value}))
 
     def get_task(self, task_id: str) -> Task | None:
         state = self.sched.state_of(task_id)

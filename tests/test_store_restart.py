@@ -176,3 +176,27 @@ def test_retry_on_other_backend_through_the_orchestrator(orch_env):
         await orch.close()
         store.close()
     asyncio.run(body())
+
+
+def test_stop_resume_reviews_and_autonomy_are_audited(orch_env):
+    async def body():
+        store, orch, worker = await orch_env([
+            {"type": "echo", "name": "e1", "duration_s": 0}])
+        held = orch.hold("e1", True, actor="carol")
+        assert held == ["e1"]
+        ids = orch.submit([TaskSpec(capability="echo", inputs={"x": 1})])
+        await asyncio.sleep(0.1)
+        assert orch.get_task(ids[0]).state is TaskState.ready  # stopped: nothing new starts
+        orch.hold("e1", False, actor="carol")
+        (t,) = await orch.wait(ids, timeout=5)
+        assert t.state is TaskState.succeeded
+        orch.set_autonomy("manual", actor="carol", capability="echo")
+        ids = orch.submit([TaskSpec(capability="echo", inputs={"x": 2})])
+        (waiting,) = orch.approvals()
+        assert waiting["task_id"] == ids[0] and "manual" in waiting["reason"]
+        actions = [a.action for a in store.audit_entries() if a.actor == "carol"]
+        assert actions == ["stop", "resume", "autonomy"]
+        await worker.close()
+        await orch.close()
+        store.close()
+    asyncio.run(body())

@@ -1,0 +1,141 @@
+"""Batching efficiency (DESIGN.md promise 5): tasks that arrive one by one reach the model as batches.
+
+Three ways to push the same N candidates through the same MLP, measured in this one run:
+
+- ``dynamic``: every task is its own ``TorchBackend.run([task])`` call (what a scheduler with
+  batch_size 1 and many slots does), ``concurrency`` of them in flight at once; the backend's
+  MicroBatcher groups them into forward passes. Includes validation, featurisation and Result
+  building per task: the whole serving path.
+- ``best batch``: direct forward passes on ready feature tensors at each batch size; the best.
+- ``one by one``: direct forward passes of a single row each (what no batching would give).
+
+Last line: one JSON object with items_per_s_dynamic, items_per_s_best_batch,
+items_per_s_one_by_one, efficiency (dynamic / best) and device.
+
+    python benchmarks/batching.py [--n 4000] [--hidden 1024] [--layers 4] [--concurrency 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ppu.backends.base import TaskRun
+from ppu.backends.registry import build_backend
+from ppu.digital.featurize import featurize
+from ppu.digital.nets import mlp
+from ppu.digital.torch_backend import TorchBackend, select_device
+
+ELEMENTS = ["Mg", "Zn", "Cu", "Co", "Ni", "Fe", "Mn", "Al", "Ti", "Zr"]
+
+
+def candidates(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        a, b = rng.sample(ELEMENTS, 2)
+        f = round(rng.uniform(0.05, 0.95), 3)
+        out.append({"composition": {a: f, b: round(1 - f, 3)}, "anneal_temperature_c": rng.uniform(200, 900),
+                    "anneal_time_h": rng.uniform(1, 24)})
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def direct(model: torch.nn.Module, x: torch.Tensor, batch: int, device: torch.device) -> float:
+    """Items per second of plain forward passes at one batch size."""
+    n = x.shape[0]
+    with torch.inference_mode():
+        model(x[:batch])  # warm this shape
+        _sync(device)
+        t0 = time.perf_counter()
+        for i in range(0, n, batch):
+            model(x[i:i + batch])
+        _sync(device)
+    return n / (time.perf_counter() - t0)
+
+
+async def dynamic(backend: TorchBackend, cands: list[dict], concurrency: int) -> tuple[float, float]:
+    await backend.start()
+    queue = list(enumerate(cands))
+    queue.reverse()
+    failures = 0
+
+    async def client() -> None:
+        nonlocal failures
+        while queue:
+            i, c = queue.pop()
+            [r] = await backend.run([TaskRun(task_id=f"t{i}", attempt=1, capability="predict.co2_uptake",
+                                             inputs={"candidate": c})], lambda *a: None)
+            failures += r.status != "succeeded"
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    dt = time.perf_counter() - t0
+    sizes = backend.served["predict.co2_uptake"].batcher.batch_sizes
+    await backend.close()
+    if failures:
+        raise SystemExit(f"{failures} tasks failed")
+    return len(cands) / dt, sum(sizes) / max(len(sizes), 1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=4000, help="tasks per mode")
+    ap.add_argument("--hidden", type=int, default=1024)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--concurrency", type=int, default=256, help="single-task run() calls in flight")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--max-wait-ms", type=float, default=2.0)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    device = select_device(args.device)
+    cands = candidates(args.n)
+    model = mlp(hidden=args.hidden, layers=args.layers).to(device).eval()
+    x = featurize(cands, dtype=torch.float32, device=device)
+
+    rows = []
+    one = direct(model, x[: min(args.n, 1000)], 1, device)
+    rows.append(("one by one (direct, batch 1)", 1, one))
+    best_bs, best = 1, one
+    for bs in [8, 32, 64, 128, 256, 512]:
+        ips = direct(model, x, bs, device)
+        rows.append((f"direct, batch {bs}", bs, ips))
+        if ips > best:
+            best_bs, best = bs, ips
+
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "mlp.pt"
+        torch.save(model.state_dict(), weights)
+        backend = build_backend({
+            "type": "torch", "name": "bench", "device": str(device), "batch_size": 1,
+            "slots": args.concurrency, "max_batch": best_bs, "max_wait_ms": args.max_wait_ms,
+            "models": {"predict.co2_uptake": {"factory": "ppu.digital.nets:mlp", "weights": str(weights),
+                                              "kwargs": {"hidden": args.hidden, "layers": args.layers}}}})
+        assert isinstance(backend, TorchBackend)
+        dyn, mean_batch = asyncio.run(dynamic(backend, cands, args.concurrency))
+    rows.append((f"dynamic ({args.concurrency} single-task runs in flight)", round(mean_batch, 1), dyn))
+
+    print(f"device {device}; MLP {args.layers}x{args.hidden}; {args.n} tasks; torch threads "
+          f"{torch.get_num_threads()}")
+    print(f"{'mode':<48} {'batch':>7} {'items/s':>11} {'vs best':>8}")
+    for name, bs, ips in rows:
+        print(f"{name:<48} {bs:>7} {ips:>11.0f} {ips / best:>8.2f}")
+    print(f"best direct batch size: {best_bs}; dynamic mean forward batch: {mean_batch:.1f}")
+    print(json.dumps({"items_per_s_dynamic": round(dyn, 1), "items_per_s_best_batch": round(best, 1),
+                      "items_per_s_one_by_one": round(one, 1), "efficiency": round(dyn / best, 3),
+                      "device": str(device)}))
+
+
+if __name__ == "__main__":
+    main()

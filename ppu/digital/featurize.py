@@ -1,0 +1,101 @@
+"""Candidate -> feature vector, in one place for every digital model (surrogates, served nets).
+
+A feature vector is: the fraction of each element of a fixed vocabulary (normalised to sum to 1),
+then composition descriptors (fraction-weighted mean and standard deviation of Pauling
+electronegativity and of atomic radius, and the number of elements present), then the process
+(anneal temperature and log anneal time). Every column is scaled to lie in about [0, 1] over
+lab-realistic ranges, so models see comparable scales; values outside those ranges are kept,
+not clipped (a model should see that a point is unusual).
+
+The vocabulary and the column order are part of a trained model's identity: a model registry
+version stores :data:`FEATURIZER_VERSION` and :func:`feature_names`, and a server refuses a
+model trained on another layout. Extending the table means a new version string.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+
+from ppu.capabilities import Candidate
+from ppu.errors import ValidationFailed
+
+FEATURIZER_VERSION = "comp-v1"
+
+# symbol: (Pauling electronegativity, empirical atomic radius in pm (Slater 1964)).
+# Small and embedded on purpose: no pymatgen/mendeleev at import time.
+ELEMENTS: dict[str, tuple[float, float]] = {
+    "Li": (0.98, 145), "Na": (0.93, 180), "K": (0.82, 220),
+    "Mg": (1.31, 150), "Ca": (1.00, 180), "Sr": (0.95, 200), "Ba": (0.89, 215),
+    "Al": (1.61, 125), "Ga": (1.81, 130), "In": (1.78, 155), "Sn": (1.96, 145),
+    "Ti": (1.54, 140), "Zr": (1.33, 155), "V": (1.63, 135), "Cr": (1.66, 140),
+    "Mn": (1.55, 140), "Fe": (1.83, 140), "Co": (1.88, 135), "Ni": (1.91, 135),
+    "Cu": (1.90, 135), "Zn": (1.65, 135), "Y": (1.22, 180), "La": (1.10, 195), "Ce": (1.12, 185),
+}
+VOCABULARY: tuple[str, ...] = tuple(ELEMENTS)
+
+# (offset, scale) that map a descriptor's lab-realistic range onto about [0, 1]
+_EN = (0.8, 1.2)
+_EN_STD = (0.0, 0.6)
+_RADIUS = (120.0, 100.0)
+_RADIUS_STD = (0.0, 50.0)
+_T_MAX_C = 1500.0
+_T_LOG_MAX = math.log1p(1000.0)
+_DESCRIPTORS = ("en_mean", "en_std", "radius_mean", "radius_std", "n_elements")
+_PROCESS = ("anneal_temperature", "log_anneal_time")
+
+
+def feature_names() -> list[str]:
+    return [f"x_{el}" for el in VOCABULARY] + list(_DESCRIPTORS) + list(_PROCESS)
+
+
+N_FEATURES = len(VOCABULARY) + len(_DESCRIPTORS) + len(_PROCESS)
+
+
+def _as_candidate(c: Candidate | Mapping[str, Any]) -> Candidate:
+    return c if isinstance(c, Candidate) else Candidate.model_validate(c)
+
+
+def featurize_one(candidate: Candidate | Mapping[str, Any]) -> list[float]:
+    """One candidate as a list of :data:`N_FEATURES` floats; raises ValidationFailed on an unknown element."""
+    c = _as_candidate(candidate)
+    unknown = sorted(el for el in c.composition if el not in ELEMENTS)
+    if unknown:
+        raise ValidationFailed(
+            f"element(s) {', '.join(unknown)} not in the featuriser vocabulary {FEATURIZER_VERSION}",
+            field="inputs.candidate.composition",
+            hint=f"known elements: {', '.join(VOCABULARY)}; a bigger table needs a new FEATURIZER_VERSION",
+        )
+    total = sum(c.composition.values())
+    if total <= 0:
+        raise ValidationFailed("composition fractions are all zero", field="inputs.candidate.composition")
+    frac = {el: x / total for el, x in c.composition.items() if x > 0}
+    row = [frac.get(el, 0.0) for el in VOCABULARY]
+    en = sum(f * ELEMENTS[el][0] for el, f in frac.items())
+    rad = sum(f * ELEMENTS[el][1] for el, f in frac.items())
+    en_std = math.sqrt(max(0.0, sum(f * (ELEMENTS[el][0] - en) ** 2 for el, f in frac.items())))
+    rad_std = math.sqrt(max(0.0, sum(f * (ELEMENTS[el][1] - rad) ** 2 for el, f in frac.items())))
+    row += [
+        (en - _EN[0]) / _EN[1], (en_std - _EN_STD[0]) / _EN_STD[1],
+        (rad - _RADIUS[0]) / _RADIUS[1], (rad_std - _RADIUS_STD[0]) / _RADIUS_STD[1],
+        (len(frac) - 1) / 4.0,
+        c.anneal_temperature_c / _T_MAX_C, math.log1p(c.anneal_time_h) / _T_LOG_MAX,
+    ]
+    return row
+
+
+def featurize(candidates: Iterable[Candidate | Mapping[str, Any]], *, dtype: torch.dtype = torch.float64,
+              device: torch.device | str = "cpu") -> torch.Tensor:
+    """Candidates as an ``(n, N_FEATURES)`` tensor; raises on the first bad candidate."""
+    rows = [featurize_one(c) for c in candidates]
+    if not rows:
+        return torch.empty(0, N_FEATURES, dtype=dtype, device=device)
+    return torch.tensor(rows, dtype=dtype, device=device)
+
+
+def layout() -> dict[str, Any]:
+    """What a stored model records about the features it was trained on."""
+    return {"featurizer": FEATURIZER_VERSION, "n_features": N_FEATURES}
