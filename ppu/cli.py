@@ -26,19 +26,22 @@ from ppu.models import TaskSpec
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="PPU: one scheduler for digital and physical compute.")
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # error lines stay whole for logs and grep
 T = TypeVar("T")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="lab YAML (default $PPU_CONFIG or ./lab.yaml)")]
+ConnectOpt = Annotated[str | None, typer.Option(
+    "--connect", help="address of a running orchestrator (default: the lab's orchestrator.bind)")]
 # CLI-READY
 
 
 def _lab(config: Path | None) -> LabConfig:
     path = config or (Path(os.environ["PPU_CONFIG"]) if os.environ.get("PPU_CONFIG") else Path("lab.yaml"))
-    if path.exists():
-        return load_lab(path)
-    if config is not None:
-        return load_lab(path)  # raises a ConfigError naming the missing file
+    try:
+        if path.exists() or config is not None:
+            return load_lab(path)  # a missing explicit file is a ConfigError naming it
+    except PPUError as exc:
+        _fail(exc)
     return LabConfig()
 
 
@@ -77,6 +80,26 @@ async def _with_orchestrator(lab: LabConfig, body: Callable[[Any], Any]) -> Any:
         store.close()
 
 
+def _act(lab: LabConfig, connect: str | None, local: Callable[[Any], Any], remote: Callable[[Any], Any]) -> Any:
+    """Through the running orchestrator when one answers (PPUClient), else in-process on the store."""
+    from ppu.transport.serve import connect_client
+
+    try:
+        client = connect_client(lab, connect)
+    except PPUError as exc:
+        _fail(exc)
+    if client is None:
+        if connect is not None:
+            _fail(PPUError(f"no orchestrator answers at {connect}",
+                           hint="start it with `ppu orchestrator --config lab.yaml`"))
+        return _run(lambda: _with_orchestrator(lab, local))
+    try:
+        with client:
+            return remote(client)
+    except PPUError as exc:
+        _fail(exc)
+
+
 def _parse_json(text: str, what: str) -> Any:
     if text.startswith("@"):
         p = Path(text[1:])
@@ -93,10 +116,10 @@ def _parse_json(text: str, what: str) -> Any:
 
 
 @app.command()
-def status(config: ConfigOpt = None) -> None:
+def status(config: ConfigOpt = None, connect: ConnectOpt = None) -> None:
     """Backends, queue depth per capability, utilisation."""
     lab = _lab(config)
-    st = _run(lambda: _with_orchestrator(lab, lambda o: o.status()))
+    st = _act(lab, connect, lambda o: o.status(), lambda c: c.status())
     _print_status(st)
 
 
@@ -125,6 +148,7 @@ def tasks(
     state: Annotated[str | None, typer.Option(help="only tasks in this state")] = None,
     campaign: Annotated[str | None, typer.Option(help="only tasks of this campaign")] = None,
     limit: int = 50,
+    connect: ConnectOpt = None,
 ) -> None:
     """List tasks, newest first."""
     from ppu.models import TaskState
@@ -132,7 +156,8 @@ def tasks(
     if state is not None and state not in TaskState.__members__:
         _fail(PPUError(f"unknown state {state!r}", hint=f"one of {', '.join(TaskState.__members__)}"))
     lab = _lab(config)
-    rows = _run(lambda: _with_orchestrator(lab, lambda o: o.store.list_tasks(state, campaign, limit=limit)))
+    rows = _act(lab, connect, lambda o: o.store.list_tasks(state, campaign, limit=limit),
+                lambda c: c.tasks(state, campaign, limit=limit))
     t = Table(title=f"tasks ({len(rows)})")
     for col in ("id", "capability", "state", "prio", "attempts", "backend", "campaign", "error"):
         t.add_column(col)
@@ -150,6 +175,7 @@ def submit(
     priority: int = 0,
     campaign: str | None = None,
     depends_on: Annotated[list[str] | None, typer.Option(help="task id this one waits for")] = None,
+    connect: ConnectOpt = None,
 ) -> None:
     """Submit one task; prints its id."""
     lab = _lab(config)
@@ -158,32 +184,32 @@ def submit(
                         campaign=campaign, depends_on=depends_on or [])
     except PPUError as exc:
         _fail(exc)
-    ids = _run(lambda: _with_orchestrator(lab, lambda o: o.submit([spec], actor="cli")))
+    ids = _act(lab, connect, lambda o: o.submit([spec], actor="cli"), lambda c: c.submit([spec]))
     console.print(ids[0])
 
 
 @app.command()
-def cancel(task_id: str, config: ConfigOpt = None, reason: str = "") -> None:
+def cancel(task_id: str, config: ConfigOpt = None, reason: str = "", connect: ConnectOpt = None) -> None:
     """Cancel a queued or running task."""
     lab = _lab(config)
-    _run(lambda: _with_orchestrator(lab, lambda o: o.cancel(task_id, "cli", reason)))
+    _act(lab, connect, lambda o: o.cancel(task_id, "cli", reason), lambda c: c.cancel(task_id, reason))
     console.print(f"cancelled {task_id}")
 
 
 @app.command()
-def approve(task_id: str, config: ConfigOpt = None, note: str = "") -> None:
+def approve(task_id: str, config: ConfigOpt = None, note: str = "", connect: ConnectOpt = None) -> None:
     """Approve a task that waits for a person."""
     lab = _lab(config)
-    _run(lambda: _with_orchestrator(lab, lambda o: o.approve(task_id, "cli", note)))
+    _act(lab, connect, lambda o: o.approve(task_id, "cli", note), lambda c: c.approve(task_id, note))
     console.print(f"approved {task_id}")
 
 
 @app.command()
 def reject(task_id: str, reason: Annotated[str, typer.Option(help="why (kept in the audit log)")],
-           config: ConfigOpt = None) -> None:
+           config: ConfigOpt = None, connect: ConnectOpt = None) -> None:
     """Reject a task that waits for approval; it never runs."""
     lab = _lab(config)
-    _run(lambda: _with_orchestrator(lab, lambda o: o.reject(task_id, "cli", reason)))
+    _act(lab, connect, lambda o: o.reject(task_id, "cli", reason), lambda c: c.reject(task_id, reason))
     console.print(f"rejected {task_id}")
 
 
@@ -194,6 +220,7 @@ def review(
     retry: Annotated[bool, typer.Option("--retry", help="run it again")] = False,
     fail: Annotated[str | None, typer.Option("--fail", help="fail it, with this reason")] = None,
     result: Annotated[str | None, typer.Option("--result", help="enter the outputs by hand (JSON or @file)")] = None,
+    connect: ConnectOpt = None,
 ) -> None:
     """Decide on an interrupted physical task (needs_review): retry, fail, or enter its result."""
     chosen = [x for x in (retry, fail is not None, result is not None) if x]
@@ -202,15 +229,17 @@ def review(
                        hint=f"ppu review {task_id} --fail 'sample cracked'"))
     lab = _lab(config)
     if retry:
-        _run(lambda: _with_orchestrator(lab, lambda o: o.review(task_id, "retry", "cli")))
+        _act(lab, connect, lambda o: o.review(task_id, "retry", "cli"), lambda c: c.review(task_id, "retry"))
     elif fail is not None:
-        _run(lambda: _with_orchestrator(lab, lambda o: o.review(task_id, "fail", "cli", fail)))
+        _act(lab, connect, lambda o: o.review(task_id, "fail", "cli", fail),
+             lambda c: c.review(task_id, "fail", fail))
     else:
         try:
             outputs = _parse_json(result or "{}", "--result")
         except PPUError as exc:
             _fail(exc)
-        _run(lambda: _with_orchestrator(lab, lambda o: o.review(task_id, "result", "cli", "", outputs)))
+        _act(lab, connect, lambda o: o.review(task_id, "result", "cli", "", outputs),
+             lambda c: c.review(task_id, "result", "", outputs))
     console.print(f"reviewed {task_id}")
 
 
@@ -226,6 +255,69 @@ def demo(
         run_core_demo(tasks_n, run_dir, console)
     except PPUError as exc:
         _fail(exc)
+
+
+# ---- networked: the orchestrator and worker processes, keys (ppu.transport) --------------------
+
+
+@app.command()
+def orchestrator(
+    config: ConfigOpt = None,
+    bind: Annotated[str | None, typer.Option(help="address to bind (default: the lab's orchestrator.bind)")] = None,
+    insecure: Annotated[bool, typer.Option(help="allow a non-loopback bind without CURVE")] = False,
+) -> None:
+    """Run the orchestrator: serve clients and workers until Ctrl-C / SIGTERM."""
+    from ppu.transport.serve import serve_orchestrator
+
+    lab = _lab(config)
+    _serve(lambda: serve_orchestrator(lab, bind, insecure, announce=lambda s: console.print(s, highlight=False)))
+
+
+@app.command()
+def worker(
+    backend: Annotated[list[str] | None, typer.Option("--backend", "-b", help="backend name from the lab config "
+                                                      "(repeat for more; default: all)")] = None,
+    config: ConfigOpt = None,
+    connect: ConnectOpt = None,
+    key: Annotated[str | None, typer.Option(help="CURVE key pair name in security.keys_dir "
+                                           "(default $PPU_KEY or 'worker')")] = None,
+) -> None:
+    """Run a worker hosting backends of the lab, connected to the orchestrator."""
+    from ppu.transport.serve import serve_worker
+
+    lab = _lab(config)
+    _serve(lambda: serve_worker(lab, connect, backend or [], key,
+                                announce=lambda s: console.print(s, highlight=False)))
+
+
+def _serve(fn: Callable[[], Awaitable[None]]) -> None:
+    import logging
+
+    logging.basicConfig(level=os.environ.get("PPU_LOG", "WARNING"), format="%(asctime)s %(name)s %(message)s")
+    try:
+        _run(fn)
+    except KeyboardInterrupt:  # a second Ctrl-C while closing
+        raise typer.Exit(130) from None
+
+
+keys_app = typer.Typer(no_args_is_help=True, help="CURVE key pairs for orchestrator, workers and clients.")
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("generate")
+def keys_generate(
+    name: str,
+    dir: Annotated[Path, typer.Option("--dir", help="folder for the key pairs")] = Path("keys"),
+) -> None:
+    """Make NAME.key (public: put it in the lab config) and NAME.key_secret (keep it on that machine)."""
+    from ppu.transport.security import generate_keys, public_key
+
+    try:
+        pub, sec = generate_keys(name, dir)
+    except PPUError as exc:
+        _fail(exc)
+    console.print(f"public key {pub}: {public_key(name, dir)}\nsecret key {sec} (keep it private)",
+                  highlight=False)
 
 
 def main() -> None:

@@ -115,6 +115,13 @@ class Store:
             raise StoreError(f"cannot open the store at {url}: {exc}",
                              hint="check the store URL in the lab config (store: ...)") from exc
         self._insert = self._dialect_insert()
+        # Built once: SQLAlchemy caches the compiled form, so a write costs a bind, not a compile.
+        up = self._insert(tasks)
+        self._upsert_task = up.on_conflict_do_update(
+            index_elements=[tasks.c.id],
+            set_={"state": up.excluded.state, "updated_at": up.excluded.updated_at, "body": up.excluded.body})
+        self._insert_result = self._insert(results).on_conflict_do_nothing(
+            index_elements=[results.c.task_id, results.c.attempt])
 
     def _dialect_insert(self) -> Any:
         # Both dialects have INSERT ... ON CONFLICT, with the same API.
@@ -157,19 +164,13 @@ class Store:
             for t in step.tasks()
         ]
         if rows:
-            stmt = self._insert(tasks).values(rows)
-            conn.execute(stmt.on_conflict_do_update(
-                index_elements=[tasks.c.id],
-                set_={"state": stmt.excluded.state, "updated_at": stmt.excluded.updated_at,
-                      "body": stmt.excluded.body},
-            ))
+            conn.execute(self._upsert_task, rows)  # executemany on one cached statement
 
     def _write_result(self, conn: Connection, r: Result, now: float) -> None:
         # Recorded exactly once per (task, attempt): a re-sent result is a no-op.
-        stmt = self._insert(results).values(
-            task_id=r.task_id, attempt=r.attempt, status=r.status.value, recorded_at=now,
-            body=r.model_dump_json())
-        conn.execute(stmt.on_conflict_do_nothing(index_elements=[results.c.task_id, results.c.attempt]))
+        conn.execute(self._insert_result, [{
+            "task_id": r.task_id, "attempt": r.attempt, "status": r.status.value, "recorded_at": now,
+            "body": r.model_dump_json()}])
 
     def _write_audit(self, conn: Connection, e: AuditEntry) -> None:
         conn.execute(audit.insert().values(at=e.at, actor=e.actor, action=e.action, target=e.target,

@@ -19,6 +19,10 @@ BACKEND_TYPES: dict[str, str] = {
     "torch": "ppu.digital.torch_backend:TorchBackend",
     "surrogate_trainer": "ppu.digital.trainer:SurrogateTrainerBackend",
     "mlip": "ppu.digital.mlip:MLIPBackend",
+    "synthesis_robot": "ppu.backends.physical:SynthesisBackend",
+    "xrd": "ppu.backends.physical:XRDBackend",
+    "uvvis": "ppu.backends.physical:UVVisBackend",
+    "gas_sorption": "ppu.backends.physical:GasSorptionBackend",
 }
 
 

@@ -1,0 +1,95 @@
+"""Where a physical backend keeps the Bluesky documents of its runs: a pluggable sink.
+
+``JsonlSink`` (the default) writes one JSON-lines file per run, ``<folder>/<run uid>.jsonl``, one
+``[name, doc]`` pair a line; ``StoreSink`` puts them in the orchestrator's store
+(:meth:`ppu.store.Store.add_documents`). A lab that runs Tiled or databroker implements
+:class:`DocumentSink` (two methods) around its client.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+Document = tuple[str, dict[str, Any]]
+
+
+def jsonable(obj: Any) -> Any:
+    """Bluesky documents hold numpy arrays and scalars; JSON wants lists and floats."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+@runtime_checkable
+class DocumentSink(Protocol):
+    def write(self, run_uid: str, task_id: str | None, docs: list[Document]) -> str:
+        """Keep the documents of one run; returns where they are (goes in Provenance.documents)."""
+        ...
+
+    def read(self, run_uid: str) -> list[Document]:
+        ...
+
+
+class JsonlSink:
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    def path(self, run_uid: str) -> Path:
+        return self.folder / f"{run_uid}.jsonl"
+
+    def write(self, run_uid: str, task_id: str | None, docs: list[Document]) -> str:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.path(run_uid)
+        with path.open("a") as fh:
+            for name, doc in docs:
+                fh.write(json.dumps([name, jsonable(doc)]) + "\n")
+        return str(path)
+
+    def read(self, run_uid: str) -> list[Document]:
+        path = self.path(run_uid)
+        if not path.exists():
+            return []
+        return [tuple(json.loads(line)) for line in path.read_text().splitlines() if line]  # type: ignore[misc]
+
+
+class StoreSink:
+    def __init__(self, store: Any):
+        self.store = store  # a ppu.store.Store; typed loosely to keep sqlalchemy out of this import
+
+    def write(self, run_uid: str, task_id: str | None, docs: list[Document]) -> str:
+        self.store.add_documents(run_uid, task_id, [(n, jsonable(d)) for n, d in docs])
+        return f"store:{run_uid}"
+
+    def read(self, run_uid: str) -> list[Document]:
+        return list(self.store.documents_for(run_uid))
+
+
+def split_by_run(docs: list[Document]) -> dict[str, list[Document]]:
+    """Group a plan's documents by run start uid (a composed plan makes several runs)."""
+    out: dict[str, list[Document]] = {}
+    by_descriptor: dict[str, str] = {}
+    for name, doc in docs:
+        if name == "start":
+            uid = doc["uid"]
+        elif name in ("stop", "descriptor"):
+            uid = doc["run_start"]
+            if name == "descriptor":
+                by_descriptor[doc["uid"]] = uid
+        elif name == "event":
+            uid = by_descriptor.get(doc.get("descriptor", ""), "")
+        elif name == "event_page":
+            uid = by_descriptor.get(doc.get("descriptor", ""), "")
+        else:
+            uid = doc.get("run_start", "")
+        out.setdefault(uid, []).append((name, doc))
+    return out

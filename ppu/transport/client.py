@@ -1,0 +1,381 @@
+"""Clients of a running orchestrator: :class:`PPUClient` (blocking) and :class:`AsyncPPUClient`.
+
+Each request carries a request id; the answer with the same id is either data or a typed error,
+raised here as the matching :mod:`ppu.errors` class (by its ``code``) with the server's message,
+field and hint. A request nobody answers raises :class:`~ppu.protocol.NotAnswering`, and the
+socket is replaced so that the unanswered request is not delivered later (zguide's Lazy Pirate).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from ppu import errors
+from ppu import protocol as p
+from ppu.models import AuditEntry, Result, Sample, Task, TaskSpec
+from ppu.transport.security import CurveKeys
+
+SpecLike = TaskSpec | dict[str, Any]
+
+
+def _error_classes() -> dict[str, type[errors.PPUError]]:
+    out: dict[str, type[errors.PPUError]] = {}
+    stack: list[type[errors.PPUError]] = [errors.PPUError]
+    while stack:
+        cls = stack.pop()
+        out.setdefault(cls.code, cls)
+        stack.extend(cls.__subclasses__())
+    return out
+
+
+def error_from(msg: p.Error) -> errors.PPUError:
+    """The exception a server Error reply stands for (PPUError with the code when it is unknown here)."""
+    _ = p.NotAnswering  # make sure the protocol's error classes are imported and found
+    cls = _error_classes().get(msg.code, errors.PPUError)
+    exc = cls.__new__(cls)
+    errors.PPUError.__init__(exc, msg.message, hint=msg.hint, field=msg.field)
+    if cls is errors.PPUError or cls.code != msg.code:
+        exc.code = msg.code
+    return exc
+
+
+def _specs(specs: SpecLike | list[SpecLike]) -> list[TaskSpec]:
+    items = specs if isinstance(specs, list) else [specs]
+    return [s if isinstance(s, TaskSpec) else TaskSpec.model_validate(s) for s in items]
+
+
+def _not_answering(address: str, timeout: float) -> p.NotAnswering:
+    return p.NotAnswering(f"the orchestrator at {address} did not answer within {timeout:g}s",
+                          hint="start it with `ppu orchestrator --config lab.yaml` (or check --connect)")
+
+
+def _socket(ctx: zmq.Context[Any], address: str, curve: CurveKeys | None) -> Any:
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.ROUTING_ID, f"client-{uuid.uuid4().hex[:12]}".encode())
+    if curve is not None:
+        sock.curve_publickey = curve.public
+        sock.curve_secretkey = curve.secret
+        sock.curve_serverkey = curve.server_public
+    sock.connect(address)
+    return sock
+
+
+def _unpack(name: str, data: Any) -> Any:
+    """Turn reply data into models, by request."""
+    if name in ("wait", "tasks"):
+        return [Task.model_validate(t) for t in data]
+    if name == "task":
+        return Task.model_validate(data)
+    if name == "result":
+        return Result.model_validate(data) if data is not None else None
+    if name == "samples":
+        return [Sample.model_validate(s) for s in data]
+    if name == "audit":
+        return [AuditEntry.model_validate(a) for a in data]
+    return data
+
+
+class PPUClient:
+    """Blocking client (CLI, notebooks, Prefect tasks). Not thread-safe: one per thread."""
+
+    def __init__(self, address: str, *, timeout: float = 10.0, curve: CurveKeys | None = None,
+                 actor: str | None = None):
+        self.address = address
+        self.timeout = timeout
+        self.curve = curve
+        self.actor = actor
+        self._ctx: zmq.Context[Any] = zmq.Context()
+        self._sock = _socket(self._ctx, address, curve)
+        self._events: collections.deque[dict[str, Any]] = collections.deque()
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+        self._ctx.term()
+
+    def __enter__(self) -> PPUClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(self, msg: Any, timeout: float | None = None) -> Any:
+        msg.req = msg.req or p.new_req()
+        if self.actor and getattr(msg, "actor", "x") is None:
+            msg.actor = self.actor
+        t = self.timeout if timeout is None else timeout
+        self._sock.send_multipart(p.encode(msg))
+        deadline = time.monotonic() + t
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._sock.poll(left * 1000, zmq.POLLIN):
+                self._sock.close(linger=0)
+                self._sock = _socket(self._ctx, self.address, self.curve)
+                raise _not_answering(self.address, t)
+            reply = p.decode(self._sock.recv_multipart())
+            if isinstance(reply, p.Event):
+                self._events.append(reply.event)
+            elif isinstance(reply, p.Error) and reply.req in (msg.req, ""):
+                raise error_from(reply)
+            elif isinstance(reply, p.Reply) and reply.req == msg.req:
+                return reply.data
+
+    def ping(self, timeout: float = 1.0) -> bool:
+        """Does an orchestrator answer at this address?"""
+        try:
+            self.request(p.Status(), timeout)
+            return True
+        except p.NotAnswering:
+            return False
+
+    # ---- the API ---------------------------------------------------------------------------
+
+    def submit(self, specs: SpecLike | list[SpecLike]) -> list[str]:
+        ids: list[str] = self.request(p.Submit(tasks=_specs(specs)))
+        return ids
+
+    submit_many = submit
+
+    def wait(self, task_ids: str | list[str], timeout: float | None = None) -> list[Task]:
+        ids = [task_ids] if isinstance(task_ids, str) else task_ids
+        data = self.request(p.Wait(task_ids=ids, timeout=timeout),
+                            1e9 if timeout is None else timeout + self.timeout)
+        return list(_unpack("wait", data))
+
+    def run(self, specs: SpecLike | list[SpecLike], timeout: float | None = None) -> list[Task]:
+        """Submit and wait."""
+        return self.wait(self.submit(specs), timeout)
+
+    def cancel(self, task_id: str, reason: str = "") -> None:
+        self.request(p.Cancel(task_id=task_id, reason=reason))
+
+    def approve(self, task_id: str, note: str = "") -> None:
+        self.request(p.Approve(task_id=task_id, note=note))
+
+    def reject(self, task_id: str, reason: str = "") -> None:
+        self.request(p.Reject(task_id=task_id, reason=reason))
+
+    def review(self, task_id: str, decision: str, reason: str = "",
+               outputs: dict[str, Any] | None = None) -> None:
+        self.request(p.Review(task_id=task_id, decision=decision, reason=reason,  # type: ignore[arg-type]
+                              outputs=outputs))
+
+    def hold(self, backend: str | None = None, held: bool = True) -> list[str]:
+        names: list[str] = self.request(p.Hold(backend=backend, held=held))
+        return names
+
+    def stop(self, backend: str | None = None) -> list[str]:
+        return self.hold(backend, True)
+
+    def resume(self, backend: str | None = None) -> list[str]:
+        return self.hold(backend, False)
+
+    def status(self) -> dict[str, Any]:
+        st: dict[str, Any] = self.request(p.Status())
+        return st
+
+    def tasks(self, state: str | None = None, campaign: str | None = None, capability: str | None = None,
+              limit: int = 1000) -> list[Task]:
+        return list(_unpack("tasks", self.request(
+            p.Tasks(state=state, campaign=campaign, capability=capability, limit=limit))))
+
+    def task(self, task_id: str) -> Task:
+        t: Task = _unpack("task", self.request(p.GetTask(task_id=task_id)))
+        return t
+
+    def result(self, task_id: str) -> Result | None:
+        r: Result | None = _unpack("result", self.request(p.GetResult(task_id=task_id)))
+        return r
+
+    def samples(self, campaign: str | None = None) -> list[Sample]:
+        return list(_unpack("samples", self.request(p.Samples(campaign=campaign))))
+
+    def audit(self, since: float = 0.0) -> list[AuditEntry]:
+        return list(_unpack("audit", self.request(p.Audit(since=since))))
+
+    def events(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """Subscribe and yield events (transitions, progress); stops after ``timeout`` s of silence."""
+        self.request(p.Subscribe())
+        try:
+            while True:
+                while self._events:
+                    yield self._events.popleft()
+                if not self._sock.poll(None if timeout is None else timeout * 1000, zmq.POLLIN):
+                    return
+                msg = p.decode(self._sock.recv_multipart())
+                if isinstance(msg, p.Event):
+                    self._events.append(msg.event)
+        finally:
+            with contextlib.suppress(errors.PPUError):
+                self.request(p.Unsubscribe(), 1.0)
+
+
+class AsyncPPUClient:
+    """The same API for asyncio code (flows, the embedded lab, tests); every call is a coroutine."""
+
+    def __init__(self, address: str, *, timeout: float = 10.0, curve: CurveKeys | None = None,
+                 actor: str | None = None):
+        self.address = address
+        self.timeout = timeout
+        self.curve = curve
+        self.actor = actor
+        self._ctx = zmq.asyncio.Context()
+        self._sock: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self._futs: dict[str, asyncio.Future[Any]] = {}
+        self._queues: list[asyncio.Queue[dict[str, Any]]] = []
+
+    def _ensure(self) -> None:
+        if self._sock is None:
+            self._sock = _socket(self._ctx, self.address, self.curve)
+            self._reader = asyncio.get_running_loop().create_task(self._read(self._sock))
+
+    async def _drop_socket(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+            self._reader = None
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    async def close(self) -> None:
+        await self._drop_socket()
+        for f in self._futs.values():
+            f.cancel()
+        self._ctx.term()
+
+    async def __aenter__(self) -> AsyncPPUClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _read(self, sock: Any) -> None:
+        while True:
+            frames = await sock.recv_multipart()
+            try:
+                msg = p.decode(frames)
+            except p.ProtocolError:
+                continue
+            if isinstance(msg, p.Event):
+                for q in self._queues:
+                    q.put_nowait(msg.event)
+            elif isinstance(msg, p.Reply | p.Error):
+                fut = self._futs.pop(msg.req, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg)
+
+    async def request(self, msg: Any, timeout: float | None = None) -> Any:
+        self._ensure()
+        msg.req = msg.req or p.new_req()
+        if self.actor and getattr(msg, "actor", "x") is None:
+            msg.actor = self.actor
+        t = self.timeout if timeout is None else timeout
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._futs[msg.req] = fut
+        await self._sock.send_multipart(p.encode(msg))
+        try:
+            reply = await asyncio.wait_for(fut, t)
+        except TimeoutError:
+            self._futs.pop(msg.req, None)
+            await self._drop_socket()
+            raise _not_answering(self.address, t) from None
+        if isinstance(reply, p.Error):
+            raise error_from(reply)
+        return reply.data
+
+    async def ping(self, timeout: float = 1.0) -> bool:
+        try:
+            await self.request(p.Status(), timeout)
+            return True
+        except p.NotAnswering:
+            return False
+
+    # ---- the API ---------------------------------------------------------------------------
+
+    async def submit(self, specs: SpecLike | list[SpecLike]) -> list[str]:
+        ids: list[str] = await self.request(p.Submit(tasks=_specs(specs)))
+        return ids
+
+    submit_many = submit
+
+    async def wait(self, task_ids: str | list[str], timeout: float | None = None) -> list[Task]:
+        ids = [task_ids] if isinstance(task_ids, str) else task_ids
+        data = await self.request(p.Wait(task_ids=ids, timeout=timeout),
+                                  1e9 if timeout is None else timeout + self.timeout)
+        return list(_unpack("wait", data))
+
+    async def run(self, specs: SpecLike | list[SpecLike], timeout: float | None = None) -> list[Task]:
+        return await self.wait(await self.submit(specs), timeout)
+
+    async def cancel(self, task_id: str, reason: str = "") -> None:
+        await self.request(p.Cancel(task_id=task_id, reason=reason))
+
+    async def approve(self, task_id: str, note: str = "") -> None:
+        await self.request(p.Approve(task_id=task_id, note=note))
+
+    async def reject(self, task_id: str, reason: str = "") -> None:
+        await self.request(p.Reject(task_id=task_id, reason=reason))
+
+    async def review(self, task_id: str, decision: str, reason: str = "",
+                     outputs: dict[str, Any] | None = None) -> None:
+        await self.request(p.Review(task_id=task_id, decision=decision, reason=reason,  # type: ignore[arg-type]
+                                    outputs=outputs))
+
+    async def hold(self, backend: str | None = None, held: bool = True) -> list[str]:
+        names: list[str] = await self.request(p.Hold(backend=backend, held=held))
+        return names
+
+    async def stop(self, backend: str | None = None) -> list[str]:
+        return await self.hold(backend, True)
+
+    async def resume(self, backend: str | None = None) -> list[str]:
+        return await self.hold(backend, False)
+
+    async def status(self) -> dict[str, Any]:
+        st: dict[str, Any] = await self.request(p.Status())
+        return st
+
+    async def tasks(self, state: str | None = None, campaign: str | None = None,
+                    capability: str | None = None, limit: int = 1000) -> list[Task]:
+        return list(_unpack("tasks", await self.request(
+            p.Tasks(state=state, campaign=campaign, capability=capability, limit=limit))))
+
+    async def task(self, task_id: str) -> Task:
+        t: Task = _unpack("task", await self.request(p.GetTask(task_id=task_id)))
+        return t
+
+    async def result(self, task_id: str) -> Result | None:
+        r: Result | None = _unpack("result", await self.request(p.GetResult(task_id=task_id)))
+        return r
+
+    async def samples(self, campaign: str | None = None) -> list[Sample]:
+        return list(_unpack("samples", await self.request(p.Samples(campaign=campaign))))
+
+    async def audit(self, since: float = 0.0) -> list[AuditEntry]:
+        return list(_unpack("audit", await self.request(p.Audit(since=since))))
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        """Subscribe and yield events until the consumer stops iterating."""
+        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._queues.append(q)
+        try:
+            await self.request(p.Subscribe())
+            while True:
+                yield await q.get()
+        finally:
+            self._queues.remove(q)
+            if not self._queues and self._sock is not None:
+                with contextlib.suppress(errors.PPUError):
+                    await self.request(p.Unsubscribe(), 1.0)

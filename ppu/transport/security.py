@@ -1,0 +1,123 @@
+"""CURVE keys and who may do what (DESIGN.md promise 7).
+
+The decisions live in :class:`Authorizer`, which does no IO (STYLE.md §6, after
+``zmq/auth/base.py``); the server wires it to a ZAP handler on its loop. A key in the lab config
+is either a z85 public key (40 characters) or the name of a key pair in ``security.keys_dir``
+(made by ``ppu keys generate NAME``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import zmq.auth
+
+from ppu.config import SecurityConfig
+from ppu.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+@dataclass(frozen=True)
+class CurveKeys:
+    """What a connecting peer needs: its own pair and the orchestrator's public key (z85 bytes)."""
+
+    public: bytes
+    secret: bytes
+    server_public: bytes
+
+
+def generate_keys(name: str, keys_dir: str | Path = "keys") -> tuple[Path, Path]:
+    """Make ``NAME.key`` (public, share it) and ``NAME.key_secret`` (keep it) in ``keys_dir``."""
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"bad key name {name!r}",
+                          hint="use a plain name such as 'orchestrator' or 'xrd-pc'")
+    d = Path(keys_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    pub, sec = zmq.auth.create_certificates(str(d), name)
+    Path(sec).chmod(0o600)
+    return Path(pub), Path(sec)
+
+
+def load_keypair(keys_dir: str | Path, name: str) -> tuple[bytes, bytes]:
+    path = Path(keys_dir) / f"{name}.key_secret"
+    if not path.exists():
+        raise ConfigError(f"no secret key {path}",
+                          hint=f"make one with: ppu keys generate {name} --dir {keys_dir}")
+    public, secret = zmq.auth.load_certificate(str(path))
+    if secret is None:
+        raise ConfigError(f"{path} holds no secret key")
+    return public, secret
+
+
+def public_key(value: str, keys_dir: str | Path) -> str:
+    """A z85 public key, given either the key itself or the name of a key pair in ``keys_dir``."""
+    if len(value) == 40 and not (Path(keys_dir) / f"{value}.key").exists():
+        return value
+    path = Path(keys_dir) / f"{value}.key"
+    if not path.exists():
+        raise ConfigError(f"{value!r} is neither a z85 public key nor a key in {keys_dir}",
+                          field="security", hint=f"ppu keys generate {value} --dir {keys_dir}")
+    public, _ = zmq.auth.load_certificate(str(path))
+    return public.decode()
+
+
+def peer_keys(security: SecurityConfig, name: str) -> CurveKeys:
+    """Keys for a worker or client named ``name`` connecting to this lab's orchestrator."""
+    public, secret = load_keypair(security.keys_dir, name)
+    server_public = public_key(security.server_key, security.keys_dir).encode()
+    return CurveKeys(public, secret, server_public)
+
+
+def is_loopback(address: str) -> bool:
+    if address.startswith(("ipc://", "inproc://")):
+        return True
+    u = urlparse(address)
+    host = (u.hostname or "").lower()
+    return u.scheme == "tcp" and (host in LOOPBACK_HOSTS or host.startswith("127."))
+
+
+def check_bind(address: str, curve: bool, insecure: bool) -> None:
+    if not curve and not insecure and not is_loopback(address):
+        raise ConfigError(
+            f"refusing to bind {address} without CURVE: anyone on the network could submit work",
+            field="orchestrator.bind",
+            hint="set security.curve: true (ppu keys generate ...), bind 127.0.0.1, or pass --insecure")
+
+
+class Authorizer:
+    """Which public keys may connect, register which backends, and act as client or admin."""
+
+    def __init__(self, security: SecurityConfig):
+        d = security.keys_dir
+        self.curve = security.curve
+        self.admins = {public_key(k, d) for k in security.admins}
+        self.clients = {public_key(k, d) for k in security.clients} | self.admins
+        self.workers = {public_key(k, d): set(v) for k, v in security.workers.items()}
+        self.refused: Counter[str] = Counter()
+
+    def known(self, key: str) -> bool:
+        return key in self.clients or key in self.workers
+
+    def may_register(self, key: str | None, backend: str) -> bool:
+        return not self.curve or (key is not None and backend in self.workers.get(key, set()))
+
+    def may_request(self, key: str | None, admin: bool) -> bool:
+        if not self.curve:
+            return True
+        return key in (self.admins if admin else self.clients)
+
+    # the ZAP credentials-provider interface of zmq.auth (configure_curve_callback)
+    def callback(self, domain: str, key: bytes) -> bool:
+        k = key.decode("ascii", "replace")
+        if self.known(k):
+            return True
+        self.refused[k] += 1
+        log.warning("refused an unknown CURVE key %s", k)
+        return False

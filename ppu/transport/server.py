@@ -1,0 +1,443 @@
+"""The orchestrator's ROUTER: one socket, one loop, around one :class:`~ppu.orchestrator.Orchestrator`.
+
+Thin glue (STYLE.md §6): frames in -> :func:`ppu.protocol.decode` -> one orchestrator call ->
+frames out. Bad input never ends the loop: a malformed frame is answered with a typed
+:class:`~ppu.protocol.Error` and counted in ``orchestrator.counters`` (``ppu status`` shows them);
+a :class:`~ppu.errors.PPUError` from the orchestrator becomes an Error reply; anything else is
+logged and answered as ``internal_error``.
+
+Liveness: the server sends Heartbeat to every worker each ``heartbeat_s``; a worker silent for
+``heartbeat_s * missed_heartbeats`` is declared lost through :meth:`Orchestrator.lost` (audited).
+If the scheduler's own clock declared a backend lost first, the server drops it from its view
+and tells the worker to register again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from zmq.auth.asyncio import AsyncioAuthenticator
+
+from ppu import protocol as p
+from ppu.backends.base import TaskRun
+from ppu.config import SecurityConfig
+from ppu.errors import NotAllowed, PPUError, UnknownTaskError
+from ppu.models import AuditEntry
+from ppu.orchestrator import Orchestrator
+from ppu.transport.security import Authorizer, check_bind, load_keypair
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Peer:
+    """A registered worker as the server sees it."""
+
+    identity: bytes
+    key: str | None
+    backends: set[str] = field(default_factory=set)
+    last_seen: float = field(default_factory=time.monotonic)
+
+
+class RemoteLink:
+    """The :class:`~ppu.orchestrator.WorkerLink` for workers behind the ROUTER."""
+
+    def __init__(self, server: OrchestratorServer):
+        self.server = server
+
+    async def assign(self, backend: str, batch_id: str, runs: list[TaskRun]) -> None:
+        await self.server.send_to_backend(backend, p.Assign(backend=backend, batch_id=batch_id, runs=runs))
+
+    async def abort(self, backend: str, task_id: str) -> None:
+        await self.server.send_to_backend(backend, p.Abort(backend=backend, task_id=task_id))
+
+    async def pause(self, backend: str) -> str:
+        return await self.server.ask_worker(backend, p.Pause(req=p.new_req(), backend=backend))
+
+    async def resume(self, backend: str) -> str:
+        return await self.server.ask_worker(backend, p.Resume(req=p.new_req(), backend=backend))
+
+
+class OrchestratorServer:
+    def __init__(self, orch: Orchestrator, bind: str | None = None, security: SecurityConfig | None = None,
+                 *, insecure: bool = False):
+        self.orch = orch
+        self.cfg = orch.cfg
+        self.bind_to = bind or orch.cfg.bind
+        self.security = security or SecurityConfig()
+        self.auth = Authorizer(self.security)
+        check_bind(self.bind_to, self.security.curve, insecure)
+        self.address = ""
+        self.link = RemoteLink(self)
+        self.peers: dict[bytes, _Peer] = {}
+        self.backend_peer: dict[str, bytes] = {}
+        self._ctx: zmq.asyncio.Context | None = None
+        self._sock: zmq.asyncio.Socket | None = None
+        self._zap: AsyncioAuthenticator | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._main: list[asyncio.Task[None]] = []
+        self._asks: dict[str, asyncio.Future[str]] = {}
+        self._subs: dict[bytes, asyncio.Task[None]] = {}
+        self._sub_queues: dict[bytes, asyncio.Queue[dict[str, Any]]] = {}
+        self._outbox: list[tuple[bytes, Any]] | None = None
+        self.burst = 256  # most messages handled in one group commit
+
+    # ---- life cycle ------------------------------------------------------------------------
+
+    async def start(self) -> str:
+        """Bind and start serving; returns the bound address (a tcp port 0 becomes the real one)."""
+        self._ctx = ctx = zmq.asyncio.Context()
+        sock = ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # Messages a little over the limit get a typed error from decode(); far over it, ZMQ drops them.
+        sock.setsockopt(zmq.MAXMSGSIZE, 2 * self.cfg.max_message_bytes + 4096)
+        if self.security.curve:
+            self._zap = AsyncioAuthenticator(ctx)
+            self._zap.start()
+            self._zap.configure_curve_callback("*", credentials_provider=self.auth)
+            public, secret = load_keypair(self.security.keys_dir, self.security.server_key)
+            sock.curve_server = True
+            sock.curve_publickey = public
+            sock.curve_secretkey = secret
+        self._sock = sock
+        try:
+            sock.bind(self.bind_to)
+        except zmq.ZMQError as exc:
+            await self.close()
+            raise PPUError(f"cannot bind {self.bind_to}: {exc}",
+                           hint="is another orchestrator running? choose another port with --bind") from None
+        self.address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        loop = asyncio.get_running_loop()
+        self._main = [loop.create_task(self._serve()), loop.create_task(self._liveness())]
+        log.info("orchestrator serving on %s%s", self.address, " (CURVE)" if self.security.curve else "")
+        return self.address
+
+    async def close(self) -> None:
+        for t in [*self._main, *self._tasks, *self._subs.values()]:
+            t.cancel()
+        for t in [*self._main, *self._tasks, *self._subs.values()]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._main, self._tasks, self._subs = [], set(), {}
+        for q in list(self._sub_queues.values()):
+            self.orch.unsubscribe(q)
+        self._sub_queues.clear()
+        if self._zap is not None:
+            self._zap.stop()
+            self._zap = None
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    # ---- sending ---------------------------------------------------------------------------
+
+    async def send(self, identity: bytes, msg: Any) -> bool:
+        """Send one message; False (and a counter) when the peer is gone or not keeping up."""
+        if self._outbox is not None:  # inside a group commit: sent once the burst is durable
+            self._outbox.append((identity, msg))
+            return True
+        if self._sock is None:
+            return False
+        try:
+            await self._sock.send_multipart([identity, *p.encode(msg)], flags=zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError as exc:
+            self.orch.counters["unroutable" if exc.errno == zmq.EHOSTUNREACH else "send_dropped"] += 1
+            return False
+
+    async def send_to_backend(self, backend: str, msg: Any) -> None:
+        identity = self.backend_peer.get(backend)
+        if identity is None or not await self.send(identity, msg):
+            raise PPUError(f"backend {backend} has no connected worker")
+
+    async def ask_worker(self, backend: str, msg: p.Pause | p.Resume) -> str:
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._asks[msg.req] = fut
+        try:
+            await self.send_to_backend(backend, msg)
+            return await asyncio.wait_for(fut, self.cfg.heartbeat_s * self.cfg.missed_heartbeats)
+        finally:
+            self._asks.pop(msg.req, None)
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        assert self._sock is not None
+        sock = self._sock
+        while True:
+            burst = [await sock.recv_multipart(copy=False)]
+            while len(burst) < self.burst and int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                more: Any = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)  # resolved at once
+                burst.append(more.result())
+            # Group commit: one store transaction for the burst; answers leave after it is durable.
+            self._outbox = []
+            try:
+                with self.orch.grouped():
+                    for frames in burst:
+                        try:
+                            await self._on_frames(frames)
+                        except Exception:  # never let one message end the loop
+                            self.orch.counters["internal_errors"] += 1
+                            log.exception("error while handling a message")
+            except Exception:
+                self.orch.counters["internal_errors"] += 1
+                log.exception("could not journal a burst of %d messages", len(burst))
+                self._outbox = [(i, m) for i, m in self._outbox if not isinstance(m, p.Ack | p.Reply)]
+            finally:
+                outbox, self._outbox = self._outbox, None
+            for identity, msg in outbox or []:
+                await self.send(identity, msg)
+
+    async def _on_frames(self, frames: list[zmq.Frame]) -> None:
+        identity = frames[0].bytes
+        key: str | None = None
+        if self.security.curve:
+            with contextlib.suppress(Exception):
+                key = str(frames[-1].get("User-Id"))
+        body = [f.bytes for f in frames[1:]]
+        try:
+            msg = p.decode(body, self.cfg.max_message_bytes)
+        except p.ProtocolError as exc:
+            reason = str(exc.data.get("reason", "bad"))
+            self.orch.counters["protocol_" + reason] += 1
+            log.info("refused a malformed message from %s: %s", identity.hex(), exc)
+            await self.send(identity, p.Error.of(exc, _guess_req(body)))
+            return
+        peer = self.peers.get(identity)
+        if peer is not None:
+            peer.last_seen = time.monotonic()
+        if isinstance(msg, p.WORKER_MESSAGES):
+            await self._on_worker(identity, key, peer, msg)
+        elif isinstance(msg, p.CLIENT_REQUESTS):
+            await self._on_request(identity, key, msg)
+        else:
+            self.orch.counters["protocol_unexpected_type"] += 1
+            await self.send(identity, p.Error(
+                code=p.ProtocolError.code, field="type",
+                message=f"the orchestrator does not accept {msg.type!r} messages"))
+
+    # ---- workers ---------------------------------------------------------------------------
+
+    async def _on_worker(self, identity: bytes, key: str | None, peer: _Peer | None, msg: Any) -> None:
+        if isinstance(msg, p.Register):
+            await self._register(identity, key, msg)
+            return
+        if isinstance(msg, p.Done):
+            fut = self._asks.get(msg.req)
+            if fut is not None and not fut.done():
+                fut.set_result(msg.detail)
+            return
+        if peer is None or (not isinstance(msg, p.Heartbeat) and msg.backend not in peer.backends):
+            self.orch.counters["not_registered"] += 1
+            await self.send(identity, p.Error.of(p.NotRegistered(
+                "this worker is not registered (the orchestrator restarted or declared it lost)",
+                hint="register again")))
+            return
+        if isinstance(msg, p.Heartbeat):
+            for b in peer.backends:
+                self.orch.heartbeat(b)
+        elif isinstance(msg, p.Started):
+            self.orch.started(msg.task_id, msg.attempt)
+        elif isinstance(msg, p.Progress):
+            self.orch.progress(msg.task_id, msg.fraction, msg.message)
+        elif isinstance(msg, p.ResultMsg):
+            await self._result(identity, msg.backend, msg.result)
+
+    async def _result(self, identity: bytes, backend: str, result: Any) -> None:
+        try:
+            self.orch.finished(result, backend)  # journals before it returns
+        except PPUError as exc:
+            self.orch.counters["result_errors"] += 1
+            await self.send(identity, p.Error.of(exc))
+            return
+        await self.send(identity, p.Ack(backend=backend, task_id=result.task_id, attempt=result.attempt))
+
+    async def _register(self, identity: bytes, key: str | None, msg: p.Register) -> None:
+        refused = [s.name for s in msg.backends if not self.auth.may_register(key, s.name)]
+        if refused:
+            self.orch.counters["refused_register"] += 1
+            log.warning("worker %s (key %s) may not register %s", msg.worker, key, refused)
+            await self.send(identity, p.Error.of(NotAllowed(
+                f"this worker's key may not register backend(s) {', '.join(refused)}", field="backends",
+                hint="list the backend under security.workers for this key in the lab config"), msg.req))
+            return
+        peer = self.peers.setdefault(identity, _Peer(identity, key))
+        for spec in msg.backends:
+            old = self.backend_peer.get(spec.name)
+            if old is not None and old != identity and old in self.peers:
+                self.peers[old].backends.discard(spec.name)
+            self.orch.register(spec, self.link, msg.in_flight.get(spec.name, []))
+            self.backend_peer[spec.name] = identity
+            peer.backends.add(spec.name)
+        for backend, results in msg.pending.items():
+            if backend in peer.backends:
+                for r in results:
+                    await self._result(identity, backend, r)
+        self.orch.counters["registrations"] += 1
+        await self.send(identity, p.RegisterOk(req=msg.req, backends=sorted(peer.backends),
+                                               heartbeat_s=self.cfg.heartbeat_s))
+
+    async def _liveness(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.heartbeat_s)
+            try:
+                await self._check_peers()
+            except Exception:
+                log.exception("liveness check failed")
+
+    async def _check_peers(self) -> None:
+        now = time.monotonic()
+        deadline = self.cfg.heartbeat_s * self.cfg.missed_heartbeats
+        registered = {b["name"] for b in self.orch.sched.backends() if b["registered"]}
+        for identity, peer in list(self.peers.items()):
+            if now - peer.last_seen > deadline:
+                for b in sorted(peer.backends):
+                    if self.backend_peer.get(b) == identity:
+                        self.backend_peer.pop(b)
+                        self.orch.lost(b, f"missed heartbeats for {now - peer.last_seen:.1f}s")
+                self.peers.pop(identity)
+                continue
+            gone = {b for b in peer.backends if b not in registered}
+            if gone:  # the scheduler's clock got there first: forget them and ask the worker back
+                for b in gone:
+                    peer.backends.discard(b)
+                    if self.backend_peer.get(b) == identity:
+                        self.backend_peer.pop(b)
+                        self.orch.links.pop(b, None)
+                        self.orch.store.add_audit(AuditEntry(
+                            actor="orchestrator", action="backend_lost", target=b,
+                            detail={"why": "missed heartbeats (scheduler clock)"}))
+                await self.send(identity, p.Error.of(p.NotRegistered(
+                    f"backend(s) {', '.join(sorted(gone))} were declared lost", hint="register again")))
+            await self.send(identity, p.Heartbeat())
+
+    # ---- clients ---------------------------------------------------------------------------
+
+    async def _on_request(self, identity: bytes, key: str | None, msg: Any) -> None:
+        admin = isinstance(msg, p.ADMIN_REQUESTS)
+        if not self.auth.may_request(key, admin):
+            self.orch.counters["refused_request"] += 1
+            await self.send(identity, p.Error.of(NotAllowed(
+                f"this key may not {msg.type}" + (" (admin only)" if admin else ""),
+                hint=f"add the key to security.{'admins' if admin else 'clients'}"), msg.req))
+            return
+        actor = msg.actor or "client"
+        if key:
+            actor = f"{actor}[{key[:8]}]"
+        if isinstance(msg, p.Wait):
+            t = asyncio.get_running_loop().create_task(self._wait(identity, msg))
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
+            return
+        try:
+            data = self._call(identity, msg, actor)
+            reply: Any = p.Reply(req=msg.req, data=data)
+        except PPUError as exc:
+            self.orch.counters["error_" + exc.code] += 1
+            reply = p.Error.of(exc, msg.req)
+        except Exception as exc:
+            self.orch.counters["internal_errors"] += 1
+            log.exception("request %s failed", msg.type)
+            reply = p.Error(req=msg.req, code="internal_error", message=f"{type(exc).__name__}: {exc}",
+                            hint="see the orchestrator's log")
+        await self.send(identity, reply)
+
+    def _call(self, identity: bytes, msg: Any, actor: str) -> Any:
+        o = self.orch
+        match msg:
+            case p.Submit():
+                return o.submit(msg.tasks, actor=actor)
+            case p.Cancel():
+                o.cancel(msg.task_id, actor, msg.reason)
+            case p.Approve():
+                o.approve(msg.task_id, actor, msg.note)
+            case p.Reject():
+                o.reject(msg.task_id, actor, msg.reason)
+            case p.Review():
+                o.review(msg.task_id, msg.decision, actor, msg.reason, msg.outputs)
+            case p.Hold():
+                return o.hold(msg.backend, msg.held, actor)
+            case p.Status():
+                st = o.status()
+                st["workers"] = len(self.peers)
+                return st
+            case p.Tasks():
+                return [t.model_dump(mode="json") for t in
+                        o.store.list_tasks(msg.state, msg.campaign, msg.capability, msg.limit)]
+            case p.GetTask():
+                t = o.get_task(msg.task_id)
+                if t is None:
+                    raise UnknownTaskError(f"unknown task {msg.task_id!r}", hint="ppu tasks lists the tasks")
+                return t.model_dump(mode="json")
+            case p.GetResult():
+                if o.get_task(msg.task_id) is None:
+                    raise UnknownTaskError(f"unknown task {msg.task_id!r}", hint="ppu tasks lists the tasks")
+                r = o.store.final_result(msg.task_id)
+                return r.model_dump(mode="json") if r else None
+            case p.Samples():
+                return [s.model_dump(mode="json") for s in o.store.list_samples(msg.campaign)]
+            case p.Audit():
+                return [a.model_dump(mode="json") for a in o.store.audit_entries(msg.since)]
+            case p.Subscribe():
+                self._subscribe(identity)
+            case p.Unsubscribe():
+                self._unsubscribe(identity)
+        return None
+
+    async def _wait(self, identity: bytes, msg: p.Wait) -> None:
+        try:
+            tasks = await self.orch.wait(msg.task_ids, msg.timeout)
+            reply: Any = p.Reply(req=msg.req, data=[t.model_dump(mode="json") for t in tasks])
+        except TimeoutError:
+            reply = p.Error.of(p.WaitTimeout(f"the tasks did not all end within {msg.timeout}s",
+                                             hint="wait again, or check them with ppu tasks"), msg.req)
+        except PPUError as exc:
+            reply = p.Error.of(exc, msg.req)
+        await self.send(identity, reply)
+
+    def _subscribe(self, identity: bytes) -> None:
+        if identity in self._subs:
+            return
+        q = self.orch.subscribe()
+        self._sub_queues[identity] = q
+        self._subs[identity] = asyncio.get_running_loop().create_task(self._forward(identity, q))
+
+    def _unsubscribe(self, identity: bytes) -> None:
+        t = self._subs.pop(identity, None)
+        if t is not None:
+            t.cancel()
+        q = self._sub_queues.pop(identity, None)
+        if q is not None:
+            self.orch.unsubscribe(q)
+
+    async def _forward(self, identity: bytes, q: asyncio.Queue[dict[str, Any]]) -> None:
+        while True:
+            ev = await q.get()
+            if not await self.send(identity, p.Event(event=ev)):
+                if self._sock is not None and identity not in self.peers:
+                    # the subscriber went away (or stopped reading): end its subscription
+                    self._subs.pop(identity, None)
+                    self._sub_queues.pop(identity, None)
+                    self.orch.unsubscribe(q)
+                    return
+
+
+def _guess_req(body: list[bytes]) -> str:
+    """The request id of a message that failed validation, so the client can match the error."""
+    try:
+        req = json.loads(body[1]).get("req", "") if len(body) == 2 and len(body[1]) < 1_000_000 else ""
+        return req if isinstance(req, str) and len(req) <= 64 else ""
+    except Exception:
+        return ""

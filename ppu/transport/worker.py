@@ -1,0 +1,232 @@
+"""A worker process: hosts backends behind a DEALER connected to the orchestrator.
+
+The backends run in the same :class:`~ppu.host.BackendHost` the in-process ``LocalWorker`` uses,
+so there is one code path for running work. This module only carries messages: register (with
+the tasks it still holds and the results not yet acknowledged), heartbeats, assignments in,
+started / progress / results out, results re-sent with backoff until acknowledged. When the
+orchestrator is silent for ``heartbeat_s * missed_heartbeats`` (killed, restarted, network),
+the worker throws its socket away, connects a new one and registers again (zguide's Paranoid
+Pirate). One coroutine owns the socket, so replacing it needs no locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from ppu import protocol as p
+from ppu.backends.base import Backend
+from ppu.host import BackendHost
+from ppu.models import Result
+from ppu.transport.security import CurveKeys
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    def __init__(self, connect: str, backends: list[Backend], *, name: str | None = None,
+                 heartbeat_s: float = 1.0, missed_heartbeats: int = 3, curve: CurveKeys | None = None,
+                 resend_max_s: float = 10.0):
+        if not backends:
+            raise ValueError("a worker needs at least one backend")
+        self.connect_to = connect
+        self.name = name or "worker-" + uuid.uuid4().hex[:6]
+        self.heartbeat_s = heartbeat_s
+        self.missed = missed_heartbeats
+        self.curve = curve
+        self.resend_max_s = resend_max_s
+        self.hosts = {b.name: BackendHost(b, self._reporter(b.name)) for b in backends}
+        self.registered = False
+        self.reconnects = 0
+        self._ctx = zmq.asyncio.Context()
+        self._sock: zmq.asyncio.Socket | None = None
+        self._last_heard = 0.0
+        self._last_register = 0.0
+        self._resend_at: dict[tuple[str, int], tuple[float, float]] = {}  # -> (when, backoff)
+        self._main: asyncio.Task[None] | None = None
+        self._side: set[asyncio.Task[Any]] = set()
+        self._register_req = ""
+
+    # ---- life cycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for host in self.hosts.values():
+            await host.start()
+        self._open()
+        self._main = asyncio.get_running_loop().create_task(self._loop())
+
+    async def wait_registered(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.registered:
+            if time.monotonic() > deadline:
+                raise p.NotAnswering(
+                    f"the orchestrator at {self.connect_to} did not register us within {timeout:g}s",
+                    hint="is it running? is this worker's key allowed?")
+            await asyncio.sleep(0.01)
+
+    async def run_forever(self) -> None:
+        if self._main is None:
+            await self.start()
+        assert self._main is not None
+        await self._main
+
+    async def close(self) -> None:
+        tasks = [t for t in [self._main, *self._side] if t is not None]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._main = None
+        for host in self.hosts.values():
+            await host.close()
+        self._close_socket()
+        self._ctx.term()
+
+    def _open(self) -> None:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTING_ID, f"{self.name}-{uuid.uuid4().hex[:8]}".encode())
+        if self.curve is not None:
+            sock.curve_publickey = self.curve.public
+            sock.curve_secretkey = self.curve.secret
+            sock.curve_serverkey = self.curve.server_public
+        sock.connect(self.connect_to)
+        self._sock = sock
+        self.registered = False
+        self._last_heard = time.monotonic()
+        self._send_register()
+
+    def _close_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    # ---- sending ---------------------------------------------------------------------------
+
+    def _send(self, msg: Any) -> bool:
+        if self._sock is None:
+            return False
+        try:
+            # with NOBLOCK the future is already resolved: result() raises if the send failed
+            sent: Any = self._sock.send_multipart(p.encode(msg), flags=zmq.NOBLOCK)
+            sent.result()
+            return True
+        except zmq.ZMQError:  # not connected yet or queue full: heartbeats and re-sends cover it
+            return False
+
+    def _send_register(self) -> None:
+        self._register_req = p.new_req()
+        self._last_register = time.monotonic()
+        specs = [h.backend.spec() for h in self.hosts.values()]
+        self._send(p.Register(req=self._register_req, worker=self.name, backends=specs,
+                              in_flight={n: h.in_flight() for n, h in self.hosts.items()},
+                              pending={n: h.pending_results() for n, h in self.hosts.items() if h.unacked}))
+
+    def _reporter(self, backend: str) -> Any:
+        async def report(kind: str, payload: dict[str, Any]) -> None:
+            if kind == "started":
+                self._send(p.Started(backend=backend, **payload))
+            elif kind == "progress":
+                self._send(p.Progress(backend=backend, task_id=payload["task_id"],
+                                      fraction=min(1.0, max(0.0, float(payload["fraction"]))),
+                                      message=str(payload["message"])[:4096]))
+            elif kind == "result":
+                r = Result.model_validate(payload)
+                hb = self.heartbeat_s
+                self._resend_at[(r.task_id, r.attempt)] = (time.monotonic() + hb, hb)
+                self._send(p.ResultMsg(backend=backend, result=r))
+        return report
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        tick = self.heartbeat_s
+        next_beat = time.monotonic()
+        while True:
+            sock = self._sock
+            assert sock is not None
+            timeout = max(0.0, next_beat - time.monotonic())
+            if await sock.poll(timeout * 1000):
+                frames = await sock.recv_multipart()
+                try:
+                    self._on_message(p.decode(frames))
+                except p.ProtocolError as exc:
+                    log.warning("ignored a malformed message from the orchestrator: %s", exc)
+                continue
+            now = time.monotonic()
+            next_beat = now + tick
+            if now - self._last_heard > tick * self.missed:
+                log.warning("orchestrator at %s silent for %.1fs: reconnecting", self.connect_to,
+                            now - self._last_heard)
+                self.reconnects += 1
+                self._close_socket()
+                self._open()
+                continue
+            if not self.registered and now - self._last_register > tick:
+                self._send_register()
+            self._send(p.Heartbeat())
+            if self.registered:
+                self._resend(now)
+
+    def _resend(self, now: float) -> None:
+        for name, host in self.hosts.items():
+            for r in host.pending_results():
+                key = (r.task_id, r.attempt)
+                when, backoff = self._resend_at.get(key, (now, self.heartbeat_s))
+                if when <= now:
+                    self._send(p.ResultMsg(backend=name, result=r))
+                    backoff = min(backoff * 2, self.resend_max_s)
+                    self._resend_at[key] = (now + backoff, backoff)
+
+    def _on_message(self, msg: Any) -> None:
+        self._last_heard = time.monotonic()
+        match msg:
+            case p.Heartbeat():
+                pass
+            case p.RegisterOk():
+                self.registered = True
+                log.info("registered %s at %s", ", ".join(msg.backends), self.connect_to)
+            case p.Assign():
+                host = self.hosts.get(msg.backend)
+                if host is not None:
+                    host.assign(msg.batch_id, msg.runs)
+            case p.Ack():
+                host = self.hosts.get(msg.backend)
+                if host is not None:
+                    host.ack(msg.task_id, msg.attempt)
+                self._resend_at.pop((msg.task_id, msg.attempt), None)
+            case p.Abort():
+                host = self.hosts.get(msg.backend)
+                if host is not None:
+                    self._spawn(host.abort(msg.task_id))
+            case p.Pause() | p.Resume():
+                host = self.hosts.get(msg.backend)
+                if host is not None:
+                    self._spawn(self._pause(host, msg))
+            case p.Error():
+                if msg.code == p.NotRegistered.code:
+                    self.registered = False
+                    self._send_register()
+                elif msg.req and msg.req == self._register_req:
+                    log.error("the orchestrator refused the registration: %s (%s)", msg.message, msg.hint)
+                else:
+                    log.warning("orchestrator error: %s: %s", msg.code, msg.message)
+            case _:
+                log.warning("ignored an unexpected %s message", msg.type)
+
+    async def _pause(self, host: BackendHost, msg: p.Pause | p.Resume) -> None:
+        detail = await (host.backend.pause() if isinstance(msg, p.Pause) else host.backend.resume())
+        self._send(p.Done(req=msg.req, detail=detail))
+
+    def _spawn(self, coro: Any) -> None:
+        t = asyncio.get_running_loop().create_task(coro)
+        self._side.add(t)
+        t.add_done_callback(self._side.discard)
