@@ -215,14 +215,19 @@ def reject(task_id: str, reason: Annotated[str, typer.Option(help="why (kept in 
 
 @app.command()
 def review(
-    task_id: str,
+    task_id: Annotated[str | None, typer.Argument(help="task to decide on; leave out to list them")] = None,
     config: ConfigOpt = None,
     retry: Annotated[bool, typer.Option("--retry", help="run it again")] = False,
     fail: Annotated[str | None, typer.Option("--fail", help="fail it, with this reason")] = None,
     result: Annotated[str | None, typer.Option("--result", help="enter the outputs by hand (JSON or @file)")] = None,
     connect: ConnectOpt = None,
 ) -> None:
-    """Decide on an interrupted physical task (needs_review): retry, fail, or enter its result."""
+    """List interrupted physical tasks (needs_review), or decide on one: retry, fail, or enter its result."""
+    if task_id is None:
+        lab = _lab(config)
+        rows = _act(lab, connect, lambda o: o.reviews(), lambda c: c.reviews())
+        _print_reviews(rows)
+        return
     chosen = [x for x in (retry, fail is not None, result is not None) if x]
     if len(chosen) != 1:
         _fail(PPUError("choose exactly one of --retry, --fail REASON, --result JSON",
@@ -241,6 +246,167 @@ def review(
         _act(lab, connect, lambda o: o.review(task_id, "result", "cli", "", outputs),
              lambda c: c.review(task_id, "result", "", outputs))
     console.print(f"reviewed {task_id}")
+
+
+def _print_reviews(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        console.print("no task waits for review")
+        return
+    t = Table(title=f"waiting for review ({len(rows)})")
+    for col in ("task", "capability", "backend", "why", "last progress", "runs", "sample last seen"):
+        t.add_column(col)
+    for r in rows:
+        prog = r.get("last_progress") or {}
+        sample = r.get("sample") or {}
+        loc = sample.get("location") or {}
+        t.add_row(r["task_id"], r["capability"], r.get("backend") or "", (r.get("why") or "")[:60],
+                  f"{prog.get('fraction', 0):.0%} {prog.get('message', '')}" if prog else "",
+                  ", ".join(u[:8] for u in r.get("run_uids", [])),
+                  f"{loc.get('device', '')} {loc.get('slot') or ''}".strip())
+    console.print(t)
+    console.print("decide with: ppu review ID --retry | --fail REASON | --result JSON")
+
+
+@app.command()
+def approvals(config: ConfigOpt = None, connect: ConnectOpt = None) -> None:
+    """Tasks waiting for a person's approval: why, and what each would do."""
+    lab = _lab(config)
+    rows = _act(lab, connect, lambda o: o.approvals(), lambda c: c.approvals())
+    if not rows:
+        console.print("nothing waits for approval")
+        return
+    t = Table(title=f"waiting for approval ({len(rows)})")
+    for col in ("task", "capability", "why", "would do", "on", "duration", "cost", "campaign"):
+        t.add_column(col)
+    for r in rows:
+        dur, cost = r.get("expected_duration_s"), r.get("expected_cost")
+        t.add_row(r["task_id"], r["capability"], r.get("reason", ""), json.dumps(r.get("inputs", {}))[:70],
+                  ", ".join(r.get("backends", [])), f"{dur:g} s" if dur is not None else "",
+                  f"{cost:g}" if cost is not None else "", r.get("campaign") or "")
+    console.print(t)
+    console.print("decide with: ppu approve ID [--note ...] or ppu reject ID --reason ...")
+
+
+samples_app = typer.Typer(help="The sample registry: where every sample is and what was done to it.",
+                          invoke_without_command=True)
+app.add_typer(samples_app, name="samples")
+
+
+@samples_app.callback()
+def samples_list(ctx: typer.Context, config: ConfigOpt = None, campaign: str | None = None,
+                 connect: ConnectOpt = None) -> None:
+    """List samples (newest last)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    lab = _lab(config)
+    rows = _act(lab, connect, lambda o: o.store.list_samples(campaign), lambda c: c.samples(campaign))
+    t = Table(title=f"samples ({len(rows)})")
+    for col in ("id", "state", "made by", "location", "measurements", "campaign"):
+        t.add_column(col)
+    for s in rows:
+        loc = f"{s.location.device} {s.location.slot or ''}".strip() if s.location else ""
+        t.add_row(s.id, s.state.value, s.made_by or "", loc, str(len(s.measurements)), s.campaign or "")
+    console.print(t)
+
+
+@samples_app.command("show")
+def samples_show(sample_id: str, config: ConfigOpt = None, connect: ConnectOpt = None) -> None:
+    """One sample's lineage: recipe, the task that made it, every measurement, current location."""
+    lab = _lab(config)
+    d = _act(lab, connect, lambda o: o.sample_detail(sample_id), lambda c: c.sample(sample_id))
+    s = d["sample"]
+    loc = s.get("location") or {}
+    console.print(f"[bold]{s['id']}[/]  state={s['state']}  at {loc.get('device', '?')} {loc.get('slot') or ''}")
+    console.print(f"recipe: {json.dumps(s.get('recipe', {}))}")
+    made = d.get("made_by") or {}
+    console.print(f"made by: {made.get('task_id')} ({made.get('capability')}, {made.get('state')})")
+    t = Table(title="measurements")
+    for col in ("task", "capability", "state", "outputs", "entered by"):
+        t.add_column(col)
+    for m in d.get("measurements", []):
+        t.add_row(m["task_id"], m.get("capability") or "", m.get("state") or "",
+                  json.dumps(m.get("outputs"))[:80], m.get("entered_by") or "")
+    console.print(t)
+
+
+@app.command()
+def audit(
+    config: ConfigOpt = None,
+    since: Annotated[float, typer.Option(help="only entries after this many hours ago (0: all)")] = 0.0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the entries as JSON lines here")] = None,
+    connect: ConnectOpt = None,
+) -> None:
+    """Every approval, rejection, manual result, autonomy change, stop and resume: who, when, what, why."""
+    import time as _time
+
+    lab = _lab(config)
+    t0 = _time.time() - since * 3600 if since else 0.0
+    rows = _act(lab, connect, lambda o: o.store.audit_entries(t0), lambda c: c.audit(t0))
+    t = Table(title=f"audit log ({len(rows)})")
+    for col in ("when", "who", "what", "target", "detail"):
+        t.add_column(col)
+    for a in rows:
+        when = _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(a.at))
+        t.add_row(when, a.actor, a.action, a.target or "", json.dumps(a.detail)[:80])
+    console.print(t)
+    if json_out is not None:
+        json_out.write_text("".join(a.model_dump_json() + "\n" for a in rows))
+        console.print(f"wrote {len(rows)} entries to {json_out}")
+
+
+@app.command()
+def stop(
+    config: ConfigOpt = None,
+    backend: Annotated[str | None, typer.Option(help="only this backend (default: every physical one)")] = None,
+    now: Annotated[bool, typer.Option("--now", help="pause at once instead of at the next checkpoint")] = False,
+    connect: ConnectOpt = None,
+) -> None:
+    """Lab-wide stop: pause running physical plans and hold their queues (digital work goes on)."""
+    lab = _lab(config)
+    states = _act(lab, connect, lambda o: o.stop(backend, "cli", now), lambda c: c.stop(backend, now))
+    _print_states("stopped", states)
+    console.print("resume with: ppu resume" + (f" --backend {backend}" if backend else ""))
+
+
+@app.command()
+def resume(
+    config: ConfigOpt = None,
+    backend: Annotated[str | None, typer.Option(help="only this backend (default: every stopped one)")] = None,
+    connect: ConnectOpt = None,
+) -> None:
+    """Undo a stop: resume paused plans and let the backends take work again."""
+    lab = _lab(config)
+    states = _act(lab, connect, lambda o: o.resume(backend, "cli"), lambda c: c.resume(backend))
+    _print_states("resumed", states)
+
+
+def _print_states(what: str, states: dict[str, str]) -> None:
+    if not states:
+        console.print(f"nothing to {what[:-2]}")
+        return
+    t = Table(title=what)
+    t.add_column("backend")
+    t.add_column("left in")
+    for name, st in states.items():
+        t.add_row(name, st)
+    console.print(t)
+
+
+@app.command()
+def autonomy(
+    level: Annotated[str, typer.Argument(help="manual, supervised or autonomous")],
+    config: ConfigOpt = None,
+    backend: Annotated[str | None, typer.Option(help="set it for this backend")] = None,
+    capability: Annotated[str | None, typer.Option(help="set it for this capability")] = None,
+    connect: ConnectOpt = None,
+) -> None:
+    """Change an autonomy level at run time (default level, or one backend or capability)."""
+    if level not in ("manual", "supervised", "autonomous"):
+        _fail(PPUError(f"unknown autonomy level {level!r}", hint="use manual, supervised or autonomous"))
+    lab = _lab(config)
+    _act(lab, connect, lambda o: o.set_autonomy(level, "cli", backend, capability),
+         lambda c: c.set_autonomy(level, backend, capability))
+    console.print(f"autonomy of {backend or capability or 'the lab'} is now {level}")
 
 
 @app.command()

@@ -234,7 +234,7 @@ class Provenance(Strict):
 
 class Result(Strict):
     task_id: str
-    attempt: int
+    attempt: int = Field(description="the run attempt it reports (1, 2, ...); 0: entered by a person")
     status: ResultStatus
     outputs: dict[str, Any] = Field(default_factory=dict)
     error: str | None = None

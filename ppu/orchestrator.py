@@ -79,7 +79,7 @@ class WorkerLink(Protocol):
 
     async def abort(self, backend: str, task_id: str) -> None: ...
 
-    async def pause(self, backend: str) -> str: ...
+    async def pause(self, backend: str, defer: bool = True) -> str: ...
 
     async def resume(self, backend: str) -> str: ...
 
@@ -422,7 +422,9 @@ class Orchestrator:
         if decision == "result":
             t = self.sched.task(task_id)
             checked = capabilities.validate_outputs(t.capability, outputs or {})
-            result = Result(task_id=task_id, attempt=t.attempts, status=ResultStatus.succeeded, outputs=checked,
+            # attempt 0 marks a result entered by a person: it never collides with a run's own
+            # (possibly failed) result for the same attempt, which stays on record.
+            result = Result(task_id=task_id, attempt=0, status=ResultStatus.succeeded, outputs=checked,
                             finished_at=self.clock(), provenance=Provenance(
                                 backend=t.backend or "manual", kind=BackendKind.physical, entered_by=actor))
         elif decision not in ("retry", "fail"):
@@ -437,12 +439,72 @@ class Orchestrator:
         for n in names:
             if n not in self.specs:
                 raise UnknownBackendError(f"unknown backend {n!r}", hint="ppu status lists the backends")
+        if not names:
+            return []  # no physical backend: nothing to stop, nothing to record
         self._holds.update({n: held for n in names})
         self.store.set_meta("holds", self._holds)
         self._apply([Hold(n, held, self.clock()) for n in names],
                     [AuditEntry(actor=actor, action="stop" if held else "resume", target=backend or "lab",
                                 detail={"backends": names})])
         return names
+
+    async def stop(self, backend: str | None = None, actor: str = "local", now: bool = False) -> dict[str, str]:
+        """Lab-wide stop: physical backends take nothing new and pause their running plans.
+
+        The pause is deferred to each plan's next checkpoint unless ``now`` (a synthesis in its
+        anneal finishes first). Returns, per backend, the state it was left in. Digital work goes on.
+        """
+        names = self.hold(backend, True, actor)
+        if not names:
+            return {}
+        states: dict[str, str] = {}
+        for name in names:
+            link = self.links.get(name)
+            if link is None:
+                states[name] = "not connected; it will take nothing new when it comes back"
+                continue
+            try:
+                states[name] = await link.pause(name, defer=not now)
+            except Exception as exc:
+                states[name] = f"could not be reached to pause ({type(exc).__name__}); it takes nothing new"
+        self.store.add_audit(AuditEntry(actor=actor, action="paused", target=backend or "lab", detail=states))
+        return states
+
+    async def resume(self, backend: str | None = None, actor: str = "local") -> dict[str, str]:
+        """Undo a stop: resume paused plans, then let the backends take work again."""
+        names = [backend] if backend else [n for n, held in self._holds.items() if held]
+        states: dict[str, str] = {}
+        for name in names:
+            link = self.links.get(name)
+            try:
+                states[name] = await link.resume(name) if link is not None else "not connected"
+            except Exception as exc:
+                states[name] = f"could not be reached to resume ({type(exc).__name__})"
+        if backend:
+            self.hold(backend, False, actor)
+        else:
+            for name in names:
+                self.hold(name, False, actor)
+        return states
+
+    def sample_detail(self, sample_id: str) -> dict[str, Any]:
+        """A sample's lineage: recipe, the task that made it, every measurement on it, where it is."""
+        s = self.store.get_sample(sample_id)
+        if s is None:
+            raise ValidationFailed(f"unknown sample {sample_id!r}", field="sample_id",
+                                   hint="ppu samples lists the known samples")
+
+        def with_result(tid: str | None) -> dict[str, Any] | None:
+            if tid is None:
+                return None
+            t = self.get_task(tid)
+            r = self.store.final_result(tid)
+            return {"task_id": tid, "capability": t.capability if t else None, "state": t.state.value if t else None,
+                    "outputs": r.outputs if r else None,
+                    "entered_by": r.provenance.entered_by if r and r.provenance else None}
+
+        measured = [m for tid in s.measurements if (m := with_result(tid)) is not None]
+        return {"sample": s.model_dump(mode="json"), "made_by": with_result(s.made_by), "measurements": measured}
 
     def set_backend_state(self, backend: str, state: BackendState, actor: str = "local") -> None:
         self._apply([SetBackendState(backend, state, self.clock())],
@@ -583,8 +645,8 @@ class LocalWorker:
     async def abort(self, backend: str, task_id: str) -> None:
         await self.hosts[backend].abort(task_id)
 
-    async def pause(self, backend: str) -> str:
-        return await self.hosts[backend].backend.pause()
+    async def pause(self, backend: str, defer: bool = True) -> str:
+        return await self.hosts[backend].backend.pause(defer)
 
     async def resume(self, backend: str) -> str:
         return await self.hosts[backend].backend.resume()

@@ -135,6 +135,7 @@ class Pause(_Msg):
     type: Literal["pause"] = "pause"
     req: str
     backend: str
+    defer: bool = True  # at the plan's next checkpoint; False: now
 
 
 class Resume(_Msg):
@@ -185,11 +186,39 @@ class Review(_Req):
 
 
 class Hold(_Req):
-    """Lab-wide stop (held) or resume; ``backend`` None means every physical backend."""
+    """Lab-wide stop (held) or resume; ``backend`` None means every physical backend.
+
+    A stop pauses running plans at their next checkpoint (``now``: at once); the reply maps each
+    backend to the state it was left in."""
 
     type: Literal["hold"] = "hold"
     backend: str | None = None
     held: bool = True
+    now: bool = False
+
+
+class Approvals(_Req):
+    """Tasks waiting for a person's approval, with the reason and what they would do."""
+
+    type: Literal["approvals"] = "approvals"
+
+
+class Reviews(_Req):
+    """Interrupted physical tasks (needs_review), with what is known about them."""
+
+    type: Literal["reviews"] = "reviews"
+
+
+class SampleShow(_Req):
+    type: Literal["sample"] = "sample"
+    sample_id: str
+
+
+class SetAutonomy(_Req):
+    type: Literal["set_autonomy"] = "set_autonomy"
+    level: Literal["manual", "supervised", "autonomous"]
+    backend: str | None = None
+    capability: str | None = None
 
 
 class Status(_Req):
@@ -272,7 +301,8 @@ Message = Annotated[
     Register | Heartbeat | Started | Progress | ResultMsg | Done
     | RegisterOk | Assign | Abort | Pause | Resume | Ack
     | Submit | Cancel | Approve | Reject | Review | Hold | Status | Tasks | GetTask | GetResult | Wait
-    | Subscribe | Unsubscribe | Samples | Audit | Reply | Error | Event,
+    | Subscribe | Unsubscribe | Samples | Audit | Approvals | Reviews | SampleShow | SetAutonomy
+    | Reply | Error | Event,
     Field(discriminator="type"),
 ]
 ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
@@ -280,8 +310,8 @@ TYPES: frozenset[str] = frozenset(ADAPTER.json_schema()["discriminator"]["mappin
 
 WORKER_MESSAGES = (Register, Heartbeat, Started, Progress, ResultMsg, Done)
 CLIENT_REQUESTS = (Submit, Cancel, Approve, Reject, Review, Hold, Status, Tasks, GetTask, GetResult, Wait,
-                   Subscribe, Unsubscribe, Samples, Audit)
-ADMIN_REQUESTS = (Approve, Reject, Review, Hold)
+                   Subscribe, Unsubscribe, Samples, Audit, Approvals, Reviews, SampleShow, SetAutonomy)
+ADMIN_REQUESTS = (Approve, Reject, Review, Hold, SetAutonomy)
 
 
 def encode(msg: _Msg) -> list[bytes]:

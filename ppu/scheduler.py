@@ -418,7 +418,8 @@ class Scheduler:
             if not r.interrupted:  # the worker came back with a definitive failure
                 self._finish(t, S.failed, r.error or "failed")
         elif r.interrupted and t.action is ActionClass.once:
-            self._move(t, S.needs_review, f"interrupted: {r.error}")
+            t.error = f"interrupted: {r.error}"
+            self._move(t, S.needs_review, t.error)
         elif r.retryable and t.action is ActionClass.repeatable and t.attempts < t.max_attempts:
             self._retry(t, r.error or "failed", avoid=backend or t.backend)
         else:
@@ -557,7 +558,8 @@ class Scheduler:
             self._finish(t, S.cancelled, f"cancelled; backend gone ({why})")
         elif t.action is ActionClass.once:
             self._release(t)
-            self._move(t, S.needs_review, f"interrupted, never re-run automatically: {why}")
+            t.error = f"interrupted, never re-run automatically: {why}"
+            self._move(t, S.needs_review, t.error)
         elif t.attempts < t.max_attempts:
             self._retry(t, why, avoid=t.backend)
         else:

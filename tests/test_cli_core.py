@@ -48,3 +48,28 @@ def test_errors_name_the_problem_and_what_to_do(tmp_path: Path):
     assert r.exit_code == 2 and "does not exist" in r.output
     r = runner.invoke(app, ["review", "t-x", "-c", str(lab)])
     assert r.exit_code == 2 and "exactly one" in r.output
+
+
+def test_humans_in_charge_commands(tmp_path: Path):
+    lab = _lab(tmp_path)
+    r = runner.invoke(app, ["autonomy", "manual", "--capability", "echo", "-c", str(lab)])
+    assert r.exit_code == 0, r.output
+    tid = runner.invoke(app, ["submit", "echo", "-i", '{"x": 1}', "-c", str(lab)]).output.strip().splitlines()[-1]
+    r = runner.invoke(app, ["approvals", "-c", str(lab)])
+    assert tid in r.output and "manual" in r.output
+    r = runner.invoke(app, ["reject", tid, "--reason", "not now", "-c", str(lab)])
+    assert r.exit_code == 0, r.output
+    assert "nothing waits" in runner.invoke(app, ["approvals", "-c", str(lab)]).output
+    assert "no task waits for review" in runner.invoke(app, ["review", "-c", str(lab)]).output
+    r = runner.invoke(app, ["stop", "-c", str(lab)])
+    assert r.exit_code == 0 and "nothing to stop" in r.output  # this lab has no physical backend
+    out = tmp_path / "audit.jsonl"
+    r = runner.invoke(app, ["audit", "--json", str(out), "-c", str(lab)])
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["action"] for x in lines] == ["autonomy", "approval_required", "reject"]
+    assert runner.invoke(app, ["samples", "-c", str(lab)]).exit_code == 0
+    r = runner.invoke(app, ["samples", "show", "S-nope", "-c", str(lab)])
+    assert r.exit_code == 2 and "unknown sample" in r.output
+    r = runner.invoke(app, ["autonomy", "reckless", "-c", str(lab)])
+    assert r.exit_code == 2 and "manual, supervised or autonomous" in r.output

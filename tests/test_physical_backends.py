@@ -195,7 +195,7 @@ def test_pause_resume_completes(tmp_path: Path) -> None:
             task = asyncio.create_task(gas.run([TaskRun(task_id="g", attempt=1, capability="measure.co2_uptake",
                                                         inputs={"sample_id": sid, "points": 6})], no_progress))
             await asyncio.sleep(0.3)
-            assert await gas.pause() == "pause requested"
+            assert (await gas.pause()).startswith("pause requested")
             await asyncio.sleep(0.2)
             assert isinstance(gas, PhysicalBackend) and gas.host.state == "paused"
             assert not task.done()

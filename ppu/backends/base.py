@@ -99,8 +99,10 @@ class Backend(abc.ABC):
     async def abort(self, task_id: str) -> None:
         """Stop a running task as soon as safely possible (the orchestrator also cancels the coroutine)."""
 
-    async def pause(self) -> str:
-        """Pause running work (lab-wide stop). Returns the state the device was left in."""
+    async def pause(self, defer: bool = True) -> str:
+        """Pause running work (lab-wide stop); ``defer``: at the next safe point (checkpoint).
+
+        Returns the state the device was left in, in words a person can act on."""
         return "nothing to pause"
 
     async def resume(self) -> str:

@@ -152,8 +152,8 @@ class PhysicalBackend(Backend):
                 dev.stop()
         await asyncio.to_thread(self.host.close)
 
-    async def pause(self) -> str:
-        return await asyncio.to_thread(self.host.request_pause)
+    async def pause(self, defer: bool = False) -> str:
+        return await asyncio.to_thread(self.host.request_pause, defer)
 
     async def resume(self) -> str:
         return await asyncio.to_thread(self.host.resume)

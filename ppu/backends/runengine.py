@@ -203,15 +203,23 @@ class RunEngineHost:
     def state(self) -> str:
         return str(self.RE.state) if self.RE is not None else "not started"
 
-    def request_pause(self) -> str:
-        """Pause now; the plan rewinds to its last checkpoint on resume (a plan without one aborts)."""
+    def request_pause(self, defer: bool = False) -> str:
+        """Pause the running plan.
+
+        ``defer=False``: now; on resume the plan rewinds to its last checkpoint (a plan without
+        one, like a synthesis in its anneal, aborts). ``defer=True``: at the plan's next
+        checkpoint, so a step that cannot be interrupted safely finishes first.
+        """
         if self.RE is None or self.RE.state != "running":
             return f"nothing to pause (RunEngine {self.state})"
+        with self._lock:
+            job = self._current
         try:
-            self.RE.request_pause(defer=False)
+            self.RE.request_pause(defer=defer)
         except Exception as exc:  # TransitionError: the plan ended meanwhile
             return f"pause not possible: {exc}"
-        return "pause requested"
+        where = " at the next checkpoint" if defer else ""
+        return f"pause requested{where}" + (f" (running {job.key})" if job is not None else "")
 
     def resume(self) -> str:
         if self.RE is None or self.RE.state != "paused":

@@ -169,15 +169,28 @@ class PPUClient:
         self.request(p.Review(task_id=task_id, decision=decision, reason=reason,  # type: ignore[arg-type]
                               outputs=outputs))
 
-    def hold(self, backend: str | None = None, held: bool = True) -> list[str]:
-        names: list[str] = self.request(p.Hold(backend=backend, held=held))
-        return names
+    def hold(self, backend: str | None = None, held: bool = True, now: bool = False) -> dict[str, str]:
+        """Stop (held) or resume; returns each backend's state in words."""
+        states: dict[str, str] = self.request(p.Hold(backend=backend, held=held, now=now))
+        return states
 
-    def stop(self, backend: str | None = None) -> list[str]:
-        return self.hold(backend, True)
+    def stop(self, backend: str | None = None, now: bool = False) -> dict[str, str]:
+        return self.hold(backend, True, now)
 
-    def resume(self, backend: str | None = None) -> list[str]:
+    def resume(self, backend: str | None = None) -> dict[str, str]:
         return self.hold(backend, False)
+
+    def approvals(self) -> list[dict[str, Any]]:
+        return list(self.request(p.Approvals()))
+
+    def reviews(self) -> list[dict[str, Any]]:
+        return list(self.request(p.Reviews()))
+
+    def sample(self, sample_id: str) -> dict[str, Any]:
+        return dict(self.request(p.SampleShow(sample_id=sample_id)))
+
+    def set_autonomy(self, level: str, backend: str | None = None, capability: str | None = None) -> None:
+        self.request(p.SetAutonomy(level=level, backend=backend, capability=capability))  # type: ignore[arg-type]
 
     def status(self) -> dict[str, Any]:
         st: dict[str, Any] = self.request(p.Status())
@@ -333,15 +346,27 @@ class AsyncPPUClient:
         await self.request(p.Review(task_id=task_id, decision=decision, reason=reason,  # type: ignore[arg-type]
                                     outputs=outputs))
 
-    async def hold(self, backend: str | None = None, held: bool = True) -> list[str]:
-        names: list[str] = await self.request(p.Hold(backend=backend, held=held))
-        return names
+    async def hold(self, backend: str | None = None, held: bool = True, now: bool = False) -> dict[str, str]:
+        states: dict[str, str] = await self.request(p.Hold(backend=backend, held=held, now=now))
+        return states
 
-    async def stop(self, backend: str | None = None) -> list[str]:
-        return await self.hold(backend, True)
+    async def stop(self, backend: str | None = None, now: bool = False) -> dict[str, str]:
+        return await self.hold(backend, True, now)
 
-    async def resume(self, backend: str | None = None) -> list[str]:
+    async def resume(self, backend: str | None = None) -> dict[str, str]:
         return await self.hold(backend, False)
+
+    async def approvals(self) -> list[dict[str, Any]]:
+        return list(await self.request(p.Approvals()))
+
+    async def reviews(self) -> list[dict[str, Any]]:
+        return list(await self.request(p.Reviews()))
+
+    async def sample(self, sample_id: str) -> dict[str, Any]:
+        return dict(await self.request(p.SampleShow(sample_id=sample_id)))
+
+    async def set_autonomy(self, level: str, backend: str | None = None, capability: str | None = None) -> None:
+        await self.request(p.SetAutonomy(level=level, backend=backend, capability=capability))  # type: ignore[arg-type]
 
     async def status(self) -> dict[str, Any]:
         st: dict[str, Any] = await self.request(p.Status())

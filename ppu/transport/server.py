@@ -59,8 +59,8 @@ class RemoteLink:
     async def abort(self, backend: str, task_id: str) -> None:
         await self.server.send_to_backend(backend, p.Abort(backend=backend, task_id=task_id))
 
-    async def pause(self, backend: str) -> str:
-        return await self.server.ask_worker(backend, p.Pause(req=p.new_req(), backend=backend))
+    async def pause(self, backend: str, defer: bool = True) -> str:
+        return await self.server.ask_worker(backend, p.Pause(req=p.new_req(), backend=backend, defer=defer))
 
     async def resume(self, backend: str) -> str:
         return await self.server.ask_worker(backend, p.Resume(req=p.new_req(), backend=backend))
@@ -336,8 +336,10 @@ class OrchestratorServer:
         actor = msg.actor or "client"
         if key:
             actor = f"{actor}[{key[:8]}]"
-        if isinstance(msg, p.Wait):
-            t = asyncio.get_running_loop().create_task(self._wait(identity, msg))
+        if isinstance(msg, p.Wait | p.Hold):
+            # These await workers or results: served off the receive loop so it never blocks.
+            coro = self._wait(identity, msg) if isinstance(msg, p.Wait) else self._hold(identity, msg, actor)
+            t = asyncio.get_running_loop().create_task(coro)
             self._tasks.add(t)
             t.add_done_callback(self._tasks.discard)
             return
@@ -367,8 +369,14 @@ class OrchestratorServer:
                 o.reject(msg.task_id, actor, msg.reason)
             case p.Review():
                 o.review(msg.task_id, msg.decision, actor, msg.reason, msg.outputs)
-            case p.Hold():
-                return o.hold(msg.backend, msg.held, actor)
+            case p.Approvals():
+                return o.approvals()
+            case p.Reviews():
+                return o.reviews()
+            case p.SampleShow():
+                return o.sample_detail(msg.sample_id)
+            case p.SetAutonomy():
+                o.set_autonomy(msg.level, actor, msg.backend, msg.capability)
             case p.Status():
                 st = o.status()
                 st["workers"] = len(self.peers)
@@ -395,6 +403,18 @@ class OrchestratorServer:
             case p.Unsubscribe():
                 self._unsubscribe(identity)
         return None
+
+    async def _hold(self, identity: bytes, msg: p.Hold, actor: str) -> None:
+        try:
+            if msg.held:
+                data = await self.orch.stop(msg.backend, actor, now=msg.now)
+            else:
+                data = await self.orch.resume(msg.backend, actor)
+            reply: Any = p.Reply(req=msg.req, data=data)
+        except PPUError as exc:
+            self.orch.counters["error_" + exc.code] += 1
+            reply = p.Error.of(exc, msg.req)
+        await self.send(identity, reply)
 
     async def _wait(self, identity: bytes, msg: p.Wait) -> None:
         try:

@@ -223,7 +223,7 @@ class Worker:
                 log.warning("ignored an unexpected %s message", msg.type)
 
     async def _pause(self, host: BackendHost, msg: p.Pause | p.Resume) -> None:
-        detail = await (host.backend.pause() if isinstance(msg, p.Pause) else host.backend.resume())
+        detail = await (host.backend.pause(msg.defer) if isinstance(msg, p.Pause) else host.backend.resume())
         self._send(p.Done(req=msg.req, detail=detail))
 
     def _spawn(self, coro: Any) -> None:
