@@ -159,8 +159,9 @@ def tasks(
     rows = _act(lab, connect, lambda o: o.store.list_tasks(state, campaign, limit=limit),
                 lambda c: c.tasks(state, campaign, limit=limit))
     t = Table(title=f"tasks ({len(rows)})")
-    for col in ("id", "capability", "state", "prio", "attempts", "backend", "campaign", "error"):
-        t.add_column(col)
+    t.add_column("id", no_wrap=True, min_width=18)
+    for col in ("capability", "state", "prio", "attempts", "backend", "campaign", "error"):
+        t.add_column(col, overflow="fold")
     for task in rows:
         t.add_row(task.id, task.capability, task.state.value, str(task.priority), str(task.attempts),
                   task.backend or "", task.campaign or "", (task.error or "")[:60])
@@ -253,8 +254,9 @@ def _print_reviews(rows: list[dict[str, Any]]) -> None:
         console.print("no task waits for review")
         return
     t = Table(title=f"waiting for review ({len(rows)})")
-    for col in ("task", "capability", "backend", "why", "last progress", "runs", "sample last seen"):
-        t.add_column(col)
+    t.add_column("task", no_wrap=True, min_width=18)
+    for col in ("capability", "backend", "why", "last progress", "runs", "sample last seen"):
+        t.add_column(col, overflow="fold")
     for r in rows:
         prog = r.get("last_progress") or {}
         sample = r.get("sample") or {}
@@ -267,6 +269,15 @@ def _print_reviews(rows: list[dict[str, Any]]) -> None:
     console.print("decide with: ppu review ID --retry | --fail REASON | --result JSON")
 
 
+def _summary(inputs: dict[str, Any]) -> str:
+    """A recipe or payload in a few words: the fields a person checks before approving."""
+    recipe = inputs.get("recipe") if isinstance(inputs.get("recipe"), dict) else None
+    if recipe:
+        comp = " ".join(f"{k}{v:g}" for k, v in recipe.get("composition", {}).items())
+        return f"{comp}, {recipe.get('anneal_temperature_c', '?')} C for {recipe.get('anneal_time_h', '?')} h"
+    return json.dumps(inputs)[:60]
+
+
 @app.command()
 def approvals(config: ConfigOpt = None, connect: ConnectOpt = None) -> None:
     """Tasks waiting for a person's approval: why, and what each would do."""
@@ -276,13 +287,14 @@ def approvals(config: ConfigOpt = None, connect: ConnectOpt = None) -> None:
         console.print("nothing waits for approval")
         return
     t = Table(title=f"waiting for approval ({len(rows)})")
-    for col in ("task", "capability", "why", "would do", "on", "duration", "cost", "campaign"):
-        t.add_column(col)
+    t.add_column("task", no_wrap=True, min_width=18)
+    for col in ("capability", "why", "would do", "on", "duration", "cost"):
+        t.add_column(col, overflow="fold")
     for r in rows:
         dur, cost = r.get("expected_duration_s"), r.get("expected_cost")
-        t.add_row(r["task_id"], r["capability"], r.get("reason", ""), json.dumps(r.get("inputs", {}))[:70],
+        t.add_row(r["task_id"], r["capability"], r.get("reason", ""), _summary(r.get("inputs", {})),
                   ", ".join(r.get("backends", [])), f"{dur:g} s" if dur is not None else "",
-                  f"{cost:g}" if cost is not None else "", r.get("campaign") or "")
+                  f"{cost:g}" if cost is not None else "")
     console.print(t)
     console.print("decide with: ppu approve ID [--note ...] or ppu reject ID --reason ...")
 
@@ -301,8 +313,9 @@ def samples_list(ctx: typer.Context, config: ConfigOpt = None, campaign: str | N
     lab = _lab(config)
     rows = _act(lab, connect, lambda o: o.store.list_samples(campaign), lambda c: c.samples(campaign))
     t = Table(title=f"samples ({len(rows)})")
-    for col in ("id", "state", "made by", "location", "measurements", "campaign"):
-        t.add_column(col)
+    t.add_column("id", no_wrap=True, min_width=20)
+    for col in ("state", "made by", "location", "measurements", "campaign"):
+        t.add_column(col, overflow="fold")
     for s in rows:
         loc = f"{s.location.device} {s.location.slot or ''}".strip() if s.location else ""
         t.add_row(s.id, s.state.value, s.made_by or "", loc, str(len(s.measurements)), s.campaign or "")
