@@ -15,15 +15,16 @@ env: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "-> installing PPU into $(VENV) (first time only: a few minutes)"
-	@$(PIP) install --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-	@$(PIP) install "$(TORCH_SPEC)" 2>&1 | grep -v "^WARNING: Location" || true
-	@$(PY) -c "import torch" || (echo "torch failed to install; see above" && exit 1)
-	@$(PIP) install -c constraints.txt -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
-	@$(PY) -c "import ppu, bluesky, ophyd, prefect, botorch, zmq" || (echo "install failed; see above" && exit 1)
+	@# pip's chatter goes to a log; it is shown only when a step fails.
+	@$(PIP) install --upgrade pip > $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
+	@$(PIP) install "$(TORCH_SPEC)" >> $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
+	@$(PIP) install -c constraints.txt -e '.[test]' >> $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
+	@$(PY) -c "import torch, ppu, bluesky, ophyd, prefect, botorch, zmq" || (echo "install incomplete; see $(VENV)/install.log" && exit 1)
 	@touch $(STAMP)
+	@echo "-> $(VENV) ready"
 
 demo: $(STAMP)
-	$(VENV)/bin/ppu demo
+	$(VENV)/bin/ppu campaign run campaigns/demo.yaml --run-dir runs/demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check ppu drivers simulators flows tests benchmarks

@@ -499,6 +499,28 @@ def keys_generate(
                   highlight=False)
 
 
+campaign_app = typer.Typer(help="Closed-loop campaigns: digital screening + BO on the lab.", no_args_is_help=True)
+app.add_typer(campaign_app, name="campaign")
+
+
+@campaign_app.command("run")
+def campaign_run(
+    config: Annotated[Path, typer.Argument(help="campaign YAML, e.g. campaigns/demo.yaml")],
+    run_dir: Annotated[Path, typer.Option(help="run folder (emptied first)")] = Path("runs/campaign"),
+    prefect: Annotated[bool, typer.Option("--prefect/--no-prefect",
+                                          help="run it as the Prefect flow (local, no server to start)")] = True,
+) -> None:
+    """Run a campaign: progress bar, summary table, plots and decisions.jsonl in the run folder."""
+    if not config.exists():
+        _fail(PPUError(f"campaign file {config} does not exist", hint="try campaigns/demo.yaml"))
+    from ppu.campaign import run_campaign_cli
+
+    try:
+        run_campaign_cli(config, run_dir, console, prefect=prefect)
+    except PPUError as exc:
+        _fail(exc)
+
+
 def main() -> None:
     try:
         app()

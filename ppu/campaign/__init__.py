@@ -1,0 +1,35 @@
+"""Closed-loop campaigns (issue 6): screen on the digital twin, then BO with pending points on the lab.
+
+Public surface: :class:`CampaignConfig` / :func:`load_campaign`, :class:`PoolOptimizer`,
+:func:`run_campaign` (async, through the PPU client), :func:`run_campaign_cli` (progress bar,
+summary table, plots) and :func:`simulate` (the same loop on a simulated clock, for baselines).
+Loaded lazily: reading a campaign config does not import BoTorch or matplotlib.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_WHERE = {
+    "CampaignConfig": "config", "load_campaign": "config",
+    "Decision": "optimizer", "PoolOptimizer": "optimizer",
+    "run_campaign_cli": "report",
+    "CampaignLoop": "runner", "CampaignResult": "runner", "run_campaign": "runner",
+    "simulate": "simclock",
+}
+__all__ = ["CampaignConfig", "CampaignLoop", "CampaignResult", "Decision", "PoolOptimizer", "load_campaign",
+           "run_campaign", "run_campaign_cli", "simulate"]
+
+if TYPE_CHECKING:
+    from ppu.campaign.config import CampaignConfig, load_campaign
+    from ppu.campaign.optimizer import Decision, PoolOptimizer
+    from ppu.campaign.report import run_campaign_cli
+    from ppu.campaign.runner import CampaignLoop, CampaignResult, run_campaign
+    from ppu.campaign.simclock import simulate
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'ppu.campaign' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"ppu.campaign.{_WHERE[name]}"), name)

@@ -1,0 +1,316 @@
+"""The closed loop on the lab: screen, then keep the synthesis robots busy with fresh proposals.
+
+The runner talks to the orchestrator only through an :class:`~ppu.transport.client.AsyncPPUClient`
+(an :class:`~ppu.transport.lab.EmbeddedLab` over loopback ZMQ for the simulated lab), exactly as it
+would to a remote lab. Per candidate, measurement order is cost-aware: synthesise, the cheap XRD
+purity check, and the costly CO2 isotherm only when purity passes. A new candidate is proposed as
+soon as a synthesis finishes (the robot is the bottleneck), with every candidate still in its
+pipeline passed to the optimiser as pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ppu.campaign.config import CampaignConfig
+from ppu.campaign.optimizer import Decision, PoolOptimizer
+from ppu.campaign.screening import publish_screening_models
+from ppu.capabilities import Candidate
+from ppu.config import LabConfig
+from ppu.errors import ConfigError
+from ppu.models import Task, TaskState
+from ppu.simulators.world import World, WorldConfig, candidate_pool
+
+SYNTH, XRD, UPTAKE, PREDICT, PREDICT_PURITY, TRAIN = (
+    "synthesize", "characterize.xrd", "measure.co2_uptake", "predict.co2_uptake", "predict.purity", "train.surrogate")
+
+
+@dataclass
+class Experiment:
+    candidate_id: str
+    proposed_at: float
+    purity: float | None = None
+    uptake: float | None = None
+    status: str = "pending"
+    tasks: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CampaignResult:
+    """What a campaign did, in the units the summary and the plots need."""
+
+    config: CampaignConfig
+    pool: list[Candidate]
+    experiments: list[Experiment]
+    completed: list[Experiment]  # in the order their pipelines finished
+    best_curve: list[float]  # best measured feasible uptake after each finished experiment
+    intervals: list[dict[str, Any]]  # {backend, capability, start, end} in lab seconds from t0
+    wall_s: float
+    lab_s: float
+    screen: list[float] | None
+    decisions_path: Path
+    model_versions: list[str] = field(default_factory=list)
+    optimizer: PoolOptimizer | None = None
+
+    @property
+    def best(self) -> float:
+        return self.best_curve[-1] if self.best_curve else 0.0
+
+    def true_curve(self, values: dict[str, float]) -> list[float]:
+        """Best true value among candidates the lab confirmed pure, after each finished experiment."""
+        return true_curve([(e.candidate_id, e.uptake is not None) for e in self.completed], values)
+
+
+def true_curve(done: list[tuple[str, bool]], values: dict[str, float]) -> list[float]:
+    best, out = 0.0, []
+    for cid, confirmed in done:
+        if confirmed:
+            best = max(best, values.get(cid, 0.0))
+        out.append(best)
+    return out
+
+
+def build_world(cfg: CampaignConfig) -> tuple[World, list[Candidate]]:
+    wc = WorldConfig(seed=cfg.world.seed, csv_path=cfg.world.csv)
+    world = World.from_config(wc)
+    pool = candidate_pool(cfg.world.pool_size, cfg.world.pool_seed, elements=world.config.elements)
+    return world, pool
+
+
+def lab_config(cfg: CampaignConfig, run_dir: Path) -> LabConfig:
+    """The simulated lab this campaign runs on: robots, one XRD, one sorption analyser, a twin, a trainer."""
+    phys = {"time_scale": cfg.time_scale, "seed": cfg.seed, "lab": cfg.name, "run_dir": str(run_dir / "lab"),
+            "world": {"seed": cfg.world.seed, "csv_path": cfg.world.csv}}
+    backends: list[dict[str, Any]] = [
+        {"type": "synthesis_robot", "name": f"robot-{i + 1}", **phys} for i in range(cfg.parallel.synthesis_robots)]
+    backends += [{"type": "xrd", "name": "xrd-1", **phys}, {"type": "gas_sorption", "name": "sorption-1", **phys}]
+    registry = str(run_dir / "models")
+    backends += [
+        {"type": "torch", "name": "twin", "batch_size": 512, "max_wait_ms": 20, "device": "auto",
+         "models": {PREDICT: {"registry": registry, "target": "co2_uptake"},
+                    PREDICT_PURITY: {"registry": registry, "target": "purity"}}},
+        {"type": "surrogate_trainer", "name": "trainer", "registry": registry},
+    ]
+    autonomy = {"default": "autonomous",
+                "capabilities": {c: cfg.autonomy.value for c in (SYNTH, XRD, UPTAKE)}}
+    return LabConfig.model_validate({"name": cfg.name, "run_dir": str(run_dir), "time_scale": cfg.time_scale,
+                                     "autonomy": autonomy, "backends": backends})
+
+
+class CampaignLoop:
+    """One campaign's loop; the ``do_*`` steps are what a Prefect flow wraps as tasks."""
+
+    def __init__(self, client: Any, cfg: CampaignConfig, pool: list[Candidate], run_dir: Path,
+                 on_progress: Callable[[int, float], None] | None):
+        self.client = client
+        self.cfg = cfg
+        self.pool = pool
+        self.by_id = {c.id: c for c in pool}
+        self.run_dir = run_dir
+        self.on_progress = on_progress
+        self.decisions = (run_dir / "decisions.jsonl").open("w")
+        self.experiments: list[Experiment] = []
+        self.completed: list[Experiment] = []  # in the order their measurements came back
+        self.best_curve: list[float] = []
+        self.task_ids: list[str] = []
+        self.train_ids: list[str] = []
+        self.model_versions: list[str] = []
+        self.t0 = time.time()
+        self.opt: PoolOptimizer
+
+    def lab_elapsed_h(self) -> float:
+        return (time.time() - self.t0) * self.cfg.time_scale / 3600.0
+
+    async def run_task(self, capability: str, inputs: dict[str, Any], **extra: Any) -> tuple[Task, dict[str, Any]]:
+        [tid] = await self.client.submit([{"capability": capability, "inputs": inputs, "campaign": self.cfg.name,
+                                           **extra}])
+        self.task_ids.append(tid)
+        [task] = await self.client.wait([tid], timeout=600)
+        outputs: dict[str, Any] = {}
+        if task.state is TaskState.succeeded:
+            res = await self.client.result(tid)
+            outputs = dict(res.outputs) if res is not None else {}
+        return task, outputs
+
+    async def screen(self, capability: str = PREDICT) -> tuple[list[float], str]:
+        specs = [{"capability": capability, "inputs": {"candidate": c.model_dump(mode="json")},
+                  "campaign": self.cfg.name} for c in self.pool]
+        ids = await self.client.submit(specs)
+        await self.client.wait(ids, timeout=600)
+        means, version = [], ""
+        for tid in ids:
+            res = await self.client.result(tid)
+            means.append(float(res.outputs["mean"]) if res is not None and res.outputs else float("nan"))
+            if res is not None and res.outputs.get("model_version"):
+                version = str(res.outputs["model_version"])
+        fill = float(np.nanmin(means)) if not all(np.isnan(means)) else 0.0
+        return [fill if np.isnan(m) else m for m in means], version
+
+    # ---- the steps (a flow overrides these to run them as Prefect tasks) -------------------------
+
+    async def do_screen(self, capability: str) -> tuple[list[float], str]:
+        return await self.screen(capability)
+
+    async def do_propose(self, pending: list[str]) -> Decision:
+        return await asyncio.to_thread(self.opt.propose, pending)  # a GP fit must not stall the loop
+
+    async def do_synthesise(self, candidate_id: str) -> tuple[Task, dict[str, Any]]:
+        recipe = self.by_id[candidate_id].model_dump(mode="json")
+        return await self.run_task(SYNTH, {"recipe": recipe}, max_attempts=1)
+
+    async def do_characterise(self, capability: str, sample_id: str) -> tuple[Task, dict[str, Any]]:
+        return await self.run_task(capability, {"sample_id": sample_id}, max_attempts=1)
+
+    async def do_learn(self) -> None:
+        await self.learn()
+
+    def record(self, d: Decision) -> None:
+        row = d.as_dict() | {"at_wall_s": round(time.time() - self.t0, 3), "lab_h": round(self.lab_elapsed_h(), 3)}
+        self.decisions.write(json.dumps(row) + "\n")
+        self.decisions.flush()
+
+    async def pipeline(self, exp: Experiment, synth_done: Callable[[], None]) -> None:
+        """Synthesise, XRD, and the isotherm only for a pure sample. Physical tasks are never retried."""
+        try:
+            task, out = await self.do_synthesise(exp.candidate_id)
+        finally:
+            synth_done()  # the robot is free: the loop proposes the next candidate now
+        if task.state is not TaskState.succeeded:
+            exp.status, exp.purity = "synthesis failed", 0.0
+        else:
+            sid = out["sample_id"]
+            task, out = await self.do_characterise(XRD, sid)
+            exp.purity = float(out.get("purity", 0.0)) if task.state is TaskState.succeeded else 0.0
+            if exp.purity < self.cfg.objective.purity_min:
+                exp.status = "impure"
+            else:
+                task, out = await self.do_characterise(UPTAKE, sid)
+                if task.state is TaskState.succeeded:
+                    exp.uptake, exp.status = float(out["uptake_mmol_g"]), "measured"
+                else:
+                    exp.status = "uptake failed"
+        self.opt.observe(exp.candidate_id, exp.purity or 0.0, exp.uptake)
+        self.completed.append(exp)
+        best = self.opt.best()
+        self.best_curve.append(best[1] if best else 0.0)
+        if self.on_progress:
+            self.on_progress(len(self.best_curve), self.best_curve[-1])
+        n_up = sum(1 for e in self.experiments if e.uptake is not None)
+        if exp.uptake is not None and n_up >= 3 and n_up % self.cfg.parallel.learn_every == 0 \
+                and len(self.train_ids) < self.cfg.budget.rounds:
+            await self.do_learn()
+
+    async def learn(self) -> None:
+        """Publish a new surrogate version from the measured data (repeatable digital work)."""
+        done = [e for e in self.experiments if e.uptake is not None]
+        inputs = {"target": "co2_uptake_measured", "seed": self.cfg.seed,
+                  "candidates": [self.by_id[e.candidate_id].model_dump(mode="json") for e in done],
+                  "values": [e.uptake for e in done]}
+        [tid] = await self.client.submit([{"capability": TRAIN, "inputs": inputs, "campaign": self.cfg.name}])
+        self.train_ids.append(tid)
+
+    async def run(self) -> None:
+        b = self.cfg.budget
+        in_flight: set[asyncio.Task[None]] = set()
+        free = asyncio.Event()
+        free.set()
+        robots = self.cfg.parallel.synthesis_robots + self.cfg.parallel.queue_ahead
+        synthesising = 0
+
+        def done_synth() -> None:
+            nonlocal synthesising
+            synthesising -= 1
+            free.set()
+
+        while len(self.experiments) < b.max_syntheses and self.lab_elapsed_h() < b.instrument_hours:
+            if synthesising >= robots:
+                free.clear()
+                await free.wait()
+                continue
+            pending = [e.candidate_id for e in self.experiments if e.status == "pending"]
+            try:
+                d = await self.do_propose(pending)
+            except LookupError:
+                break
+            self.record(d)
+            exp = Experiment(candidate_id=d.candidate_id, proposed_at=time.time() - self.t0)
+            self.experiments.append(exp)
+            synthesising += 1
+            t = asyncio.create_task(self.pipeline(exp, done_synth))
+            in_flight.add(t)
+            t.add_done_callback(in_flight.discard)
+        if in_flight:
+            await asyncio.gather(*in_flight)
+        if self.train_ids:
+            for task in await self.client.wait(self.train_ids, timeout=600):
+                if task.state is TaskState.succeeded:
+                    res = await self.client.result(task.id)
+                    if res is not None:
+                        self.model_versions.append(str(res.outputs.get("version")))
+
+
+async def _intervals(client: Any, task_ids: list[str], t0: float, time_scale: float) -> list[dict[str, Any]]:
+    out = []
+    for tid in task_ids:
+        res = await client.result(tid)
+        if res is None or res.started_at is None or res.finished_at is None or res.provenance is None:
+            continue
+        task = await client.task(tid)
+        out.append({"backend": res.provenance.backend, "capability": task.capability,
+                    "start": (res.started_at - t0) * time_scale, "end": (res.finished_at - t0) * time_scale})
+    return out
+
+
+async def run_campaign(cfg: CampaignConfig, run_dir: Path, *,
+                       on_progress: Callable[[int, float], None] | None = None,
+                       on_stage: Callable[[str], None] | None = None,
+                       loop_class: type[CampaignLoop] | None = None) -> CampaignResult:
+    """Run one campaign on the simulated lab (an EmbeddedLab); the run folder gets the store and logs."""
+    from ppu.transport.lab import EmbeddedLab
+
+    if not cfg.simulated:
+        raise ConfigError("campaigns on a real lab are not wired yet (simulated: false)", field="simulated",
+                          hint="run a simulated campaign, or drive CampaignLoop with your lab's client")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    world, pool = build_world(cfg)
+    if on_stage:
+        on_stage("training the screening model on prior data")
+    screen_version = publish_screening_models(run_dir / "models", world, pool, cfg) if cfg.screening.enabled else ""
+    lab = lab_config(cfg, run_dir)
+    t_wall = time.time()
+    async with EmbeddedLab(lab, timeout=30.0) as client:
+        loop = (loop_class or CampaignLoop)(client, cfg, pool, run_dir, on_progress)
+        screen: list[float] | None = None
+        screen_purity: list[float] | None = None
+        if cfg.screening.enabled:
+            if on_stage:
+                on_stage(f"screening {len(pool)} candidates on the digital twin")
+            screen, served = await loop.do_screen(PREDICT)
+            screen_purity, _ = await loop.do_screen(PREDICT_PURITY)
+            screen_version = served or screen_version
+        loop.opt = PoolOptimizer(pool, purity_min=cfg.objective.purity_min, seed=cfg.seed, n_init=cfg.parallel.n_init,
+                                 screen=screen, screen_purity=screen_purity,
+                                 top_k=cfg.screening.top_k if screen else None, screen_version=screen_version)
+        if on_stage:
+            on_stage("closed loop: propose, synthesise, characterise, learn")
+        loop.t0 = time.time()
+        try:
+            await loop.run()
+        finally:
+            loop.decisions.close()
+        wall = time.time() - loop.t0
+        intervals = await _intervals(client, loop.task_ids, loop.t0, cfg.time_scale)
+    lab_s = max([iv["end"] for iv in intervals], default=wall * cfg.time_scale)
+    return CampaignResult(config=cfg, pool=pool, experiments=loop.experiments, completed=loop.completed,
+                          best_curve=loop.best_curve, intervals=intervals, wall_s=time.time() - t_wall,
+                          lab_s=lab_s, screen=screen,
+                          decisions_path=run_dir / "decisions.jsonl", model_versions=loop.model_versions,
+                          optimizer=loop.opt)

@@ -1,0 +1,69 @@
+"""The digital twin's knowledge: a screening model trained on a prior, low-fidelity data set.
+
+A real lab starts a campaign with something: literature values, an earlier campaign, a physics
+code. In the simulated lab that prior is ``prior_points`` pool candidates with their true uptake
+plus noise of ``prior_noise`` (so the twin is cheap and roughly right, never exact). It is
+published to the model registry as a GP surrogate (``train.surrogate``'s format), which a
+``torch`` backend serves as ``predict.co2_uptake``: the campaign then screens the whole pool
+through the orchestrator like any other digital work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ppu.campaign.config import CampaignConfig
+from ppu.capabilities import Candidate, TrainInput
+from ppu.simulators.world import World
+
+TARGETS = {"co2_uptake": "co2_uptake_mmol_g", "purity": "purity"}
+_PURITY_NOISE = 0.05  # prior purity data: XRD-grade, but from other furnaces
+
+
+def prior_data(world: World, pool: Sequence[Candidate], cfg: CampaignConfig,
+               target: str = "co2_uptake") -> tuple[list[Candidate], list[float]]:
+    rng = np.random.default_rng(cfg.seed + 7919)
+    n = min(cfg.screening.prior_points, len(pool))
+    idx = np.sort(rng.choice(len(pool), size=n, replace=False))
+    chosen = [pool[i] for i in idx]
+    truth = world.values(chosen, TARGETS[target])
+    noise = cfg.screening.prior_noise if target == "co2_uptake" else _PURITY_NOISE
+    noisy = truth + np.random.default_rng([cfg.seed, len(target)]).normal(0.0, noise, size=n)
+    return chosen, [float(v) for v in noisy]
+
+
+def publish_screening_models(registry: Path, world: World, pool: Sequence[Candidate], cfg: CampaignConfig) -> str:
+    """Train the twin (uptake and purity) on the prior data and publish it; returns the uptake version."""
+    from ppu.digital.trainer import train_surrogate
+
+    out = ""
+    for target in TARGETS:
+        cands, values = prior_data(world, pool, cfg, target)
+        ver, _ = train_surrogate(registry, TrainInput(target=target, candidates=cands, values=values, seed=cfg.seed))
+        out = out or ver.version
+    return out
+
+
+def screen_locally(world: World, pool: Sequence[Candidate], cfg: CampaignConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The same screening models, evaluated in-process (simulated-clock benchmarks only): uptake, purity."""
+    from ppu.digital.featurize import featurize
+    from ppu.digital.surrogate import fit_gp
+
+    outs = []
+    for target in TARGETS:
+        cands, values = prior_data(world, pool, cfg, target)
+        fit = fit_gp(featurize(cands), torch.tensor(values, dtype=torch.float64), seed=cfg.seed)
+        with torch.no_grad():
+            outs.append(fit.predictor(featurize(pool)).numpy()[:, 0].astype(float))
+    return outs[0], outs[1]
+
+
+def constrained_values(world: World, pool: Sequence[Candidate], purity_min: float) -> np.ndarray:
+    """The campaign's true objective per candidate: uptake where purity passes, else 0 (scoring only)."""
+    up = world.values(pool, "co2_uptake_mmol_g")
+    pur = world.values(pool, "purity")
+    return np.where(pur >= purity_min, up, 0.0)
