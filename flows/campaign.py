@@ -77,8 +77,8 @@ async def propose(loop: CampaignLoop, pending: list[str]) -> Decision:
 
 
 @task(name="synthesise", retries=0, cache_policy=NO_CACHE)
-async def synthesise(loop: CampaignLoop, candidate_id: str) -> tuple[Task, dict[str, Any]]:
-    return await CampaignLoop.do_synthesise(loop, candidate_id)
+async def synthesise(loop: CampaignLoop, candidate_id: str, on_review: Any = None) -> tuple[Task, dict[str, Any]]:
+    return await CampaignLoop.do_synthesise(loop, candidate_id, on_review)
 
 
 @task(name="characterise", retries=0, cache_policy=NO_CACHE)
@@ -100,8 +100,8 @@ class FlowLoop(CampaignLoop):
     async def do_propose(self, pending: list[str]) -> Decision:
         return await propose(self, pending)
 
-    async def do_synthesise(self, candidate_id: str) -> tuple[Task, dict[str, Any]]:
-        return await synthesise(self, candidate_id)
+    async def do_synthesise(self, candidate_id: str, on_review: Any = None) -> tuple[Task, dict[str, Any]]:
+        return await synthesise(self, candidate_id, on_review)
 
     async def do_characterise(self, capability: str, sample_id: str) -> tuple[Task, dict[str, Any]]:
         return await characterise(self, capability, sample_id)

@@ -47,3 +47,36 @@ def test_small_campaign_end_to_end(tmp_path: Path) -> None:
     assert 0 < summary["robot_utilisation"] <= 1
     saved = json.loads((run_dir / "summary.json").read_text())
     assert np.isclose(saved["true_optimum"], summary["true_optimum"])
+
+
+def test_interrupted_synthesis_frees_the_robot_and_waits_for_a_person(tmp_path: Path) -> None:
+    import asyncio
+
+    from ppu.campaign.runner import CampaignLoop, lab_config
+    from ppu.models import TaskState
+    from ppu.simulators.world import candidate_pool
+    from ppu.transport.lab import EmbeddedLab
+
+    cfg = CampaignConfig.model_validate(SMALL)
+    lab = lab_config(cfg, tmp_path)
+    for b in lab.backends:
+        if b["type"] == "synthesis_robot":
+            b["faults"] = {"fail_on": [1], "message": "furnace thermocouple open"}
+    pool = candidate_pool(10, seed=0)
+
+    async def body() -> None:
+        async with EmbeddedLab(lab) as client:
+            loop = CampaignLoop(client, cfg, pool, tmp_path, None)
+            loop.review_poll_s = 0.2
+            freed = asyncio.Event()
+            job = asyncio.create_task(loop.do_synthesise(pool[0].id or "", freed.set))
+            await asyncio.wait_for(freed.wait(), 20)  # the robot slot is handed back while a person decides
+            assert not job.done()
+            (waiting,) = await client.reviews()
+            assert "furnace thermocouple open" in waiting["why"]
+            await client.review(waiting["task_id"], "fail", "crucible discarded")
+            task, outputs = await asyncio.wait_for(job, 20)
+            assert task.state is TaskState.failed and outputs == {}
+            loop.decisions.close()
+
+    asyncio.run(body())

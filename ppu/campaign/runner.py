@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +28,10 @@ from ppu.capabilities import Candidate
 from ppu.config import LabConfig
 from ppu.errors import ConfigError
 from ppu.models import Task, TaskState
+from ppu.protocol import WaitTimeout
 from ppu.simulators.world import World, WorldConfig, candidate_pool
+
+log = logging.getLogger(__name__)
 
 SYNTH, XRD, UPTAKE, PREDICT, PREDICT_PURITY, TRAIN = (
     "synthesize", "characterize.xrd", "measure.co2_uptake", "predict.co2_uptake", "predict.purity", "train.surrogate")
@@ -106,6 +110,7 @@ def lab_config(cfg: CampaignConfig, run_dir: Path) -> LabConfig:
 
 
 class CampaignLoop:
+    review_poll_s = 30.0  # how often a wait checks whether its task went to a person for review
     """One campaign's loop; the ``do_*`` steps are what a Prefect flow wraps as tasks."""
 
     def __init__(self, client: Any, cfg: CampaignConfig, pool: list[Candidate], run_dir: Path,
@@ -129,11 +134,24 @@ class CampaignLoop:
     def lab_elapsed_h(self) -> float:
         return (time.time() - self.t0) * self.cfg.time_scale / 3600.0
 
-    async def run_task(self, capability: str, inputs: dict[str, Any], **extra: Any) -> tuple[Task, dict[str, Any]]:
+    async def run_task(self, capability: str, inputs: dict[str, Any], on_review: Callable[[], None] | None = None,
+                       **extra: Any) -> tuple[Task, dict[str, Any]]:
         [tid] = await self.client.submit([{"capability": capability, "inputs": inputs, "campaign": self.cfg.name,
                                            **extra}])
         self.task_ids.append(tid)
-        [task] = await self.client.wait([tid], timeout=600)
+        told = False
+        while True:
+            try:
+                [task] = await self.client.wait([tid], timeout=self.review_poll_s)
+                break
+            except WaitTimeout:
+                # An interrupted physical task waits for a person (never re-run by us): free its
+                # instrument slot for the loop, say what to do, and keep waiting for the decision.
+                if not told and (await self.client.task(tid)).state is TaskState.needs_review:
+                    told = True
+                    log.warning("%s (%s) was interrupted and waits for a person: ppu review %s", tid, capability, tid)
+                    if on_review is not None:
+                        on_review()
         outputs: dict[str, Any] = {}
         if task.state is TaskState.succeeded:
             res = await self.client.result(tid)
@@ -162,9 +180,10 @@ class CampaignLoop:
     async def do_propose(self, pending: list[str]) -> Decision:
         return await asyncio.to_thread(self.opt.propose, pending)  # a GP fit must not stall the loop
 
-    async def do_synthesise(self, candidate_id: str) -> tuple[Task, dict[str, Any]]:
+    async def do_synthesise(self, candidate_id: str, on_review: Callable[[], None] | None = None
+                            ) -> tuple[Task, dict[str, Any]]:
         recipe = self.by_id[candidate_id].model_dump(mode="json")
-        return await self.run_task(SYNTH, {"recipe": recipe}, max_attempts=1)
+        return await self.run_task(SYNTH, {"recipe": recipe}, on_review=on_review, max_attempts=1)
 
     async def do_characterise(self, capability: str, sample_id: str) -> tuple[Task, dict[str, Any]]:
         return await self.run_task(capability, {"sample_id": sample_id}, max_attempts=1)
@@ -179,10 +198,18 @@ class CampaignLoop:
 
     async def pipeline(self, exp: Experiment, synth_done: Callable[[], None]) -> None:
         """Synthesise, XRD, and the isotherm only for a pure sample. Physical tasks are never retried."""
+        released = False
+
+        def release() -> None:  # once: when the synthesis ends, or when it waits for review
+            nonlocal released
+            if not released:
+                released = True
+                synth_done()  # the robot is free: the loop proposes the next candidate now
+
         try:
-            task, out = await self.do_synthesise(exp.candidate_id)
+            task, out = await self.do_synthesise(exp.candidate_id, release)
         finally:
-            synth_done()  # the robot is free: the loop proposes the next candidate now
+            release()
         if task.state is not TaskState.succeeded:
             exp.status, exp.purity = "synthesis failed", 0.0
         else:
