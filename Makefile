@@ -8,7 +8,7 @@ STAMP := $(VENV)/.ppu-installed
 TORCH_SPEC ?= torch==2.13.0
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test lint typecheck pytest bench clean env
+.PHONY: demo test lint typecheck pytest bench clean env browser-deps
 
 env: $(STAMP)
 
@@ -35,7 +35,17 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(VENV)/bin/pytest -q
 
-test: lint typecheck pytest
+# The dashboard's browser tests drive Debian's chromium (playwright comes with the test extra; it
+# never downloads a browser). Installed when missing and we may; otherwise those tests skip.
+browser-deps:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
+		echo "-> installing chromium for the browser tests"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
+			> /tmp/ppu-chromium-install.log 2>&1 || echo "chromium install failed (see /tmp/ppu-chromium-install.log): browser tests will skip"; \
+	else echo "no /usr/bin/chromium and no root to install it: browser tests will skip"; fi
+
+test: lint typecheck browser-deps pytest
 
 bench: $(STAMP)
 	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done

@@ -122,26 +122,34 @@ async def closed_loop(config_path: str = "campaigns/demo.yaml", run_dir: str = "
     out = Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = await run_campaign(cfg, out, loop_class=FlowLoop, on_progress=_HOOKS.get("progress"),
-                                on_stage=_HOOKS.get("stage"))
+                                on_stage=_HOOKS.get("stage"), on_lab=_HOOKS.get("lab"))
     return write_report(result, out)
 
 
-def run_with_progress(config_path: str | Path, run_dir: str | Path, console: Any = None) -> dict[str, Any]:
-    """Run the flow here with a progress bar; print the summary; return it."""
+def run_with_progress(config_path: str | Path, run_dir: str | Path, console: Any = None,
+                      dashboard: bool = False) -> dict[str, Any]:
+    """Run the flow here with a progress bar (and the live dashboard); print the summary; return it."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from ppu.campaign.report import LiveDashboard
+
     console = console or Console()
     cfg = load_campaign(config_path)
+    live = LiveDashboard(console, cfg.name) if dashboard else None
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("best {task.fields[best]:.2f}"), TimeElapsedColumn(), console=console) as bar:
         job = bar.add_task("syntheses", total=cfg.budget.max_syntheses, best=0.0)
         _HOOKS["progress"] = lambda n, best: bar.update(job, completed=n, best=best)
         _HOOKS["stage"] = console.log
+        if live is not None:
+            _HOOKS["lab"] = live
         try:
             summary: dict[str, Any] = asyncio.run(closed_loop(str(config_path), str(run_dir)))
         finally:
             _HOOKS.clear()
+            if live is not None:
+                live.stop()
     console.print(summary_table(summary))
     console.print(f"run folder: {run_dir}  (decisions.jsonl, summary.json, best_vs_experiments.png, gantt.png, "
                   "parity.png)")

@@ -499,6 +499,25 @@ def keys_generate(
                   highlight=False)
 
 
+@app.command()
+def dashboard(
+    config: ConfigOpt = None,
+    connect: ConnectOpt = None,
+    port: Annotated[int | None, typer.Option(help="web port (default 8765; 0: any free port)")] = None,
+    host: Annotated[str | None, typer.Option(help="address to bind (default 127.0.0.1; others need a token)")] = None,
+    token: Annotated[str | None, typer.Option(help="token for acting (default $PPU_DASHBOARD_TOKEN, else generated)")
+                     ] = None,
+) -> None:
+    """A live web dashboard: backends, timeline, queues, approvals and reviews, campaigns."""
+    from ppu.dashboard import serve
+
+    lab = _lab(config)
+    try:
+        serve(lab, connect=connect, host=host, port=port, token=token)
+    except PPUError as exc:
+        _fail(exc)
+
+
 campaign_app = typer.Typer(help="Closed-loop campaigns: digital screening + BO on the lab.", no_args_is_help=True)
 app.add_typer(campaign_app, name="campaign")
 
@@ -509,6 +528,8 @@ def campaign_run(
     run_dir: Annotated[Path, typer.Option(help="run folder (emptied first)")] = Path("runs/campaign"),
     prefect: Annotated[bool, typer.Option("--prefect/--no-prefect",
                                           help="run it as the Prefect flow (local, no server to start)")] = True,
+    dashboard: Annotated[bool, typer.Option("--dashboard/--no-dashboard",
+                                            help="serve the live dashboard while it runs")] = True,
 ) -> None:
     """Run a campaign: progress bar, summary table, plots and decisions.jsonl in the run folder."""
     if not config.exists():
@@ -516,7 +537,7 @@ def campaign_run(
     from ppu.campaign import run_campaign_cli
 
     try:
-        run_campaign_cli(config, run_dir, console, prefect=prefect)
+        run_campaign_cli(config, run_dir, console, prefect=prefect, dashboard=dashboard)
     except PPUError as exc:
         _fail(exc)
 

@@ -226,7 +226,8 @@ class Orchestrator:
                 log.info("dropped %s attempt %d: %s", ins.task_id, ins.attempt, ins.why)
         for tr in step.transitions:
             rec = step.records.get(tr.task_id)
-            if tr.src in (TaskState.assigned, TaskState.running) and rec is not None:
+            in_flight = (TaskState.assigned, TaskState.running)
+            if tr.src in in_flight and tr.dst not in in_flight and rec is not None:  # left the backend
                 self._close_busy(rec.backend, rec.batch_id or tr.task_id, tr.at)
             event = {"type": "transition", "task_id": tr.task_id, "src": tr.src.value if tr.src else None,
                      "dst": tr.dst.value, "at": tr.at, "reason": tr.reason,

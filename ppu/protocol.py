@@ -209,6 +209,13 @@ class Reviews(_Req):
     type: Literal["reviews"] = "reviews"
 
 
+class BusyLog(_Req):
+    """Backends' closed busy intervals ending at or after ``since`` (for Gantt charts)."""
+
+    type: Literal["busy"] = "busy"
+    since: float = 0.0
+
+
 class SampleShow(_Req):
     type: Literal["sample"] = "sample"
     sample_id: str
@@ -301,7 +308,7 @@ Message = Annotated[
     Register | Heartbeat | Started | Progress | ResultMsg | Done
     | RegisterOk | Assign | Abort | Pause | Resume | Ack
     | Submit | Cancel | Approve | Reject | Review | Hold | Status | Tasks | GetTask | GetResult | Wait
-    | Subscribe | Unsubscribe | Samples | Audit | Approvals | Reviews | SampleShow | SetAutonomy
+    | Subscribe | Unsubscribe | Samples | Audit | Approvals | Reviews | SampleShow | SetAutonomy | BusyLog
     | Reply | Error | Event,
     Field(discriminator="type"),
 ]
@@ -310,7 +317,8 @@ TYPES: frozenset[str] = frozenset(ADAPTER.json_schema()["discriminator"]["mappin
 
 WORKER_MESSAGES = (Register, Heartbeat, Started, Progress, ResultMsg, Done)
 CLIENT_REQUESTS = (Submit, Cancel, Approve, Reject, Review, Hold, Status, Tasks, GetTask, GetResult, Wait,
-                   Subscribe, Unsubscribe, Samples, Audit, Approvals, Reviews, SampleShow, SetAutonomy)
+                   Subscribe, Unsubscribe, Samples, Audit, Approvals, Reviews, SampleShow, SetAutonomy,
+                   BusyLog)
 ADMIN_REQUESTS = (Approve, Reject, Review, Hold, SetAutonomy)
 
 

@@ -299,6 +299,7 @@ async def _intervals(client: Any, task_ids: list[str], t0: float, time_scale: fl
 async def run_campaign(cfg: CampaignConfig, run_dir: Path, *,
                        on_progress: Callable[[int, float], None] | None = None,
                        on_stage: Callable[[str], None] | None = None,
+                       on_lab: Callable[[str], None] | None = None,
                        loop_class: type[CampaignLoop] | None = None) -> CampaignResult:
     """Run one campaign on the simulated lab (an EmbeddedLab); the run folder gets the store and logs."""
     from ppu.transport.lab import EmbeddedLab
@@ -313,7 +314,10 @@ async def run_campaign(cfg: CampaignConfig, run_dir: Path, *,
     screen_version = publish_screening_models(run_dir / "models", world, pool, cfg) if cfg.screening.enabled else ""
     lab = lab_config(cfg, run_dir)
     t_wall = time.time()
-    async with EmbeddedLab(lab, timeout=30.0) as client:
+    embedded = EmbeddedLab(lab, timeout=30.0)
+    async with embedded as client:
+        if on_lab:
+            on_lab(embedded.address)  # e.g. a dashboard that watches this lab through its own client
         loop = (loop_class or CampaignLoop)(client, cfg, pool, run_dir, on_progress)
         screen: list[float] | None = None
         screen_purity: list[float] | None = None

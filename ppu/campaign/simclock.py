@@ -148,8 +148,10 @@ def _observe(opt: PoolOptimizer | None, pool: Sequence[Candidate], j: int, purit
 def random_baseline(cfg: CampaignConfig, world: World, pool: Sequence[Candidate], seeds: int = 20) -> np.ndarray:
     """Best-so-far (true constrained value) of random search per experiment, mean of ``seeds`` runs."""
     from ppu.campaign.runner import true_curve
+    from ppu.campaign.screening import constrained_values
 
-    vals = dict(zip([c.id or "" for c in pool], (float(v) for v in world.values(pool)), strict=True))
+    truth = constrained_values(world, pool, cfg.objective.purity_min)  # scored like the campaign itself
+    vals = dict(zip([c.id or "" for c in pool], (float(v) for v in truth), strict=True))
     curves = [true_curve(simulate(cfg, world, pool, "random", seed=s).done, vals) for s in range(seeds)]
     n = min(len(c) for c in curves)
     return np.mean([c[:n] for c in curves], axis=0)

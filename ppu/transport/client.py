@@ -186,6 +186,10 @@ class PPUClient:
     def reviews(self) -> list[dict[str, Any]]:
         return list(self.request(p.Reviews()))
 
+    def busy(self, since: float = 0.0) -> list[dict[str, Any]]:
+        """Closed busy intervals {backend, start, end, batch} ending at or after ``since``."""
+        return list(self.request(p.BusyLog(since=since)))
+
     def sample(self, sample_id: str) -> dict[str, Any]:
         return dict(self.request(p.SampleShow(sample_id=sample_id)))
 
@@ -361,6 +365,9 @@ class AsyncPPUClient:
 
     async def reviews(self) -> list[dict[str, Any]]:
         return list(await self.request(p.Reviews()))
+
+    async def busy(self, since: float = 0.0) -> list[dict[str, Any]]:
+        return list(await self.request(p.BusyLog(since=since)))
 
     async def sample(self, sample_id: str) -> dict[str, Any]:
         return dict(await self.request(p.SampleShow(sample_id=sample_id)))

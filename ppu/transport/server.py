@@ -373,6 +373,8 @@ class OrchestratorServer:
                 return o.approvals()
             case p.Reviews():
                 return o.reviews()
+            case p.BusyLog():
+                return [iv for iv in o.busy_log if iv["end"] >= msg.since]
             case p.SampleShow():
                 return o.sample_detail(msg.sample_id)
             case p.SetAutonomy():

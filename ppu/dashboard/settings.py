@@ -1,0 +1,60 @@
+"""The dashboard's settings: one described class, read from ``PPU_DASHBOARD_*`` (STYLE.md §7)."""
+
+from __future__ import annotations
+
+import getpass
+import ipaddress
+import secrets
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ppu.errors import ConfigError
+
+# what the campaign view plots when nothing else is configured: capability -> output field
+DEFAULT_OBJECTIVES = {"measure.co2_uptake": "uptake_mmol_g"}
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry (containers): still a name for the audit log
+        return "operator"
+
+
+class DashboardSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PPU_DASHBOARD_", extra="forbid")
+
+    host: str = Field("127.0.0.1", description="address the web server binds (loopback unless a token is set)")
+    port: int = Field(8765, ge=0, le=65535, description="port of the web server (0: any free port)")
+    token: str | None = Field(None, min_length=8, max_length=256,
+                              description="secret a person needs to act (approve, review); generated if unset")
+    user: str = Field(default_factory=_user, min_length=1, max_length=64,
+                      description="who acts with `token`; the audit log records dashboard:<user>")
+    users: dict[str, str] = Field(default_factory=dict,
+                                  description="more people: name -> their own token (each audited by name)")
+    objectives: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_OBJECTIVES),
+                                       description="capability -> output the campaign view plots")
+    maximize: bool = Field(True, description="best-so-far is the largest value (False: the smallest)")
+    refresh_s: float = Field(1.0, gt=0.05, le=60, description="longest time between two pushed snapshots")
+    gantt_window_s: float = Field(600.0, gt=1, le=7 * 86400, description="how much history the timeline shows")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def checked(settings: DashboardSettings) -> tuple[DashboardSettings, bool]:
+    """Refuse an open non-loopback bind; generate a token when none is set. Returns (settings, generated)."""
+    if settings.token is None and not is_loopback(settings.host):
+        raise ConfigError(f"refusing to serve the dashboard on {settings.host} without a token",
+                          field="token",
+                          hint="set PPU_DASHBOARD_TOKEN (or --token), or bind 127.0.0.1 and use an SSH tunnel")
+    if settings.token is not None:
+        return settings, False
+    return settings.model_copy(update={"token": secrets.token_urlsafe(18)}), True
