@@ -38,7 +38,11 @@ class SimulatedAcquisition(Device):
         raise NotImplementedError
 
     def _prepare(self) -> None:
-        """Checks that must fail at once, before any time passes (e.g. an unknown sample)."""
+        """Checks that must fail at once, before any time passes: by default, that the sample a
+        measuring device is set to is one this lab made (an unknown id raises here, nothing moves)."""
+        sample_id = getattr(self, "sample_id", None)
+        if sample_id is not None:
+            self.lab.sample(sample_id.get())
 
     def trigger(self) -> DeviceStatus:
         self._prepare()

@@ -31,9 +31,6 @@ class GasSorptionAnalyzer(SimulatedAcquisition):
                  **kw: Any):
         super().__init__(prefix, name=name, lab=lab, model=model or IsothermModel(), **kw)
 
-    def _prepare(self) -> None:
-        self.lab.sample(self.sample_id.get())
-
     def _lab_seconds(self) -> float:
         return self.model.seconds_per_point  # type: ignore[attr-defined]
 

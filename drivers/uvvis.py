@@ -36,9 +36,6 @@ class UVVisSpectrometer(SimulatedAcquisition):
     def _grid(self) -> np.ndarray:
         return wavelength_grid(self.wavelength_start.get(), self.wavelength_stop.get(), self.wavelength_step.get())
 
-    def _prepare(self) -> None:
-        self.lab.sample(self.sample_id.get())
-
     def _lab_seconds(self) -> float:
         return self.model.duration_s(len(self._grid()))  # type: ignore[attr-defined]
 

@@ -35,9 +35,6 @@ class XRDDiffractometer(SimulatedAcquisition):
     def _grid(self) -> np.ndarray:
         return two_theta_grid(self.two_theta_start.get(), self.two_theta_stop.get(), self.two_theta_step.get())
 
-    def _prepare(self) -> None:
-        self.lab.sample(self.sample_id.get())
-
     def _lab_seconds(self) -> float:
         return self.model.duration_s(len(self._grid()))  # type: ignore[attr-defined]
 

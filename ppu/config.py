@@ -7,10 +7,10 @@ rebuilt through :mod:`ppu.backends.registry`, where each type validates its own 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from ppu.errors import ConfigError
 from ppu.models import Autonomy, Strict
@@ -79,23 +79,35 @@ class LabConfig(Strict):
                           hint=f"backends in the config: {', '.join(str(b.get('name')) for b in self.backends)}")
 
 
-def load_lab(path: str | Path) -> LabConfig:
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_yaml_model(path: str | Path, model: type[M], what: str, hint: str) -> M:
+    """Read a YAML file into ``model``; every failure is a ConfigError naming the file and field."""
     p = Path(path)
     if not p.exists():
-        raise ConfigError(f"lab config {p} does not exist", hint="pass --config PATH to a lab YAML file")
+        raise ConfigError(f"{what} {p} does not exist", hint=hint)
     try:
         raw = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p} is not valid YAML: {exc}") from None
-    return parse_lab(raw, source=str(p))
+    return parse_model(raw, model, str(p), what)
 
 
-def parse_lab(raw: Any, source: str = "<lab>") -> LabConfig:
+def parse_model(raw: Any, model: type[M], source: str, what: str) -> M:
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: the lab config must be a mapping")
+        raise ConfigError(f"{source}: the {what} must be a mapping")
     try:
-        return LabConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         e = exc.errors()[0]
         loc = ".".join(str(x) for x in e["loc"])
         raise ConfigError(f"{source}: {loc}: {e['msg']}", field=loc) from None
+
+
+def load_lab(path: str | Path) -> LabConfig:
+    return load_yaml_model(path, LabConfig, "lab config", "pass --config PATH to a lab YAML file")
+
+
+def parse_lab(raw: Any, source: str = "<lab>") -> LabConfig:
+    return parse_model(raw, LabConfig, source, "lab config")

@@ -11,10 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field
 
-from ppu.errors import ConfigError
+from ppu.config import load_yaml_model
 from ppu.models import Autonomy, Strict
 
 
@@ -66,18 +65,4 @@ class CampaignConfig(Strict):
 
 
 def load_campaign(path: str | Path) -> CampaignConfig:
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"campaign config {p} does not exist", hint="see campaigns/demo.yaml")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p} is not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: a campaign config must be a mapping")
-    try:
-        return CampaignConfig.model_validate(raw)
-    except ValidationError as exc:
-        e = exc.errors()[0]
-        loc = ".".join(str(x) for x in e["loc"])
-        raise ConfigError(f"{p}: {loc}: {e['msg']}", field=loc) from None
+    return load_yaml_model(path, CampaignConfig, "campaign config", "see campaigns/demo.yaml")
