@@ -135,7 +135,7 @@ class World:
         intrinsic = base_u + bumps
         t_opt, w = self.synthesis_window_c(c)
         dt = c.anneal_temperature_c - t_opt
-        crystallinity = 1.0 - math.exp(-max(c.anneal_time_h, 0.0) / 1.5)
+        crystallinity = 1.0 - math.exp(-max(c.anneal_time_h, 0.0) / 1.0)  # 4 h: 98 % crystalline
         purity = float(np.clip(0.98 * math.exp(-0.5 * (dt / w) ** 2) * crystallinity, 0.02, 0.98))
         linker_share = 1.0 / (1.0 + math.exp(dt / 30.0))  # too cold: linker left; too hot: oxide
         phases = _split_phases(purity, linker_share)

@@ -18,12 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Generic, TypeVar
 
 I = TypeVar("I")  # noqa: E741
 O = TypeVar("O")  # noqa: E741
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class MicroBatcher(Generic[I, O]):
@@ -37,23 +43,32 @@ class MicroBatcher(Generic[I, O]):
         self.executor = executor
         self.batch_sizes: list[int] = []  # every batch handed to fn, for tests and benchmarks
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: asyncio.Queue[tuple[I, asyncio.Future[O], float]] | None = None
+        # A plain deque and two wake-up futures rather than asyncio.Queue + wait_for: wait_for makes a
+        # task per item, which at thousands of items per second costs more than the bookkeeping.
+        self._items: deque[tuple[I, asyncio.Future[O], float]] = deque()
+        self._arrived: asyncio.Future[None] | None = None  # set when the queue stops being empty
+        self._full: asyncio.Future[None] | None = None  # set when a batch's worth has arrived
         self._collector: asyncio.Task[None] | None = None
 
-    def _ensure(self) -> asyncio.Queue[tuple[I, asyncio.Future[O], float]]:
+    def _ensure(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.get_running_loop()
-        if self._loop is not loop or self._queue is None or self._collector is None or self._collector.done():
+        if self._loop is not loop or self._collector is None or self._collector.done():
             # a new loop (tests, a restarted worker) gets a fresh queue and collector
             self._loop = loop
-            self._queue = asyncio.Queue()
-            self._collector = loop.create_task(self._collect(self._queue), name="ppu-microbatcher")
-        return self._queue
+            self._items = deque()
+            self._arrived = self._full = None
+            self._collector = loop.create_task(self._collect(), name="ppu-microbatcher")
+        return loop
 
     def put(self, item: I) -> asyncio.Future[O]:
         """Queue ``item`` and return the future of its result (no task is created per item)."""
-        queue = self._ensure()
-        fut: asyncio.Future[O] = self._loop.create_future()  # type: ignore[union-attr]
-        queue.put_nowait((item, fut, time.monotonic()))
+        loop = self._ensure()
+        fut: asyncio.Future[O] = loop.create_future()
+        self._items.append((item, fut, time.monotonic()))
+        if self._arrived is not None and not self._arrived.done():
+            self._arrived.set_result(None)
+        if self._full is not None and not self._full.done() and len(self._items) >= self.max_batch:
+            self._full.set_result(None)
         return fut
 
     async def submit(self, item: I) -> O:
@@ -74,30 +89,34 @@ class MicroBatcher(Generic[I, O]):
                 pass
         self._collector = None
 
-    async def _collect(self, queue: asyncio.Queue[tuple[I, asyncio.Future[O], float]]) -> None:
+    async def _collect(self) -> None:
         loop = asyncio.get_running_loop()
+        items = self._items
         while True:
-            first = await queue.get()
-            batch = [first]
-            deadline = first[2] + self.max_wait_s
-            while len(batch) < self.max_batch:
-                if not queue.empty():
-                    batch.append(queue.get_nowait())
-                    continue
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
+            if not items:
+                self._arrived = loop.create_future()
+                await self._arrived
+                self._arrived = None
+            left = items[0][2] + self.max_wait_s - time.monotonic()
+            if len(items) < self.max_batch and left > 0:
+                full = self._full = loop.create_future()
+                timer = loop.call_later(left, _wake, full)
                 try:
-                    batch.append(await asyncio.wait_for(queue.get(), left))
-                except TimeoutError:
-                    break
-            live = [b for b in batch if not b[1].done()]
+                    await full
+                finally:
+                    timer.cancel()
+                    self._full = None
+            live: list[tuple[I, asyncio.Future[O], float]] = []
+            while items and len(live) < self.max_batch:
+                entry = items.popleft()
+                if not entry[1].done():  # a cancelled waiter's item is dropped
+                    live.append(entry)
             if not live:
                 continue
             self.batch_sizes.append(len(live))
-            items = [b[0] for b in live]
+            batch = [b[0] for b in live]
             try:
-                results = await loop.run_in_executor(self.executor, self.fn, items)
+                results = await loop.run_in_executor(self.executor, self.fn, batch)
                 if len(results) != len(live):
                     raise RuntimeError(f"batch function gave {len(results)} results for {len(live)} items")
             except Exception as exc:

@@ -317,7 +317,8 @@ class TorchBackend(Backend):
         self._executor.shutdown(wait=True)
 
     async def run(self, batch: list[TaskRun], progress: ProgressFn) -> list[Result]:
-        await self.start()
+        if not self._started:
+            await self.start()
         started = time.time()
         results: list[Result | None] = [None] * len(batch)
         waits = []
@@ -335,7 +336,14 @@ class TorchBackend(Backend):
                                        retryable=False)
                 continue
             waits.append((i, s.batcher.put(row)))
-        outs = await asyncio.gather(*(w for _, w in waits), return_exceptions=True) if waits else []
+        outs: list[_Out | BaseException] = []
+        if len(waits) == 1:  # the common case at high rates: one task per run call, no gather needed
+            try:
+                outs = [await waits[0][1]]
+            except Exception as exc:
+                outs = [exc]
+        elif waits:
+            outs = await asyncio.gather(*(w for _, w in waits), return_exceptions=True)
         dev = str(self.device)
         for (i, _), out in zip(waits, outs, strict=True):
             run = batch[i]
