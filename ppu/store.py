@@ -140,37 +140,40 @@ class Store:
     # ---- writes ----------------------------------------------------------------------------
 
     def apply(self, steps: Iterable[Step], audits: Iterable[AuditEntry] = (), samples_: Iterable[Sample] = ()) -> None:
-        """Journal scheduler steps, audit entries and sample changes in one transaction."""
+        """Journal scheduler steps, audit entries and sample changes in one transaction.
+
+        Rows of all the steps go out as one executemany per table (a burst of a thousand steps is
+        three statements, not thousands); a task changed by several steps is written once, as the
+        last step left it. Journal rows keep their order.
+        """
+        now = time.time()
+        moves: list[dict[str, Any]] = []
+        results_: list[dict[str, Any]] = []
+        task_rows: dict[str, dict[str, Any]] = {}
+        for step in steps:
+            moves += [{"at": tr.at, "task_id": tr.task_id, "src": tr.src.value if tr.src else None,
+                       "dst": tr.dst.value, "reason": tr.reason} for tr in step.transitions]
+            results_ += [self._result_row(r, now) for r in step.results]
+            for t in step.tasks():
+                task_rows[t.id] = {"id": t.id, "seq": t.seq, "state": t.state.value, "capability": t.capability,
+                                   "campaign": t.campaign, "updated_at": now, "body": t.model_dump_json()}
         with self.engine.begin() as conn:
-            for step in steps:
-                self._write_step(conn, step)
+            if moves:
+                conn.execute(journal.insert(), moves)
+            if results_:
+                # Recorded exactly once per (task, attempt): a re-sent result is a no-op.
+                conn.execute(self._insert_result, results_)
+            if task_rows:
+                conn.execute(self._upsert_task, list(task_rows.values()))  # executemany, one cached statement
             for entry in audits:
                 self._write_audit(conn, entry)
             for s in samples_:
                 self._write_sample(conn, s)
 
-    def _write_step(self, conn: Connection, step: Step) -> None:
-        now = time.time()
-        if step.transitions:
-            conn.execute(journal.insert(), [
-                {"at": tr.at, "task_id": tr.task_id, "src": tr.src.value if tr.src else None,
-                 "dst": tr.dst.value, "reason": tr.reason} for tr in step.transitions
-            ])
-        for r in step.results:
-            self._write_result(conn, r, now)
-        rows = [
-            {"id": t.id, "seq": t.seq, "state": t.state.value, "capability": t.capability,
-             "campaign": t.campaign, "updated_at": now, "body": t.model_dump_json()}
-            for t in step.tasks()
-        ]
-        if rows:
-            conn.execute(self._upsert_task, rows)  # executemany on one cached statement
-
-    def _write_result(self, conn: Connection, r: Result, now: float) -> None:
-        # Recorded exactly once per (task, attempt): a re-sent result is a no-op.
-        conn.execute(self._insert_result, [{
-            "task_id": r.task_id, "attempt": r.attempt, "status": r.status.value, "recorded_at": now,
-            "body": r.model_dump_json()}])
+    @staticmethod
+    def _result_row(r: Result, now: float) -> dict[str, Any]:
+        return {"task_id": r.task_id, "attempt": r.attempt, "status": r.status.value, "recorded_at": now,
+                "body": r.model_dump_json()}
 
     def _write_audit(self, conn: Connection, e: AuditEntry) -> None:
         conn.execute(audit.insert().values(at=e.at, actor=e.actor, action=e.action, target=e.target,

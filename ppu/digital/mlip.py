@@ -10,8 +10,12 @@ prototypes are not implemented yet.
 ``relax.energy`` relaxes positions and cell first (FIRE, ``relax_steps``, ``fmax``).
 
 chgnet and pymatgen are imported lazily: without them, building this backend raises a
-ConfigError that says ``pip install 'ppu[mlip]'``. Install size and per-structure CPU time: not
-measured here (the extra is not installed in this environment).
+ConfigError that says ``pip install 'ppu[mlip]'``.
+
+Measured (chgnet 0.4.2, pymatgen 2026.10, torch 2.13 CPU, 2 cores; 2026-11-25): the extra adds
+270 MB to an environment of 1.8 GB (0.9 GB of it torch). Per structure on CPU: ``predict.energy``
+62 ms at supercell 1 (8 atoms) and 0.57 s at the default supercell 2 (64 atoms), batched 40 at a
+time; ``relax.energy`` 1.6 s (8 atoms) and 19 s (64 atoms) with FIRE, fmax 0.1, <= 200 steps.
 
 Where it runs: CHGNet calls run on this backend's one dedicated thread; the loop never blocks.
 """
@@ -22,6 +26,7 @@ import asyncio
 import hashlib
 import math
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,6 +170,16 @@ class MLIPBackend(Backend):
         return Structure(Lattice(proto.lattice), proto.species, proto.frac_coords)
 
     def _energies(self, capability: str, structures: list[Any]) -> list[float]:
+        with warnings.catch_warnings():
+            # CHGNet 0.4 calls float() on a tensor that requires grad, and torch warns about it;
+            # not ours to fix and harmless (the value is read, never differentiated).
+            warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar",
+                                    category=UserWarning)
+            # ASE's cell filter takes a matrix logarithm every step; scipy flags errors of 1e-12.
+            warnings.filterwarnings("ignore", message="logm result may be inaccurate", category=RuntimeWarning)
+            return self._energies_unmuted(capability, structures)
+
+    def _energies_unmuted(self, capability: str, structures: list[Any]) -> list[float]:
         if capability == "predict.energy":
             preds = self._model.predict_structure(structures, task="e", batch_size=len(structures))
             preds = preds if isinstance(preds, list) else [preds]
