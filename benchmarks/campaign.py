@@ -8,7 +8,7 @@ been synthesised, confirmed pure by XRD and measured. A BO run that has not reac
 flatter the baseline that misses. Each seed changes the optimiser, the instruments' noise and the
 twin's prior data; random search is run ``--random-runs`` times (it is cheap).
 
-    python benchmarks/campaign.py [--world analytic --world demo-table | --world my-world.yaml] [--seeds 5]
+    python benchmarks/campaign.py [--world sweet-spots --world mof74 | --world my-world.yaml] [--seeds 5]
 
 A world YAML holds a campaign's ``world:`` fields, e.g. ``{csv: path/to/table.csv, pool_size: 300}``.
 Last line: one JSON object keyed by world name, each with ``ours``, ``random``, ``no_screening``
@@ -34,8 +34,9 @@ from ppu.campaign.simclock import simulate
 from ppu.simulators.world import DEMO_CSV
 
 SHIPPED: dict[str, dict[str, Any]] = {
-    "analytic": {"seed": 0, "pool_size": 300},                 # the demo campaign's world
-    "demo-table": {"csv": str(DEMO_CSV), "pool_size": 300},    # a table of measurements, interpolated
+    "sweet-spots": {"kind": "sweet-spots", "seed": 0, "pool_size": 300},  # the demo campaign's world
+    "mof74": {"kind": "mof74", "seed": 0, "pool_size": 300},              # open metal sites x activation
+    "demo-table": {"csv": str(DEMO_CSV), "pool_size": 300},               # a table of measurements
 }
 STRATEGIES = {"ours": "ppu", "random": "random", "no_screening": "physical_only"}
 

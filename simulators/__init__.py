@@ -13,6 +13,7 @@ from ppu.simulators.phases import PHASES, REFERENCE_PEAKS, TARGET_PHASE
 from ppu.simulators.world import (
     DEMO_CSV,
     ELEMENTS,
+    MOF74World,
     TableWorld,
     TrueProperties,
     World,
@@ -23,6 +24,6 @@ from ppu.simulators.world import (
 
 __all__ = [
     "DEMO_CSV", "ELEMENTS", "PHASES", "REFERENCE_PEAKS", "TARGET_PHASE", "FaultConfig", "InstrumentFault",
-    "IsothermModel", "SampleRecord", "SimulatedLab", "SynthesisModel", "TableWorld", "TrueProperties",
+    "IsothermModel", "MOF74World", "SampleRecord", "SimulatedLab", "SynthesisModel", "TableWorld", "TrueProperties",
     "UVVisModel", "UnknownSampleError", "World", "WorldConfig", "XRDModel", "candidate_id", "candidate_pool",
 ]

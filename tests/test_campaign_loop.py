@@ -81,3 +81,15 @@ def test_interrupted_synthesis_frees_the_robot_and_waits_for_a_person(tmp_path: 
             loop.decisions.close()
 
     asyncio.run(body())
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "campaigns").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_campaign_file_validates_and_builds_its_world(path: Path) -> None:
+    from ppu.campaign.runner import build_world
+
+    cfg = load_campaign(path)
+    world, pool = build_world(cfg)
+    assert len(pool) == cfg.world.pool_size
+    expected = "table" if cfg.world.csv else {"sweet-spots": "analytic", "mof74": "mof74"}[cfg.world.kind]
+    assert world.kind == expected

@@ -54,3 +54,17 @@ def test_simulated_clock_campaign_beats_the_pool_median() -> None:
     assert len(run.done) == cfg.budget.max_syntheses
     assert run.best_curve[-1] > float(np.median(world.values(pool)))
     assert 0 < run.busy["robot"] <= run.makespan_s * cfg.parallel.synthesis_robots
+
+
+def test_soft_shortlist_lets_the_gp_look_past_a_twin_that_ranks_backwards() -> None:
+    _cfg, world, pool = _setup()
+    truth = world.values(pool)
+    backwards = -truth  # a twin that shortlists the worst candidates
+    picks = {}
+    for weight in (0.0, 1.0):
+        opt = PoolOptimizer(pool, seed=0, screen=backwards, top_k=10, outside_weight=weight)
+        for i in np.argsort(truth)[:6]:  # the initial design measured six of the shortlist
+            opt.observe(opt.ids[i], 0.95, float(truth[i]))
+        d = opt.propose([])
+        picks[weight] = bool(opt.eligible[d.index])
+    assert picks == {0.0: True, 1.0: False}  # hard shortlist stays inside; the soft one leaves it

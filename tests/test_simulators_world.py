@@ -10,6 +10,7 @@ from ppu.simulators import (
     DEMO_CSV,
     PHASES,
     FaultConfig,
+    MOF74World,
     SimulatedLab,
     UnknownSampleError,
     World,
@@ -71,6 +72,29 @@ def test_table_world_interpolates_the_demo_csv() -> None:
     assert World.from_config({"csv_path": str(DEMO_CSV)}).kind == "table"
     best, v = tw.true_optimum(candidate_pool(100, seed=0))
     assert v > 0 and isinstance(best, Candidate)
+
+
+def test_mof74_world_ranks_metals_and_punishes_poor_activation() -> None:
+    w = World.from_config({"kind": "mof74"})
+    assert isinstance(w, MOF74World) and w.kind == "mof74"
+
+    def at(comp: dict[str, float], t: float) -> float:
+        return w.properties(Candidate(composition=comp, anneal_temperature_c=t, anneal_time_h=4.0)).co2_uptake_mmol_g
+
+    best_t = {m: w.synthesis_window_c(Candidate(composition={m: 1.0}))[0] for m in ("Mg", "Ni", "Co", "Zn", "Cu")}
+    uptake = {m: at({m: 1.0}, t) for m, t in best_t.items()}
+    assert sorted(uptake, key=lambda m: -uptake[m]) == ["Mg", "Ni", "Co", "Zn", "Cu"]  # open-metal-site order
+    mg = Candidate(composition={"Mg": 1.0}, anneal_temperature_c=best_t["Mg"], anneal_time_h=4.0)
+    cold = mg.model_copy(update={"anneal_temperature_c": 250.0})  # solvent left on the sites
+    hot = mg.model_copy(update={"anneal_temperature_c": 560.0})  # above the collapse temperature
+    assert w.properties(mg).purity > 0.9 and w.properties(mg).main_phase == "MOF-74"
+    assert w.properties(cold).main_phase == "linker" and w.properties(hot).main_phase == "rocksalt-oxide"
+    assert w.properties(cold).co2_uptake_mmol_g < 0.5 * uptake["Mg"]
+    assert w.properties(hot).co2_uptake_mmol_g < 0.5 * uptake["Mg"]
+    assert World.from_config({"kind": "mof74", "seed": 3}).properties(mg) == MOF74World(
+        WorldConfig(kind="mof74", seed=3)).properties(mg)  # deterministic per seed
+    lab = SimulatedLab.shared("mof74-test", {"kind": "mof74"})
+    assert isinstance(lab.world, MOF74World)
 
 
 def test_table_world_rejects_bad_tables(tmp_path) -> None:

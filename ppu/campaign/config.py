@@ -1,6 +1,6 @@
 """A campaign as one YAML file a scientist can read (STYLE.md §7): world, goal, budget, pace.
 
-    world:     {seed: 0, pool_size: 300}          # or csv: path/to/measurements.csv
+    world:     {seed: 0, pool_size: 300}          # kind: mof74, or csv: path/to/measurements.csv
     objective: {maximise: co2_uptake, constraint: {purity_min: 0.9}}
     budget:    {max_syntheses: 24, instrument_hours: 400, rounds: 6}
     parallel:  {synthesis_robots: 2}
@@ -18,7 +18,8 @@ from ppu.models import Autonomy, Strict
 
 
 class WorldSpec(Strict):
-    seed: int = Field(0, description="seeds the analytic world (its sweet spots)")
+    kind: Literal["sweet-spots", "mof74"] = Field("sweet-spots", description="which analytic world (no csv)")
+    seed: int = Field(0, description="seeds the analytic world (its sweet spots, its metal-pair synergies)")
     csv: str | None = Field(None, description="a table of real measurements; builds a table world")
     pool_size: int = Field(300, ge=10, le=100_000, description="candidates in the discrete search pool")
     pool_seed: int = Field(0, description="which candidates of the grid make the pool")
@@ -37,7 +38,9 @@ class BudgetSpec(Strict):
 
 class ScreeningSpec(Strict):
     enabled: bool = Field(True, description="screen the whole pool on the digital twin first")
-    top_k: int = Field(60, ge=1, description="only the top-k screened candidates are eligible for synthesis")
+    top_k: int = Field(60, ge=1, description="the shortlist: the top-k screened candidates")
+    outside_weight: float = Field(0.1, ge=0, le=1, description="once the GP proposes, a candidate off the "
+                                  "shortlist competes at this times its acquisition (0: shortlist only)")
     prior_points: int = Field(40, ge=3, description="size of the prior data set the screening model learnt from")
     prior_noise: float = Field(0.8, ge=0, description="noise std of that prior data (mmol/g): it is low fidelity")
 

@@ -9,7 +9,9 @@ the acquisition as ``X_pending``, so the next proposal accounts for them instead
 - constraint GP: the same on measured XRD purity; the acquisition is weighted by the probability
   that purity >= ``purity_min`` (log EI + log P(feasible));
 - screening (cheap, low fidelity): the digital twin's prediction of every pool candidate becomes
-  an extra input feature, and only the top-k screened candidates are eligible for synthesis.
+  an extra input feature; the initial design picks from the top-k screened candidates, and once
+  the GP proposes, candidates outside that shortlist compete at ``outside_weight`` (0.1) times
+  their acquisition, so a twin that misranks the best candidates costs experiments, not the result.
 
 Every proposal is a :class:`Decision` (candidate, acquisition value, predicted mean/std, model
 version, why), which the runner writes to ``decisions.jsonl``.
@@ -88,7 +90,7 @@ class PoolOptimizer:
     def __init__(self, pool: Sequence[Candidate], *, purity_min: float = 0.9, seed: int = 0, n_init: int = 3,
                  screen: Sequence[float] | np.ndarray | None = None,
                  screen_purity: Sequence[float] | np.ndarray | None = None,
-                 top_k: int | None = None, screen_version: str = ""):
+                 top_k: int | None = None, screen_version: str = "", outside_weight: float = 0.1):
         if not pool:
             raise ValueError("the candidate pool is empty")
         self.pool = list(pool)
@@ -112,6 +114,10 @@ class PoolOptimizer:
             self.eligible[:] = False
             self.eligible[np.argsort(-self.screen_score())[:top_k]] = True
         self.screen_version = screen_version
+        # Once the GP proposes, a candidate outside the screened shortlist competes with its
+        # acquisition times outside_weight (0: a hard shortlist, the rest only when it is used up).
+        self.outside_log_weight: float | None = (
+            math.log(outside_weight) if self.screen is not None and outside_weight > 0 else None)
         self.obs: dict[int, Observation] = {}
         self.fits = 0
         self._warm: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
@@ -192,9 +198,9 @@ class PoolOptimizer:
 
     # ---- proposing ----------------------------------------------------------------------------
 
-    def candidates_left(self, pending: Sequence[str]) -> list[int]:
+    def candidates_left(self, pending: Sequence[str], whole_pool: bool = False) -> list[int]:
         busy = set(self.obs) | {self.index[p] for p in pending}
-        left = [i for i in range(len(self.pool)) if self.eligible[i] and i not in busy]
+        left = [i for i in range(len(self.pool)) if (whole_pool or self.eligible[i]) and i not in busy]
         if not left:  # the screened shortlist is used up: open the rest of the pool
             left = [i for i in range(len(self.pool)) if i not in busy]
         return left
@@ -213,6 +219,11 @@ class PoolOptimizer:
         gp_y, gp_c = self.models()
         if gp_y is None:
             return self._feasibility_first(gp_c, left, pending)
+        if self.outside_log_weight is not None:
+            # Soft shortlist: once the GP speaks, the whole pool competes, and a candidate the
+            # twin did not shortlist pays a fixed log penalty. A twin that misranks the best
+            # candidates then costs some experiments, not the campaign.
+            left = self.candidates_left(pending, whole_pool=True)
         base = [i for i, o in self.obs.items() if o.uptake is not None]
         x_pending = self.x[[self.index[p] for p in pending]] if pending else None
         acq = qLogNoisyExpectedImprovement(gp_y, X_baseline=self.x[base], X_pending=x_pending, prune_baseline=False,
@@ -226,6 +237,8 @@ class PoolOptimizer:
             z = (m - self.purity_min) / np.maximum(s, 1e-9)
             log_pf = np.log(np.clip(0.5 * (1 + np.vectorize(math.erf)(z / math.sqrt(2))), 1e-12, 1.0))
         score = log_ei + log_pf
+        if self.outside_log_weight is not None:
+            score = score + np.where(self.eligible[left], 0.0, self.outside_log_weight)
         j = int(np.argmax(score))
         i = left[j]
         mean, std = self.predict(gp_y, [i])
@@ -233,8 +246,9 @@ class PoolOptimizer:
             candidate_id=self.ids[i], index=i, acquisition=float(score[j]), mean=float(mean[0]), std=float(std[0]),
             p_feasible=float(math.exp(log_pf[j])), screen_mean=None if scr is None else float(scr[i]),
             model_version=self.model_version, n_observed=len(self.obs), pending=list(pending),
-            why=(f"max log qNEI x P(purity>={self.purity_min}) over {len(left)} eligible candidates, "
-                 f"{len(pending)} pending"))
+            why=(f"max log qNEI x P(purity>={self.purity_min})"
+                 + (" x shortlist weight" if self.outside_log_weight is not None else "")
+                 + f" over {len(left)} candidates, {len(pending)} pending"))
 
     def _feasibility_first(self, gp_c: SingleTaskGP | None, left: list[int], pending: Sequence[str]) -> Decision:
         """Too few pure samples to model the objective yet: go where purity is most likely to pass."""

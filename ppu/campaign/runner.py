@@ -83,7 +83,7 @@ def true_curve(done: list[tuple[str, bool]], values: dict[str, float]) -> list[f
 
 
 def build_world(cfg: CampaignConfig) -> tuple[World, list[Candidate]]:
-    wc = WorldConfig(seed=cfg.world.seed, csv_path=cfg.world.csv)
+    wc = WorldConfig(kind=cfg.world.kind, seed=cfg.world.seed, csv_path=cfg.world.csv)
     world = World.from_config(wc)
     pool = candidate_pool(cfg.world.pool_size, cfg.world.pool_seed, elements=world.config.elements)
     return world, pool
@@ -92,7 +92,7 @@ def build_world(cfg: CampaignConfig) -> tuple[World, list[Candidate]]:
 def lab_config(cfg: CampaignConfig, run_dir: Path) -> LabConfig:
     """The simulated lab this campaign runs on: robots, one XRD, one sorption analyser, a twin, a trainer."""
     phys = {"time_scale": cfg.time_scale, "seed": cfg.seed, "lab": cfg.name, "run_dir": str(run_dir / "lab"),
-            "world": {"seed": cfg.world.seed, "csv_path": cfg.world.csv}}
+            "world": {"kind": cfg.world.kind, "seed": cfg.world.seed, "csv_path": cfg.world.csv}}
     backends: list[dict[str, Any]] = [
         {"type": "synthesis_robot", "name": f"robot-{i + 1}", **phys} for i in range(cfg.parallel.synthesis_robots)]
     backends += [{"type": "xrd", "name": "xrd-1", **phys}, {"type": "gas_sorption", "name": "sorption-1", **phys}]
@@ -329,7 +329,8 @@ async def run_campaign(cfg: CampaignConfig, run_dir: Path, *,
             screen_version = served or screen_version
         loop.opt = PoolOptimizer(pool, purity_min=cfg.objective.purity_min, seed=cfg.seed, n_init=cfg.parallel.n_init,
                                  screen=screen, screen_purity=screen_purity,
-                                 top_k=cfg.screening.top_k if screen else None, screen_version=screen_version)
+                                 top_k=cfg.screening.top_k if screen else None, screen_version=screen_version,
+                                 outside_weight=cfg.screening.outside_weight)
         if on_stage:
             on_stage("closed loop: propose, synthesise, characterise, learn")
         loop.t0 = time.time()

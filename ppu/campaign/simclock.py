@@ -69,7 +69,8 @@ def simulate(cfg: CampaignConfig, world: World, pool: Sequence[Candidate], strat
         use = screen if strategy == "ppu" else None
         opt = PoolOptimizer(pool, purity_min=pmin, seed=seed, n_init=cfg.parallel.n_init,
                             screen=None if use is None else use[0], screen_purity=None if use is None else use[1],
-                            top_k=cfg.screening.top_k if strategy == "ppu" else None)
+                            top_k=cfg.screening.top_k if strategy == "ppu" else None,
+                            outside_weight=cfg.screening.outside_weight)
     order = list(rng.permutation(len(pool)))
     robots = 1 if naive else cfg.parallel.synthesis_robots
     m = _Machines(robots)
