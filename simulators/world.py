@@ -207,9 +207,13 @@ class MOF74World(World):
         u, g, b, t = (w[:, None] * np.array(rows)).sum(axis=0)
         return float(u), float(g), float(b), float(t)
 
+    @staticmethod
+    def _window(t_collapse: float) -> tuple[float, float]:
+        return t_collapse - 110.0, 70.0
+
     def synthesis_window_c(self, c: Candidate) -> tuple[float, float]:
         """Activation window: centred 110 C below the framework's collapse temperature."""
-        return self._metals(c)[3] - 110.0, 70.0
+        return self._window(self._metals(c)[3])
 
     def properties(self, c: Candidate) -> TrueProperties:
         x = self._fractions(c)
@@ -218,7 +222,7 @@ class MOF74World(World):
         synergy = float(x @ self._synergy @ x) * 4.0  # 4 x_i x_j peaks at 1 for a 50/50 pair
         sites = base_u * (1.0 - 0.35 * mix) * (1.0 + synergy)
         t = c.anneal_temperature_c
-        t_opt, w = self.synthesis_window_c(c)
+        t_opt, w = self._window(t_collapse)  # from the metals already averaged above
         crystallinity = 1.0 - math.exp(-max(c.anneal_time_h, 0.0) / 1.0)
         purity = float(np.clip(0.98 * math.exp(-0.5 * ((t - t_opt) / w) ** 2) * crystallinity, 0.02, 0.98))
         activated = 1.0 / (1.0 + math.exp(-(t - (t_opt - 60.0)) / 18.0))  # solvent leaves the sites
