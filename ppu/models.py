@@ -6,18 +6,54 @@ internal record of a task for speed and converts at its edge (see ``ppu.schedule
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Bounds on strings and lists at the door (docs/protocol.md, Limits; ppu.protocol re-exports them).
+MAX_NAME = 128  # capability, backend, worker and campaign names; task, sample and batch ids
+MAX_ACTOR = 128  # a person's name in the audit log
+MAX_TEXT = 4096  # reasons, notes, progress messages
+MAX_IDS = 10_000  # ids in one list (depends_on of a task, task_ids of one wait)
 
 
 class Strict(BaseModel):
-    """Base for every PPU model: unknown fields are an error, assignment is validated."""
+    """Base for every PPU model: unknown fields are an error, assignment is validated, and a float
+    field refuses NaN and +-Infinity (``allow_inf_nan=False``)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def non_finite_path(value: Any) -> str | None:
+    """The dotted path of the first NaN or +-Infinity inside nested dicts/lists ('' at the top), else None."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, v = stack.pop()
+        if isinstance(v, float):
+            if not math.isfinite(v):
+                return path
+        elif isinstance(v, dict):
+            stack.extend((f"{path}.{k}" if path else str(k), x) for k, x in v.items())
+        elif isinstance(v, list | tuple):
+            stack.extend((f"{path}.{i}" if path else str(i), x) for i, x in enumerate(v))
+    return None
+
+
+def _finite(value: Any) -> Any:
+    path = non_finite_path(value)
+    if path is not None:
+        raise ValueError(f"{path or 'the value'} is not a finite number "
+                         "(NaN, Infinity and numbers beyond +-1.8e308 are refused)")
+    return value
+
+
+JsonDict = Annotated[dict[str, Any], AfterValidator(_finite)]
+"""A free-form JSON object (task inputs, result outputs) whose numbers must all be finite."""
+Name = Annotated[str, Field(max_length=MAX_NAME)]
 
 
 def new_id(prefix: str = "t") -> str:
@@ -93,7 +129,7 @@ class Limit(Strict):
 class CapabilityOffer(Strict):
     """What one backend says about one capability it offers."""
 
-    name: str
+    name: str = Field(min_length=1, max_length=MAX_NAME)
     fidelity: float = Field(1.0, ge=0.0, le=1.0, description="0 = rough guess, 1 = ground truth")
     duration_s: float = Field(1.0, gt=0, description="expected duration of one task (or batch), lab time")
     cost: float = Field(0.0, ge=0, description="cost of one task in the lab's unit (e.g. EUR)")
@@ -107,7 +143,7 @@ class BackendSpec(Strict):
     batch_size: int = Field(1, ge=1, le=100_000)
     batch_wait_s: float = Field(0.01, ge=0, le=60, description="max wait to fill a batch")
     safe_limits: dict[str, Limit] = Field(default_factory=dict)
-    site: str = "local"
+    site: str = Field("local", max_length=MAX_NAME)
     state: BackendState = BackendState.online
 
     @field_validator("capabilities")
@@ -150,23 +186,23 @@ def limit_violations(limits: dict[str, Limit], inputs: dict[str, Any]) -> list[s
 class TaskSpec(Strict):
     """What a client submits. The orchestrator validates it and turns it into a Task."""
 
-    capability: str
-    inputs: dict[str, Any] = Field(default_factory=dict)
-    id: str | None = Field(None, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")
+    capability: str = Field(min_length=1, max_length=MAX_NAME)
+    inputs: JsonDict = Field(default_factory=dict)
+    id: str | None = Field(None, max_length=MAX_NAME, pattern=r"^[A-Za-z0-9_.:\-]+$")
     priority: int = Field(0, ge=-1000, le=1000)
-    campaign: str | None = None
-    depends_on: list[str] = Field(default_factory=list)
+    campaign: str | None = Field(None, max_length=MAX_NAME)
+    depends_on: list[Name] = Field(default_factory=list, max_length=MAX_IDS)
     deadline: float | None = Field(None, description="epoch seconds; earlier deadlines go first")
-    pin_backend: str | None = None
+    pin_backend: str | None = Field(None, max_length=MAX_NAME)
     min_fidelity: float = Field(0.0, ge=0.0, le=1.0)
     max_attempts: int = Field(3, ge=1, le=100)
-    sample_id: str | None = Field(None, description="the physical sample this task works on")
+    sample_id: str | None = Field(None, max_length=MAX_NAME, description="the physical sample this task works on")
 
 
 class Task(Strict):
     id: str
     capability: str
-    inputs: dict[str, Any] = Field(default_factory=dict)
+    inputs: JsonDict = Field(default_factory=dict)
     action: ActionClass
     priority: int = 0
     campaign: str | None = None
@@ -182,6 +218,9 @@ class Task(Strict):
     attempts: int = 0
     backend: str | None = None
     submitted_at: float = Field(default_factory=time.time)
+    submitted_by: str | None = Field(None, max_length=256, description="the actor who submitted it (audit form)")
+    submitter_key: str | None = Field(None, max_length=64,
+                                      description="CURVE public key (z85) that submitted it; None without CURVE")
     not_before: float | None = None
     avoid: list[str] = Field(default_factory=list)
     cancel_requested: bool = False
@@ -206,7 +245,7 @@ class Sample(Strict):
     id: str
     made_by: str | None = Field(None, description="task id that made it")
     parents: list[str] = Field(default_factory=list, description="sample ids it was made from")
-    recipe: dict[str, Any] = Field(default_factory=dict)
+    recipe: JsonDict = Field(default_factory=dict)
     campaign: str | None = None
     location: Location | None = None
     state: SampleState = SampleState.available
@@ -229,14 +268,14 @@ class Provenance(Strict):
     run_uids: list[str] = Field(default_factory=list, description="Bluesky run start uids")
     documents: str | None = Field(None, description="where the Bluesky documents are kept")
     entered_by: str | None = Field(None, description="person who entered a manual result")
-    extra: dict[str, Any] = Field(default_factory=dict)
+    extra: JsonDict = Field(default_factory=dict)
 
 
 class Result(Strict):
     task_id: str
     attempt: int = Field(description="the run attempt it reports (1, 2, ...); 0: entered by a person")
     status: ResultStatus
-    outputs: dict[str, Any] = Field(default_factory=dict)
+    outputs: JsonDict = Field(default_factory=dict)
     error: str | None = None
     retryable: bool = True
     interrupted: bool = Field(False, description="a physical run stopped part-way: a person must review")
