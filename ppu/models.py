@@ -186,46 +186,50 @@ def limit_violations(limits: dict[str, Limit], inputs: dict[str, Any]) -> list[s
 class TaskSpec(Strict):
     """What a client submits. The orchestrator validates it and turns it into a Task."""
 
-    capability: str = Field(min_length=1, max_length=MAX_NAME)
-    inputs: JsonDict = Field(default_factory=dict)
-    id: str | None = Field(None, max_length=MAX_NAME, pattern=r"^[A-Za-z0-9_.:\-]+$")
-    priority: int = Field(0, ge=-1000, le=1000)
-    campaign: str | None = Field(None, max_length=MAX_NAME)
-    depends_on: list[Name] = Field(default_factory=list, max_length=MAX_IDS)
+    capability: str = Field(min_length=1, max_length=MAX_NAME, description="a known capability (ppu capabilities)")
+    inputs: JsonDict = Field(default_factory=dict, description="validated by the capability's input model")
+    id: str | None = Field(None, max_length=MAX_NAME, pattern=r"^[A-Za-z0-9_.:\-]+$",
+                           description="your own id (unique); default: one is made ('t-' + 16 hex)")
+    priority: int = Field(0, ge=-1000, le=1000, description="higher goes first")
+    campaign: str | None = Field(None, max_length=MAX_NAME, description="a label grouping tasks")
+    depends_on: list[Name] = Field(default_factory=list, max_length=MAX_IDS,
+                                   description="task ids that must succeed first")
     deadline: float | None = Field(None, description="epoch seconds; earlier deadlines go first")
-    pin_backend: str | None = Field(None, max_length=MAX_NAME)
-    min_fidelity: float = Field(0.0, ge=0.0, le=1.0)
-    max_attempts: int = Field(3, ge=1, le=100)
+    pin_backend: str | None = Field(None, max_length=MAX_NAME, description="run only on this backend")
+    min_fidelity: float = Field(0.0, ge=0.0, le=1.0, description="only backends offering at least this fidelity")
+    max_attempts: int = Field(3, ge=1, le=100, description="runs before it fails (a `once` task: always 1)")
     sample_id: str | None = Field(None, max_length=MAX_NAME, description="the physical sample this task works on")
 
 
 class Task(Strict):
+    """A submitted task as the orchestrator keeps it (the reply to get_task, tasks and wait)."""
+
     id: str
     capability: str
     inputs: JsonDict = Field(default_factory=dict)
-    action: ActionClass
+    action: ActionClass = Field(description="repeatable (digital) or once (physical: never re-run silently)")
     priority: int = 0
     campaign: str | None = None
     depends_on: list[str] = Field(default_factory=list)
-    deadline: float | None = None
+    deadline: float | None = Field(None, description="epoch seconds")
     pin_backend: str | None = None
     min_fidelity: float = 0.0
     max_attempts: int = 3
     sample_id: str | None = None
-    seq: int = 0
+    seq: int = Field(0, description="submission order (FIFO among equal priority and deadline)")
     state: TaskState = TaskState.pending
     approval: ApprovalState = ApprovalState.not_required
-    attempts: int = 0
-    backend: str | None = None
-    submitted_at: float = Field(default_factory=time.time)
+    attempts: int = Field(0, description="runs started so far")
+    backend: str | None = Field(None, description="the backend it is on, or last ran on")
+    submitted_at: float = Field(default_factory=time.time, description="epoch seconds")
     submitted_by: str | None = Field(None, max_length=256, description="the actor who submitted it (audit form)")
     submitter_key: str | None = Field(None, max_length=64,
                                       description="CURVE public key (z85) that submitted it; None without CURVE")
-    not_before: float | None = None
-    avoid: list[str] = Field(default_factory=list)
-    cancel_requested: bool = False
-    error: str | None = None
-    batch_id: str | None = None
+    not_before: float | None = Field(None, description="epoch seconds: a retry waits for its backoff until then")
+    avoid: list[str] = Field(default_factory=list, description="backends it will not be placed on again")
+    cancel_requested: bool = Field(False, description="a cancel is on its way to the backend running it")
+    error: str | None = Field(None, description="why it failed (last attempt)")
+    batch_id: str | None = Field(None, description="the batch it was assigned in")
 
 
 class SampleState(StrEnum):

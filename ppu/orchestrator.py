@@ -25,7 +25,7 @@ from ppu import capabilities
 from ppu.autonomy import approval_reason, recipe_key
 from ppu.backends.base import Backend, TaskRun
 from ppu.config import AutonomyConfig, OrchestratorConfig
-from ppu.errors import NotAllowed, PPUError, SafeLimitError, UnknownBackendError, ValidationFailed
+from ppu.errors import NotAllowed, PPUError, SafeLimitError, UnknownBackendError, UnknownTaskError, ValidationFailed
 from ppu.events import (
     Abort,
     Approve,
@@ -525,7 +525,8 @@ class Orchestrator:
             if state is None or state in TERMINAL_STATES:
                 t = self.store.get_task(tid)
                 if t is None:
-                    raise NotAllowed(f"unknown task {tid!r}")
+                    raise UnknownTaskError(f"unknown task {tid!r}", field="task_ids",
+                                           hint="ppu tasks lists the tasks")
                 f: asyncio.Future[Task] = asyncio.get_running_loop().create_future()
                 f.set_result(t)
             else:

@@ -332,6 +332,29 @@ class Event(_Msg):
     event: dict[str, Any]
 
 
+class TransitionEvent(Strict):
+    """``Event.event`` when a task changes state (documentation and tests; the orchestrator sends a dict)."""
+
+    type: Literal["transition"] = "transition"
+    task_id: str
+    src: TaskState | None = Field(description="the state it left; null when it was just submitted")
+    dst: TaskState = Field(description="the state it entered")
+    at: float = Field(description="epoch seconds, the orchestrator's clock")
+    reason: str = Field(description="why, in words (e.g. 'cancelled by alice: ...')")
+    backend: str | None = Field(description="the backend it is on or was last on")
+    capability: str | None
+    campaign: str | None
+
+
+class ProgressEvent(Strict):
+    """``Event.event`` when a worker reports progress on a running task."""
+
+    type: Literal["progress"] = "progress"
+    task_id: str
+    fraction: float = Field(ge=0, le=1)
+    message: str
+
+
 Message = Annotated[
     Register | Heartbeat | Started | Progress | ResultMsg | Done
     | RegisterOk | Assign | Abort | Pause | Resume | Ack
