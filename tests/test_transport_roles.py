@@ -14,7 +14,7 @@ from transport_helpers import lab_config, run
 
 from ppu import protocol as p
 from ppu.errors import NotAllowed, UnknownBackendError, UnknownCapabilityError
-from ppu.models import ActionClass, Task
+from ppu.models import ActionClass, Task, TaskSpec
 from ppu.transport import AsyncPPUClient, EmbeddedLab, generate_keys, peer_keys
 from ppu.transport.security import NEEDS, Role, authorise
 
@@ -133,3 +133,59 @@ def test_cancel_needs_ownership_below_operator():
             authorise(Role.client, "cancel", _task(owner), "A" * 40)
         authorise(Role.operator, "cancel", _task(owner), "A" * 40)
         authorise(Role.admin, "cancel", _task(owner), None)
+
+
+def test_ppu_tasks_shows_who_submitted(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from ppu import cli
+
+    lab = tmp_path / "lab.yaml"
+    lab.write_text(f"name: t\nrun_dir: {tmp_path / 'run'}\n")
+    runner = CliRunner()
+    cli.console.width = 250
+    r = runner.invoke(cli.app, ["submit", "echo", "--input", '{"x": 2}', "-c", str(lab)])
+    assert r.exit_code == 0, r.output
+    tid = r.output.strip().splitlines()[-1]
+    r = runner.invoke(cli.app, ["tasks", "-c", str(lab)])
+    assert r.exit_code == 0 and " by " in r.output, r.output
+    [row] = [line for line in r.output.splitlines() if tid in line]
+    assert row.split()[-1].strip("│ ") == "cli" or " cli " in row, row
+
+
+def test_the_submitter_survives_a_restart(tmp_path: Path):
+    """Ownership is journaled with the task: after a restart a client still owns exactly its own work."""
+    from ppu.orchestrator import Orchestrator
+    from ppu.store import Store, sqlite_url
+
+    cfg = lab_config(tmp_path, autonomy={"default": "manual"})
+    key = "A" * 40
+    url = sqlite_url(tmp_path / "roles.sqlite")
+
+    async def first() -> str:
+        store = Store(url)
+        try:
+            orch = Orchestrator(store, cfg.orchestrator)
+            await orch.start()
+            [tid] = orch.submit([TaskSpec(capability="echo")], actor="ada[AAAAAAAA]", key=key)
+            return tid
+        finally:
+            store.close()
+
+    async def second(tid: str) -> None:
+        store = Store(url)
+        try:
+            orch = Orchestrator(store, cfg.orchestrator)
+            await orch.start()
+            live = orch.get_task(tid)
+            assert live is not None and live.state.value in ("pending", "ready")  # live, not done
+            assert live.submitter_key == key and live.submitted_by == "ada[AAAAAAAA]"
+            authorise(Role.client, "cancel", live, key)
+            with pytest.raises(NotAllowed):
+                authorise(Role.client, "cancel", live, "B" * 40)
+            [row] = store.list_tasks()
+            assert row.submitter_key == key
+        finally:
+            store.close()
+
+    run(second(run(first())))
