@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -382,6 +381,8 @@ def _bad(reason: str, message: str, field: str | None = None, hint: str | None =
 
 
 class _NonFinite:
+    """Marks a non-finite number where json.loads found it."""
+
     def __init__(self, token: str):
         self.token = token
 
@@ -391,17 +392,12 @@ def _float_or_mark(text: str) -> float | _NonFinite:
     return value if math.isfinite(value) else _NonFinite(text)
 
 
-# NaN, Infinity, or an exponent of three digits or more (1e400 overflows to inf): worth a closer look
-_SUSPECT = re.compile(rb"NaN|Infinity|[eE][+]?0*[1-9][0-9]{2,}")
-
-
 def _non_finite(body: bytes) -> tuple[str, str] | None:
     """(dotted path, token) of the first NaN/Infinity constant or overflowing number in the body, else None.
 
-    JSON has no such numbers; Python's and pydantic's parsers accept them. A quick scan decides;
-    only a suspect body is parsed again, with every non-finite number marked."""
-    if not _SUSPECT.search(body):
-        return None
+    JSON has no such numbers; Python's and pydantic's parsers accept them. Called only for a body
+    that mentions NaN or Infinity, or that failed a model's finite-number check, so the common case
+    pays two substring scans."""
     try:
         obj = json.loads(body, parse_constant=_NonFinite, parse_float=_float_or_mark)
     except (ValueError, RecursionError):
@@ -418,6 +414,19 @@ def _non_finite(body: bytes) -> tuple[str, str] | None:
     return None
 
 
+def _refuse_non_finite(body: bytes) -> None:
+    bad = _non_finite(body)
+    if bad is not None:
+        path, token = bad
+        raise _bad(BAD_NUMBER, f"{token[:32]} is not a finite number: JSON numbers must be finite "
+                   "(NaN, Infinity and numbers beyond +-1.8e308 are refused)", field=path or None,
+                   hint="send a finite number, or null where the field allows it")
+
+
+def _is_finite_error(e: Any) -> bool:
+    return bool(e["type"] == "finite_number" or (e["type"] == "value_error" and "not a finite number" in e["msg"]))
+
+
 def decode(frames: list[bytes], max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
     """Frames after the identity -> a message; every failure is a ProtocolError naming its reason."""
     if len(frames) != 2:
@@ -430,18 +439,16 @@ def decode(frames: list[bytes], max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
     if len(body) > max_bytes:
         raise _bad(OVERSIZE, f"message of {len(body)} bytes is above the limit of {max_bytes}",
                    hint="submit fewer tasks per message or raise orchestrator.max_message_bytes")
-    bad = _non_finite(body)
-    if bad is not None:
-        path, token = bad
-        raise _bad(BAD_NUMBER, f"{token[:32]} is not a finite number: JSON numbers must be finite "
-                   "(NaN, Infinity and numbers beyond +-1.8e308 are refused)", field=path or None,
-                   hint="send a finite number, or null where the field allows it")
+    if b"NaN" in body or b"Infinity" in body:  # not JSON, though Python's parsers take them
+        _refuse_non_finite(body)
     try:
         return ADAPTER.validate_json(body)
     except ValidationError as exc:
         errs = exc.errors()
         e = errs[0]
         kind = e["type"]
+        if any(_is_finite_error(x) for x in errs):  # an overflowing literal such as 1e400: say where
+            _refuse_non_finite(body)
         if kind == "json_invalid":
             raise _bad(BAD_JSON, f"not valid JSON: {e['msg']}") from None
         if kind == "union_tag_not_found":
