@@ -43,10 +43,30 @@ def non_finite_path(value: Any) -> str | None:
     return None
 
 
+def _all_finite(v: Any) -> bool:
+    """The fast check (about a microsecond for a small dict); :func:`non_finite_path` says where."""
+    for x in v.values() if isinstance(v, dict) else v:
+        t = type(x)
+        if t is str or t is int or t is bool or x is None:
+            continue
+        if isinstance(x, float):
+            if x - x != 0.0:  # NaN and +-inf give NaN
+                return False
+        elif isinstance(x, dict | list | tuple) and not _all_finite(x):
+            return False
+    return True
+
+
 def _finite(value: Any) -> Any:
+    try:
+        if _all_finite(value):
+            return value
+    except RecursionError:
+        pass
     path = non_finite_path(value)
     if path is not None:
-        raise ValueError(f"{path or 'the value'} is not a finite number "
+        where = path if len(path) <= 200 else "..." + path[-200:]
+        raise ValueError(f"{where or 'the value'} is not a finite number "
                          "(NaN, Infinity and numbers beyond +-1.8e308 are refused)")
     return value
 
