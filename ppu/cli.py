@@ -160,11 +160,11 @@ def tasks(
                 lambda c: c.tasks(state, campaign, limit=limit))
     t = Table(title=f"tasks ({len(rows)})")
     t.add_column("id", no_wrap=True, min_width=18)
-    for col in ("capability", "state", "prio", "attempts", "backend", "campaign", "error"):
+    for col in ("capability", "state", "prio", "attempts", "backend", "campaign", "by", "error"):
         t.add_column(col, overflow="fold")
     for task in rows:
         t.add_row(task.id, task.capability, task.state.value, str(task.priority), str(task.attempts),
-                  task.backend or "", task.campaign or "", (task.error or "")[:60])
+                  task.backend or "", task.campaign or "", task.submitted_by or "", (task.error or "")[:60])
     console.print(t)
 
 

@@ -41,7 +41,9 @@ class SecurityConfig(Strict):
     keys_dir: str = Field("keys", description="folder with this lab's key pairs (ppu keys generate NAME)")
     server_key: str = Field("orchestrator", description="name of the orchestrator's key pair")
     clients: list[str] = Field(default_factory=list, description="public keys (z85) allowed to act as clients")
-    admins: list[str] = Field(default_factory=list, description="public keys allowed to approve and override")
+    operators: list[str] = Field(default_factory=list,
+                                 description="public keys allowed to approve, review, stop the lab, cancel any task")
+    admins: list[str] = Field(default_factory=list, description="public keys allowed everything, autonomy included")
     workers: dict[str, list[str]] = Field(
         default_factory=dict, description="worker public key (z85) -> backend names it may register")
 

@@ -6,18 +6,74 @@ internal record of a task for speed and converts at its edge (see ``ppu.schedule
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Bounds on strings and lists at the door (docs/protocol.md, Limits; ppu.protocol re-exports them).
+MAX_NAME = 128  # capability, backend, worker and campaign names; task, sample and batch ids
+MAX_ACTOR = 128  # a person's name in the audit log
+MAX_TEXT = 4096  # reasons, notes, progress messages
+MAX_IDS = 10_000  # ids in one list (depends_on of a task, task_ids of one wait)
 
 
 class Strict(BaseModel):
-    """Base for every PPU model: unknown fields are an error, assignment is validated."""
+    """Base for every PPU model: unknown fields are an error, assignment is validated, and a float
+    field refuses NaN and +-Infinity (``allow_inf_nan=False``)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def non_finite_path(value: Any) -> str | None:
+    """The dotted path of the first NaN or +-Infinity inside nested dicts/lists ('' at the top), else None."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, v = stack.pop()
+        if isinstance(v, float):
+            if not math.isfinite(v):
+                return path
+        elif isinstance(v, dict):
+            stack.extend((f"{path}.{k}" if path else str(k), x) for k, x in v.items())
+        elif isinstance(v, list | tuple):
+            stack.extend((f"{path}.{i}" if path else str(i), x) for i, x in enumerate(v))
+    return None
+
+
+def _all_finite(v: Any) -> bool:
+    """The fast check (about a microsecond for a small dict); :func:`non_finite_path` says where."""
+    for x in v.values() if isinstance(v, dict) else v:
+        t = type(x)
+        if t is str or t is int or t is bool or x is None:
+            continue
+        if isinstance(x, float):
+            if x - x != 0.0:  # NaN and +-inf give NaN
+                return False
+        elif isinstance(x, dict | list | tuple) and not _all_finite(x):
+            return False
+    return True
+
+
+def _finite(value: Any) -> Any:
+    try:
+        if _all_finite(value):
+            return value
+    except RecursionError:
+        pass
+    path = non_finite_path(value)
+    if path is not None:
+        where = path if len(path) <= 200 else "..." + path[-200:]
+        raise ValueError(f"{where or 'the value'} is not a finite number "
+                         "(NaN, Infinity and numbers beyond +-1.8e308 are refused)")
+    return value
+
+
+JsonDict = Annotated[dict[str, Any], AfterValidator(_finite)]
+"""A free-form JSON object (task inputs, result outputs) whose numbers must all be finite."""
+Name = Annotated[str, Field(max_length=MAX_NAME)]
 
 
 def new_id(prefix: str = "t") -> str:
@@ -93,7 +149,7 @@ class Limit(Strict):
 class CapabilityOffer(Strict):
     """What one backend says about one capability it offers."""
 
-    name: str
+    name: str = Field(min_length=1, max_length=MAX_NAME)
     fidelity: float = Field(1.0, ge=0.0, le=1.0, description="0 = rough guess, 1 = ground truth")
     duration_s: float = Field(1.0, gt=0, description="expected duration of one task (or batch), lab time")
     cost: float = Field(0.0, ge=0, description="cost of one task in the lab's unit (e.g. EUR)")
@@ -107,7 +163,7 @@ class BackendSpec(Strict):
     batch_size: int = Field(1, ge=1, le=100_000)
     batch_wait_s: float = Field(0.01, ge=0, le=60, description="max wait to fill a batch")
     safe_limits: dict[str, Limit] = Field(default_factory=dict)
-    site: str = "local"
+    site: str = Field("local", max_length=MAX_NAME)
     state: BackendState = BackendState.online
 
     @field_validator("capabilities")
@@ -150,43 +206,50 @@ def limit_violations(limits: dict[str, Limit], inputs: dict[str, Any]) -> list[s
 class TaskSpec(Strict):
     """What a client submits. The orchestrator validates it and turns it into a Task."""
 
-    capability: str
-    inputs: dict[str, Any] = Field(default_factory=dict)
-    id: str | None = Field(None, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")
-    priority: int = Field(0, ge=-1000, le=1000)
-    campaign: str | None = None
-    depends_on: list[str] = Field(default_factory=list)
+    capability: str = Field(min_length=1, max_length=MAX_NAME, description="a known capability (ppu capabilities)")
+    inputs: JsonDict = Field(default_factory=dict, description="validated by the capability's input model")
+    id: str | None = Field(None, max_length=MAX_NAME, pattern=r"^[A-Za-z0-9_.:\-]+$",
+                           description="your own id (unique); default: one is made ('t-' + 16 hex)")
+    priority: int = Field(0, ge=-1000, le=1000, description="higher goes first")
+    campaign: str | None = Field(None, max_length=MAX_NAME, description="a label grouping tasks")
+    depends_on: list[Name] = Field(default_factory=list, max_length=MAX_IDS,
+                                   description="task ids that must succeed first")
     deadline: float | None = Field(None, description="epoch seconds; earlier deadlines go first")
-    pin_backend: str | None = None
-    min_fidelity: float = Field(0.0, ge=0.0, le=1.0)
-    max_attempts: int = Field(3, ge=1, le=100)
-    sample_id: str | None = Field(None, description="the physical sample this task works on")
+    pin_backend: str | None = Field(None, max_length=MAX_NAME, description="run only on this backend")
+    min_fidelity: float = Field(0.0, ge=0.0, le=1.0, description="only backends offering at least this fidelity")
+    max_attempts: int = Field(3, ge=1, le=100, description="runs before it fails (a `once` task: always 1)")
+    sample_id: str | None = Field(None, max_length=MAX_NAME, description="the physical sample this task works on")
 
 
 class Task(Strict):
+    """A submitted task as the orchestrator keeps it (the reply to get_task, tasks and wait)."""
+
     id: str
     capability: str
-    inputs: dict[str, Any] = Field(default_factory=dict)
-    action: ActionClass
+    inputs: JsonDict = Field(default_factory=dict)
+    action: ActionClass = Field(description="repeatable (digital) or once (physical: never re-run silently)")
     priority: int = 0
     campaign: str | None = None
     depends_on: list[str] = Field(default_factory=list)
-    deadline: float | None = None
+    deadline: float | None = Field(None, description="epoch seconds")
     pin_backend: str | None = None
     min_fidelity: float = 0.0
     max_attempts: int = 3
     sample_id: str | None = None
-    seq: int = 0
+    seq: int = Field(0, description="submission order (FIFO among equal priority and deadline)")
     state: TaskState = TaskState.pending
     approval: ApprovalState = ApprovalState.not_required
-    attempts: int = 0
-    backend: str | None = None
-    submitted_at: float = Field(default_factory=time.time)
-    not_before: float | None = None
-    avoid: list[str] = Field(default_factory=list)
-    cancel_requested: bool = False
-    error: str | None = None
-    batch_id: str | None = None
+    attempts: int = Field(0, description="runs started so far")
+    backend: str | None = Field(None, description="the backend it is on, or last ran on")
+    submitted_at: float = Field(default_factory=time.time, description="epoch seconds")
+    submitted_by: str | None = Field(None, max_length=256, description="the actor who submitted it (audit form)")
+    submitter_key: str | None = Field(None, max_length=64,
+                                      description="CURVE public key (z85) that submitted it; None without CURVE")
+    not_before: float | None = Field(None, description="epoch seconds: a retry waits for its backoff until then")
+    avoid: list[str] = Field(default_factory=list, description="backends it will not be placed on again")
+    cancel_requested: bool = Field(False, description="a cancel is on its way to the backend running it")
+    error: str | None = Field(None, description="why it failed (last attempt)")
+    batch_id: str | None = Field(None, description="the batch it was assigned in")
 
 
 class SampleState(StrEnum):
@@ -206,7 +269,7 @@ class Sample(Strict):
     id: str
     made_by: str | None = Field(None, description="task id that made it")
     parents: list[str] = Field(default_factory=list, description="sample ids it was made from")
-    recipe: dict[str, Any] = Field(default_factory=dict)
+    recipe: JsonDict = Field(default_factory=dict)
     campaign: str | None = None
     location: Location | None = None
     state: SampleState = SampleState.available
@@ -229,14 +292,14 @@ class Provenance(Strict):
     run_uids: list[str] = Field(default_factory=list, description="Bluesky run start uids")
     documents: str | None = Field(None, description="where the Bluesky documents are kept")
     entered_by: str | None = Field(None, description="person who entered a manual result")
-    extra: dict[str, Any] = Field(default_factory=dict)
+    extra: JsonDict = Field(default_factory=dict)
 
 
 class Result(Strict):
     task_id: str
     attempt: int = Field(description="the run attempt it reports (1, 2, ...); 0: entered by a person")
     status: ResultStatus
-    outputs: dict[str, Any] = Field(default_factory=dict)
+    outputs: JsonDict = Field(default_factory=dict)
     error: str | None = None
     retryable: bool = True
     interrupted: bool = Field(False, description="a physical run stopped part-way: a person must review")

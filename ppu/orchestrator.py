@@ -25,7 +25,7 @@ from ppu import capabilities
 from ppu.autonomy import approval_reason, recipe_key
 from ppu.backends.base import Backend, TaskRun
 from ppu.config import AutonomyConfig, OrchestratorConfig
-from ppu.errors import NotAllowed, PPUError, SafeLimitError, UnknownBackendError, ValidationFailed
+from ppu.errors import NotAllowed, PPUError, SafeLimitError, UnknownBackendError, UnknownTaskError, ValidationFailed
 from ppu.events import (
     Abort,
     Approve,
@@ -48,6 +48,7 @@ from ppu.events import (
 )
 from ppu.host import BackendHost
 from ppu.models import (
+    MAX_NAME,
     TERMINAL_STATES,
     ApprovalState,
     AuditEntry,
@@ -348,8 +349,10 @@ class Orchestrator:
 
     # ---- client side -----------------------------------------------------------------------
 
-    def validate(self, spec: TaskSpec) -> tuple[Task, str | None]:
-        """Everything checked at the door; returns the task and why it needs approval (or None)."""
+    def validate(self, spec: TaskSpec, actor: str | None = None, key: str | None = None) -> tuple[Task, str | None]:
+        """Everything checked at the door; returns the task and why it needs approval (or None).
+
+        ``actor`` and ``key`` (the submitter's CURVE public key) are recorded on the task."""
         cap = capabilities.get(spec.capability)
         inputs = capabilities.validate_inputs(spec.capability, spec.inputs)
         sample_id = spec.sample_id or (inputs.get("sample_id") if cap.needs_sample else None)
@@ -383,13 +386,15 @@ class Orchestrator:
                     priority=spec.priority, campaign=spec.campaign, depends_on=spec.depends_on,
                     deadline=spec.deadline, pin_backend=spec.pin_backend, min_fidelity=spec.min_fidelity,
                     max_attempts=spec.max_attempts if cap.action.value == "repeatable" else 1,
-                    sample_id=sample_id, submitted_at=self.clock(),
+                    sample_id=sample_id, submitted_at=self.clock(), submitted_by=actor, submitter_key=key,
                     approval=ApprovalState.waiting if reason else ApprovalState.not_required)
         return task, reason
 
-    def submit(self, specs: list[TaskSpec], actor: str = "local") -> list[str]:
-        """Validate every spec, then accept all of them in one durable transaction (or none)."""
-        checked = [self.validate(s) for s in specs]
+    def submit(self, specs: list[TaskSpec], actor: str = "local", key: str | None = None) -> list[str]:
+        """Validate every spec, then accept all of them in one durable transaction (or none).
+
+        ``key``: the submitter's CURVE public key, recorded so that a client can cancel its own work."""
+        checked = [self.validate(s, actor, key) for s in specs]
         ids = [t.id for t, _ in checked]
         if len(set(ids)) != len(ids):
             raise NotAllowed("duplicate task ids in one submission", field="id")
@@ -439,7 +444,8 @@ class Orchestrator:
         names = [backend] if backend else [n for n, s in self.specs.items() if s.kind is BackendKind.physical]
         for n in names:
             if n not in self.specs:
-                raise UnknownBackendError(f"unknown backend {n!r}", hint="ppu status lists the backends")
+                raise UnknownBackendError(f"unknown backend {n[:MAX_NAME]!r}", field="backend",
+                                          hint="ppu status lists the backends")
         if not names:
             return []  # no physical backend: nothing to stop, nothing to record
         self._holds.update({n: held for n in names})
@@ -519,7 +525,8 @@ class Orchestrator:
             if state is None or state in TERMINAL_STATES:
                 t = self.store.get_task(tid)
                 if t is None:
-                    raise NotAllowed(f"unknown task {tid!r}")
+                    raise UnknownTaskError(f"unknown task {tid!r}", field="task_ids",
+                                           hint="ppu tasks lists the tasks")
                 f: asyncio.Future[Task] = asyncio.get_running_loop().create_future()
                 f.set_result(t)
             else:
@@ -567,6 +574,11 @@ class Orchestrator:
         from ppu.models import Autonomy
 
         new = Autonomy(level)
+        if backend and backend not in self.specs and backend not in self.autonomy.backends:
+            raise UnknownBackendError(f"unknown backend {backend[:MAX_NAME]!r}", field="backend",
+                                      hint="ppu status lists the backends (a worker must have registered it)")
+        if capability and not backend:
+            capabilities.get(capability)  # UnknownCapabilityError naming the field
         if backend:
             self.autonomy.backends[backend] = new
         elif capability:

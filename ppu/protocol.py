@@ -11,6 +11,8 @@ becomes a typed error reply, never a crash. See ``docs/protocol.md``.
 
 from __future__ import annotations
 
+import json
+import math
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -18,11 +20,29 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from ppu.backends.base import TaskRun
 from ppu.errors import PPUError, ProtocolError
-from ppu.models import BackendSpec, Result, Strict, TaskSpec
+from ppu.models import (
+    MAX_ACTOR,
+    MAX_IDS,
+    MAX_NAME,
+    MAX_TEXT,
+    BackendSpec,
+    JsonDict,
+    Result,
+    Strict,
+    TaskSpec,
+    TaskState,
+)
 
 PROTOCOL_VERSION = b"PPU1"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # default; the lab config's orchestrator.max_message_bytes wins
+# Bounds on one message (docs/protocol.md, Limits); the byte limit above usually binds first.
+MAX_REQ = 64  # characters of a request id
+MAX_SUBMIT = 100_000  # tasks in one submit
+MAX_WAIT_IDS = MAX_IDS  # task ids in one wait
+MAX_LIST = 100_000  # rows one tasks request may ask for
 
+Name = Annotated[str, Field(max_length=MAX_NAME)]
+Text = Annotated[str, Field(max_length=MAX_TEXT)]
 
 
 class NotRegistered(ProtocolError):
@@ -52,7 +72,8 @@ OVERSIZE = "oversize"
 BAD_JSON = "bad_json"
 UNKNOWN_TYPE = "unknown_type"
 BAD_PAYLOAD = "bad_payload"
-REASONS = (BAD_FRAMES, BAD_VERSION, OVERSIZE, BAD_JSON, UNKNOWN_TYPE, BAD_PAYLOAD)
+BAD_NUMBER = "bad_number"
+REASONS = (BAD_FRAMES, BAD_VERSION, OVERSIZE, BAD_JSON, UNKNOWN_TYPE, BAD_PAYLOAD, BAD_NUMBER)
 
 
 class _Msg(Strict):
@@ -60,8 +81,8 @@ class _Msg(Strict):
 
 
 class _Req(_Msg):
-    req: str = Field("", max_length=64, description="request id the answer echoes")
-    actor: str | None = Field(None, max_length=128, description="the person acting, for the audit log")
+    req: str = Field("", max_length=MAX_REQ, description="request id the answer echoes")
+    actor: str | None = Field(None, max_length=MAX_ACTOR, description="the person acting, for the audit log")
 
 
 # ---- worker -> orchestrator -------------------------------------------------------------------
@@ -69,7 +90,7 @@ class _Req(_Msg):
 
 class Register(_Req):
     type: Literal["register"] = "register"
-    worker: str = Field("worker", max_length=128)
+    worker: str = Field("worker", max_length=MAX_NAME)
     backends: list[BackendSpec] = Field(min_length=1)
     in_flight: dict[str, list[str]] = Field(default_factory=dict, description="backend -> task ids it holds")
     pending: dict[str, list[Result]] = Field(default_factory=dict, description="backend -> unacked results")
@@ -155,34 +176,40 @@ class Ack(_Msg):
 
 
 class Submit(_Req):
+    """New tasks, accepted all together or not at all; the reply is their ids in order."""
+
     type: Literal["submit"] = "submit"
-    tasks: list[TaskSpec] = Field(min_length=1, max_length=100_000)
+    tasks: list[TaskSpec] = Field(min_length=1, max_length=MAX_SUBMIT)
 
 
 class Cancel(_Req):
+    """Cancel a task (a client: only a task it submitted)."""
+
     type: Literal["cancel"] = "cancel"
-    task_id: str
-    reason: str = ""
+    task_id: Name
+    reason: Text = ""
 
 
 class Approve(_Req):
     type: Literal["approve"] = "approve"
-    task_id: str
-    note: str = ""
+    task_id: Name
+    note: Text = ""
 
 
 class Reject(_Req):
     type: Literal["reject"] = "reject"
-    task_id: str
-    reason: str = ""
+    task_id: Name
+    reason: Text = ""
 
 
 class Review(_Req):
+    """A person's decision on a needs_review task: run it again, fail it, or enter its result."""
+
     type: Literal["review"] = "review"
-    task_id: str
+    task_id: Name
     decision: Literal["retry", "fail", "result"]
-    reason: str = ""
-    outputs: dict[str, Any] | None = None
+    reason: Text = ""
+    outputs: JsonDict | None = None
 
 
 class Hold(_Req):
@@ -192,7 +219,7 @@ class Hold(_Req):
     backend to the state it was left in."""
 
     type: Literal["hold"] = "hold"
-    backend: str | None = None
+    backend: Name | None = None
     held: bool = True
     now: bool = False
 
@@ -213,19 +240,19 @@ class BusyLog(_Req):
     """Backends' closed busy intervals ending at or after ``since`` (for Gantt charts)."""
 
     type: Literal["busy"] = "busy"
-    since: float = 0.0
+    since: float = Field(0.0, description="epoch seconds")
 
 
 class SampleShow(_Req):
     type: Literal["sample"] = "sample"
-    sample_id: str
+    sample_id: Name
 
 
 class SetAutonomy(_Req):
     type: Literal["set_autonomy"] = "set_autonomy"
     level: Literal["manual", "supervised", "autonomous"]
-    backend: str | None = None
-    capability: str | None = None
+    backend: Name | None = Field(None, description="a registered backend")
+    capability: Name | None = Field(None, description="a known capability")
 
 
 class Status(_Req):
@@ -234,26 +261,26 @@ class Status(_Req):
 
 class Tasks(_Req):
     type: Literal["tasks"] = "tasks"
-    state: str | None = None
-    campaign: str | None = None
-    capability: str | None = None
-    limit: int = Field(1000, ge=1, le=100_000)
+    state: TaskState | None = None
+    campaign: Name | None = None
+    capability: Name | None = None
+    limit: int = Field(1000, ge=1, le=MAX_LIST)
 
 
 class GetTask(_Req):
     type: Literal["get_task"] = "get_task"
-    task_id: str
+    task_id: Name
 
 
 class GetResult(_Req):
     type: Literal["get_result"] = "get_result"
-    task_id: str
+    task_id: Name
 
 
 class Wait(_Req):
     type: Literal["wait"] = "wait"
-    task_ids: list[str] = Field(min_length=1)
-    timeout: float | None = Field(None, ge=0)
+    task_ids: list[Name] = Field(min_length=1, max_length=MAX_WAIT_IDS)
+    timeout: float | None = Field(None, ge=0, description="seconds; None waits until they all end")
 
 
 class Subscribe(_Req):
@@ -266,12 +293,12 @@ class Unsubscribe(_Req):
 
 class Samples(_Req):
     type: Literal["samples"] = "samples"
-    campaign: str | None = None
+    campaign: Name | None = None
 
 
 class Audit(_Req):
     type: Literal["audit"] = "audit"
-    since: float = 0.0
+    since: float = Field(0.0, description="epoch seconds")
 
 
 # ---- orchestrator -> client -------------------------------------------------------------------
@@ -304,6 +331,29 @@ class Event(_Msg):
     event: dict[str, Any]
 
 
+class TransitionEvent(Strict):
+    """``Event.event`` when a task changes state (documentation and tests; the orchestrator sends a dict)."""
+
+    type: Literal["transition"] = "transition"
+    task_id: str
+    src: TaskState | None = Field(description="the state it left; null when it was just submitted")
+    dst: TaskState = Field(description="the state it entered")
+    at: float = Field(description="epoch seconds, the orchestrator's clock")
+    reason: str = Field(description="why, in words (e.g. 'cancelled by alice: ...')")
+    backend: str | None = Field(description="the backend it is on or was last on")
+    capability: str | None
+    campaign: str | None
+
+
+class ProgressEvent(Strict):
+    """``Event.event`` when a worker reports progress on a running task."""
+
+    type: Literal["progress"] = "progress"
+    task_id: str
+    fraction: float = Field(ge=0, le=1)
+    message: str
+
+
 Message = Annotated[
     Register | Heartbeat | Started | Progress | ResultMsg | Done
     | RegisterOk | Assign | Abort | Pause | Resume | Ack
@@ -319,7 +369,7 @@ WORKER_MESSAGES = (Register, Heartbeat, Started, Progress, ResultMsg, Done)
 CLIENT_REQUESTS = (Submit, Cancel, Approve, Reject, Review, Hold, Status, Tasks, GetTask, GetResult, Wait,
                    Subscribe, Unsubscribe, Samples, Audit, Approvals, Reviews, SampleShow, SetAutonomy,
                    BusyLog)
-ADMIN_REQUESTS = (Approve, Reject, Review, Hold, SetAutonomy)
+
 
 
 def encode(msg: _Msg) -> list[bytes]:
@@ -328,6 +378,53 @@ def encode(msg: _Msg) -> list[bytes]:
 
 def _bad(reason: str, message: str, field: str | None = None, hint: str | None = None) -> ProtocolError:
     return ProtocolError(message, field=field, hint=hint, reason=reason)
+
+
+class _NonFinite:
+    """Marks a non-finite number where json.loads found it."""
+
+    def __init__(self, token: str):
+        self.token = token
+
+
+def _float_or_mark(text: str) -> float | _NonFinite:
+    value = float(text)
+    return value if math.isfinite(value) else _NonFinite(text)
+
+
+def _non_finite(body: bytes) -> tuple[str, str] | None:
+    """(dotted path, token) of the first NaN/Infinity constant or overflowing number in the body, else None.
+
+    JSON has no such numbers; Python's and pydantic's parsers accept them. Called only for a body
+    that mentions NaN or Infinity, or that failed a model's finite-number check, so the common case
+    pays two substring scans."""
+    try:
+        obj = json.loads(body, parse_constant=_NonFinite, parse_float=_float_or_mark)
+    except (ValueError, RecursionError):
+        return None  # not JSON: the model parser says so
+    stack: list[tuple[str, Any]] = [("", obj)]
+    while stack:
+        path, v = stack.pop()
+        if isinstance(v, _NonFinite):
+            return path, v.token
+        if isinstance(v, dict):
+            stack.extend((f"{path}.{k}" if path else str(k), x) for k, x in v.items())
+        elif isinstance(v, list):
+            stack.extend((f"{path}.{i}" if path else str(i), x) for i, x in enumerate(v))
+    return None
+
+
+def _refuse_non_finite(body: bytes) -> None:
+    bad = _non_finite(body)
+    if bad is not None:
+        path, token = bad
+        raise _bad(BAD_NUMBER, f"{token[:32]} is not a finite number: JSON numbers must be finite "
+                   "(NaN, Infinity and numbers beyond +-1.8e308 are refused)", field=path or None,
+                   hint="send a finite number, or null where the field allows it")
+
+
+def _is_finite_error(e: Any) -> bool:
+    return bool(e["type"] == "finite_number" or (e["type"] == "value_error" and "not a finite number" in e["msg"]))
 
 
 def decode(frames: list[bytes], max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
@@ -342,12 +439,16 @@ def decode(frames: list[bytes], max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
     if len(body) > max_bytes:
         raise _bad(OVERSIZE, f"message of {len(body)} bytes is above the limit of {max_bytes}",
                    hint="submit fewer tasks per message or raise orchestrator.max_message_bytes")
+    if b"NaN" in body or b"Infinity" in body:  # not JSON, though Python's parsers take them
+        _refuse_non_finite(body)
     try:
         return ADAPTER.validate_json(body)
     except ValidationError as exc:
         errs = exc.errors()
         e = errs[0]
         kind = e["type"]
+        if any(_is_finite_error(x) for x in errs):  # an overflowing literal such as 1e400: say where
+            _refuse_non_finite(body)
         if kind == "json_invalid":
             raise _bad(BAD_JSON, f"not valid JSON: {e['msg']}") from None
         if kind == "union_tag_not_found":

@@ -80,7 +80,7 @@ class _T:
         "action", "approval", "attempts", "avoid", "backend", "batch_id", "campaign", "cancel_requested",
         "capability", "deadline", "depends_on", "deps_left", "error", "id", "inputs", "max_attempts",
         "min_fidelity", "not_before", "pin", "priority", "qver", "ready_at", "sample_id", "seq", "state",
-        "submitted_at",
+        "submitted_at", "submitted_by", "submitter_key",
     )
 
     def __init__(self, t: Task):
@@ -102,6 +102,8 @@ class _T:
         self.attempts = t.attempts
         self.backend = t.backend
         self.submitted_at = t.submitted_at
+        self.submitted_by = t.submitted_by
+        self.submitter_key = t.submitter_key
         self.not_before = t.not_before
         self.avoid: tuple[str, ...] = tuple(t.avoid)
         self.cancel_requested = t.cancel_requested
@@ -121,7 +123,8 @@ class _T:
             deadline=self.deadline, pin_backend=self.pin, min_fidelity=self.min_fidelity,
             max_attempts=self.max_attempts, sample_id=self.sample_id, seq=self.seq, state=self.state,
             approval=self.approval, attempts=self.attempts, backend=self.backend,
-            submitted_at=self.submitted_at, not_before=self.not_before, avoid=list(self.avoid),
+            submitted_at=self.submitted_at, submitted_by=self.submitted_by, submitter_key=self.submitter_key,
+            not_before=self.not_before, avoid=list(self.avoid),
             cancel_requested=self.cancel_requested, error=self.error, batch_id=self.batch_id,
         )
 

@@ -32,7 +32,7 @@ from ppu.config import SecurityConfig
 from ppu.errors import NotAllowed, PPUError, UnknownTaskError
 from ppu.models import AuditEntry
 from ppu.orchestrator import Orchestrator
-from ppu.transport.security import Authorizer, check_bind, load_keypair
+from ppu.transport.security import OWN_ONLY, Authorizer, authorise, check_bind, load_keypair
 
 log = logging.getLogger(__name__)
 
@@ -326,12 +326,13 @@ class OrchestratorServer:
     # ---- clients ---------------------------------------------------------------------------
 
     async def _on_request(self, identity: bytes, key: str | None, msg: Any) -> None:
-        admin = isinstance(msg, p.ADMIN_REQUESTS)
-        if not self.auth.may_request(key, admin):
+        try:  # authorisation, in this one place: the role of the key against the request (and its task)
+            task = self.orch.get_task(msg.task_id) if msg.type in OWN_ONLY else None
+            authorise(self.auth.role(key), msg.type, task, key)
+        except NotAllowed as exc:
             self.orch.counters["refused_request"] += 1
-            await self.send(identity, p.Error.of(NotAllowed(
-                f"this key may not {msg.type}" + (" (admin only)" if admin else ""),
-                hint=f"add the key to security.{'admins' if admin else 'clients'}"), msg.req))
+            log.warning("refused %s from key %s: %s", msg.type, key, exc)
+            await self.send(identity, p.Error.of(exc, msg.req))
             return
         actor = msg.actor or "client"
         if key:
@@ -344,7 +345,7 @@ class OrchestratorServer:
             t.add_done_callback(self._tasks.discard)
             return
         try:
-            data = self._call(identity, msg, actor)
+            data = self._call(identity, msg, actor, key)
             reply: Any = p.Reply(req=msg.req, data=data)
         except PPUError as exc:
             self.orch.counters["error_" + exc.code] += 1
@@ -356,11 +357,11 @@ class OrchestratorServer:
                             hint="see the orchestrator's log")
         await self.send(identity, reply)
 
-    def _call(self, identity: bytes, msg: Any, actor: str) -> Any:
+    def _call(self, identity: bytes, msg: Any, actor: str, key: str | None = None) -> Any:
         o = self.orch
         match msg:
             case p.Submit():
-                return o.submit(msg.tasks, actor=actor)
+                return o.submit(msg.tasks, actor=actor, key=key)
             case p.Cancel():
                 o.cancel(msg.task_id, actor, msg.reason)
             case p.Approve():
