@@ -49,6 +49,8 @@ class EpicsGasSorption(EpicsAcquisition):
     uptake = Cpt(EpicsSignalRO, "Uptake_RBV", kind="hinted")
 
 
+GasSorptionAnalyzer.epics_class = EpicsGasSorption  # PV names the IOC twin serves
+
 def gas_sorption_analyzer(name: str, *, simulated: bool, prefix: str = "", lab: SimulatedLab | None = None,
                           model: IsothermModel | None = None) -> Device:
     if simulated:

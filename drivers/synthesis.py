@@ -73,6 +73,8 @@ class EpicsSynthesisRobot(EpicsAcquisition):
     slot = Cpt(EpicsSignalRO, "Slot_RBV", string=True, kind="normal")
 
 
+SynthesisRobot.epics_class = EpicsSynthesisRobot  # PV names the IOC twin serves
+
 def synthesis_robot(name: str, *, simulated: bool, prefix: str = "", lab: SimulatedLab | None = None,
                     model: SynthesisModel | None = None) -> Device:
     """One switch picks the twin; the plans never know which they got."""

@@ -48,6 +48,8 @@ class EpicsSampleTransfer(EpicsAcquisition):
     location = Cpt(EpicsSignalRO, "Location_RBV", string=True, kind="hinted")
 
 
+SampleTransfer.epics_class = EpicsSampleTransfer  # PV names the IOC twin serves
+
 def sample_transfer(name: str, *, simulated: bool, prefix: str = "", lab: SimulatedLab | None = None,
                     model: TransferModel | None = None) -> Device:
     if simulated:

@@ -55,6 +55,8 @@ class EpicsUVVis(EpicsAcquisition):
     absorbance = Cpt(EpicsSignalRO, "Absorbance_RBV", kind="hinted")
 
 
+UVVisSpectrometer.epics_class = EpicsUVVis  # PV names the IOC twin serves
+
 def uvvis_spectrometer(name: str, *, simulated: bool, prefix: str = "", lab: SimulatedLab | None = None,
                        model: UVVisModel | None = None) -> Device:
     if simulated:

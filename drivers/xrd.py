@@ -54,6 +54,8 @@ class EpicsXRD(EpicsAcquisition):
     intensity = Cpt(EpicsSignalRO, "Intensity_RBV", kind="hinted")
 
 
+XRDDiffractometer.epics_class = EpicsXRD  # PV names the IOC twin serves
+
 def xrd_diffractometer(name: str, *, simulated: bool, prefix: str = "", lab: SimulatedLab | None = None,
                        model: XRDModel | None = None) -> Device:
     if simulated:

@@ -469,6 +469,22 @@ def worker(
                                 announce=lambda s: console.print(s, highlight=False)))
 
 
+@app.command()
+def ioc(
+    config: ConfigOpt = None,
+    interface: Annotated[list[str] | None, typer.Option(help="address to serve Channel Access on (repeat; "
+                                                        "default $EPICS_CAS_INTF_ADDR_LIST, else all)")] = None,
+) -> None:
+    """Serve the simulated twin of every real-mode instrument (simulated: false, epics_prefix) as an EPICS IOC."""
+    from ppu.transport.serve import serve_iocs
+
+    lab = _lab(config)
+    try:
+        _serve(lambda: serve_iocs(lab, interface or None, announce=lambda s: console.print(s, highlight=False)))
+    except PPUError as exc:
+        _fail(exc)
+
+
 def _serve(fn: Callable[[], Awaitable[None]]) -> None:
     import logging
 

@@ -24,7 +24,7 @@ import inspect
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import bluesky.preprocessors as bpp
 from bluesky.utils import Msg
@@ -71,6 +71,11 @@ class PhysicalConfig(BackendConfig):
     documents_dir: str | None = Field(None, description="JSONL documents folder (default <run_dir>/documents)")
     faults: FaultConfig = Field(default_factory=FaultConfig, description="faults to inject (simulated)")
     drift_per_hour: float = Field(0.0, ge=0, le=1, description="relative instrument drift per lab hour")
+    acquire_timeout_s: float = Field(3600.0, gt=0, le=7 * 86400, description="real mode: an acquisition that "
+                                     "has not completed after this many seconds fails (once work goes to review)")
+    ioc_fault: Literal["stale", "hang"] | None = Field(None, description="`ppu ioc` only: make this twin's IOC "
+                                                       "misbehave (stale read-backs, or an acquisition that "
+                                                       "never ends) to test a driver's safety checks")
 
     @model_validator(mode="after")
     def _csv(self) -> PhysicalConfig:
@@ -108,6 +113,9 @@ class PhysicalBackend(Backend):
         self.sink: DocumentSink = sink or JsonlSink(config.documents_dir or Path(config.run_dir) / "documents")
         self.host = RunEngineHost(config.name, md={"backend": config.name})
         self.devices = self.build_devices()
+        for dev in self.devices.values():
+            if hasattr(dev, "acquire_timeout_s"):  # EPICS builds: every acquisition has a deadline
+                dev.acquire_timeout_s = config.acquire_timeout_s
 
     # ---- per type -----------------------------------------------------------------------------
 
@@ -140,6 +148,21 @@ class PhysicalBackend(Backend):
         if dev is None:
             return measure
         return bpp.pchain(transfer(dev, sample_id, dest, md), measure, transfer(dev, sample_id, "rack", md))
+
+    def twin_pvdbs(self) -> dict[str, dict[str, Any]]:
+        """The simulated devices of this backend as EPICS IOCs, keyed by PV prefix (``ppu ioc``); only
+        for a backend built with ``simulated: true`` from a real-mode entry (``epics_prefix`` set)."""
+        from ppu.backends.ioc import twin_pvdb
+
+        out: dict[str, dict[str, Any]] = {}
+        for key, dev in self.devices.items():
+            prefix = self.cfg.transfer_prefix if key == "transfer" else self.cfg.epics_prefix
+            epics_cls = getattr(dev, "epics_class", None)
+            if not prefix or epics_cls is None:
+                continue
+            out[prefix] = twin_pvdb(dev, epics_cls, prefix, timeout_s=self.cfg.acquire_timeout_s,
+                                    fault=self.cfg.ioc_fault if key != "transfer" else None)
+        return out
 
     # ---- the contract -------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 from ppu.backends.registry import build_backend
 from ppu.config import LabConfig
+from ppu.errors import ConfigError
 from ppu.orchestrator import Orchestrator
 from ppu.store import Store
 from ppu.transport.client import PPUClient
@@ -73,6 +74,35 @@ async def serve_worker(lab: LabConfig, connect: str | None, backends: list[str],
         announce("worker stopping")
     finally:
         await worker.close()
+
+
+async def serve_iocs(lab: LabConfig, interfaces: list[str] | None = None,
+                     announce: Callable[[str], None] = print) -> None:
+    """``ppu ioc``: serve the simulated twin of every real-mode instrument of the lab (``simulated: false``
+    with an ``epics_prefix``) as an EPICS IOC, with the same world, time scale and faults."""
+    try:
+        from ppu.backends.ioc import lab_pvdb, serve
+    except ImportError as exc:
+        raise ConfigError(f"serving IOCs needs caproto ({exc})", hint="pip install 'ppu[epics]'") from None
+    entries = [b for b in lab.backends if b.get("epics_prefix") and b.get("simulated") is False]
+    if not entries:
+        raise ConfigError(f"no instrument of lab {lab.name} is in real mode", field="backends",
+                          hint="give the instruments `simulated: false` and an `epics_prefix`")
+    twins = [build_backend({**b, "simulated": True}) for b in entries]
+    pvdb = lab_pvdb(twins)
+    announce(f"IOCs of lab {lab.name}: {len(pvdb)} PVs for {', '.join(str(b['name']) for b in entries)} "
+             f"(Channel Access port {os.environ.get('EPICS_CA_SERVER_PORT', '5064')})")
+    server = asyncio.ensure_future(serve(pvdb, interfaces))
+    try:
+        await asyncio.wait([asyncio.ensure_future(_stop_event().wait()), server],
+                           return_when=asyncio.FIRST_COMPLETED)
+        announce("IOCs stopping")
+    finally:
+        server.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await server
+        for twin in twins:
+            await twin.close()
 
 
 def nobody_listens(address: str) -> bool:
