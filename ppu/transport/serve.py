@@ -12,8 +12,13 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from urllib.parse import urlparse
+
+import yaml
 
 from ppu.backends.registry import build_backend
 from ppu.config import LabConfig
@@ -103,6 +108,41 @@ async def serve_iocs(lab: LabConfig, interfaces: list[str] | None = None,
             await server
         for twin in twins:
             await twin.close()
+
+
+LOOPBACK_CA = {"EPICS_CA_ADDR_LIST": "127.0.0.1", "EPICS_CA_AUTO_ADDR_LIST": "NO",
+               "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1", "EPICS_CAS_AUTO_BEACON_ADDR_LIST": "NO",
+               "EPICS_CAS_BEACON_ADDR_LIST": "127.0.0.1"}
+
+
+@contextlib.asynccontextmanager
+async def ioc_process(lab: LabConfig, run_dir: Path, start_timeout_s: float = 60.0) -> AsyncIterator[None]:
+    """``ppu ioc`` for ``lab`` as a process of its own (as an instrument's IOC is), for the lab's lifetime.
+    Channel Access stays on loopback unless the environment already says otherwise."""
+    for k, v in LOOPBACK_CA.items():
+        os.environ.setdefault(k, v)  # before this process's first CA client reads them
+    path = run_dir / "lab-epics.yaml"
+    path.write_text(yaml.safe_dump(lab.model_dump(mode="json")))
+    log_path = run_dir / "ioc.log"
+    with log_path.open("w") as log:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "ppu.cli", "ioc", "-c", str(path),
+                                                    stdout=log, stderr=asyncio.subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + start_timeout_s
+            while "IOCs of lab" not in log_path.read_text():
+                if proc.returncode is not None or time.monotonic() > deadline:
+                    raise ConfigError(f"ppu ioc did not start: {log_path.read_text()[-2000:]}",
+                                      hint=f"see {log_path}")
+                await asyncio.sleep(0.1)
+            yield
+        finally:
+            if proc.returncode is None:
+                proc.terminate()
+                try:
+                    await asyncio.wait_for(proc.wait(), 10)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
 
 
 def nobody_listens(address: str) -> bool:
