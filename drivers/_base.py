@@ -14,10 +14,44 @@ import threading
 from typing import Any
 
 from ophyd import Component as Cpt
-from ophyd import Device, DeviceStatus, EpicsSignal, EpicsSignalRO
+from ophyd import Device, DeviceStatus, EpicsSignal, EpicsSignalRO, Signal
+from ophyd.utils.errors import ReadOnlyError
 
 from ppu.simulators.instruments import InstrumentFault, InstrumentModel
 from ppu.simulators.lab import SimulatedLab
+
+
+class SimSignal(Signal):
+    """A simulated setpoint or configuration signal that carries its units into ``describe()``, as an
+    EPICS PV does with its EGU field, so documents read the same in both builds."""
+
+    def __init__(self, *args: Any, units: str = "", **kw: Any):
+        super().__init__(*args, **kw)
+        self.units = units
+
+    def describe(self) -> dict[str, Any]:
+        desc: dict[str, Any] = super().describe()
+        if self.units:
+            desc[self.name]["units"] = self.units
+        return desc
+
+
+class Readback(SimSignal):
+    """A simulated read-back: read-only to plans, exactly like the ``_RBV`` PV of the EPICS build (so a plan
+    that tries to move one fails in simulation too); only the instrument model ``publish``-es a value."""
+
+    def __init__(self, *args: Any, **kw: Any):
+        super().__init__(*args, **kw)
+        self._metadata.update(write_access=False)
+
+    def put(self, value: Any, **kw: Any) -> None:
+        raise ReadOnlyError(f"{self.name} is a read-back (read-only)")
+
+    def set(self, value: Any, **kw: Any) -> Any:
+        raise ReadOnlyError(f"{self.name} is a read-back (read-only)")
+
+    def publish(self, value: Any) -> None:
+        Signal.put(self, value, force=True)  # the instrument writes its own read-back
 
 
 class SimulatedAcquisition(Device):

@@ -14,18 +14,18 @@ import bluesky.preprocessors as bpp
 import numpy as np
 from bluesky.utils import MsgGenerator
 from ophyd import Component as Cpt
-from ophyd import Device, EpicsSignal, EpicsSignalRO, Signal
+from ophyd import Device, EpicsSignal, EpicsSignalRO
 
-from ppu.drivers._base import EpicsAcquisition, SimulatedAcquisition
+from ppu.drivers._base import EpicsAcquisition, Readback, SimSignal, SimulatedAcquisition
 from ppu.simulators.instruments import IsothermModel
 from ppu.simulators.lab import SimulatedLab
 
 
 class GasSorptionAnalyzer(SimulatedAcquisition):
-    sample_id = Cpt(Signal, value="", kind="config")
-    temperature_k = Cpt(Signal, value=298.0, kind="config")
-    pressure = Cpt(Signal, value=0.1, kind="hinted")  # setpoint, bar
-    uptake = Cpt(Signal, value=0.0, kind="hinted")  # mmol/g at equilibrium
+    sample_id = Cpt(SimSignal, value="", kind="config")
+    temperature_k = Cpt(SimSignal, value=298.0, kind="config", units="K")
+    pressure = Cpt(SimSignal, value=0.1, kind="hinted", units="bar")  # setpoint, bar
+    uptake = Cpt(Readback, value=0.0, kind="hinted", units="mmol/g")  # mmol/g at equilibrium
 
     def __init__(self, prefix: str = "", *, name: str, lab: SimulatedLab, model: IsothermModel | None = None,
                  **kw: Any):
@@ -39,7 +39,7 @@ class GasSorptionAnalyzer(SimulatedAcquisition):
         # uptake falls with temperature (isosteric heat ~ 40 kJ/mol): a crude van 't Hoff factor
         b = rec.langmuir_b_per_bar * float(np.exp(4800.0 * (1 / self.temperature_k.get() - 1 / 298.0)))
         q = self.model.uptake(rec.co2_uptake_mmol_g, b, np.array([float(self.pressure.get())]))  # type: ignore[attr-defined]
-        self.uptake.put(float(q[0]))
+        self.uptake.publish(float(q[0]))
 
 
 class EpicsGasSorption(EpicsAcquisition):

@@ -8,9 +8,9 @@ import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 from bluesky.utils import MsgGenerator
 from ophyd import Component as Cpt
-from ophyd import Device, EpicsSignal, EpicsSignalRO, Signal
+from ophyd import Device, EpicsSignal, EpicsSignalRO
 
-from ppu.drivers._base import EpicsAcquisition, SimulatedAcquisition
+from ppu.drivers._base import EpicsAcquisition, Readback, SimSignal, SimulatedAcquisition
 from ppu.simulators.instruments import InstrumentModel
 from ppu.simulators.lab import SimulatedLab
 
@@ -23,9 +23,9 @@ class TransferModel(InstrumentModel):
 
 
 class SampleTransfer(SimulatedAcquisition):
-    sample_id = Cpt(Signal, value="", kind="config")
-    destination = Cpt(Signal, value="rack", kind="config")
-    location = Cpt(Signal, value="", kind="hinted")
+    sample_id = Cpt(SimSignal, value="", kind="config")
+    destination = Cpt(SimSignal, value="rack", kind="config")
+    location = Cpt(Readback, value="", kind="hinted")
 
     def __init__(self, prefix: str = "", *, name: str, lab: SimulatedLab, model: TransferModel | None = None,
                  **kw: Any):
@@ -39,7 +39,7 @@ class SampleTransfer(SimulatedAcquisition):
 
     def _acquire(self) -> None:
         rec = self.lab.move(self.sample_id.get(), self.destination.get())
-        self.location.put(f"{rec.device}:{rec.slot}" if rec.device == "rack" else rec.device)
+        self.location.publish(f"{rec.device}:{rec.slot}" if rec.device == "rack" else rec.device)
 
 
 class EpicsSampleTransfer(EpicsAcquisition):

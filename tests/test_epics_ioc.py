@@ -22,17 +22,14 @@ from typing import Any
 
 import pytest
 import yaml
+from conformance import no_progress
 
-pytest.importorskip("caproto", reason="the ppu[epics] extra (caproto) is not installed")
-
-from conformance import no_progress  # noqa: E402
-
-from ppu.backends.base import TaskRun  # noqa: E402
-from ppu.backends.physical import PhysicalBackend  # noqa: E402
-from ppu.backends.registry import build_backend  # noqa: E402
-from ppu.drivers._base import AcquisitionFailed  # noqa: E402
-from ppu.models import ResultStatus  # noqa: E402
-from ppu.simulators import candidate_pool  # noqa: E402
+from ppu.backends.base import TaskRun
+from ppu.backends.physical import PhysicalBackend
+from ppu.backends.registry import build_backend
+from ppu.drivers._base import AcquisitionFailed
+from ppu.models import ResultStatus
+from ppu.simulators import candidate_pool
 
 SCALE = 2e4  # lab seconds per wall second
 
@@ -210,3 +207,37 @@ def test_closed_loop_campaign_over_channel_access(tmp_path: Path) -> None:
         store.close()
     devices = {r.provenance.device for r in results if r is not None and r.provenance.device}
     assert devices and all(d.endswith(":") for d in devices), devices  # PV prefixes, never "simulated"
+
+
+def test_both_builds_describe_units_and_refuse_writes_to_readbacks(lab: dict[str, Any]) -> None:
+    from ophyd.utils.errors import ReadOnlyError
+
+    sim = build_backend({**lab["backends"]["xrd"], "simulated": True}).devices["xrd"]
+    real = _backend(lab, "xrd").devices["xrd"]
+    real.wait_for_connection(timeout=10)
+    for dev in (sim, real):
+        desc = dev.describe()
+        assert desc["xrd_two_theta"]["units"] == "deg", desc["xrd_two_theta"]
+        assert desc["xrd_intensity"]["units"] == "counts"
+        with pytest.raises(ReadOnlyError):
+            dev.intensity.put([1.0])
+
+
+def test_an_unconfigured_simulated_device_returns_a_failed_status(tmp_path: Path) -> None:
+    sim = build_backend({**_entry(tmp_path, "xrd", "x", "X:"), "simulated": True}).devices["xrd"]
+    sim.sample_id.put("never-made")
+    status = sim.trigger()  # must not raise: bluesky expects a Status it can wait on
+    with pytest.raises(Exception, match="never-made"):
+        status.wait(5)
+    assert status.done and not status.success
+
+
+def test_stop_fails_a_pending_simulated_acquisition(tmp_path: Path) -> None:
+    backend = build_backend({**_entry(tmp_path, "synthesis_robot", "r", "R:"), "simulated": True,
+                             "time_scale": 1.0})
+    robot = backend.devices["robot"]
+    robot.recipe.put(json.dumps(candidate_pool(5, seed=2)[0].model_dump(mode="json")))
+    status = robot.trigger()  # hours of lab time at time scale 1
+    robot.stop()
+    with pytest.raises(Exception, match="stopped"):
+        status.wait(5)

@@ -220,7 +220,7 @@ def twin_pvdb(device: Device, epics_cls: type[Device], prefix: str, *, timeout_s
         read_only = issubclass(cpt.cls, EpicsSignalRO)
         write_pv = cpt.kwargs.get("write_pv")
         value = twin.get()
-        unit = units.get(attr, "")
+        unit = units.get(attr, getattr(twin, "units", ""))
         read = _channel(value, writable=not read_only and not write_pv, units=unit)
         if isinstance(read, _Setpoint):
             read.twin = twin
