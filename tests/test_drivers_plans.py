@@ -107,9 +107,9 @@ def test_plans_and_stock_plans_run_on_simulated_devices(lab: SimulatedLab, RE: R
 
 
 def test_unknown_sample_fails_at_trigger(lab: SimulatedLab, RE: RunEngine) -> None:
-    from ppu.simulators import UnknownSampleError
-
     from bluesky.utils import FailedStatus
+
+    from ppu.simulators import UnknownSampleError
 
     xrd = XRDDiffractometer(name="xrd", lab=lab, model=XRDModel(time_scale=FAST))
     # trigger() returns a failed Status (bluesky's contract), whose cause is the unknown sample

@@ -41,7 +41,7 @@ from ppu.drivers.synthesis import synthesis_robot, synthesize
 from ppu.drivers.transfer import TransferModel, sample_transfer, transfer
 from ppu.drivers.uvvis import measure_uvvis, uvvis_spectrometer
 from ppu.drivers.xrd import measure_xrd, xrd_diffractometer
-from ppu.errors import ValidationFailed
+from ppu.errors import ConfigError, ValidationFailed
 from ppu.models import BackendKind, CapabilityOffer, Limit, Result, limit_violations
 from ppu.simulators.instruments import (
     FaultConfig,
@@ -71,6 +71,8 @@ class PhysicalConfig(BackendConfig):
     documents_dir: str | None = Field(None, description="JSONL documents folder (default <run_dir>/documents)")
     faults: FaultConfig = Field(default_factory=FaultConfig, description="faults to inject (simulated)")
     drift_per_hour: float = Field(0.0, ge=0, le=1, description="relative instrument drift per lab hour")
+    connect_timeout_s: float = Field(30.0, gt=0, le=3600, description="real mode: how long the backend waits "
+                                     "at start for every PV of its devices to connect")
     acquire_timeout_s: float = Field(3600.0, gt=0, le=7 * 86400, description="real mode: an acquisition that "
                                      "has not completed after this many seconds fails (once work goes to review)")
     ioc_fault: Literal["stale", "hang"] | None = Field(None, description="`ppu ioc` only: make this twin's IOC "
@@ -168,6 +170,16 @@ class PhysicalBackend(Backend):
 
     async def start(self) -> None:
         await asyncio.to_thread(self.host.start)
+        if not self.cfg.simulated:  # real mode: every PV connected before a plan may touch one
+            await asyncio.to_thread(self._connect)
+
+    def _connect(self) -> None:
+        for dev in self.devices.values():
+            try:
+                dev.wait_for_connection(timeout=self.cfg.connect_timeout_s)
+            except TimeoutError as exc:
+                raise ConfigError(f"backend {self.name}: {exc}", field="epics_prefix",
+                                  hint="is the instrument's IOC running and reachable (EPICS_CA_ADDR_LIST)?") from None
 
     async def close(self) -> None:
         for dev in self.devices.values():
