@@ -35,6 +35,7 @@ from ppu import capabilities
 from ppu.backends.base import Backend, BackendConfig, ProgressFn, TaskRun
 from ppu.backends.documents import Document, DocumentSink, JsonlSink, split_by_run
 from ppu.backends.runengine import PlanOutcome, RunEngineHost
+from ppu.backends.user_plans import AllowedPlans, PlanRefused
 from ppu.drivers import analysis
 from ppu.drivers.sorption import gas_sorption_analyzer, isotherm_pressures, measure_isotherm
 from ppu.drivers.synthesis import synthesis_robot, synthesize
@@ -42,7 +43,7 @@ from ppu.drivers.transfer import TransferModel, sample_transfer, transfer
 from ppu.drivers.uvvis import measure_uvvis, uvvis_spectrometer
 from ppu.drivers.xrd import measure_xrd, xrd_diffractometer
 from ppu.errors import ConfigError, ValidationFailed
-from ppu.models import BackendKind, CapabilityOffer, Limit, Result, limit_violations
+from ppu.models import BackendKind, BackendSpec, CapabilityOffer, Limit, Result, limit_violations
 from ppu.simulators.instruments import (
     FaultConfig,
     InstrumentModel,
@@ -56,6 +57,7 @@ from ppu.simulators.lab import SimulatedLab, UnknownSampleError
 from ppu.simulators.world import WorldConfig
 
 PlanFactory = Callable[[], Iterable[Msg]]
+PLAN = "bluesky.plan"  # a scientist's own plan (ppu.backends.user_plans)
 
 
 class PhysicalConfig(BackendConfig):
@@ -71,6 +73,10 @@ class PhysicalConfig(BackendConfig):
     documents_dir: str | None = Field(None, description="JSONL documents folder (default <run_dir>/documents)")
     faults: FaultConfig = Field(default_factory=FaultConfig, description="faults to inject (simulated)")
     drift_per_hour: float = Field(0.0, ge=0, le=1, description="relative instrument drift per lab hour")
+    plans: list[str] = Field(default_factory=list, max_length=200, description="Bluesky plans a scientist may run "
+                             "here as `bluesky.plan` tasks: stock names (count, scan, ...) or 'module:function'")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="extra RunEngine metadata for every start "
+                                     "document of this instrument (e.g. beamline, proposal, operator)")
     connect_timeout_s: float = Field(30.0, gt=0, le=3600, description="real mode: how long the backend waits "
                                      "at start for every PV of its devices to connect")
     acquire_timeout_s: float = Field(3600.0, gt=0, le=7 * 86400, description="real mode: an acquisition that "
@@ -113,8 +119,13 @@ class PhysicalBackend(Backend):
             self.lab = SimulatedLab.shared(config.lab, config.world, registry_path=config.register_path(),
                                            seed=config.seed)
         self.sink: DocumentSink = sink or JsonlSink(config.documents_dir or Path(config.run_dir) / "documents")
-        self.host = RunEngineHost(config.name, md={"backend": config.name})
+        self.host = RunEngineHost(config.name, md={**config.metadata, "backend": config.name})
         self.devices = self.build_devices()
+        try:
+            self.allowed_plans = AllowedPlans(config.plans)
+        except PlanRefused as exc:
+            raise ConfigError(f"backend {config.name}: {exc}", field="plans",
+                              hint="stock plan names or 'module:function' of an importable module") from None
         for dev in self.devices.values():
             if hasattr(dev, "acquire_timeout_s"):  # EPICS builds: every acquisition has a deadline
                 dev.acquire_timeout_s = config.acquire_timeout_s
@@ -150,6 +161,12 @@ class PhysicalBackend(Backend):
         if dev is None:
             return measure
         return bpp.pchain(transfer(dev, sample_id, dest, md), measure, transfer(dev, sample_id, "rack", md))
+
+    def spec(self) -> BackendSpec:
+        spec = super().spec()
+        if self.cfg.plans and not any(o.name == PLAN for o in spec.capabilities):
+            spec.capabilities.append(CapabilityOffer(name=PLAN, fidelity=1.0, duration_s=600.0, cost=1.0))
+        return spec
 
     def twin_pvdbs(self) -> dict[str, dict[str, Any]]:
         """The simulated devices of this backend as EPICS IOCs, keyed by PV prefix (``ppu ioc``); only
@@ -198,7 +215,7 @@ class PhysicalBackend(Backend):
 
     def check(self, run: TaskRun) -> dict[str, Any]:
         """Everything that can refuse a task before it moves anything; returns the normalised inputs."""
-        if run.capability != self.capability:
+        if run.capability != self.capability and not (run.capability == PLAN and self.cfg.plans):
             raise _Refused(f"backend {self.name} offers {self.capability}, not {run.capability}")
         try:
             inputs = capabilities.validate_inputs(run.capability, run.inputs)
@@ -228,7 +245,10 @@ class PhysicalBackend(Backend):
             return self.fail(run, str(exc), started, retryable=False)
         md = {"task_id": run.task_id, "attempt": run.attempt, "campaign": run.campaign, "backend": self.name,
               "capability": run.capability}
-        plan = self.plan(run, inputs, md)
+        try:
+            plan = self.user_plan(inputs, md) if run.capability == PLAN else self.plan(run, inputs, md)
+        except PlanRefused as exc:
+            return self.fail(run, f"{exc} (nothing moved)", started, retryable=False)
         await _report(progress, run.task_id, 0.0, f"submitted to the RunEngine of {self.name}")
         fut = self.host.submit(run.task_id, plan)
         try:
@@ -242,11 +262,23 @@ class PhysicalBackend(Backend):
             return self.fail(run, f"{self.capability} on {self.name} interrupted: {why}", started,
                              retryable=False, interrupted=True, **prov)
         try:
-            outputs = capabilities.validate_outputs(run.capability, self.reduce(run, inputs, outcome.documents))
+            reduced = (self.reduce_user_plan(inputs, outcome) if run.capability == PLAN
+                       else self.reduce(run, inputs, outcome.documents))
+            outputs = capabilities.validate_outputs(run.capability, reduced)
         except Exception as exc:  # the run completed; its data did not give an answer
             return self.fail(run, f"{self.capability} on {self.name}: {exc}", started, retryable=False, **prov)
         await _report(progress, run.task_id, 1.0, "done")
         return self.ok(run, outputs, started, **prov)
+
+    def user_plan(self, inputs: dict[str, Any], md: dict[str, Any]) -> PlanFactory:
+        return self.allowed_plans.bind(inputs["plan"], inputs["args"], self.devices,
+                                       {**inputs["md"], **md, "plan_source": "bluesky.plan task"})
+
+    @staticmethod
+    def reduce_user_plan(inputs: dict[str, Any], outcome: PlanOutcome) -> dict[str, Any]:
+        events = sum(1 for n, _ in outcome.documents if n == "event")
+        return {"plan": inputs["plan"], "run_uids": outcome.run_uids, "exit_status": outcome.exit_status,
+                "events": events}
 
     def _keep_documents(self, run: TaskRun, outcome: PlanOutcome) -> dict[str, Any]:
         where = []
