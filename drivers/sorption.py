@@ -68,7 +68,9 @@ def isotherm_pressures(points: int, max_bar: float = 1.0) -> list[float]:
 def measure_isotherm(gas: Device, sample_id: str, pressures: Sequence[float], temperature_k: float = 298.0,
                      md: dict[str, Any] | None = None) -> MsgGenerator[Any]:
     """An isotherm of ``sample_id``: one run, one event per pressure, a checkpoint before each dose."""
-    _md = {"plan_name": "measure_isotherm", "sample_id": sample_id,
+    _md = {"plan_name": "measure_isotherm", "sample_id": sample_id, "detectors": [gas.name],
+           "motors": [gas.pressure.name], "num_points": len(pressures),  # type: ignore[attr-defined]
+           "hints": {"dimensions": [([gas.pressure.name], "primary")]},  # type: ignore[attr-defined]
            "plan_args": {"pressures": list(pressures), "temperature_k": temperature_k}, **(md or {})}
 
     @bpp.run_decorator(md=_md)

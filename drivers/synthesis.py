@@ -95,6 +95,8 @@ def synthesize(robot: Device, recipe: Candidate | dict[str, Any], md: dict[str, 
     """
     cand = recipe if isinstance(recipe, Candidate) else Candidate.model_validate(recipe)
     _md = {"plan_name": "synthesize", "recipe": cand.model_dump(mode="json"), "sample_label": sample_label,
+           "sample_id": sample_label or None, "detectors": [robot.name], "motors": [], "num_points": 1,
+           "hints": {"dimensions": [(["time"], "primary")]},
            "target_mass_mg": target_mass_mg, **(md or {})}
 
     @bpp.run_decorator(md=_md)

@@ -61,7 +61,8 @@ def sample_transfer(name: str, *, simulated: bool, prefix: str = "", lab: Simula
 
 def transfer(transfer_dev: Device, sample: str, dest: str, md: dict[str, Any] | None = None) -> MsgGenerator[Any]:
     """Move ``sample`` to ``dest`` (an instrument name, or ``rack``): one run, one event."""
-    _md = {"plan_name": "transfer", "sample_id": sample, "destination": dest, **(md or {})}
+    _md = {"plan_name": "transfer", "sample_id": sample, "destination": dest, "detectors": [transfer_dev.name],
+           "motors": [], "num_points": 1, "hints": {"dimensions": [(["time"], "primary")]}, **(md or {})}
 
     @bpp.run_decorator(md=_md)
     def inner() -> MsgGenerator[Any]:

@@ -70,7 +70,8 @@ def measure_uvvis(uvvis: Device, sample_id: str, wavelength_start_nm: float = 25
                   wavelength_stop_nm: float = 900.0, wavelength_step_nm: float = 1.0,
                   md: dict[str, Any] | None = None) -> MsgGenerator[Any]:
     """One absorbance spectrum of ``sample_id``: one run, one event."""
-    _md = {"plan_name": "measure_uvvis", "sample_id": sample_id,
+    _md = {"plan_name": "measure_uvvis", "sample_id": sample_id, "detectors": [uvvis.name], "motors": [],
+           "num_points": 1, "hints": {"dimensions": [(["time"], "primary")]},
            "plan_args": {"wavelength_start_nm": wavelength_start_nm, "wavelength_stop_nm": wavelength_stop_nm,
                          "wavelength_step_nm": wavelength_step_nm}, **(md or {})}
 

@@ -68,7 +68,8 @@ def xrd_diffractometer(name: str, *, simulated: bool, prefix: str = "", lab: Sim
 def measure_xrd(xrd: Device, sample_id: str, two_theta_start: float = 10.0, two_theta_stop: float = 80.0,
                 two_theta_step: float = 0.05, md: dict[str, Any] | None = None) -> MsgGenerator[Any]:
     """One pattern of ``sample_id``: one run, one event holding the 2-theta and intensity arrays."""
-    _md = {"plan_name": "measure_xrd", "sample_id": sample_id,
+    _md = {"plan_name": "measure_xrd", "sample_id": sample_id, "detectors": [xrd.name], "motors": [],
+           "num_points": 1, "hints": {"dimensions": [(["time"], "primary")]},
            "plan_args": {"two_theta_start": two_theta_start, "two_theta_stop": two_theta_stop,
                          "two_theta_step": two_theta_step}, **(md or {})}
 

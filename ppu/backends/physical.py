@@ -34,7 +34,7 @@ from pydantic import Field, model_validator
 from ppu import capabilities
 from ppu.backends.base import Backend, BackendConfig, ProgressFn, TaskRun
 from ppu.backends.documents import Document, DocumentSink, JsonlSink, split_by_run
-from ppu.backends.runengine import PlanOutcome, RunEngineHost
+from ppu.backends.runengine import LabScanIds, PlanOutcome, RunEngineHost
 from ppu.backends.user_plans import AllowedPlans, PlanRefused
 from ppu.drivers import analysis
 from ppu.drivers.sorption import gas_sorption_analyzer, isotherm_pressures, measure_isotherm
@@ -119,7 +119,8 @@ class PhysicalBackend(Backend):
             self.lab = SimulatedLab.shared(config.lab, config.world, registry_path=config.register_path(),
                                            seed=config.seed)
         self.sink: DocumentSink = sink or JsonlSink(config.documents_dir or Path(config.run_dir) / "documents")
-        self.host = RunEngineHost(config.name, md={**config.metadata, "backend": config.name})
+        self.host = RunEngineHost(config.name, md={**config.metadata, "backend": config.name},
+                                  scan_ids=LabScanIds(Path(config.run_dir) / "scan_id"))
         self.devices = self.build_devices()
         try:
             self.allowed_plans = AllowedPlans(config.plans)
