@@ -123,3 +123,9 @@ def test_a_plan_or_device_the_lab_does_not_allow_is_refused_before_anything_move
     assert "'robot' is not a device of this instrument" in errors[1]
     assert "bogus" in errors[2]
     assert all("nothing moved" in e for e in errors)
+
+
+def test_the_shipped_epics_lab_lists_its_plans() -> None:
+    out = _cli("plans", "-c", str(TESTS.parent / "labs" / "sim-lab-epics.yaml"))
+    assert out.returncode == 0, out.stderr
+    assert "rel_scan" in out.stdout and "xrd" in out.stdout and "sorption" in out.stdout
