@@ -14,21 +14,57 @@ import threading
 from typing import Any
 
 from ophyd import Component as Cpt
-from ophyd import Device, DeviceStatus, EpicsSignal
-from ophyd.status import Status
+from ophyd import Device, DeviceStatus, EpicsSignal, EpicsSignalRO, Signal
+from ophyd.utils.errors import ReadOnlyError
 
 from ppu.simulators.instruments import InstrumentFault, InstrumentModel
 from ppu.simulators.lab import SimulatedLab
 
 
+class SimSignal(Signal):
+    """A simulated setpoint or configuration signal that carries its units into ``describe()``, as an
+    EPICS PV does with its EGU field, so documents read the same in both builds."""
+
+    def __init__(self, *args: Any, units: str = "", **kw: Any):
+        super().__init__(*args, **kw)
+        self.units = units
+
+    def describe(self) -> dict[str, Any]:
+        desc: dict[str, Any] = super().describe()
+        if self.units:
+            desc[self.name]["units"] = self.units
+        return desc
+
+
+class Readback(SimSignal):
+    """A simulated read-back: read-only to plans, exactly like the ``_RBV`` PV of the EPICS build (so a plan
+    that tries to move one fails in simulation too); only the instrument model ``publish``-es a value."""
+
+    def __init__(self, *args: Any, **kw: Any):
+        super().__init__(*args, **kw)
+        self._metadata.update(write_access=False)
+
+    def put(self, value: Any, **kw: Any) -> None:
+        raise ReadOnlyError(f"{self.name} is a read-back (read-only)")
+
+    def set(self, value: Any, **kw: Any) -> Any:
+        raise ReadOnlyError(f"{self.name} is a read-back (read-only)")
+
+    def publish(self, value: Any) -> None:
+        Signal.put(self, value, force=True)  # the instrument writes its own read-back
+
+
 class SimulatedAcquisition(Device):
     """Base of the simulated devices: ``trigger`` runs ``_acquire`` after the model's scaled duration."""
+
+    epics_class: type[Device] | None = None  # the EPICS build whose PV names the IOC twin serves
 
     def __init__(self, prefix: str = "", *, name: str, lab: SimulatedLab, model: InstrumentModel, **kw: Any):
         super().__init__(prefix, name=name, **kw)
         self.lab = lab
         self.model = model
         self._timers: list[threading.Timer] = []
+        self._pending: set[DeviceStatus] = set()
 
     def _lab_seconds(self) -> float:
         raise NotImplementedError
@@ -45,10 +81,14 @@ class SimulatedAcquisition(Device):
             self.lab.sample(sample_id.get())
 
     def trigger(self) -> DeviceStatus:
-        self._prepare()
-        lab_s = self._lab_seconds()
-        fault = self.model.begin(lab_s)
         status = DeviceStatus(self)
+        try:
+            self._prepare()
+            lab_s = self._lab_seconds()
+        except Exception as exc:  # not configured (unknown sample, bad recipe): a failed Status
+            status.set_exception(exc)
+            return status
+        fault = self.model.begin(lab_s)
 
         def finish() -> None:
             try:
@@ -60,6 +100,7 @@ class SimulatedAcquisition(Device):
                 return
             status.set_finished()
 
+        self._pending = {st for st in self._pending if not st.done} | {status}
         timer = threading.Timer(self.model.wall_seconds(lab_s), finish)
         timer.daemon = True
         self._timers = [t for t in self._timers if t.is_alive()] + [timer]
@@ -69,13 +110,104 @@ class SimulatedAcquisition(Device):
     def stop(self, *, success: bool = False) -> None:
         for t in self._timers:
             t.cancel()
+        pending, self._pending = list(self._pending), set()
+        for st in pending:  # a cancelled timer never completes its Status: fail it here
+            if not st.done:
+                st.set_exception(RuntimeError(f"{self.name}: stopped during the acquisition"))
         super().stop(success=success)
 
 
+class AcquisitionFailed(RuntimeError):
+    """An EPICS acquisition that did not give fresh data: refused, timed out, alarmed or stale."""
+
+
 class EpicsAcquisition(Device):
-    """Base of the EPICS devices: ``trigger`` puts 1 to ``Acquire`` and completes on put-callback."""
+    """Base of the EPICS devices: ``trigger`` puts 1 to ``Acquire`` and completes on put-callback, but
+    only after checking what a real IOC reports, so that a refused or stale acquisition is a failure
+    and never the previous acquisition's read-backs:
+
+    - ``Status_RBV`` goes to ``Error`` (or its alarm is MAJOR/INVALID): fail at once with
+      ``StatusMessage_RBV`` as the reason (a refused put may never call the put-callback back);
+    - the put completes but ``Counter_RBV`` did not advance: the read-backs are stale, fail;
+    - nothing within ``acquire_timeout_s``: fail with a timeout;
+    - ``stop()`` fails every pending acquisition; a device that cannot be reached returns a failed
+      Status instead of raising.
+    """
 
     acquire = Cpt(EpicsSignal, "Acquire", kind="omitted", put_complete=True)
+    acquire_status = Cpt(EpicsSignalRO, "Status_RBV", string=True, kind="omitted", auto_monitor=True)
+    status_message = Cpt(EpicsSignalRO, "StatusMessage_RBV", string=True, kind="omitted")
+    acquire_counter = Cpt(EpicsSignalRO, "Counter_RBV", kind="omitted")
 
-    def trigger(self) -> Status:
-        return self.acquire.set(1)
+    def __init__(self, prefix: str = "", *, name: str, acquire_timeout_s: float = 3600.0, **kw: Any):
+        super().__init__(prefix, name=name, **kw)
+        self.acquire_timeout_s = acquire_timeout_s
+        self._pending: set[DeviceStatus] = set()
+        self._watch: DeviceStatus | None = None  # the acquisition whose Status_RBV changes we follow
+        self._seen_busy = False
+        self._status_sub: int | None = None
+
+    def trigger(self) -> DeviceStatus:
+        status = DeviceStatus(self, timeout=self.acquire_timeout_s)
+        try:
+            before = int(self.acquire_counter.get())
+            if self._status_sub is None:
+                self._status_sub = self.acquire_status.subscribe(self._on_status, run=False)
+        except Exception as exc:  # not connected / not configured: a failed Status, not an exception
+            status.set_exception(AcquisitionFailed(f"{self.name}: cannot start an acquisition: {exc}"))
+            return status
+        self._pending.add(status)
+        self._watch, self._seen_busy = status, False
+        status.add_callback(lambda st: self._pending.discard(st))
+
+        def put_done(*_: Any, **__: Any) -> None:
+            # check on a thread of our own: a CA get inside a CA callback can dead-lock
+            threading.Thread(target=self._check, args=(status, before), daemon=True).start()
+
+        try:
+            self.acquire.put(1, use_complete=True, callback=put_done)
+        except Exception as exc:
+            self._fail(status, f"{self.name}: the IOC refused Acquire: {exc}")
+        return status
+
+    def _on_status(self, value: Any = None, **_: Any) -> None:
+        status = self._watch
+        if status is None or status.done:
+            return
+        if value == "Acquiring":
+            self._seen_busy = True
+        elif value == "Error" and self._seen_busy:
+            threading.Thread(target=self._check, args=(status, None), daemon=True).start()
+
+    def _check(self, status: DeviceStatus, before: int | None) -> None:
+        if status.done:
+            return
+        try:
+            state = self.acquire_status.get(use_monitor=False)
+            severity = int(getattr(self.acquire_status, "alarm_severity", 0) or 0)
+            if state == "Error" or severity >= 2:  # MAJOR or INVALID
+                why = self.status_message.get() or f"status {state}, alarm severity {severity}"
+                return self._fail(status, f"{self.name}: acquisition refused or failed: {why}")
+            if before is not None and int(self.acquire_counter.get()) <= before:
+                return self._fail(status, f"{self.name}: Acquire completed but Counter_RBV did not advance: "
+                                          "the read-backs are stale (not this acquisition's data)")
+        except Exception as exc:
+            return self._fail(status, f"{self.name}: could not read the acquisition status: {exc}")
+        if before is not None:
+            status.set_finished()
+
+    @staticmethod
+    def _fail(status: DeviceStatus, why: str) -> None:
+        if not status.done:
+            status.set_exception(AcquisitionFailed(why))
+
+    def stop(self, *, success: bool = False) -> None:
+        pending, self._pending = list(self._pending), set()
+        for st in pending:
+            self._fail(st, f"{self.name}: stopped during the acquisition")
+        if pending:
+            try:
+                self.acquire.put(0, use_complete=False)
+            except Exception:  # an unreachable IOC: the statuses are failed already
+                pass
+        super().stop(success=success)

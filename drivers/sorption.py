@@ -14,18 +14,18 @@ import bluesky.preprocessors as bpp
 import numpy as np
 from bluesky.utils import MsgGenerator
 from ophyd import Component as Cpt
-from ophyd import Device, EpicsSignal, EpicsSignalRO, Signal
+from ophyd import Device, EpicsSignal, EpicsSignalRO
 
-from ppu.drivers._base import EpicsAcquisition, SimulatedAcquisition
+from ppu.drivers._base import EpicsAcquisition, Readback, SimSignal, SimulatedAcquisition
 from ppu.simulators.instruments import IsothermModel
 from ppu.simulators.lab import SimulatedLab
 
 
 class GasSorptionAnalyzer(SimulatedAcquisition):
-    sample_id = Cpt(Signal, value="", kind="config")
-    temperature_k = Cpt(Signal, value=298.0, kind="config")
-    pressure = Cpt(Signal, value=0.1, kind="hinted")  # setpoint, bar
-    uptake = Cpt(Signal, value=0.0, kind="hinted")  # mmol/g at equilibrium
+    sample_id = Cpt(SimSignal, value="", kind="config")
+    temperature_k = Cpt(SimSignal, value=298.0, kind="config", units="K")
+    pressure = Cpt(SimSignal, value=0.1, kind="hinted", units="bar")  # setpoint, bar
+    uptake = Cpt(Readback, value=0.0, kind="hinted", units="mmol/g")  # mmol/g at equilibrium
 
     def __init__(self, prefix: str = "", *, name: str, lab: SimulatedLab, model: IsothermModel | None = None,
                  **kw: Any):
@@ -39,7 +39,7 @@ class GasSorptionAnalyzer(SimulatedAcquisition):
         # uptake falls with temperature (isosteric heat ~ 40 kJ/mol): a crude van 't Hoff factor
         b = rec.langmuir_b_per_bar * float(np.exp(4800.0 * (1 / self.temperature_k.get() - 1 / 298.0)))
         q = self.model.uptake(rec.co2_uptake_mmol_g, b, np.array([float(self.pressure.get())]))  # type: ignore[attr-defined]
-        self.uptake.put(float(q[0]))
+        self.uptake.publish(float(q[0]))
 
 
 class EpicsGasSorption(EpicsAcquisition):
@@ -48,6 +48,8 @@ class EpicsGasSorption(EpicsAcquisition):
     pressure = Cpt(EpicsSignal, "Pressure_RBV", write_pv="Pressure", kind="hinted")
     uptake = Cpt(EpicsSignalRO, "Uptake_RBV", kind="hinted")
 
+
+GasSorptionAnalyzer.epics_class = EpicsGasSorption  # PV names the IOC twin serves
 
 def gas_sorption_analyzer(name: str, *, simulated: bool, prefix: str = "", lab: SimulatedLab | None = None,
                           model: IsothermModel | None = None) -> Device:
@@ -66,7 +68,9 @@ def isotherm_pressures(points: int, max_bar: float = 1.0) -> list[float]:
 def measure_isotherm(gas: Device, sample_id: str, pressures: Sequence[float], temperature_k: float = 298.0,
                      md: dict[str, Any] | None = None) -> MsgGenerator[Any]:
     """An isotherm of ``sample_id``: one run, one event per pressure, a checkpoint before each dose."""
-    _md = {"plan_name": "measure_isotherm", "sample_id": sample_id,
+    _md = {"plan_name": "measure_isotherm", "sample_id": sample_id, "detectors": [gas.name],
+           "motors": [gas.pressure.name], "num_points": len(pressures),  # type: ignore[attr-defined]
+           "hints": {"dimensions": [([gas.pressure.name], "primary")]},  # type: ignore[attr-defined]
            "plan_args": {"pressures": list(pressures), "temperature_k": temperature_k}, **(md or {})}
 
     @bpp.run_decorator(md=_md)

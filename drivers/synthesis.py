@@ -13,10 +13,10 @@ import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 from bluesky.utils import MsgGenerator
 from ophyd import Component as Cpt
-from ophyd import Device, EpicsSignal, EpicsSignalRO, Signal
+from ophyd import Device, EpicsSignal, EpicsSignalRO
 
 from ppu.capabilities import Candidate
-from ppu.drivers._base import EpicsAcquisition, SimulatedAcquisition
+from ppu.drivers._base import EpicsAcquisition, Readback, SimSignal, SimulatedAcquisition
 from ppu.simulators.instruments import SynthesisModel
 from ppu.simulators.lab import SimulatedLab
 
@@ -24,13 +24,13 @@ from ppu.simulators.lab import SimulatedLab
 class SynthesisRobot(SimulatedAcquisition):
     """The simulated twin: soft signals; the shared :class:`SimulatedLab` realises the sample."""
 
-    recipe = Cpt(Signal, value="{}", kind="config")
-    target_mass_mg = Cpt(Signal, value=50.0, kind="config")
-    sample_label = Cpt(Signal, value="", kind="config")
-    sample_id = Cpt(Signal, value="", kind="hinted")
-    success = Cpt(Signal, value=0, kind="normal")
-    mass_mg = Cpt(Signal, value=0.0, kind="hinted")
-    slot = Cpt(Signal, value="", kind="normal")
+    recipe = Cpt(SimSignal, value="{}", kind="config")
+    target_mass_mg = Cpt(SimSignal, value=50.0, kind="config", units="mg")
+    sample_label = Cpt(SimSignal, value="", kind="config")
+    sample_id = Cpt(Readback, value="", kind="hinted")
+    success = Cpt(Readback, value=0, kind="normal")
+    mass_mg = Cpt(Readback, value=0.0, kind="hinted", units="mg")
+    slot = Cpt(Readback, value="", kind="normal")
 
     def __init__(self, prefix: str = "", *, name: str, lab: SimulatedLab, model: SynthesisModel | None = None,
                  **kw: Any):
@@ -55,10 +55,10 @@ class SynthesisRobot(SimulatedAcquisition):
         success = bool(self.model.rng.random() < truth.success_probability)
         mass = self.model.mass_mg(float(self.target_mass_mg.get()), success)  # type: ignore[attr-defined]
         rec = self.lab.realise(label, recipe, success=success, mass_mg=mass)
-        self.sample_id.put(rec.sample_id)
-        self.success.put(int(success))
-        self.mass_mg.put(rec.mass_mg)
-        self.slot.put(rec.slot or "")
+        self.sample_id.publish(rec.sample_id)
+        self.success.publish(int(success))
+        self.mass_mg.publish(rec.mass_mg)
+        self.slot.publish(rec.slot or "")
 
 
 class EpicsSynthesisRobot(EpicsAcquisition):
@@ -72,6 +72,8 @@ class EpicsSynthesisRobot(EpicsAcquisition):
     mass_mg = Cpt(EpicsSignalRO, "Mass_RBV", kind="hinted")
     slot = Cpt(EpicsSignalRO, "Slot_RBV", string=True, kind="normal")
 
+
+SynthesisRobot.epics_class = EpicsSynthesisRobot  # PV names the IOC twin serves
 
 def synthesis_robot(name: str, *, simulated: bool, prefix: str = "", lab: SimulatedLab | None = None,
                     model: SynthesisModel | None = None) -> Device:
@@ -93,6 +95,8 @@ def synthesize(robot: Device, recipe: Candidate | dict[str, Any], md: dict[str, 
     """
     cand = recipe if isinstance(recipe, Candidate) else Candidate.model_validate(recipe)
     _md = {"plan_name": "synthesize", "recipe": cand.model_dump(mode="json"), "sample_label": sample_label,
+           "sample_id": sample_label or None, "detectors": [robot.name], "motors": [], "num_points": 1,
+           "hints": {"dimensions": [(["time"], "primary")]},
            "target_mass_mg": target_mass_mg, **(md or {})}
 
     @bpp.run_decorator(md=_md)

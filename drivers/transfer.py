@@ -8,9 +8,9 @@ import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 from bluesky.utils import MsgGenerator
 from ophyd import Component as Cpt
-from ophyd import Device, EpicsSignal, EpicsSignalRO, Signal
+from ophyd import Device, EpicsSignal, EpicsSignalRO
 
-from ppu.drivers._base import EpicsAcquisition, SimulatedAcquisition
+from ppu.drivers._base import EpicsAcquisition, Readback, SimSignal, SimulatedAcquisition
 from ppu.simulators.instruments import InstrumentModel
 from ppu.simulators.lab import SimulatedLab
 
@@ -23,9 +23,9 @@ class TransferModel(InstrumentModel):
 
 
 class SampleTransfer(SimulatedAcquisition):
-    sample_id = Cpt(Signal, value="", kind="config")
-    destination = Cpt(Signal, value="rack", kind="config")
-    location = Cpt(Signal, value="", kind="hinted")
+    sample_id = Cpt(SimSignal, value="", kind="config")
+    destination = Cpt(SimSignal, value="rack", kind="config")
+    location = Cpt(Readback, value="", kind="hinted")
 
     def __init__(self, prefix: str = "", *, name: str, lab: SimulatedLab, model: TransferModel | None = None,
                  **kw: Any):
@@ -39,7 +39,7 @@ class SampleTransfer(SimulatedAcquisition):
 
     def _acquire(self) -> None:
         rec = self.lab.move(self.sample_id.get(), self.destination.get())
-        self.location.put(f"{rec.device}:{rec.slot}" if rec.device == "rack" else rec.device)
+        self.location.publish(f"{rec.device}:{rec.slot}" if rec.device == "rack" else rec.device)
 
 
 class EpicsSampleTransfer(EpicsAcquisition):
@@ -47,6 +47,8 @@ class EpicsSampleTransfer(EpicsAcquisition):
     destination = Cpt(EpicsSignal, "Destination", string=True, kind="config")
     location = Cpt(EpicsSignalRO, "Location_RBV", string=True, kind="hinted")
 
+
+SampleTransfer.epics_class = EpicsSampleTransfer  # PV names the IOC twin serves
 
 def sample_transfer(name: str, *, simulated: bool, prefix: str = "", lab: SimulatedLab | None = None,
                     model: TransferModel | None = None) -> Device:
@@ -59,7 +61,8 @@ def sample_transfer(name: str, *, simulated: bool, prefix: str = "", lab: Simula
 
 def transfer(transfer_dev: Device, sample: str, dest: str, md: dict[str, Any] | None = None) -> MsgGenerator[Any]:
     """Move ``sample`` to ``dest`` (an instrument name, or ``rack``): one run, one event."""
-    _md = {"plan_name": "transfer", "sample_id": sample, "destination": dest, **(md or {})}
+    _md = {"plan_name": "transfer", "sample_id": sample, "destination": dest, "detectors": [transfer_dev.name],
+           "motors": [], "num_points": 1, "hints": {"dimensions": [(["time"], "primary")]}, **(md or {})}
 
     @bpp.run_decorator(md=_md)
     def inner() -> MsgGenerator[Any]:

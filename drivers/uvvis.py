@@ -9,9 +9,9 @@ import bluesky.preprocessors as bpp
 import numpy as np
 from bluesky.utils import MsgGenerator
 from ophyd import Component as Cpt
-from ophyd import Device, EpicsSignal, EpicsSignalRO, Signal
+from ophyd import Device, EpicsSignal, EpicsSignalRO
 
-from ppu.drivers._base import EpicsAcquisition, SimulatedAcquisition
+from ppu.drivers._base import EpicsAcquisition, Readback, SimSignal, SimulatedAcquisition
 from ppu.simulators.instruments import UVVisModel
 from ppu.simulators.lab import SimulatedLab
 
@@ -22,12 +22,12 @@ def wavelength_grid(start: float, stop: float, step: float) -> np.ndarray:
 
 
 class UVVisSpectrometer(SimulatedAcquisition):
-    sample_id = Cpt(Signal, value="", kind="config")
-    wavelength_start = Cpt(Signal, value=250.0, kind="config")
-    wavelength_stop = Cpt(Signal, value=900.0, kind="config")
-    wavelength_step = Cpt(Signal, value=1.0, kind="config")
-    wavelength = Cpt(Signal, value=np.zeros(2), kind="normal")
-    absorbance = Cpt(Signal, value=np.zeros(2), kind="hinted")
+    sample_id = Cpt(SimSignal, value="", kind="config")
+    wavelength_start = Cpt(SimSignal, value=250.0, kind="config", units="nm")
+    wavelength_stop = Cpt(SimSignal, value=900.0, kind="config", units="nm")
+    wavelength_step = Cpt(SimSignal, value=1.0, kind="config", units="nm")
+    wavelength = Cpt(Readback, value=np.zeros(2), kind="normal", units="nm")
+    absorbance = Cpt(Readback, value=np.zeros(2), kind="hinted", units="AU")
 
     def __init__(self, prefix: str = "", *, name: str, lab: SimulatedLab, model: UVVisModel | None = None,
                  **kw: Any):
@@ -42,8 +42,8 @@ class UVVisSpectrometer(SimulatedAcquisition):
     def _acquire(self) -> None:
         grid = self._grid()
         rec = self.lab.sample(self.sample_id.get())
-        self.wavelength.put(grid)
-        self.absorbance.put(self.model.spectrum(rec.band_gap_ev, grid))  # type: ignore[attr-defined]
+        self.wavelength.publish(grid)
+        self.absorbance.publish(self.model.spectrum(rec.band_gap_ev, grid))  # type: ignore[attr-defined]
 
 
 class EpicsUVVis(EpicsAcquisition):
@@ -54,6 +54,8 @@ class EpicsUVVis(EpicsAcquisition):
     wavelength = Cpt(EpicsSignalRO, "Wavelength_RBV", kind="normal")
     absorbance = Cpt(EpicsSignalRO, "Absorbance_RBV", kind="hinted")
 
+
+UVVisSpectrometer.epics_class = EpicsUVVis  # PV names the IOC twin serves
 
 def uvvis_spectrometer(name: str, *, simulated: bool, prefix: str = "", lab: SimulatedLab | None = None,
                        model: UVVisModel | None = None) -> Device:
@@ -68,7 +70,8 @@ def measure_uvvis(uvvis: Device, sample_id: str, wavelength_start_nm: float = 25
                   wavelength_stop_nm: float = 900.0, wavelength_step_nm: float = 1.0,
                   md: dict[str, Any] | None = None) -> MsgGenerator[Any]:
     """One absorbance spectrum of ``sample_id``: one run, one event."""
-    _md = {"plan_name": "measure_uvvis", "sample_id": sample_id,
+    _md = {"plan_name": "measure_uvvis", "sample_id": sample_id, "detectors": [uvvis.name], "motors": [],
+           "num_points": 1, "hints": {"dimensions": [(["time"], "primary")]},
            "plan_args": {"wavelength_start_nm": wavelength_start_nm, "wavelength_stop_nm": wavelength_stop_nm,
                          "wavelength_step_nm": wavelength_step_nm}, **(md or {})}
 

@@ -9,9 +9,9 @@ import bluesky.preprocessors as bpp
 import numpy as np
 from bluesky.utils import MsgGenerator
 from ophyd import Component as Cpt
-from ophyd import Device, EpicsSignal, EpicsSignalRO, Signal
+from ophyd import Device, EpicsSignal, EpicsSignalRO
 
-from ppu.drivers._base import EpicsAcquisition, SimulatedAcquisition
+from ppu.drivers._base import EpicsAcquisition, Readback, SimSignal, SimulatedAcquisition
 from ppu.simulators.instruments import XRDModel
 from ppu.simulators.lab import SimulatedLab
 
@@ -22,12 +22,12 @@ def two_theta_grid(start: float, stop: float, step: float) -> np.ndarray:
 
 
 class XRDDiffractometer(SimulatedAcquisition):
-    sample_id = Cpt(Signal, value="", kind="config")
-    two_theta_start = Cpt(Signal, value=10.0, kind="config")
-    two_theta_stop = Cpt(Signal, value=80.0, kind="config")
-    two_theta_step = Cpt(Signal, value=0.05, kind="config")
-    two_theta = Cpt(Signal, value=np.zeros(2), kind="normal")
-    intensity = Cpt(Signal, value=np.zeros(2), kind="hinted")
+    sample_id = Cpt(SimSignal, value="", kind="config")
+    two_theta_start = Cpt(SimSignal, value=10.0, kind="config", units="deg")
+    two_theta_stop = Cpt(SimSignal, value=80.0, kind="config", units="deg")
+    two_theta_step = Cpt(SimSignal, value=0.05, kind="config", units="deg")
+    two_theta = Cpt(Readback, value=np.zeros(2), kind="normal", units="deg")
+    intensity = Cpt(Readback, value=np.zeros(2), kind="hinted", units="counts")
 
     def __init__(self, prefix: str = "", *, name: str, lab: SimulatedLab, model: XRDModel | None = None, **kw: Any):
         super().__init__(prefix, name=name, lab=lab, model=model or XRDModel(), **kw)
@@ -41,8 +41,8 @@ class XRDDiffractometer(SimulatedAcquisition):
     def _acquire(self) -> None:
         grid = self._grid()
         rec = self.lab.sample(self.sample_id.get())
-        self.two_theta.put(grid)
-        self.intensity.put(self.model.pattern(rec.phases, grid))  # type: ignore[attr-defined]
+        self.two_theta.publish(grid)
+        self.intensity.publish(self.model.pattern(rec.phases, grid))  # type: ignore[attr-defined]
 
 
 class EpicsXRD(EpicsAcquisition):
@@ -53,6 +53,8 @@ class EpicsXRD(EpicsAcquisition):
     two_theta = Cpt(EpicsSignalRO, "TwoTheta_RBV", kind="normal")
     intensity = Cpt(EpicsSignalRO, "Intensity_RBV", kind="hinted")
 
+
+XRDDiffractometer.epics_class = EpicsXRD  # PV names the IOC twin serves
 
 def xrd_diffractometer(name: str, *, simulated: bool, prefix: str = "", lab: SimulatedLab | None = None,
                        model: XRDModel | None = None) -> Device:
@@ -66,7 +68,8 @@ def xrd_diffractometer(name: str, *, simulated: bool, prefix: str = "", lab: Sim
 def measure_xrd(xrd: Device, sample_id: str, two_theta_start: float = 10.0, two_theta_stop: float = 80.0,
                 two_theta_step: float = 0.05, md: dict[str, Any] | None = None) -> MsgGenerator[Any]:
     """One pattern of ``sample_id``: one run, one event holding the 2-theta and intensity arrays."""
-    _md = {"plan_name": "measure_xrd", "sample_id": sample_id,
+    _md = {"plan_name": "measure_xrd", "sample_id": sample_id, "detectors": [xrd.name], "motors": [],
+           "num_points": 1, "hints": {"dimensions": [(["time"], "primary")]},
            "plan_args": {"two_theta_start": two_theta_start, "two_theta_stop": two_theta_stop,
                          "two_theta_step": two_theta_step}, **(md or {})}
 

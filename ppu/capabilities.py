@@ -146,6 +146,22 @@ class EchoOutput(Strict):
     payload: str = ""
 
 
+class PlanInput(Strict):
+    """A scientist's own Bluesky plan, by the name the lab allows, with its arguments as JSON; devices are
+    named as strings (``"xrd"``, ``"gas.pressure"``) and resolved on the backend that runs it."""
+
+    plan: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z_][A-Za-z0-9_.:]*$")
+    args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments; '*args' for positional ones")
+    md: dict[str, Any] = Field(default_factory=dict, description="extra start-document metadata")
+
+
+class PlanOutput(Strict):
+    plan: str
+    run_uids: list[str]
+    exit_status: str
+    events: int = Field(ge=0)
+
+
 _REGISTRY: dict[str, Capability] = {}
 
 
@@ -205,6 +221,8 @@ _R, _O = ActionClass.repeatable, ActionClass.once
 for _cap in [
     Capability(name="echo", input_model=EchoInput, output_model=EchoOutput, action=_R,
                description="returns y = 2x; for tests, demos and dispatch benchmarks"),
+    Capability(name="bluesky.plan", input_model=PlanInput, output_model=PlanOutput, action=_O,
+               description="run a Bluesky plan the lab allows on one instrument's devices (pin the backend)"),
     Capability(name="predict.co2_uptake", input_model=PredictInput, output_model=Prediction, action=_R,
                description="surrogate prediction of CO2 uptake at 0.15 bar (mmol/g)"),
     Capability(name="predict.band_gap", input_model=PredictInput, output_model=Prediction, action=_R,

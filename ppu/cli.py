@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ppu.config import LabConfig, load_lab
-from ppu.errors import PPUError
+from ppu.errors import ConfigError, PPUError
 from ppu.models import TaskSpec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -176,13 +176,14 @@ def submit(
     priority: int = 0,
     campaign: str | None = None,
     depends_on: Annotated[list[str] | None, typer.Option(help="task id this one waits for")] = None,
+    backend: Annotated[str | None, typer.Option(help="run it on this backend only (e.g. a bluesky.plan task)")] = None,
     connect: ConnectOpt = None,
 ) -> None:
     """Submit one task; prints its id."""
     lab = _lab(config)
     try:
         spec = TaskSpec(capability=capability, inputs=_parse_json(input, "--input"), priority=priority,
-                        campaign=campaign, depends_on=depends_on or [])
+                        campaign=campaign, depends_on=depends_on or [], pin_backend=backend)
     except PPUError as exc:
         _fail(exc)
     ids = _act(lab, connect, lambda o: o.submit([spec], actor="cli"), lambda c: c.submit([spec]))
@@ -467,6 +468,44 @@ def worker(
     lab = _lab(config)
     _serve(lambda: serve_worker(lab, connect, backend or [], key,
                                 announce=lambda s: console.print(s, highlight=False)))
+
+
+@app.command()
+def plans(config: ConfigOpt = None) -> None:
+    """The Bluesky plans each instrument of the lab allows as `bluesky.plan` tasks, with their parameters."""
+    from ppu.backends.user_plans import AllowedPlans, PlanRefused
+
+    lab = _lab(config)
+    table = Table("backend", "plan", "parameters", "summary", box=None)
+    for entry in lab.backends:
+        try:
+            allowed = AllowedPlans(entry.get("plans") or [])
+        except PlanRefused as exc:
+            _fail(ConfigError(f"backend {entry.get('name')}: {exc}", field="plans"))
+        for row in allowed.describe():
+            table.add_row(str(entry.get("name")), row["plan"], row["parameters"], row["summary"])
+    if not table.row_count:
+        console.print("no instrument of this lab allows plans (list them under `plans:` in a backend entry)")
+        return
+    console.print(table)
+    console.print('submit one: ppu submit bluesky.plan --backend NAME --input \'{"plan": "count", '
+                  '"args": {"detectors": ["xrd"], "num": 3}}\'', highlight=False)
+
+
+@app.command()
+def ioc(
+    config: ConfigOpt = None,
+    interface: Annotated[list[str] | None, typer.Option(help="address to serve Channel Access on (repeat; "
+                                                        "default $EPICS_CAS_INTF_ADDR_LIST, else all)")] = None,
+) -> None:
+    """Serve the simulated twin of every real-mode instrument (simulated: false, epics_prefix) as an EPICS IOC."""
+    from ppu.transport.serve import serve_iocs
+
+    lab = _lab(config)
+    try:
+        _serve(lambda: serve_iocs(lab, interface or None, announce=lambda s: console.print(s, highlight=False)))
+    except PPUError as exc:
+        _fail(exc)
 
 
 def _serve(fn: Callable[[], Awaitable[None]]) -> None:

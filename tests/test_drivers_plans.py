@@ -107,11 +107,15 @@ def test_plans_and_stock_plans_run_on_simulated_devices(lab: SimulatedLab, RE: R
 
 
 def test_unknown_sample_fails_at_trigger(lab: SimulatedLab, RE: RunEngine) -> None:
+    from bluesky.utils import FailedStatus
+
     from ppu.simulators import UnknownSampleError
 
     xrd = XRDDiffractometer(name="xrd", lab=lab, model=XRDModel(time_scale=FAST))
-    with pytest.raises(UnknownSampleError):
+    # trigger() returns a failed Status (bluesky's contract), whose cause is the unknown sample
+    with pytest.raises(FailedStatus) as info:
         RE(measure_xrd(xrd, "never-made"))
+    assert isinstance(info.value.__cause__, UnknownSampleError)
 
 
 @pytest.mark.parametrize("cls", [EpicsSynthesisRobot, EpicsXRD, EpicsUVVis, EpicsGasSorption, EpicsSampleTransfer])

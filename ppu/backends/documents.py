@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -18,15 +19,20 @@ Document = tuple[str, dict[str, Any]]
 
 
 def jsonable(obj: Any) -> Any:
-    """Bluesky documents hold numpy arrays and scalars; JSON wants lists and floats."""
+    """Bluesky documents hold numpy arrays and scalars (and, from EPICS, bytes); JSON wants lists, floats and
+    strings. Applied before any sink, so a device's configuration can never fail a run after the fact."""
     if isinstance(obj, dict):
         return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return obj.tolist()
+        return jsonable(obj.tolist())
     if isinstance(obj, np.generic):
-        return obj.item()
+        return jsonable(obj.item())
+    if isinstance(obj, bytes | bytearray):  # CA CHAR waveforms and their limits arrive as bytes
+        return bytes(obj).rstrip(b"\x00").decode("latin-1")
+    if isinstance(obj, float) and not math.isfinite(obj):  # JSON has no NaN/Infinity
+        return None
     return obj
 
 

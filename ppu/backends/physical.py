@@ -24,7 +24,7 @@ import inspect
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import bluesky.preprocessors as bpp
 from bluesky.utils import Msg
@@ -34,15 +34,16 @@ from pydantic import Field, model_validator
 from ppu import capabilities
 from ppu.backends.base import Backend, BackendConfig, ProgressFn, TaskRun
 from ppu.backends.documents import Document, DocumentSink, JsonlSink, split_by_run
-from ppu.backends.runengine import PlanOutcome, RunEngineHost
+from ppu.backends.runengine import LabScanIds, PlanOutcome, RunEngineHost
+from ppu.backends.user_plans import AllowedPlans, PlanRefused
 from ppu.drivers import analysis
 from ppu.drivers.sorption import gas_sorption_analyzer, isotherm_pressures, measure_isotherm
 from ppu.drivers.synthesis import synthesis_robot, synthesize
 from ppu.drivers.transfer import TransferModel, sample_transfer, transfer
 from ppu.drivers.uvvis import measure_uvvis, uvvis_spectrometer
 from ppu.drivers.xrd import measure_xrd, xrd_diffractometer
-from ppu.errors import ValidationFailed
-from ppu.models import BackendKind, CapabilityOffer, Limit, Result, limit_violations
+from ppu.errors import ConfigError, ValidationFailed
+from ppu.models import BackendKind, BackendSpec, CapabilityOffer, Limit, Result, limit_violations
 from ppu.simulators.instruments import (
     FaultConfig,
     InstrumentModel,
@@ -56,6 +57,7 @@ from ppu.simulators.lab import SimulatedLab, UnknownSampleError
 from ppu.simulators.world import WorldConfig
 
 PlanFactory = Callable[[], Iterable[Msg]]
+PLAN = "bluesky.plan"  # a scientist's own plan (ppu.backends.user_plans)
 
 
 class PhysicalConfig(BackendConfig):
@@ -71,6 +73,17 @@ class PhysicalConfig(BackendConfig):
     documents_dir: str | None = Field(None, description="JSONL documents folder (default <run_dir>/documents)")
     faults: FaultConfig = Field(default_factory=FaultConfig, description="faults to inject (simulated)")
     drift_per_hour: float = Field(0.0, ge=0, le=1, description="relative instrument drift per lab hour")
+    plans: list[str] = Field(default_factory=list, max_length=200, description="Bluesky plans a scientist may run "
+                             "here as `bluesky.plan` tasks: stock names (count, scan, ...) or 'module:function'")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="extra RunEngine metadata for every start "
+                                     "document of this instrument (e.g. beamline, proposal, operator)")
+    connect_timeout_s: float = Field(30.0, gt=0, le=3600, description="real mode: how long the backend waits "
+                                     "at start for every PV of its devices to connect")
+    acquire_timeout_s: float = Field(3600.0, gt=0, le=7 * 86400, description="real mode: an acquisition that "
+                                     "has not completed after this many seconds fails (once work goes to review)")
+    ioc_fault: Literal["stale", "hang"] | None = Field(None, description="`ppu ioc` only: make this twin's IOC "
+                                                       "misbehave (stale read-backs, or an acquisition that "
+                                                       "never ends) to test a driver's safety checks")
 
     @model_validator(mode="after")
     def _csv(self) -> PhysicalConfig:
@@ -106,8 +119,17 @@ class PhysicalBackend(Backend):
             self.lab = SimulatedLab.shared(config.lab, config.world, registry_path=config.register_path(),
                                            seed=config.seed)
         self.sink: DocumentSink = sink or JsonlSink(config.documents_dir or Path(config.run_dir) / "documents")
-        self.host = RunEngineHost(config.name, md={"backend": config.name})
+        self.host = RunEngineHost(config.name, md={**config.metadata, "backend": config.name},
+                                  scan_ids=LabScanIds(Path(config.run_dir) / "scan_id"))
         self.devices = self.build_devices()
+        try:
+            self.allowed_plans = AllowedPlans(config.plans)
+        except PlanRefused as exc:
+            raise ConfigError(f"backend {config.name}: {exc}", field="plans",
+                              hint="stock plan names or 'module:function' of an importable module") from None
+        for dev in self.devices.values():
+            if hasattr(dev, "acquire_timeout_s"):  # EPICS builds: every acquisition has a deadline
+                dev.acquire_timeout_s = config.acquire_timeout_s
 
     # ---- per type -----------------------------------------------------------------------------
 
@@ -141,10 +163,41 @@ class PhysicalBackend(Backend):
             return measure
         return bpp.pchain(transfer(dev, sample_id, dest, md), measure, transfer(dev, sample_id, "rack", md))
 
+    def spec(self) -> BackendSpec:
+        spec = super().spec()
+        if self.cfg.plans and not any(o.name == PLAN for o in spec.capabilities):
+            spec.capabilities.append(CapabilityOffer(name=PLAN, fidelity=1.0, duration_s=600.0, cost=1.0))
+        return spec
+
+    def twin_pvdbs(self) -> dict[str, dict[str, Any]]:
+        """The simulated devices of this backend as EPICS IOCs, keyed by PV prefix (``ppu ioc``); only
+        for a backend built with ``simulated: true`` from a real-mode entry (``epics_prefix`` set)."""
+        from ppu.backends.ioc import twin_pvdb
+
+        out: dict[str, dict[str, Any]] = {}
+        for key, dev in self.devices.items():
+            prefix = self.cfg.transfer_prefix if key == "transfer" else self.cfg.epics_prefix
+            epics_cls = getattr(dev, "epics_class", None)
+            if not prefix or epics_cls is None:
+                continue
+            out[prefix] = twin_pvdb(dev, epics_cls, prefix, timeout_s=self.cfg.acquire_timeout_s,
+                                    fault=self.cfg.ioc_fault if key != "transfer" else None)
+        return out
+
     # ---- the contract -------------------------------------------------------------------------
 
     async def start(self) -> None:
         await asyncio.to_thread(self.host.start)
+        if not self.cfg.simulated:  # real mode: every PV connected before a plan may touch one
+            await asyncio.to_thread(self._connect)
+
+    def _connect(self) -> None:
+        for dev in self.devices.values():
+            try:
+                dev.wait_for_connection(timeout=self.cfg.connect_timeout_s)
+            except TimeoutError as exc:
+                raise ConfigError(f"backend {self.name}: {exc}", field="epics_prefix",
+                                  hint="is the instrument's IOC running and reachable (EPICS_CA_ADDR_LIST)?") from None
 
     async def close(self) -> None:
         for dev in self.devices.values():
@@ -163,7 +216,7 @@ class PhysicalBackend(Backend):
 
     def check(self, run: TaskRun) -> dict[str, Any]:
         """Everything that can refuse a task before it moves anything; returns the normalised inputs."""
-        if run.capability != self.capability:
+        if run.capability != self.capability and not (run.capability == PLAN and self.cfg.plans):
             raise _Refused(f"backend {self.name} offers {self.capability}, not {run.capability}")
         try:
             inputs = capabilities.validate_inputs(run.capability, run.inputs)
@@ -193,7 +246,10 @@ class PhysicalBackend(Backend):
             return self.fail(run, str(exc), started, retryable=False)
         md = {"task_id": run.task_id, "attempt": run.attempt, "campaign": run.campaign, "backend": self.name,
               "capability": run.capability}
-        plan = self.plan(run, inputs, md)
+        try:
+            plan = self.user_plan(inputs, md) if run.capability == PLAN else self.plan(run, inputs, md)
+        except PlanRefused as exc:
+            return self.fail(run, f"{exc} (nothing moved)", started, retryable=False)
         await _report(progress, run.task_id, 0.0, f"submitted to the RunEngine of {self.name}")
         fut = self.host.submit(run.task_id, plan)
         try:
@@ -207,11 +263,23 @@ class PhysicalBackend(Backend):
             return self.fail(run, f"{self.capability} on {self.name} interrupted: {why}", started,
                              retryable=False, interrupted=True, **prov)
         try:
-            outputs = capabilities.validate_outputs(run.capability, self.reduce(run, inputs, outcome.documents))
+            reduced = (self.reduce_user_plan(inputs, outcome) if run.capability == PLAN
+                       else self.reduce(run, inputs, outcome.documents))
+            outputs = capabilities.validate_outputs(run.capability, reduced)
         except Exception as exc:  # the run completed; its data did not give an answer
             return self.fail(run, f"{self.capability} on {self.name}: {exc}", started, retryable=False, **prov)
         await _report(progress, run.task_id, 1.0, "done")
         return self.ok(run, outputs, started, **prov)
+
+    def user_plan(self, inputs: dict[str, Any], md: dict[str, Any]) -> PlanFactory:
+        return self.allowed_plans.bind(inputs["plan"], inputs["args"], self.devices,
+                                       {**inputs["md"], **md, "plan_source": "bluesky.plan task"})
+
+    @staticmethod
+    def reduce_user_plan(inputs: dict[str, Any], outcome: PlanOutcome) -> dict[str, Any]:
+        events = sum(1 for n, _ in outcome.documents if n == "event")
+        return {"plan": inputs["plan"], "run_uids": outcome.run_uids, "exit_status": outcome.exit_status,
+                "events": events}
 
     def _keep_documents(self, run: TaskRun, outcome: PlanOutcome) -> dict[str, Any]:
         where = []

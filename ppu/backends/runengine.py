@@ -19,10 +19,12 @@ to the RE thread, which waits for it while the RunEngine is paused.
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bluesky import RunEngine
@@ -56,10 +58,37 @@ class _Job:
     aborted: str | None = None
 
 
+class LabScanIds:
+    """``scan_id`` continuous across every RunEngine of a lab (and across restarts): one counter file under the
+    lab's run folder, advanced under an exclusive file lock, so the lab's documents go 1, 2, 3, ... rather than
+    1, 1, 2, 2 (one counter per RunEngine). Instruments on other machines share it through that folder."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __call__(self, md: dict[str, Any] | None = None) -> int:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            fh.seek(0)
+            text = fh.read().strip()
+            n = (int(text) if text.isdigit() else 0) + 1
+            fh.seek(0)
+            fh.truncate()
+            fh.write(str(n))
+            fh.flush()
+            os.fsync(fh.fileno())
+        return n
+
+
 class RunEngineHost:
-    def __init__(self, name: str, *, md: dict[str, Any] | None = None):
+    def __init__(self, name: str, *, md: dict[str, Any] | None = None,
+                 scan_ids: Callable[[dict[str, Any]], int] | None = None):
         self.name = name
         self._md = md or {}
+        self._scan_ids = scan_ids
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._control: queue.Queue[tuple[str, str]] = queue.Queue()
         self._ready = threading.Event()
@@ -102,6 +131,8 @@ class RunEngineHost:
     def _main(self) -> None:
         try:
             self.RE = RunEngine(dict(self._md), context_managers=[], during_task=DuringTask())
+            if self._scan_ids is not None:
+                self.RE.scan_id_source = self._scan_ids
 
             def count(msg: Msg) -> None:
                 self.messages_sent += 1

@@ -64,6 +64,9 @@ class CampaignConfig(Strict):
     screening: ScreeningSpec = Field(default_factory=ScreeningSpec)
     parallel: ParallelSpec = Field(default_factory=ParallelSpec)
     simulated: bool = Field(True, description="false: the real lab (backends from lab_config)")
+    instruments: Literal["simulated", "epics"] = Field(
+        "simulated", description="simulated: Ophyd devices on simulated signals in the workers; epics: the same "
+        "twins served as EPICS IOCs by a `ppu ioc` process and driven over Channel Access (the real-mode path)")
     lab_config: str | None = Field(None, description="lab YAML with the real backends (simulated: false)")
 
 

@@ -11,6 +11,7 @@ pipeline passed to the optimiser as pending.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -96,6 +97,12 @@ def lab_config(cfg: CampaignConfig, run_dir: Path) -> LabConfig:
     backends: list[dict[str, Any]] = [
         {"type": "synthesis_robot", "name": f"robot-{i + 1}", **phys} for i in range(cfg.parallel.synthesis_robots)]
     backends += [{"type": "xrd", "name": "xrd-1", **phys}, {"type": "gas_sorption", "name": "sorption-1", **phys}]
+    if cfg.instruments == "epics":  # the same twins, reached over Channel Access under these prefixes
+        for b in backends:
+            prefix = b["name"].upper().replace("-", "") + ":"
+            b.update({"simulated": False, "epics_prefix": prefix, "acquire_timeout_s": 600.0})
+            if b["type"] != "synthesis_robot":
+                b["transfer_prefix"] = prefix + "XFER:"
     registry = str(run_dir / "models")
     backends += [
         {"type": "torch", "name": "twin", "batch_size": 512, "max_wait_ms": 20, "device": "auto",
@@ -303,6 +310,7 @@ async def run_campaign(cfg: CampaignConfig, run_dir: Path, *,
                        loop_class: type[CampaignLoop] | None = None) -> CampaignResult:
     """Run one campaign on the simulated lab (an EmbeddedLab); the run folder gets the store and logs."""
     from ppu.transport.lab import EmbeddedLab
+    from ppu.transport.serve import ioc_process
 
     if not cfg.simulated:
         raise ConfigError("campaigns on a real lab are not wired yet (simulated: false)", field="simulated",
@@ -315,7 +323,12 @@ async def run_campaign(cfg: CampaignConfig, run_dir: Path, *,
     lab = lab_config(cfg, run_dir)
     t_wall = time.time()
     embedded = EmbeddedLab(lab, timeout=30.0)
-    async with embedded as client:
+    async with contextlib.AsyncExitStack() as stack:
+        if cfg.instruments == "epics":
+            if on_stage:
+                on_stage("serving the instruments as EPICS IOCs (ppu ioc)")
+            await stack.enter_async_context(ioc_process(lab, run_dir))
+        client = await stack.enter_async_context(embedded)
         if on_lab:
             on_lab(embedded.address)  # e.g. a dashboard that watches this lab through its own client
         loop = (loop_class or CampaignLoop)(client, cfg, pool, run_dir, on_progress)

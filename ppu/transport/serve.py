@@ -12,11 +12,17 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from urllib.parse import urlparse
+
+import yaml
 
 from ppu.backends.registry import build_backend
 from ppu.config import LabConfig
+from ppu.errors import ConfigError
 from ppu.orchestrator import Orchestrator
 from ppu.store import Store
 from ppu.transport.client import PPUClient
@@ -73,6 +79,70 @@ async def serve_worker(lab: LabConfig, connect: str | None, backends: list[str],
         announce("worker stopping")
     finally:
         await worker.close()
+
+
+async def serve_iocs(lab: LabConfig, interfaces: list[str] | None = None,
+                     announce: Callable[[str], None] = print) -> None:
+    """``ppu ioc``: serve the simulated twin of every real-mode instrument of the lab (``simulated: false``
+    with an ``epics_prefix``) as an EPICS IOC, with the same world, time scale and faults."""
+    try:
+        from ppu.backends.ioc import lab_pvdb, serve
+    except ImportError as exc:
+        raise ConfigError(f"serving IOCs needs caproto ({exc})", hint="pip install 'ppu[epics]'") from None
+    entries = [b for b in lab.backends if b.get("epics_prefix") and b.get("simulated") is False]
+    if not entries:
+        raise ConfigError(f"no instrument of lab {lab.name} is in real mode", field="backends",
+                          hint="give the instruments `simulated: false` and an `epics_prefix`")
+    twins = [build_backend({**b, "simulated": True}) for b in entries]
+    pvdb = lab_pvdb(twins)
+    announce(f"IOCs of lab {lab.name}: {len(pvdb)} PVs for {', '.join(str(b['name']) for b in entries)} "
+             f"(Channel Access port {os.environ.get('EPICS_CA_SERVER_PORT', '5064')})")
+    server = asyncio.ensure_future(serve(pvdb, interfaces))
+    try:
+        await asyncio.wait([asyncio.ensure_future(_stop_event().wait()), server],
+                           return_when=asyncio.FIRST_COMPLETED)
+        announce("IOCs stopping")
+    finally:
+        server.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await server
+        for twin in twins:
+            await twin.close()
+
+
+LOOPBACK_CA = {"EPICS_CA_ADDR_LIST": "127.0.0.1", "EPICS_CA_AUTO_ADDR_LIST": "NO",
+               "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1", "EPICS_CAS_AUTO_BEACON_ADDR_LIST": "NO",
+               "EPICS_CAS_BEACON_ADDR_LIST": "127.0.0.1"}
+
+
+@contextlib.asynccontextmanager
+async def ioc_process(lab: LabConfig, run_dir: Path, start_timeout_s: float = 60.0) -> AsyncIterator[None]:
+    """``ppu ioc`` for ``lab`` as a process of its own (as an instrument's IOC is), for the lab's lifetime.
+    Channel Access stays on loopback unless the environment already says otherwise."""
+    for k, v in LOOPBACK_CA.items():
+        os.environ.setdefault(k, v)  # before this process's first CA client reads them
+    path = run_dir / "lab-epics.yaml"
+    path.write_text(yaml.safe_dump(lab.model_dump(mode="json")))
+    log_path = run_dir / "ioc.log"
+    with log_path.open("w") as log:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "ppu.cli", "ioc", "-c", str(path),
+                                                    stdout=log, stderr=asyncio.subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + start_timeout_s
+            while "IOCs of lab" not in log_path.read_text():
+                if proc.returncode is not None or time.monotonic() > deadline:
+                    raise ConfigError(f"ppu ioc did not start: {log_path.read_text()[-2000:]}",
+                                      hint=f"see {log_path}")
+                await asyncio.sleep(0.1)
+            yield
+        finally:
+            if proc.returncode is None:
+                proc.terminate()
+                try:
+                    await asyncio.wait_for(proc.wait(), 10)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
 
 
 def nobody_listens(address: str) -> bool:

@@ -1,0 +1,23 @@
+"""Session-wide settings every test needs before any library reads its environment."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+
+def _free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# Channel Access stays on loopback, on ports this session chose: no search ever leaves the machine, and
+# two test sessions on one machine do not see each other's IOCs. Set before ophyd/caproto read them.
+_port = _free_port(socket.SOCK_STREAM)
+os.environ.update({
+    "EPICS_CA_ADDR_LIST": "127.0.0.1", "EPICS_CA_AUTO_ADDR_LIST": "NO",
+    "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1", "EPICS_CAS_AUTO_BEACON_ADDR_LIST": "NO",
+    "EPICS_CAS_BEACON_ADDR_LIST": "127.0.0.1",
+    "EPICS_CA_SERVER_PORT": str(_port), "EPICS_CA_REPEATER_PORT": str(_free_port(socket.SOCK_DGRAM)),
+})
