@@ -100,7 +100,8 @@ def lab_config(cfg: CampaignConfig, run_dir: Path) -> LabConfig:
     if cfg.instruments == "epics":  # the same twins, reached over Channel Access under these prefixes
         for b in backends:
             prefix = b["name"].upper().replace("-", "") + ":"
-            b.update({"simulated": False, "epics_prefix": prefix, "acquire_timeout_s": 600.0})
+            b.update({"simulated": False, "epics_prefix": prefix, "acquire_timeout_s": 600.0,
+                      "connect_timeout_s": 120.0})
             if b["type"] != "synthesis_robot":
                 b["transfer_prefix"] = prefix + "XFER:"
     registry = str(run_dir / "models")
