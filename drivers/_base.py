@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import numpy as np
 from ophyd import Component as Cpt
 from ophyd import Device, DeviceStatus, EpicsSignal, EpicsSignalRO, Signal
 from ophyd.utils.errors import ReadOnlyError
@@ -33,6 +34,9 @@ class SimSignal(Signal):
         desc: dict[str, Any] = super().describe()
         if self.units:
             desc[self.name]["units"] = self.units
+        value = np.asarray(self._readback)
+        if value.dtype.kind in "biuf":  # numbers: say their numpy type, as an EPICS build does (Tiled needs it)
+            desc[self.name]["dtype_numpy"] = value.dtype.str
         return desc
 
 

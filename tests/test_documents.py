@@ -6,11 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conformance import no_progress
 from event_model import DocumentNames, schema_validators
+from transport_helpers import free_port
 
 from ppu.backends.base import TaskRun
 from ppu.backends.physical import PhysicalBackend
@@ -76,3 +83,73 @@ def test_start_documents_say_what_a_reader_needs(tmp_path: Path) -> None:
         assert doc["campaign"] == "c9"
     synth = [d for d in starts if d["plan_name"] == "synthesize"]
     assert synth and all(d["sample_id"] for d in synth)
+
+
+@pytest.fixture(scope="module")
+def tiled_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A local Tiled server on a temporary SQLite catalog, as its own process."""
+    port = free_port()
+    log = (tmp_path_factory.mktemp("tiled") / "tiled.log").open("w")
+    tiled_exe = str(Path(sys.executable).parent / "tiled")
+    proc = subprocess.Popen([tiled_exe, "serve", "catalog", "--temp", "--api-key", "secret", "--host", "127.0.0.1",
+                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            assert proc.poll() is None, "tiled serve exited"
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                time.sleep(0.1)
+        yield uri
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        log.close()
+
+
+def test_runs_are_read_back_from_tiled(tmp_path: Path, tiled_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tiled.client import from_uri
+
+    monkeypatch.setenv("PPU_TEST_TILED_KEY", "secret")
+    tiled = {"uri": tiled_server, "api_key_env": "PPU_TEST_TILED_KEY"}
+    robot = build_backend({**_entry(tmp_path, "synthesis_robot", "robot"), "tiled": tiled})
+    xrd = build_backend({**_entry(tmp_path, "xrd", "xrd"), "tiled": tiled})
+
+    async def go() -> Any:
+        for b in (robot, xrd):
+            await b.start()
+        try:
+            for i in range(8):
+                recipe = candidate_pool(40, seed=2)[i].model_dump(mode="json")
+                [s] = await robot.run([TaskRun(task_id=f"s{i}", attempt=1, capability="synthesize",
+                                               inputs={"recipe": recipe})], no_progress)
+                if s.status == ResultStatus.succeeded:
+                    [x] = await xrd.run([TaskRun(task_id="x1", attempt=1, capability="characterize.xrd",
+                                                 inputs={"sample_id": s.outputs["sample_id"]}, campaign="c7")],
+                                        no_progress)
+                    return x
+            raise AssertionError("no synthesis succeeded")
+        finally:
+            for b in (robot, xrd):
+                await b.close()
+
+    res = asyncio.run(go())
+    assert res.status == ResultStatus.succeeded
+    assert tiled_server in str(res.provenance.documents)  # the result says where its runs are
+    client = from_uri(tiled_server, api_key="secret")
+    measured = [client[uid] for uid in res.provenance.run_uids
+                if client[uid].metadata["start"]["plan_name"] == "measure_xrd"]
+    [run] = measured
+    start = run.metadata["start"]
+    assert start["task_id"] == "x1" and start["campaign"] == "c7" and start["sample_id"]
+    assert run.metadata["stop"]["exit_status"] == "success"
+    table = run["primary"].read()
+    # the event stream is a Tiled table with the instrument's data keys, one row per event; its units and
+    # shapes travel in the table's metadata (the data keys of the descriptor)
+    assert {"xrd_intensity", "xrd_two_theta", "seq_num", "time"} <= set(table.data_vars)
+    assert table.sizes[next(iter(table.sizes))] == 1
+    keys = run["primary"].metadata["data_keys"]
+    assert keys["xrd_two_theta"]["units"] == "deg" and keys["xrd_intensity"]["shape"][0] > 100
+    client.context.close()

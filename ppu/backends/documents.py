@@ -80,6 +80,51 @@ class StoreSink:
         return list(self.store.documents_for(run_uid))
 
 
+class TiledSink:
+    """Documents into a Tiled server through bluesky's own ``TiledWriter`` (``ppu[tiled]``): runs then read as
+    Tiled nodes (``client[run_uid]``, its ``metadata["start"]`` and its streams as tables), as the Bluesky
+    ecosystem expects. ``read`` gives back the run's start and stop documents; event data is read with the
+    Tiled client. The API key comes from the environment variable the lab file names, never from the file."""
+
+    def __init__(self, uri: str, api_key: str | None = None):
+        from bluesky.callbacks.tiled_writer import TiledWriter
+        from tiled.client import from_uri
+
+        self.uri = uri.rstrip("/")
+        self.client = from_uri(self.uri, api_key=api_key)
+        self.writer = TiledWriter(self.client, batch_size=1)
+
+    def write(self, run_uid: str, task_id: str | None, docs: list[Document]) -> str:
+        for name, doc in docs:
+            self.writer(name, jsonable(doc))  # lists, not numpy arrays: Arrow infers list<double> columns
+        return f"{self.uri}/api/v1/metadata/{run_uid}"
+
+    def read(self, run_uid: str) -> list[Document]:
+        md = self.client[run_uid].metadata
+        return [(name, dict(md[name])) for name in ("start", "stop") if md.get(name)]
+
+    def close(self) -> None:
+        self.client.context.close()
+
+
+class FanOut:
+    """Several sinks at once (JSONL beside Tiled): every run goes to each; ``read`` from the first."""
+
+    def __init__(self, sinks: list[DocumentSink]):
+        self.sinks = sinks
+
+    def write(self, run_uid: str, task_id: str | None, docs: list[Document]) -> str:
+        return ";".join(s.write(run_uid, task_id, docs) for s in self.sinks)
+
+    def read(self, run_uid: str) -> list[Document]:
+        return self.sinks[0].read(run_uid)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            if hasattr(sink, "close"):
+                sink.close()
+
+
 def split_by_run(docs: list[Document]) -> dict[str, list[Document]]:
     """Group a plan's documents by run start uid (a composed plan makes several runs)."""
     out: dict[str, list[Document]] = {}

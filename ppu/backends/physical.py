@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -33,7 +34,7 @@ from pydantic import Field, model_validator
 
 from ppu import capabilities
 from ppu.backends.base import Backend, BackendConfig, ProgressFn, TaskRun
-from ppu.backends.documents import Document, DocumentSink, JsonlSink, split_by_run
+from ppu.backends.documents import Document, DocumentSink, FanOut, JsonlSink, TiledSink, split_by_run
 from ppu.backends.runengine import LabScanIds, PlanOutcome, RunEngineHost
 from ppu.backends.user_plans import AllowedPlans, PlanRefused
 from ppu.drivers import analysis
@@ -43,7 +44,7 @@ from ppu.drivers.transfer import TransferModel, sample_transfer, transfer
 from ppu.drivers.uvvis import measure_uvvis, uvvis_spectrometer
 from ppu.drivers.xrd import measure_xrd, xrd_diffractometer
 from ppu.errors import ConfigError, ValidationFailed
-from ppu.models import BackendKind, BackendSpec, CapabilityOffer, Limit, Result, limit_violations
+from ppu.models import BackendKind, BackendSpec, CapabilityOffer, Limit, Result, Strict, limit_violations
 from ppu.simulators.instruments import (
     FaultConfig,
     InstrumentModel,
@@ -60,6 +61,11 @@ PlanFactory = Callable[[], Iterable[Msg]]
 PLAN = "bluesky.plan"  # a scientist's own plan (ppu.backends.user_plans)
 
 
+class TiledConfig(Strict):
+    uri: str = Field(max_length=2048, pattern=r"^https?://", description="the Tiled server, e.g. http://tiled:8000")
+    api_key_env: str = Field("TILED_API_KEY", max_length=128, description="environment variable holding the key")
+
+
 class PhysicalConfig(BackendConfig):
     epics_prefix: str = Field("", description="PV prefix of the instrument (real mode), e.g. 'XRD1:'")
     transfer_prefix: str | None = Field(None, description="PV prefix of the sample transfer (real mode); "
@@ -71,6 +77,7 @@ class PhysicalConfig(BackendConfig):
     world_csv: str | None = Field(None, description="shortcut for world.csv_path: a world from a table")
     run_dir: str = Field("runs/lab", description="folder for the sample register and the documents")
     documents_dir: str | None = Field(None, description="JSONL documents folder (default <run_dir>/documents)")
+    tiled: TiledConfig | None = Field(None, description="also write every run to this Tiled server")
     faults: FaultConfig = Field(default_factory=FaultConfig, description="faults to inject (simulated)")
     drift_per_hour: float = Field(0.0, ge=0, le=1, description="relative instrument drift per lab hour")
     plans: list[str] = Field(default_factory=list, max_length=200, description="Bluesky plans a scientist may run "
@@ -118,7 +125,7 @@ class PhysicalBackend(Backend):
         if config.simulated:
             self.lab = SimulatedLab.shared(config.lab, config.world, registry_path=config.register_path(),
                                            seed=config.seed)
-        self.sink: DocumentSink = sink or JsonlSink(config.documents_dir or Path(config.run_dir) / "documents")
+        self.sink: DocumentSink = sink or self._sinks(config)
         self.host = RunEngineHost(config.name, md={**config.metadata, "backend": config.name},
                                   scan_ids=LabScanIds(Path(config.run_dir) / "scan_id"))
         self.devices = self.build_devices()
@@ -130,6 +137,18 @@ class PhysicalBackend(Backend):
         for dev in self.devices.values():
             if hasattr(dev, "acquire_timeout_s"):  # EPICS builds: every acquisition has a deadline
                 dev.acquire_timeout_s = config.acquire_timeout_s
+
+    @staticmethod
+    def _sinks(cfg: PhysicalConfig) -> DocumentSink:
+        jsonl = JsonlSink(cfg.documents_dir or Path(cfg.run_dir) / "documents")
+        if cfg.tiled is None:
+            return jsonl
+        try:
+            tiled = TiledSink(cfg.tiled.uri, os.environ.get(cfg.tiled.api_key_env) or None)
+        except ImportError as exc:
+            raise ConfigError(f"backend {cfg.name}: a Tiled sink needs the tiled client ({exc})", field="tiled",
+                              hint="pip install 'ppu[tiled]'") from None
+        return FanOut([jsonl, tiled])
 
     # ---- per type -----------------------------------------------------------------------------
 
@@ -204,6 +223,8 @@ class PhysicalBackend(Backend):
             if hasattr(dev, "_timers"):  # simulated: no acquisition may finish after the loop is gone
                 dev.stop()
         await asyncio.to_thread(self.host.close)
+        if hasattr(self.sink, "close"):  # e.g. a Tiled client's connections
+            self.sink.close()
 
     async def pause(self, defer: bool = False) -> str:
         return await asyncio.to_thread(self.host.request_pause, defer)
