@@ -68,15 +68,31 @@ class _Req(_Msg):
 
 
 class Register(_Req):
+    """Sent once per connection (again only when told ``not_registered`` or left unanswered)."""
+
     type: Literal["register"] = "register"
     worker: str = Field("worker", max_length=128)
+    boot: str = Field("", max_length=64, description="random id of the worker process (not shown anywhere)")
     backends: list[BackendSpec] = Field(min_length=1)
     in_flight: dict[str, list[str]] = Field(default_factory=dict, description="backend -> task ids it holds")
     pending: dict[str, list[Result]] = Field(default_factory=dict, description="backend -> unacked results")
 
 
+RunKey = tuple[str, int]  # (task id, attempt)
+
+
+class Holding(_Msg):
+    """One backend's inventory in a heartbeat."""
+
+    seq: int = Field(0, ge=0, description="highest assignment number received under ``reg``")
+    running: list[RunKey] = Field(default_factory=list, max_length=100_000)
+    unacked: list[RunKey] = Field(default_factory=list, max_length=100_000)
+
+
 class Heartbeat(_Msg):
     type: Literal["heartbeat"] = "heartbeat"
+    reg: str = Field("", max_length=64, description="the worker's registration (its Register's req)")
+    inventory: dict[str, Holding] | None = Field(None, description="backend -> what it holds (workers only)")
 
 
 class Started(_Msg):
@@ -90,6 +106,7 @@ class Progress(_Msg):
     type: Literal["progress"] = "progress"
     backend: str
     task_id: str
+    attempt: int | None = None
     fraction: float = Field(ge=0, le=1)
     message: str = Field("", max_length=4096)
 
@@ -119,16 +136,21 @@ class RegisterOk(_Msg):
 
 
 class Assign(_Msg):
+    """Each run carries its (task id, attempt): the worker runs an attempt at most once."""
+
     type: Literal["assign"] = "assign"
     backend: str
-    batch_id: str
+    batch_id: str = Field(description="a label for logs; it can repeat (never used to deduplicate)")
     runs: list[TaskRun]
+    reg: str = Field("", description="the registration this assignment was made under")
+    seq: int = Field(0, ge=0, description="its number under that registration")
 
 
 class Abort(_Msg):
     type: Literal["abort"] = "abort"
     backend: str
     task_id: str
+    attempt: int = Field(0, ge=0, description="the attempt to stop; 0: whichever runs")
 
 
 class Pause(_Msg):

@@ -7,6 +7,12 @@ started / progress / results out, results re-sent with backoff until acknowledge
 orchestrator is silent for ``heartbeat_s * missed_heartbeats`` (killed, restarted, network),
 the worker throws its socket away, connects a new one and registers again (zguide's Paranoid
 Pirate). One coroutine owns the socket, so replacing it needs no locks.
+
+It registers ONCE per connection: again only when the orchestrator answers ``not_registered`` to a
+message sent after that registration was answered, or when a registration goes unanswered for a
+liveness period. Each heartbeat carries, per backend, the attempts it runs and has not had
+acknowledged, and the highest assignment number it received under its registration, so the
+orchestrator can re-send an assignment that never arrived and abort work it no longer expects.
 """
 
 from __future__ import annotations
@@ -53,6 +59,10 @@ class Worker:
         self._main: asyncio.Task[None] | None = None
         self._side: set[asyncio.Task[Any]] = set()
         self._register_req = ""
+        self._register_sent_at = 0.0  # when the registration now awaiting an answer was sent (0: none)
+        self.boot = uuid.uuid4().hex  # this process; tells the orchestrator "the same worker came back"
+        self._seq: dict[str, int] = {}  # backend -> highest assignment number under the registration
+        self.registrations = 0
 
     # ---- life cycle ------------------------------------------------------------------------
 
@@ -124,9 +134,12 @@ class Worker:
 
     def _send_register(self) -> None:
         self._register_req = p.new_req()
-        self._last_register = time.monotonic()
+        self._last_register = self._register_sent_at = time.monotonic()
+        self._seq = {}
+        self.registered = False
+        self.registrations += 1
         specs = [h.backend.spec() for h in self.hosts.values()]
-        self._send(p.Register(req=self._register_req, worker=self.name, backends=specs,
+        self._send(p.Register(req=self._register_req, worker=self.name, boot=self.boot, backends=specs,
                               in_flight={n: h.in_flight() for n, h in self.hosts.items()},
                               pending={n: h.pending_results() for n, h in self.hosts.items() if h.unacked}))
 
@@ -135,7 +148,8 @@ class Worker:
             if kind == "started":
                 self._send(p.Started(backend=backend, **payload))
             elif kind == "progress":
-                self._send(p.Progress(backend=backend, task_id=payload["task_id"],
+                attempt = self.hosts[backend].attempt_of.get(payload["task_id"])
+                self._send(p.Progress(backend=backend, task_id=payload["task_id"], attempt=attempt,
                                       fraction=min(1.0, max(0.0, float(payload["fraction"]))),
                                       message=str(payload["message"])[:4096]))
             elif kind == "result":
@@ -170,11 +184,20 @@ class Worker:
                 self._close_socket()
                 self._open()
                 continue
-            if not self.registered and now - self._last_register > tick:
-                self._send_register()
-            self._send(p.Heartbeat())
+            if not self.registered and now - self._last_register > tick * self.missed:
+                self._send_register()  # unanswered (lost, or refused while another connection held it)
+            self._send(self._heartbeat())
             if self.registered:
                 self._resend(now)
+
+    def _heartbeat(self) -> p.Heartbeat:
+        if not self.registered:
+            return p.Heartbeat()
+        inv = {}
+        for name, host in self.hosts.items():
+            running, unacked = host.holding()
+            inv[name] = p.Holding(seq=self._seq.get(name, 0), running=running, unacked=unacked)
+        return p.Heartbeat(reg=self._register_req, inventory=inv)
 
     def _resend(self, now: float) -> None:
         for name, host in self.hosts.items():
@@ -192,11 +215,16 @@ class Worker:
             case p.Heartbeat():
                 pass
             case p.RegisterOk():
+                if msg.req != self._register_req:
+                    return  # the answer to an earlier registration
                 self.registered = True
+                self._register_sent_at = 0.0
                 log.info("registered %s at %s", ", ".join(msg.backends), self.connect_to)
             case p.Assign():
                 host = self.hosts.get(msg.backend)
                 if host is not None:
+                    if msg.reg == self._register_req:
+                        self._seq[msg.backend] = max(self._seq.get(msg.backend, 0), msg.seq)
                     host.assign(msg.batch_id, msg.runs)
             case p.Ack():
                 host = self.hosts.get(msg.backend)
@@ -206,15 +234,18 @@ class Worker:
             case p.Abort():
                 host = self.hosts.get(msg.backend)
                 if host is not None:
-                    self._spawn(host.abort(msg.task_id))
+                    self._spawn(host.abort(msg.task_id, msg.attempt))
             case p.Pause() | p.Resume():
                 host = self.hosts.get(msg.backend)
                 if host is not None:
                     self._spawn(self._pause(host, msg))
             case p.Error():
                 if msg.code == p.NotRegistered.code:
-                    self.registered = False
-                    self._send_register()
+                    # Register once: while a registration awaits its answer, a not_registered is
+                    # the answer to a message sent before it (e.g. queued while the orchestrator
+                    # restarted), not a reason to register again.
+                    if not self._register_sent_at:
+                        self._send_register()
                 elif msg.req and msg.req == self._register_req:
                     log.error("the orchestrator refused the registration: %s (%s)", msg.message, msg.hint)
                 else:
