@@ -392,7 +392,6 @@ class Orchestrator:
         holder = self.sched.holder(task_id)
         if holder is None or (backend is not None and (
                 holder[0] != backend or (attempt is not None and attempt != holder[1]))):
-            self.counters["progress_refused"] += 1
             raise NotAllowed(f"progress for task {task_id!r}, which {backend or 'nobody'} holds now",
                              field="task_id")
         self.progress_of[task_id] = {"fraction": fraction, "message": message, "at": self.clock()}
