@@ -363,8 +363,13 @@ def test_restart_storm_sends_nothing_to_review_that_ran_or_never_started(tmp_pat
             assert review == [], [(t.id, t.state, t.error) for t in review]
             synth = [i for i, s in zip(ids, specs, strict=True) if s["capability"] == "synthesize"]
             assert all(runs[tid] == 1 for tid in synth), {tid: runs[tid] for tid in synth if runs[tid] != 1}
-            # once per connection: at most one registration per restart plus one per reconnect
-            assert worker.registrations <= 1 + kills + worker.reconnects, (worker.registrations, worker.reconnects)
+            # once per connection: one registration per new connection or not_registered answer,
+            # and the orchestrator takes one registration per incarnation (the issue saw 7 to 58)
+            processed = [a for a in await client.audit() if a.action == "register"]
+            print(f"storm: kills={kills} sent={worker.registrations} reconnects={worker.reconnects} "
+                  f"processed={len(processed)}")
+            assert worker.registrations <= 1 + kills + worker.reconnects
+            assert len(processed) <= 2 * (1 + kills)
         finally:
             await client.close()
             await worker.close()

@@ -63,6 +63,8 @@ class Worker:
         self.boot = uuid.uuid4().hex  # this process; tells the orchestrator "the same worker came back"
         self._seq: dict[str, int] = {}  # backend -> highest assignment number under the registration
         self.registrations = 0
+        self._silence_s = heartbeat_s * missed_heartbeats
+        self._refused_at = 0.0
 
     # ---- life cycle ------------------------------------------------------------------------
 
@@ -177,15 +179,19 @@ class Worker:
                 continue
             now = time.monotonic()
             next_beat = now + tick
-            if now - self._last_heard > tick * self.missed:
+            if now - self._last_heard > self._silence_s:
                 log.warning("orchestrator at %s silent for %.1fs: reconnecting", self.connect_to,
                             now - self._last_heard)
                 self.reconnects += 1
+                # back off while it stays away (Paranoid Pirate); a new socket's registration waits
+                # in its queue and leaves the moment the orchestrator is back
+                self._silence_s = min(self._silence_s * 2, max(tick * self.missed, 30.0))
                 self._close_socket()
                 self._open()
                 continue
-            if not self.registered and now - self._last_register > tick * self.missed:
-                self._send_register()  # unanswered (lost, or refused while another connection held it)
+            if self._refused_at and now - self._refused_at > tick * self.missed:
+                self._refused_at = 0.0
+                self._send_register()  # refused while another live connection held a backend: try again
             self._send(self._heartbeat())
             if self.registered:
                 self._resend(now)
@@ -211,6 +217,7 @@ class Worker:
 
     def _on_message(self, msg: Any) -> None:
         self._last_heard = time.monotonic()
+        self._silence_s = self.heartbeat_s * self.missed
         match msg:
             case p.Heartbeat():
                 pass
@@ -248,6 +255,7 @@ class Worker:
                         self._send_register()
                 elif msg.req and msg.req == self._register_req:
                     log.error("the orchestrator refused the registration: %s (%s)", msg.message, msg.hint)
+                    self._refused_at = time.monotonic()
                 else:
                     log.warning("orchestrator error: %s: %s", msg.code, msg.message)
             case _:
