@@ -33,9 +33,13 @@ from ppu.transport import AsyncPPUClient, OrchestratorServer, Worker
 class RawPeer:
     """A hand-driven DEALER: a rogue or a worker that misbehaves on purpose."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, addr: str):
+    def __init__(self, ctx: zmq.asyncio.Context, addr: str, curve: Any = None):
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            self.sock.curve_publickey = curve.public
+            self.sock.curve_secretkey = curve.secret
+            self.sock.curve_serverkey = curve.server_public
         self.sock.connect(addr)
 
     async def send(self, msg: Any) -> None:
@@ -375,3 +379,62 @@ def test_restart_storm_sends_nothing_to_review_that_ran_or_never_started(tmp_pat
             await worker.close()
             _kill(orch_proc)
     run(body(), 150)
+
+
+def test_a_worker_key_cannot_report_for_backends_it_does_not_hold(tmp_path: Path):
+    """Issue 13.1 with CURVE: a worker key allowed only `echo-2` registers it, then reports a result
+    for the robot's running task (naming either backend): refused, counted, audited, no effect."""
+    from ppu.transport import generate_keys, peer_keys
+
+    log = tmp_path / "runs.log"
+    keys = tmp_path / "keys"
+    for name in ("orchestrator", "robot-pc", "other-pc", "client"):
+        generate_keys(name, keys)
+    lab = lab_config(tmp_path, [_synth("robot", log, duration_s=300.0),
+                                {"type": "echo", "name": "echo-2", "duration_s": 0.0}],
+                     security={"curve": True, "keys_dir": str(keys), "clients": ["client"],
+                               "workers": {"robot-pc": ["robot"], "other-pc": ["echo-2"]}})
+
+    async def body() -> None:
+        store = Store(lab.store_url())
+        orch = Orchestrator(store, lab.orchestrator, lab.autonomy)
+        await orch.start()
+        server = OrchestratorServer(orch, "tcp://127.0.0.1:0", lab.security)
+        addr = await server.start()
+        ctx = zmq.asyncio.Context()
+        worker = Worker(addr, [build_backend(lab.backend_entry("robot"))], heartbeat_s=HB,
+                        curve=peer_keys(lab.security, "robot-pc"))
+        other = RawPeer(ctx, addr, curve=peer_keys(lab.security, "other-pc"))
+        client = AsyncPPUClient(addr, timeout=5, curve=peer_keys(lab.security, "client"))
+        try:
+            await worker.start()
+            await worker.wait_registered(10)
+            await other.send(p.Register(req="o1", worker="other",
+                                        backends=[build_backend(lab.backend_entry("echo-2")).spec()]))
+            await other.expect("register_ok")
+            [tid] = await client.submit([{"capability": "synthesize", "inputs": RECIPE}])
+            await until(lambda: _runs(log)[tid] == 1, 10, "the synthesis to run on the robot")
+            for backend, code in (("echo-2", "not_allowed"), ("robot", "not_registered")):
+                await other.send(p.ResultMsg(backend=backend, result=Result(
+                    task_id=tid, attempt=1, status=ResultStatus.succeeded,
+                    outputs={"sample_id": "forged", "mass_mg": 1.0})))
+                assert (await other.expect("error")).code == code
+            # and it may not register the robot either
+            await other.send(p.Register(req="o2", worker="other",
+                                        backends=[build_backend(lab.backend_entry("robot")).spec()]))
+            assert (await other.expect("error")).code == "not_allowed"
+            [t] = await client.wait([tid], timeout=20)
+            assert t.state is TaskState.succeeded
+            assert {s.id for s in store.list_samples()} == {f"s-{tid}"}
+            assert orch.counters["refused_result"] == 2
+            refused = [a for a in store.audit_entries() if a.action == "refused_result"]
+            assert len(refused) == 2 and all(a.target == tid for a in refused)
+        finally:
+            await client.close()
+            other.close()
+            await worker.close()
+            await server.close()
+            await orch.close()
+            store.close()
+            ctx.term()
+    run(body(), 60)
