@@ -324,9 +324,10 @@ class OrchestratorServer:
     async def _register(self, identity: bytes, key: str | None, msg: p.Register) -> None:
         refused = [s.name for s in msg.backends if not self.auth.may_register(key, s.name)]
         now = self.orch.clock()
-        held = [s.name for s in msg.backends if (old := self.backend_peer.get(s.name)) is not None
-                and old != identity and self.orch.sched.is_alive(s.name, now)
-                and (not msg.boot or self.peers[old].boot != msg.boot)]
+        held = [s.name for s in msg.backends
+                if (holder := self.peers.get(self.backend_peer.get(s.name, b""))) is not None
+                and holder.identity != identity and self.orch.sched.is_alive(s.name, now)
+                and (not msg.boot or holder.boot != msg.boot)]
         if held and not refused:
             self.orch.counters["refused_takeover"] += 1
             self.orch.audit(AuditEntry(
