@@ -162,6 +162,7 @@ class SchedulerConfig:
     backoff_max_s: float = 300.0
     restart_grace_s: float = 10.0  # how long a restarted scheduler waits for workers to come back
     forget_after_s: float = 60.0  # a lost backend holding nothing is forgotten this long after its loss
+    tick_gap_s: float = 1.0  # ticks further apart than this mean the orchestrator itself stalled
 
 
 class Scheduler:
@@ -184,6 +185,7 @@ class Scheduler:
         self._step = Step()
         self._terminal: dict[str, _T] = {}  # tasks that ended during the current step
         self._now = 0.0
+        self._last_tick = 0.0
 
     # ---- public surface ------------------------------------------------------------------
 
@@ -561,6 +563,13 @@ class Scheduler:
 
     def _on_tick(self) -> None:
         now = self._now
+        gap = now - self._last_tick if self._last_tick else 0.0
+        self._last_tick = now
+        if gap > self.cfg.tick_gap_s:
+            # We were not listening (our own loop stalled): that silence is not the workers'.
+            for b in self._backends.values():
+                if b.registered:
+                    b.alive_until = max(b.alive_until, now + b.liveness_s)
         while self._delayed and self._delayed[0][0] <= now:
             _, tid = heapq.heappop(self._delayed)
             t = self._tasks.get(tid)

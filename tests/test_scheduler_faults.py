@@ -162,3 +162,17 @@ def test_lost_backend_is_forgotten_when_it_never_comes_back():
     assert s.backends() == [] and any(isinstance(i, Forget) and i.expired for i in st.instructions)
     assert not s.is_registered("spoof-1")
     assert all("spoof-1" not in names for names in s._offered_by.values())
+
+
+def test_a_stall_of_the_orchestrator_itself_loses_no_backend():
+    """Issue 12.7: the loop was blocked for seconds; the silence was ours, not the worker's."""
+    s = sched()
+    _robot(s, liveness=1.0)
+    submit(s, task("syn", "synthesize", ONCE))
+    s.handle(Tick(0.4))
+    s.handle(Tick(8.4))  # the next tick comes 8 s late
+    assert s.is_registered("robot") and s.state_of("syn") is S.assigned
+    s.handle(Tick(8.9))
+    assert s.is_registered("robot")
+    s.handle(Tick(9.5))  # and now it really is silent
+    assert not s.is_registered("robot") and s.state_of("syn") is S.needs_review
