@@ -45,6 +45,11 @@ def new_req() -> str:
     return uuid.uuid4().hex[:16]
 
 
+def result_req(r: Result) -> str:
+    """The ``req`` of an error that refuses a result: the worker stops re-sending that attempt."""
+    return f"result:{r.attempt}:{r.task_id}"
+
+
 # reasons a frame is refused (ProtocolError.data["reason"], and the server's counter names)
 BAD_FRAMES = "bad_frame_count"
 BAD_VERSION = "bad_version"

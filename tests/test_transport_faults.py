@@ -438,3 +438,34 @@ def test_a_worker_key_cannot_report_for_backends_it_does_not_hold(tmp_path: Path
             store.close()
             ctx.term()
     run(body(), 60)
+
+
+def test_work_the_orchestrator_does_not_expect_is_aborted_and_let_go(tmp_path: Path):
+    """Issue 12.4, the other side: a worker runs an attempt nobody assigned it (as after a lost
+    abort). Its inventory shows it; the orchestrator aborts it and refuses its result, which the
+    worker then stops re-sending."""
+    from ppu.backends.base import TaskRun
+
+    log = tmp_path / "runs.log"
+    lab = lab_config(tmp_path, [_synth("robot", log, duration_s=3000.0)])
+
+    async def body() -> None:
+        store, orch, server, addr = await _serve(lab)
+        worker = Worker(addr, [build_backend(lab.backend_entry("robot"))], heartbeat_s=HB)
+        try:
+            await worker.start()
+            await worker.wait_registered(10)
+            worker._on_message(p.Assign(backend="robot", batch_id="robot#1", reg="stale", seq=7, runs=[
+                TaskRun(task_id="ghost", attempt=1, capability="echo", inputs={"x": 1})]))
+            host = worker.hosts["robot"]
+            assert host.holding()[0] == [("ghost", 1)]
+            await until(lambda: host.holding() == ([], []), 10, "the ghost run to be aborted and let go")
+            assert _runs(log)["ghost"] == 1
+            assert orch.counters["refused_result"] == 1
+            assert orch.sched.state_of("ghost") is None and store.get_task("ghost") is None
+        finally:
+            await worker.close()
+            await server.close()
+            await orch.close()
+            store.close()
+    run(body(), 60)

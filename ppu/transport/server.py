@@ -296,7 +296,7 @@ class OrchestratorServer:
                 await self._result(identity, key, msg)
         except NotAllowed as exc:
             self._refused(identity, key, msg, str(exc))
-            await self.send(identity, p.Error.of(exc))
+            await self.send(identity, p.Error.of(exc, p.result_req(msg.result) if isinstance(msg, p.ResultMsg) else ""))
 
     def _refused(self, identity: bytes, key: str | None, msg: Any, why: str) -> None:
         """A start, progress or result from a peer that does not hold that attempt: count and audit."""
@@ -361,7 +361,7 @@ class OrchestratorServer:
                         await self._result(identity, key, rm)
                     except NotAllowed as exc:
                         self._refused(identity, key, rm, str(exc))
-                        await self.send(identity, p.Error.of(exc))
+                        await self.send(identity, p.Error.of(exc, p.result_req(r)))
         self.orch.counters["registrations"] += 1
         await self.send(identity, p.RegisterOk(req=msg.req, backends=sorted(peer.backends),
                                                heartbeat_s=self.cfg.heartbeat_s))

@@ -253,6 +253,14 @@ class Worker:
                     # restarted), not a reason to register again.
                     if not self._register_sent_at:
                         self._send_register()
+                elif msg.code == "not_allowed" and msg.req.startswith("result:"):
+                    # refused for good (not this attempt's holder): keeping it would re-send forever
+                    _, n, task_id = msg.req.split(":", 2)
+                    log.error("the orchestrator refused our result for %s attempt %s: %s", task_id, n, msg.message)
+                    attempt = int(n) if n.isdigit() else -1
+                    for host in self.hosts.values():
+                        host.ack(task_id, attempt)
+                    self._resend_at.pop((task_id, attempt), None)
                 elif msg.req and msg.req == self._register_req:
                     log.error("the orchestrator refused the registration: %s (%s)", msg.message, msg.hint)
                     self._refused_at = time.monotonic()
