@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -22,6 +23,8 @@ from ppu.backends.base import Backend, TaskRun
 from ppu.models import Result, ResultStatus
 
 log = logging.getLogger(__name__)
+
+_REMEMBER = 4096  # acknowledged attempts remembered, so a late duplicate assign never runs one again
 
 ReportFn = Callable[[str, dict[str, Any]], Awaitable[None]]
 """report(kind, payload): kind is 'started', 'progress' or 'result'."""
@@ -37,6 +40,7 @@ class BackendHost:
         self.unacked: dict[tuple[str, int], Result] = {}
         self._started = False
         self._runs = 0
+        self._acked: OrderedDict[tuple[str, int], None] = OrderedDict()
 
     @property
     def name(self) -> str:
@@ -58,7 +62,7 @@ class BackendHost:
     def assign(self, batch_id: str, runs: list[TaskRun]) -> bool:
         """Start the runs not already held; False when every one was (a re-sent assignment)."""
         fresh = [r for r in runs if self.attempt_of.get(r.task_id) != r.attempt
-                 and (r.task_id, r.attempt) not in self.unacked]
+                 and (r.task_id, r.attempt) not in self.unacked and (r.task_id, r.attempt) not in self._acked]
         if not fresh:
             return False
         self._runs += 1
@@ -96,7 +100,10 @@ class BackendHost:
             await self.report("result", r.model_dump(mode="json"))
 
     def ack(self, task_id: str, attempt: int) -> None:
-        self.unacked.pop((task_id, attempt), None)
+        if self.unacked.pop((task_id, attempt), None) is not None:
+            self._acked[(task_id, attempt)] = None
+            if len(self._acked) > _REMEMBER:
+                self._acked.popitem(last=False)
 
     def pending_results(self) -> list[Result]:
         return list(self.unacked.values())

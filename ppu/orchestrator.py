@@ -258,6 +258,12 @@ class Orchestrator:
             self.busy_log.append({"backend": backend, "start": start, "end": at, "batch": batch_id})
 
     async def _assign(self, link: WorkerLink, ins: Assign, runs: list[TaskRun]) -> None:
+        # Sent from a task, so an ack may have left first: send only what is still this attempt's
+        # (a re-sent assign arriving after the result's ack would otherwise run it again).
+        runs = [r for r in runs if self.sched.holder(r.task_id) == (ins.backend, r.attempt)
+                and self.sched.state_of(r.task_id) is TaskState.assigned]
+        if not runs:
+            return
         try:
             await link.assign(ins.backend, ins.batch_id, runs, ins.reg, ins.seq)
         except PPUError as exc:  # refused before it left (no connection, queue full): requeue
