@@ -263,6 +263,7 @@ class Orchestrator:
         runs = [r for r in runs if self.sched.holder(r.task_id) == (ins.backend, r.attempt)
                 and self.sched.state_of(r.task_id) is TaskState.assigned]
         if not runs:
+            self.counters["assign_not_current"] += 1
             return
         try:
             await link.assign(ins.backend, ins.batch_id, runs, ins.reg, ins.seq)
