@@ -188,8 +188,10 @@ class OrchestratorServer:
         if peer is None or identity is None:
             return
         peer.backends.discard(backend)
-        asyncio.get_running_loop().create_task(self.send(identity, p.Error.of(p.NotRegistered(
+        t = asyncio.get_running_loop().create_task(self.send(identity, p.Error.of(p.NotRegistered(
             f"backend {backend} was declared lost ({reason})", hint="register again"))))
+        self._tasks.add(t)  # keep a reference until it is done (asyncio holds weak ones)
+        t.add_done_callback(self._tasks.discard)
 
     async def ask_worker(self, backend: str, msg: p.Pause | p.Resume) -> str:
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
