@@ -23,7 +23,7 @@ from transport_helpers import HB, SYNTH, free_port, lab_config, run, until
 from ppu import protocol as p
 from ppu.backends.registry import build_backend
 from ppu.config import AutonomyConfig, LabConfig, parse_lab
-from ppu.models import Result, ResultStatus, TaskState
+from ppu.models import Result, ResultStatus, TaskSpec, TaskState
 from ppu.orchestrator import Orchestrator
 from ppu.protocol import WaitTimeout
 from ppu.store import Store
@@ -463,6 +463,38 @@ def test_work_the_orchestrator_does_not_expect_is_aborted_and_let_go(tmp_path: P
             assert _runs(log)["ghost"] == 1
             assert orch.counters["refused_result"] == 1
             assert orch.sched.state_of("ghost") is None and store.get_task("ghost") is None
+        finally:
+            await worker.close()
+            await server.close()
+            await orch.close()
+            store.close()
+    run(body(), 60)
+
+
+def test_registering_again_happens_on_a_new_connection_once(tmp_path: Path):
+    """Issue 12.1: a registration's list of held work must be exact, so a worker registers again
+    only on a fresh connection (what the old one still carried is dropped unread with it), and
+    a burst of not_registered answers to older messages yields one registration, not one each."""
+    log = tmp_path / "runs.log"
+    lab = lab_config(tmp_path, [_synth("robot", log)])
+
+    async def body() -> None:
+        store, orch, server, addr = await _serve(lab)
+        worker = Worker(addr, [build_backend(lab.backend_entry("robot"))], heartbeat_s=HB)
+        try:
+            await worker.start()
+            await worker.wait_registered(10)
+            first = server.backend_peer["robot"]
+            regs = worker.registrations
+            for _ in range(20):  # as after a restart: answers to messages queued before registering
+                await server.send(first, p.Error.of(p.NotRegistered("not registered")))
+            await until(lambda: worker.registered and server.backend_peer.get("robot") not in (None, first), 10,
+                        "the registration on the new connection")
+            assert worker.registrations == regs + 1 and worker.reconnects == 1
+            assert orch.counters["registrations"] == 2
+            [tid] = orch.submit([TaskSpec(capability="synthesize", inputs=RECIPE)])
+            [t] = await orch.wait([tid], timeout=10)
+            assert t.state is TaskState.succeeded and _runs(log)[tid] == 1
         finally:
             await worker.close()
             await server.close()

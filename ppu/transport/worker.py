@@ -8,11 +8,12 @@ orchestrator is silent for ``heartbeat_s * missed_heartbeats`` (killed, restarte
 the worker throws its socket away, connects a new one and registers again (zguide's Paranoid
 Pirate). One coroutine owns the socket, so replacing it needs no locks.
 
-It registers ONCE per connection: again only when the orchestrator answers ``not_registered`` to a
-message sent after that registration was answered, or when a registration goes unanswered for a
-liveness period. Each heartbeat carries, per backend, the attempts it runs and has not had
-acknowledged, and the highest assignment number it received under its registration, so the
-orchestrator can re-send an assignment that never arrived and abort work it no longer expects.
+It registers ONCE per connection, as the connection's first message; to register again (the
+orchestrator answered ``not_registered`` to a message sent after the registration was answered,
+or refused the registration) it opens a new connection. Each heartbeat carries, per backend,
+the attempts it runs and has not had acknowledged, and the highest assignment number it received
+under its registration, so the orchestrator can re-send an assignment that never arrived and abort
+work it no longer expects.
 """
 
 from __future__ import annotations
@@ -116,6 +117,14 @@ class Worker:
         self._last_heard = time.monotonic()
         self._send_register()
 
+    def _reconnect(self) -> None:
+        """Register again on a NEW connection. Whatever the old one still had on its way in is
+        dropped unread with it, so the new registration's list of held work is exact: an
+        assignment the orchestrator sent before processing it never reached this worker."""
+        self.reconnects += 1
+        self._close_socket()
+        self._open()
+
     def _close_socket(self) -> None:
         if self._sock is not None:
             self._sock.close(linger=0)
@@ -191,7 +200,7 @@ class Worker:
                 continue
             if self._refused_at and now - self._refused_at > tick * self.missed:
                 self._refused_at = 0.0
-                self._send_register()  # refused while another live connection held a backend: try again
+                self._reconnect()  # refused while another live connection held a backend: try again
             self._send(self._heartbeat())
             if self.registered:
                 self._resend(now)
@@ -252,7 +261,7 @@ class Worker:
                     # the answer to a message sent before it (e.g. queued while the orchestrator
                     # restarted), not a reason to register again.
                     if not self._register_sent_at:
-                        self._send_register()
+                        self._reconnect()
                 elif msg.code == "not_allowed" and msg.req.startswith("result:"):
                     # refused for good (not this attempt's holder): keeping it would re-send forever
                     _, n, task_id = msg.req.split(":", 2)
