@@ -22,6 +22,9 @@ class Submit:
     at: float
 
 
+RunKey = tuple[str, int]  # (task id, attempt): the identity of one attempt, end to end
+
+
 @dataclass(frozen=True, slots=True)
 class RegisterBackend:
     spec: BackendSpec
@@ -29,12 +32,41 @@ class RegisterBackend:
     # task ids the worker still holds (None: a fresh worker that holds nothing)
     in_flight: tuple[str, ...] = ()
     liveness_s: float = 3.0
+    # The worker process that registered is the one that held this backend before (same boot id):
+    # an in-flight task it does not hold provably never reached it, so it goes back to its queue.
+    same_worker: bool = False
+    reg: str = ""  # the registration's id; assignments and inventories carry it
+
+
+@dataclass(frozen=True, slots=True)
+class Inventory:
+    """What a worker holds for one backend, as of one heartbeat (Majordomo-style reconciliation).
+
+    ``seq`` is the highest assignment number it had received under registration ``reg`` when it
+    sent the heartbeat: assignments numbered above it were still on their way.
+    """
+
+    reg: str
+    seq: int
+    running: tuple[RunKey, ...] = ()
+    unacked: tuple[RunKey, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
     backend: str
     at: float
+    inventory: Inventory | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Undelivered:
+    """An assignment that provably never left the orchestrator (no connected worker, send refused)."""
+
+    backend: str
+    tasks: tuple[RunKey, ...]
+    at: float
+    why: str = "no connected worker"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +97,7 @@ class Started:
     task_id: str
     attempt: int
     at: float
+    backend: str | None = None  # None: an in-process caller; a worker's start names its backend
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +148,7 @@ class Tick:
 
 Event = (
     Submit | RegisterBackend | Heartbeat | BackendLost | SetBackendState | Hold | Started | Finished
-    | Cancel | Approve | Reject | Review | Tick
+    | Cancel | Approve | Reject | Review | Tick | Undelivered
 )
 
 # ---- instructions ----------------------------------------------------------------------------
@@ -128,12 +161,24 @@ class Assign:
     backend: str
     batch_id: str
     tasks: tuple[tuple[str, int], ...]  # (task id, attempt)
+    reg: str = ""  # the backend's registration it was made under
+    seq: int = 0  # its number under that registration (the worker echoes the highest it got)
 
 
 @dataclass(frozen=True, slots=True)
 class Abort:
     backend: str
     task_id: str
+    attempt: int = 0  # 0: whatever attempt the worker runs
+
+
+@dataclass(frozen=True, slots=True)
+class Forget:
+    """The backend was declared lost: drop its connection and ask its worker to register again."""
+
+    backend: str
+    reason: str
+    expired: bool = False  # True: lost long ago and holding nothing; drop it from every view
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +199,7 @@ class Dropped:
     why: str
 
 
-Instruction = Assign | Abort | Dropped
+Instruction = Assign | Abort | Dropped | Forget
 
 
 @dataclass(slots=True)

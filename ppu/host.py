@@ -4,6 +4,9 @@ A :class:`BackendHost` is the part of a worker that does not care how it is conn
 in-process link (``ppu.orchestrator.LocalWorker``) and the ZMQ worker both use it. Outcomes wait
 in ``unacked`` until the orchestrator says it recorded them, so a worker that lost its
 orchestrator can re-send them after reconnecting (results are idempotent by task id + attempt).
+
+An attempt, (task id, attempt), is the unit of identity: an assignment is deduplicated on it, never
+on a batch id (a batch id can repeat, e.g. after an orchestrator restart or a retry after review).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,6 +23,8 @@ from ppu.backends.base import Backend, TaskRun
 from ppu.models import Result, ResultStatus
 
 log = logging.getLogger(__name__)
+
+_REMEMBER = 4096  # acknowledged attempts remembered, so a late duplicate assign never runs one again
 
 ReportFn = Callable[[str, dict[str, Any]], Awaitable[None]]
 """report(kind, payload): kind is 'started', 'progress' or 'result'."""
@@ -28,10 +34,13 @@ class BackendHost:
     def __init__(self, backend: Backend, report: ReportFn):
         self.backend = backend
         self.report = report
-        self.running: dict[str, asyncio.Task[None]] = {}  # batch id -> coroutine task
-        self.batch_of: dict[str, str] = {}  # task id -> batch id
+        self.running: dict[int, asyncio.Task[None]] = {}  # run number -> coroutine task
+        self.batch_of: dict[str, int] = {}  # task id -> run number
+        self.attempt_of: dict[str, int] = {}  # task id -> the attempt it runs
         self.unacked: dict[tuple[str, int], Result] = {}
         self._started = False
+        self._runs = 0
+        self._acked: OrderedDict[tuple[str, int], None] = OrderedDict()
 
     @property
     def name(self) -> str:
@@ -46,14 +55,25 @@ class BackendHost:
         """Task ids this host still holds: running, or finished but not yet acknowledged."""
         return sorted(set(self.batch_of) | {tid for tid, _ in self.unacked})
 
-    def assign(self, batch_id: str, runs: list[TaskRun]) -> None:
-        if batch_id in self.running:
-            return  # a re-sent assignment: already running
-        for r in runs:
-            self.batch_of[r.task_id] = batch_id
-        self.running[batch_id] = asyncio.get_running_loop().create_task(self._run(batch_id, runs))
+    def holding(self) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+        """(running attempts, finished but unacknowledged attempts): a heartbeat's inventory."""
+        return sorted(self.attempt_of.items()), sorted(self.unacked)
 
-    async def _run(self, batch_id: str, runs: list[TaskRun]) -> None:
+    def assign(self, batch_id: str, runs: list[TaskRun]) -> bool:
+        """Start the runs not already held; False when every one was (a re-sent assignment)."""
+        fresh = [r for r in runs if self.attempt_of.get(r.task_id) != r.attempt
+                 and (r.task_id, r.attempt) not in self.unacked and (r.task_id, r.attempt) not in self._acked]
+        if not fresh:
+            return False
+        self._runs += 1
+        key = self._runs
+        for r in fresh:
+            self.batch_of[r.task_id] = key
+            self.attempt_of[r.task_id] = r.attempt
+        self.running[key] = asyncio.get_running_loop().create_task(self._run(batch_id, fresh, key))
+        return True
+
+    async def _run(self, batch_id: str, runs: list[TaskRun], key: int = 0) -> None:
         for run in runs:
             await self.report("started", {"task_id": run.task_id, "attempt": run.attempt})
 
@@ -72,22 +92,31 @@ class BackendHost:
             results = [self.backend.fail(run, f"{type(exc).__name__}: {exc}", t0) for run in runs]
         for r in results:
             self.unacked[(r.task_id, r.attempt)] = r
-            self.batch_of.pop(r.task_id, None)
-        self.running.pop(batch_id, None)
+            if self.batch_of.get(r.task_id) == key:
+                self.batch_of.pop(r.task_id, None)
+                self.attempt_of.pop(r.task_id, None)
+        self.running.pop(key, None)
         for r in results:
             await self.report("result", r.model_dump(mode="json"))
 
     def ack(self, task_id: str, attempt: int) -> None:
-        self.unacked.pop((task_id, attempt), None)
+        if self.unacked.pop((task_id, attempt), None) is not None:
+            self._acked[(task_id, attempt)] = None
+            if len(self._acked) > _REMEMBER:
+                self._acked.popitem(last=False)
 
     def pending_results(self) -> list[Result]:
         return list(self.unacked.values())
 
-    async def abort(self, task_id: str) -> None:
+    async def abort(self, task_id: str, attempt: int = 0) -> None:
+        if attempt and self.attempt_of.get(task_id) != attempt:
+            return  # that attempt is not running here (a newer one may be)
+        if task_id not in self.batch_of:
+            return
         await self.backend.abort(task_id)
-        batch_id = self.batch_of.get(task_id)
-        task = self.running.get(batch_id) if batch_id else None
-        if task is not None and len([t for t, b in self.batch_of.items() if b == batch_id]) == 1:
+        key = self.batch_of.get(task_id)
+        task = self.running.get(key) if key is not None else None
+        if task is not None and len([t for t, b in self.batch_of.items() if b == key]) == 1:
             task.cancel()
 
     async def close(self) -> None:

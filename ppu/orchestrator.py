@@ -35,8 +35,10 @@ from ppu.events import (
     Dropped,
     Event,
     Finished,
+    Forget,
     Heartbeat,
     Hold,
+    Inventory,
     RegisterBackend,
     Reject,
     Review,
@@ -45,6 +47,7 @@ from ppu.events import (
     Step,
     Submit,
     Tick,
+    Undelivered,
 )
 from ppu.host import BackendHost
 from ppu.models import (
@@ -76,9 +79,10 @@ log = logging.getLogger(__name__)
 class WorkerLink(Protocol):
     """How the orchestrator reaches the worker that hosts a backend."""
 
-    async def assign(self, backend: str, batch_id: str, runs: list[TaskRun]) -> None: ...
+    async def assign(self, backend: str, batch_id: str, runs: list[TaskRun], reg: str = "", seq: int = 0) -> None:
+        """Send an assignment; raise PPUError when it provably cannot leave (it is requeued)."""
 
-    async def abort(self, backend: str, task_id: str) -> None: ...
+    async def abort(self, backend: str, task_id: str, attempt: int = 0) -> None: ...
 
     async def pause(self, backend: str, defer: bool = True) -> str: ...
 
@@ -99,7 +103,8 @@ class Orchestrator:
         self.clock = clock
         self.sched = Scheduler(SchedulerConfig(
             backoff_base_s=self.cfg.backoff_base_s, backoff_max_s=self.cfg.backoff_max_s,
-            restart_grace_s=self.cfg.restart_grace_s))
+            restart_grace_s=self.cfg.restart_grace_s,
+            forget_after_s=10 * self.cfg.heartbeat_s * self.cfg.missed_heartbeats))
         self.links: dict[str, WorkerLink] = {}
         self.specs: dict[str, BackendSpec] = {}
         self.counters: Counter[str] = Counter()
@@ -215,13 +220,17 @@ class Orchestrator:
                     runs.append(TaskRun(task_id=tid, attempt=attempt, capability=t.capability, inputs=t.inputs,
                                         campaign=t.campaign, sample_id=t.sample_id))
                 link = self.links.get(ins.backend)
-                self._busy_since[(ins.backend, ins.batch_id)] = self.clock()
-                if link is not None:
-                    self._spawn(loop, link.assign(ins.backend, ins.batch_id, runs))
+                self._busy_since.setdefault((ins.backend, ins.batch_id), self.clock())
+                if link is None:  # provably never left: back to the queue, not to review
+                    loop.call_soon(self._undelivered, ins.backend, ins.tasks, "no connected worker")
+                else:
+                    self._spawn(loop, self._assign(link, ins, runs))
             elif isinstance(ins, Abort):
                 link = self.links.get(ins.backend)
                 if link is not None:
-                    self._spawn(loop, link.abort(ins.backend, ins.task_id))
+                    self._spawn(loop, link.abort(ins.backend, ins.task_id, ins.attempt))
+            elif isinstance(ins, Forget):
+                self._forget(ins)
             elif isinstance(ins, Dropped):
                 self.counters["dropped_" + ins.why.split(" ")[0]] += 1
                 log.info("dropped %s attempt %d: %s", ins.task_id, ins.attempt, ins.why)
@@ -235,6 +244,8 @@ class Orchestrator:
                      "backend": getattr(rec, "backend", None), "capability": getattr(rec, "capability", None),
                      "campaign": getattr(rec, "campaign", None)}
             self._publish(event)
+            if tr.dst in TERMINAL_STATES:
+                self.progress_of.pop(tr.task_id, None)
             if tr.dst in TERMINAL_STATES or tr.dst is TaskState.needs_review:
                 for fut in self._waiters.pop(tr.task_id, []) if tr.dst in TERMINAL_STATES else []:
                     if not fut.done() and rec is not None:
@@ -247,6 +258,41 @@ class Orchestrator:
         if start is not None:
             self.busy_log.append({"backend": backend, "start": start, "end": at, "batch": batch_id})
 
+    async def _assign(self, link: WorkerLink, ins: Assign, runs: list[TaskRun]) -> None:
+        # Sent from a task, so an ack may have left first: send only what is still this attempt's
+        # (a re-sent assign arriving after the result's ack would otherwise run it again).
+        runs = [r for r in runs if self.sched.holder(r.task_id) == (ins.backend, r.attempt)
+                and self.sched.state_of(r.task_id) is TaskState.assigned]
+        if not runs:
+            self.counters["assign_not_current"] += 1
+            return
+        try:
+            await link.assign(ins.backend, ins.batch_id, runs, ins.reg, ins.seq)
+        except PPUError as exc:  # refused before it left (no connection, queue full): requeue
+            self.counters["send_failures"] += 1
+            self._undelivered(ins.backend, ins.tasks, str(exc))
+
+    def _undelivered(self, backend: str, tasks: tuple[tuple[str, int], ...], why: str) -> None:
+        if self._closing:
+            return
+        self.counters["assign_undelivered"] += 1
+        log.info("assignment of %s to %s never left: %s", [t for t, _ in tasks], backend, why)
+        try:
+            self._apply([Undelivered(backend, tasks, self.clock(), why)])
+        except Exception:
+            log.exception("could not requeue an undelivered assignment")
+
+    def _forget(self, ins: Forget) -> None:
+        link = self.links.pop(ins.backend, None)
+        if ins.expired:
+            self.specs.pop(ins.backend, None)
+        else:
+            self.store.add_audit(AuditEntry(actor="orchestrator", action="backend_lost", target=ins.backend,
+                                            detail={"why": ins.reason}))
+        forget = getattr(link, "forget", None)
+        if forget is not None:
+            forget(ins.backend, ins.reason)
+
     def _spawn(self, loop: asyncio.AbstractEventLoop, coro: Any) -> None:
         task = loop.create_task(self._send(coro))
         self._sending.add(task)  # keep a reference until it is done (asyncio holds weak ones)
@@ -256,7 +302,7 @@ class Orchestrator:
         try:
             await coro
         except Exception:
-            # The lease covers this: an assignment that never arrives ends as a lost worker.
+            # Heartbeat inventories cover a message lost after it left (see Scheduler._on_heartbeat).
             self.counters["send_failures"] += 1
             log.exception("could not reach a worker")
 
@@ -305,29 +351,57 @@ class Orchestrator:
 
     # ---- worker side -----------------------------------------------------------------------
 
-    def register(self, spec: BackendSpec, link: WorkerLink, in_flight: Iterable[str] = ()) -> None:
+    def register(self, spec: BackendSpec, link: WorkerLink, in_flight: Iterable[str] = (), *,
+                 boot: str = "", reg: str = "") -> None:
+        """A worker's registration of one backend.
+
+        ``boot`` names the worker process: when the process that held the backend before registers
+        again, in-flight tasks it does not hold never reached it and go back to their queue.
+        """
         liveness = self.cfg.heartbeat_s * self.cfg.missed_heartbeats
+        boots: dict[str, str] = dict(self.store.get_meta("worker_boots", {}) or {})
+        same = bool(boot) and boots.get(spec.name) == boot
+        if boot and not same:
+            boots[spec.name] = boot
+            self.store.set_meta("worker_boots", boots)  # durable before any assignment to it
         self.links[spec.name] = link
         self.specs[spec.name] = spec
-        self._apply([RegisterBackend(spec, self.clock(), tuple(in_flight), liveness)],
+        self._apply([RegisterBackend(spec, self.clock(), tuple(in_flight), liveness, same, reg)],
                     [AuditEntry(actor=spec.name, action="register", target=spec.name,
-                                detail={"kind": spec.kind.value, "site": spec.site,
+                                detail={"kind": spec.kind.value, "site": spec.site, "same_worker": same,
                                         "capabilities": [c.name for c in spec.capabilities]})])
         if self._holds.get(spec.name):
             self._apply([Hold(spec.name, True, self.clock())])
 
-    def heartbeat(self, backend: str) -> None:
-        self.sched.handle(Heartbeat(backend, self.clock()))  # no state change worth journaling
+    def heartbeat(self, backend: str, inventory: Inventory | None = None) -> bool:
+        """A worker is alive; returns False when the backend is not registered (it must register)."""
+        if not self.sched.is_registered(backend):
+            return False
+        ev = Heartbeat(backend, self.clock(), inventory)
+        if inventory is None:
+            self.sched.handle(ev)  # no state change worth journaling
+        else:
+            self._apply([ev])  # reconciliation may requeue, re-send or abort
+        return True
+
+    def audit(self, entry: AuditEntry) -> None:
+        """Write one audit entry (with the current group commit, if any)."""
+        self._apply([], [entry])
 
     def lost(self, backend: str, reason: str = "worker lost") -> None:
-        self.links.pop(backend, None)
-        self._apply([BackendLost(backend, self.clock(), reason)],
-                    [AuditEntry(actor="orchestrator", action="backend_lost", target=backend, detail={"why": reason})])
+        self._apply([BackendLost(backend, self.clock(), reason)])  # the Forget it yields is audited
 
-    def started(self, task_id: str, attempt: int) -> None:
-        self._apply([Started(task_id, attempt, self.clock())])
+    def started(self, task_id: str, attempt: int, backend: str | None = None) -> None:
+        self._apply([Started(task_id, attempt, self.clock(), backend)])
 
-    def progress(self, task_id: str, fraction: float, message: str) -> None:
+    def progress(self, task_id: str, fraction: float, message: str, backend: str | None = None,
+                 attempt: int | None = None) -> None:
+        """Progress of a running attempt; refused (NotAllowed) unless ``backend`` holds it."""
+        holder = self.sched.holder(task_id)
+        if holder is None or (backend is not None and (
+                holder[0] != backend or (attempt is not None and attempt != holder[1]))):
+            raise NotAllowed(f"progress for task {task_id!r}, which {backend or 'nobody'} holds now",
+                             field="task_id")
         self.progress_of[task_id] = {"fraction": fraction, "message": message, "at": self.clock()}
         self._publish({"type": "progress", "task_id": task_id, "fraction": fraction, "message": message})
 
@@ -345,7 +419,38 @@ class Orchestrator:
                     self.counters["invalid_outputs"] += 1
                     result = result.model_copy(update={
                         "status": ResultStatus.failed, "error": str(exc), "retryable": False})
-        self._apply([Finished(result, self.clock(), backend)])
+        steps = self._apply([Finished(result, self.clock(), backend)])
+        stale = any(isinstance(i, Dropped) and i.task_id == result.task_id and i.attempt == result.attempt
+                    for s in steps for i in s.instructions)
+        if stale and backend is not None and result.attempt >= 1:
+            self._keep_late(result, backend)
+
+    def _keep_late(self, result: Result, backend: str) -> None:
+        """A result of an earlier attempt that did the work: keep it with the task, for the reviewer.
+
+        It changes no state. It is kept only if the journal shows that attempt was assigned to the
+        backend that sends it (so a forged one is refused), and once (re-sends are idempotent).
+        """
+        tid, n = result.task_id, result.attempt
+        if any(r.attempt == n for r in self.store.results_for(tid)):
+            return  # already recorded: a re-send
+        assigned = [e for e in self.store.journal_for(tid) if e.get("dst") == TaskState.assigned.value]
+        if len(assigned) < n or assigned[n - 1].get("reason") != f"on {backend}":
+            self.counters["forged_results"] += 1
+            raise NotAllowed(f"attempt {n} of task {tid} was never assigned to {backend}", field="attempt")
+        task = self.get_task(tid)
+        samples: list[Sample] = []
+        if task is not None and result.status is ResultStatus.succeeded:
+            sample_id = result.outputs.get("sample_id")
+            cap = capabilities.get(task.capability)
+            if cap.makes_sample and sample_id and self.store.get_sample(str(sample_id)) is None:
+                samples.append(Sample(id=str(sample_id), made_by=tid, recipe=task.inputs.get("recipe", {}),
+                                      campaign=task.campaign, parents=list(task.inputs.get("parents", [])),
+                                      location=Location(device=backend), state=SampleState.available))
+        self.counters["late_results_kept"] += 1
+        self.store.apply([Step(results=[result])], [AuditEntry(
+            actor=backend, action="late_result", target=tid,
+            detail={"attempt": n, "status": result.status.value, "sample": [s.id for s in samples]})], samples)
 
     # ---- client side -----------------------------------------------------------------------
 
@@ -519,7 +624,7 @@ class Orchestrator:
 
     async def wait(self, task_ids: list[str], timeout: float | None = None) -> list[Task]:
         """Wait until every task has ended; returns their final records."""
-        futs = []
+        futs: list[asyncio.Future[Task]] = []
         for tid in task_ids:
             state = self.sched.state_of(tid)
             if state is None or state in TERMINAL_STATES:
@@ -533,7 +638,15 @@ class Orchestrator:
                 f = asyncio.get_running_loop().create_future()
                 self._waiters.setdefault(tid, []).append(f)
             futs.append(f)
-        return list(await asyncio.wait_for(asyncio.gather(*futs), timeout))
+        try:
+            return list(await asyncio.wait_for(asyncio.gather(*futs), timeout))
+        finally:  # a timed-out or cancelled wait leaves no future behind
+            for tid, f in zip(task_ids, futs, strict=True):
+                waiting = self._waiters.get(tid)
+                if waiting is not None and f in waiting:
+                    waiting.remove(f)
+                    if not waiting:
+                        del self._waiters[tid]
 
     def approvals(self) -> list[dict[str, Any]]:
         """Tasks waiting for a person's approval: why, and what they would do."""
@@ -564,6 +677,8 @@ class Orchestrator:
                 "task_id": t.id, "capability": t.capability, "backend": t.backend, "attempts": t.attempts,
                 "why": t.error, "inputs": t.inputs, "last_progress": self.progress_of.get(t.id),
                 "run_uids": [u for r in results if r.provenance for u in r.provenance.run_uids],
+                "results": [{"attempt": r.attempt, "status": r.status.value, "outputs": r.outputs,
+                             "error": r.error} for r in results],
                 "sample": sample.model_dump(mode="json") if sample else None,
             })
         return out
@@ -623,9 +738,10 @@ class LocalWorker:
     def _reporter(self, name: str) -> Any:
         async def report(kind: str, payload: dict[str, Any]) -> None:
             if kind == "started":
-                self.orch.started(payload["task_id"], payload["attempt"])
+                self.orch.started(payload["task_id"], payload["attempt"], name)
             elif kind == "progress":
-                self.orch.progress(payload["task_id"], payload["fraction"], payload["message"])
+                with contextlib.suppress(NotAllowed):  # progress of an attempt no longer expected
+                    self.orch.progress(payload["task_id"], payload["fraction"], payload["message"], name)
             elif kind == "result":
                 r = Result.model_validate(payload)
                 self.orch.finished(r, name)
@@ -652,11 +768,18 @@ class LocalWorker:
         for host in self.hosts.values():
             await host.close()
 
-    async def assign(self, backend: str, batch_id: str, runs: list[TaskRun]) -> None:
+    async def assign(self, backend: str, batch_id: str, runs: list[TaskRun], reg: str = "", seq: int = 0) -> None:
         self.hosts[backend].assign(batch_id, runs)
 
-    async def abort(self, backend: str, task_id: str) -> None:
-        await self.hosts[backend].abort(task_id)
+    async def abort(self, backend: str, task_id: str, attempt: int = 0) -> None:
+        await self.hosts[backend].abort(task_id, attempt)
+
+    def forget(self, backend: str, reason: str) -> None:
+        """The scheduler declared the backend lost (a stalled loop): register it again."""
+        host = self.hosts.get(backend)
+        if host is not None:
+            asyncio.get_running_loop().call_soon(
+                lambda: self.orch.register(host.backend.spec(), self, host.in_flight()))
 
     async def pause(self, backend: str, defer: bool = True) -> str:
         return await self.hosts[backend].backend.pause(defer)

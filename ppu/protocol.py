@@ -65,6 +65,11 @@ def new_req() -> str:
     return uuid.uuid4().hex[:16]
 
 
+def result_req(r: Result) -> str:
+    """The ``req`` of an error that refuses a result: the worker stops re-sending that attempt."""
+    return f"result:{r.attempt}:{r.task_id}"
+
+
 # reasons a frame is refused (ProtocolError.data["reason"], and the server's counter names)
 BAD_FRAMES = "bad_frame_count"
 BAD_VERSION = "bad_version"
@@ -89,15 +94,31 @@ class _Req(_Msg):
 
 
 class Register(_Req):
+    """Sent once per connection (again only when told ``not_registered`` or left unanswered)."""
+
     type: Literal["register"] = "register"
     worker: str = Field("worker", max_length=MAX_NAME)
+    boot: str = Field("", max_length=64, description="random id of the worker process (not shown anywhere)")
     backends: list[BackendSpec] = Field(min_length=1)
     in_flight: dict[str, list[str]] = Field(default_factory=dict, description="backend -> task ids it holds")
     pending: dict[str, list[Result]] = Field(default_factory=dict, description="backend -> unacked results")
 
 
+RunKey = tuple[str, int]  # (task id, attempt)
+
+
+class Holding(_Msg):
+    """One backend's inventory in a heartbeat."""
+
+    seq: int = Field(0, ge=0, description="highest assignment number received under ``reg``")
+    running: list[RunKey] = Field(default_factory=list, max_length=100_000)
+    unacked: list[RunKey] = Field(default_factory=list, max_length=100_000)
+
+
 class Heartbeat(_Msg):
     type: Literal["heartbeat"] = "heartbeat"
+    reg: str = Field("", max_length=64, description="the worker's registration (its Register's req)")
+    inventory: dict[str, Holding] | None = Field(None, description="backend -> what it holds (workers only)")
 
 
 class Started(_Msg):
@@ -111,6 +132,7 @@ class Progress(_Msg):
     type: Literal["progress"] = "progress"
     backend: str
     task_id: str
+    attempt: int | None = None
     fraction: float = Field(ge=0, le=1)
     message: str = Field("", max_length=4096)
 
@@ -140,16 +162,21 @@ class RegisterOk(_Msg):
 
 
 class Assign(_Msg):
+    """Each run carries its (task id, attempt): the worker runs an attempt at most once."""
+
     type: Literal["assign"] = "assign"
     backend: str
-    batch_id: str
+    batch_id: str = Field(description="a label for logs; it can repeat (never used to deduplicate)")
     runs: list[TaskRun]
+    reg: str = Field("", description="the registration this assignment was made under")
+    seq: int = Field(0, ge=0, description="its number under that registration")
 
 
 class Abort(_Msg):
     type: Literal["abort"] = "abort"
     backend: str
     task_id: str
+    attempt: int = Field(0, ge=0, description="the attempt to stop; 0: whichever runs")
 
 
 class Pause(_Msg):

@@ -31,6 +31,7 @@ from ppu.events import (
     Dropped,
     Event,
     Finished,
+    Forget,
     Heartbeat,
     Hold,
     RegisterBackend,
@@ -42,6 +43,7 @@ from ppu.events import (
     Submit,
     Tick,
     Transition,
+    Undelivered,
 )
 from ppu.models import (
     ActionClass,
@@ -141,13 +143,17 @@ class _B:
     backlog_s: float = 0.0  # expected seconds of work in flight
     batches: dict[str, list[str]] = field(default_factory=dict)  # batch id -> task ids
     offers: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # cap -> (fid, dur, cost)
+    reg: str = ""  # the registration in force; assignments are numbered under it
+    seq: int = 0  # the last assignment number given under ``reg``
+    stamps: dict[str, tuple[int, float]] = field(default_factory=dict)  # batch id -> (number, sent at)
+    unreachable: bool = False  # an assignment could not be sent: nothing new until it is heard from
 
     @property
     def name(self) -> str:
         return self.spec.name
 
     def accepting(self) -> bool:
-        return self.registered and self.state in _ACCEPTING and not self.held
+        return self.registered and self.state in _ACCEPTING and not self.held and not self.unreachable
 
     def free(self) -> int:
         return self.spec.slots - self.used if self.accepting() else 0
@@ -158,6 +164,8 @@ class SchedulerConfig:
     backoff_base_s: float = 1.0
     backoff_max_s: float = 300.0
     restart_grace_s: float = 10.0  # how long a restarted scheduler waits for workers to come back
+    forget_after_s: float = 60.0  # a lost backend holding nothing is forgotten this long after its loss
+    tick_gap_s: float = 1.0  # ticks further apart than this mean the orchestrator itself stalled
 
 
 class Scheduler:
@@ -180,6 +188,7 @@ class Scheduler:
         self._step = Step()
         self._terminal: dict[str, _T] = {}  # tasks that ended during the current step
         self._now = 0.0
+        self._last_tick = 0.0
 
     # ---- public surface ------------------------------------------------------------------
 
@@ -194,9 +203,9 @@ class Scheduler:
             case RegisterBackend():
                 self._on_register(event)
             case Heartbeat():
-                b = self._backends.get(event.backend)
-                if b is not None and b.registered:
-                    b.alive_until = event.at + b.liveness_s
+                self._on_heartbeat(event)
+            case Undelivered():
+                self._on_undelivered(event)
             case BackendLost():
                 self._on_lost(event.backend, event.reason)
             case SetBackendState():
@@ -261,6 +270,21 @@ class Scheduler:
                 "capabilities": sorted(b.offers), "in_flight": sum(len(v) for v in b.batches.values()),
             })
         return out
+
+    def is_registered(self, name: str) -> bool:
+        """Whether ``name`` is registered now (the shell tells any other worker to register again)."""
+        b = self._backends.get(name)
+        return b is not None and b.registered
+
+    def is_alive(self, name: str, now: float) -> bool:
+        """Registered and heard from within its liveness period: its connection may not be taken over."""
+        b = self._backends.get(name)
+        return b is not None and b.registered and b.alive_until >= now
+
+    def holder(self, task_id: str) -> tuple[str | None, int] | None:
+        """(backend, attempt) of a live task's current attempt; None for an ended or unknown task."""
+        t = self._tasks.get(task_id)
+        return (t.backend, t.attempts) if t is not None else None
 
     def backend_spec(self, name: str) -> BackendSpec:
         return self._backend(name).spec
@@ -343,7 +367,8 @@ class Scheduler:
     def _on_register(self, ev: RegisterBackend) -> None:
         spec = ev.spec
         old = self._backends.get(spec.name)
-        b = _B(spec=spec, state=spec.state, alive_until=ev.at + ev.liveness_s, liveness_s=ev.liveness_s)
+        b = _B(spec=spec, state=spec.state, alive_until=ev.at + ev.liveness_s, liveness_s=ev.liveness_s,
+               reg=ev.reg)
         b.offers = {c.name: (c.fidelity, c.duration_s, c.cost) for c in spec.capabilities}
         self._backends[spec.name] = b
         for cap in b.offers:
@@ -364,18 +389,72 @@ class Scheduler:
                     b.used += 1
                     b.backlog_s += self._duration(b, self._tasks[keep[0]].capability)
             for tid in lost:
-                self._interrupt(self._tasks[tid], f"{spec.name} came back without task {tid}")
+                t = self._tasks[tid]
+                if ev.same_worker and t.state is S.assigned:
+                    # The same worker process, and it never got it: the assignment never arrived.
+                    self._requeue(t, f"assignment never reached {spec.name}")
+                else:
+                    self._interrupt(t, f"{spec.name} came back without task {tid}")
         self._refresh_free(b)
         self._pull(b)
         self._retry_placement_for(b.offers)
 
+    def _on_heartbeat(self, ev: Heartbeat) -> None:
+        b = self._backends.get(ev.backend)
+        if b is None or not b.registered:
+            return  # the shell tells the worker to register again
+        b.alive_until = ev.at + b.liveness_s
+        if b.unreachable:
+            b.unreachable = False
+            self._refresh_free(b)
+            self._pull(b)
+        inv = ev.inventory
+        if inv is None or inv.reg != b.reg:
+            return  # no inventory, or one from an earlier registration
+        held = set(inv.running) | set(inv.unacked)
+        for bid in list(b.batches):
+            tids = b.batches.get(bid)
+            if not tids:
+                continue
+            keys = tuple((tid, self._tasks[tid].attempts) for tid in tids)
+            if any(k in held for k in keys):
+                continue
+            seq, sent = b.stamps.get(bid, (0, ev.at))
+            if seq <= inv.seq:  # it reached the worker, which neither holds it nor sent a result
+                for tid in list(tids):
+                    self._interrupt(self._tasks[tid], f"{b.name} no longer holds it")
+            elif ev.at - sent >= b.liveness_s:  # still not there: send it again (the worker dedups)
+                b.stamps[bid] = (seq, ev.at)
+                self._step.instructions.append(Assign(b.name, bid, keys, b.reg, seq))
+        for tid, attempt in inv.running:  # work the worker runs that nobody expects any more
+            t = self._tasks.get(tid)
+            if (t is not None and t.attempts == attempt and t.backend == b.name
+                    and (t.state in _IN_FLIGHT or t.state is S.needs_review)):
+                continue
+            self._step.instructions.append(Abort(b.name, tid, attempt))
+
+    def _on_undelivered(self, ev: Undelivered) -> None:
+        b = self._backends.get(ev.backend)
+        if b is not None and b.registered and not b.unreachable:
+            b.unreachable = True  # take nothing new until it is heard from again
+            self._refresh_free(b)
+        for tid, attempt in ev.tasks:
+            t = self._tasks.get(tid)
+            if t is not None and t.state is S.assigned and t.attempts == attempt and t.backend == ev.backend:
+                self._requeue(t, f"assignment never left for {ev.backend}: {ev.why}")
+
     def _on_lost(self, name: str, reason: str) -> None:
         b = self._backend(name)
         self._unindex(b)
+        if b.registered:
+            self._step.instructions.append(Forget(name, reason))
         b.registered = False
+        b.unreachable = False
+        b.alive_until = min(b.alive_until, self._now)
         b.state = BackendState.offline
         held = [tid for tids in b.batches.values() for tid in tids]
         b.batches.clear()
+        b.stamps.clear()
         b.used = 0
         b.backlog_s = 0.0
         for tid in held:
@@ -388,8 +467,19 @@ class Scheduler:
         if b.accepting():
             self._pull(b)
 
+    def _check_holder(self, t: _T | None, attempt: int, backend: str | None, what: str) -> None:
+        """Refuse a start or result from a backend that does not hold the attempt it names."""
+        if t is None or backend is None or (1 <= attempt < t.attempts):
+            return  # ended task or an earlier attempt: judged later (dropped or kept as late)
+        if attempt < 1 or attempt > t.attempts:
+            raise NotAllowed(f"{what} for attempt {attempt} of task {t.id}, which was never assigned",
+                             field="attempt")
+        if t.backend != backend:
+            raise NotAllowed(f"{what} for task {t.id} from {backend}, which does not hold it", field="backend")
+
     def _on_started(self, ev: Started) -> None:
         t = self._tasks.get(ev.task_id)
+        self._check_holder(t, ev.attempt, ev.backend, "start")
         if t is None or t.attempts != ev.attempt or t.state is not S.assigned:
             self._step.instructions.append(Dropped(ev.task_id, ev.attempt, "start of a task not assigned"))
             return
@@ -397,6 +487,7 @@ class Scheduler:
 
     def _on_finished(self, r: Result, backend: str | None) -> None:
         t = self._tasks.get(r.task_id)
+        self._check_holder(t, r.attempt, backend, "result")
         if t is None:
             self._step.instructions.append(Dropped(r.task_id, r.attempt, "task already ended"))
             return
@@ -475,6 +566,13 @@ class Scheduler:
 
     def _on_tick(self) -> None:
         now = self._now
+        gap = now - self._last_tick if self._last_tick else 0.0
+        self._last_tick = now
+        if gap > self.cfg.tick_gap_s:
+            # We were not listening (our own loop stalled): that silence is not the workers'.
+            for b in self._backends.values():
+                if b.registered:
+                    b.alive_until = max(b.alive_until, now + b.liveness_s)
         while self._delayed and self._delayed[0][0] <= now:
             _, tid = heapq.heappop(self._delayed)
             t = self._tasks.get(tid)
@@ -488,6 +586,20 @@ class Scheduler:
         for b in list(self._backends.values()):
             if b.alive_until < now and (b.registered or b.batches):
                 self._on_lost(b.name, "missed heartbeats" if b.registered else "did not come back after restart")
+            elif not b.registered and b.alive_until + self.cfg.forget_after_s < now:
+                self._forget(b)
+
+    def _forget(self, b: _B) -> None:
+        """A lost backend that holds nothing and never came back: let go of it (bounded memory)."""
+        pinned = self._pinned.get(b.name, [])
+        if any(self._valid(e) for e in pinned):
+            return  # a live task waits for it by name
+        self._pinned.pop(b.name, None)
+        self._unindex(b)
+        del self._backends[b.name]
+        for names in self._offered_by.values():
+            names.discard(b.name)
+        self._step.instructions.append(Forget(b.name, "forgotten: lost and never came back", expired=True))
 
     # ---- state changes ---------------------------------------------------------------------
 
@@ -555,6 +667,14 @@ class Scheduler:
         self._move(t, S.pending, f"retry {t.attempts + 1}/{t.max_attempts} in {delay:g}s: {why}")
         heapq.heappush(self._delayed, (t.not_before, t.id))
 
+    def _requeue(self, t: _T, why: str) -> None:
+        """Back to the queue: the attempt provably never reached a worker (nothing ran)."""
+        self._release(t)
+        t.error = None
+        self._move(t, S.ready, why)
+        self._enqueue(t)
+        self._place(t)
+
     def _interrupt(self, t: _T, why: str) -> None:
         """The backend running ``t`` vanished: requeue digital work, hold physical work for a person."""
         if t.cancel_requested:
@@ -586,6 +706,7 @@ class Scheduler:
             tids.remove(t.id)
         if not tids:
             del b.batches[bid]
+            b.stamps.pop(bid, None)
             if b.registered:
                 b.used = max(0, b.used - 1)
                 b.backlog_s = max(0.0, b.backlog_s - self._duration(b, t.capability))
@@ -719,10 +840,13 @@ class Scheduler:
                 self._sample_holder[t.sample_id] = t.id
             self._move(t, S.assigned, f"on {b.name}")
         b.batches[batch_id] = [t.id for t in tasks]
+        b.seq += 1
+        b.stamps[batch_id] = (b.seq, self._now)
         b.used += 1
         b.backlog_s += self._duration(b, tasks[0].capability)
         self._refresh_free(b)
-        self._step.instructions.append(Assign(b.name, batch_id, tuple((t.id, t.attempts) for t in tasks)))
+        self._step.instructions.append(Assign(b.name, batch_id, tuple((t.id, t.attempts) for t in tasks),
+                                              b.reg, b.seq))
 
     def _place(self, t: _T) -> None:
         """A task just became ready: offer it to free backends, best by policy first."""

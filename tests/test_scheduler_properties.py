@@ -2,7 +2,9 @@
 
 - a task is never on two backends; a backend's slots are never exceeded;
 - every task ends in exactly one terminal state, once everything settles;
-- a `once` task is never started twice without a person deciding so (review: retry).
+- a `once` task is never started twice without a person deciding so (review: retry), unless
+  its assignment provably never reached a worker (undelivered, or not held by the same worker);
+- a start or result from a backend that does not hold the attempt is refused and changes nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ppu.events import (
     Finished,
     Heartbeat,
     Hold,
+    Inventory,
     RegisterBackend,
     Review,
     SetBackendState,
@@ -30,6 +33,7 @@ from ppu.events import (
     Step,
     Submit,
     Tick,
+    Undelivered,
 )
 from ppu.models import TERMINAL_STATES, ActionClass, BackendState, TaskState
 from ppu.scheduler import Scheduler, SchedulerConfig
@@ -52,6 +56,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.ids: list[str] = []
         self.terminal_entries: Counter[str] = Counter()
         self.once_assigns: Counter[str] = Counter()
+        self.attempts_sent: set[tuple[str, int]] = set()
+        self.never_reached: Counter[str] = Counter()
         self.review_retries: Counter[str] = Counter()
         self.alive: set[str] = set()
 
@@ -65,9 +71,14 @@ class SchedulerMachine(RuleBasedStateMachine):
                 raise AssertionError(f"{tr.task_id} left terminal state {tr.src}")
             if tr.dst in TERMINAL_STATES:
                 self.terminal_entries[tr.task_id] += 1
+            if tr.src is TaskState.assigned and tr.dst is TaskState.ready:
+                self.never_reached[tr.task_id] += 1
         for ins in step.instructions:
             if isinstance(ins, Assign):
-                for tid, _ in ins.tasks:
+                for tid, attempt in ins.tasks:
+                    if (tid, attempt) in self.attempts_sent:
+                        continue  # a re-sent assignment: the same attempt, run at most once
+                    self.attempts_sent.add((tid, attempt))
                     if tid in self.ids and self._action(tid) is ActionClass.once:
                         self.once_assigns[tid] += 1
         return step
@@ -84,11 +95,43 @@ class SchedulerMachine(RuleBasedStateMachine):
     def start(self) -> None:
         self._register("gpu")
 
-    def _register(self, name: str, keep: bool = False) -> None:
+    def _register(self, name: str, keep: bool = False, same: bool = False) -> None:
         held = tuple(t for tids in self.s._backends[name].batches.values() for t in tids) \
             if keep and name in self.s._backends else ()
-        self._do(RegisterBackend(BACKENDS[name], self.now, held, 3.0))
+        self._do(RegisterBackend(BACKENDS[name], self.now, held, 3.0, same, f"reg{self.n}"))
+        self.n += 1
         self.alive.add(name)
+
+    @rule(name=st.sampled_from(sorted(BACKENDS)), keep=st.booleans())
+    def register_same_worker(self, name: str, keep: bool) -> None:
+        self._register(name, keep, same=True)
+
+    @precondition(lambda self: any(t.state is TaskState.assigned for t in self.s._tasks.values()))
+    @rule(data=st.data())
+    def undeliver(self, data: st.DataObject) -> None:
+        tid, attempt, backend = data.draw(st.sampled_from(
+            [x for x in self._in_flight() if self.s._tasks[x[0]].state is TaskState.assigned]))
+        self._do(Undelivered(backend, ((tid, attempt),), self.now))
+
+    @rule(name=st.sampled_from(sorted(BACKENDS)), drop=st.booleans(), behind=st.booleans())
+    def inventory(self, name: str, drop: bool, behind: bool) -> None:
+        b = self.s._backends.get(name)
+        if b is None or not b.registered:
+            return
+        keys = sorted((tid, self.s._tasks[tid].attempts) for tids in b.batches.values() for tid in tids)
+        if drop and keys:
+            keys = keys[1:]
+        self._do(Heartbeat(name, self.now, Inventory(b.reg, max(0, b.seq - behind), tuple(keys))))
+
+    @precondition(lambda self: bool(self._in_flight()))
+    @rule(data=st.data(), attempt_off=st.sampled_from([-99, 0, 1]))
+    def forge(self, data: st.DataObject, attempt_off: int) -> None:
+        tid, attempt, backend = data.draw(st.sampled_from(self._in_flight()))
+        other = next(n for n in BACKENDS if n != backend)
+        forged = ok(tid, 0 if attempt_off == -99 else attempt + attempt_off)
+        before = (self.s._tasks[tid].state, self.s._tasks[tid].attempts)
+        assert self._do(Finished(forged, self.now, other if attempt_off != 1 else backend)) is None
+        assert (self.s._tasks[tid].state, self.s._tasks[tid].attempts) == before
 
     @rule(cap=st.sampled_from(sorted(CAPS)), prio=st.integers(-2, 2), ndeps=st.integers(0, 2),
           data=st.data())
@@ -186,7 +229,7 @@ class SchedulerMachine(RuleBasedStateMachine):
     @invariant()
     def once_never_started_twice_without_a_person(self) -> None:
         for tid, n in self.once_assigns.items():
-            assert n <= 1 + self.review_retries[tid], (tid, n, self.review_retries[tid])
+            assert n <= 1 + self.review_retries[tid] + self.never_reached[tid], (tid, n, self.review_retries[tid])
 
     def teardown(self) -> None:
         # Settle everything: all backends come back and answer, people review, time passes.

@@ -6,10 +6,15 @@ frames out. Bad input never ends the loop: a malformed frame is answered with a 
 a :class:`~ppu.errors.PPUError` from the orchestrator becomes an Error reply; anything else is
 logged and answered as ``internal_error``.
 
-Liveness: the server sends Heartbeat to every worker each ``heartbeat_s``; a worker silent for
-``heartbeat_s * missed_heartbeats`` is declared lost through :meth:`Orchestrator.lost` (audited).
-If the scheduler's own clock declared a backend lost first, the server drops it from its view
-and tells the worker to register again.
+Liveness is judged in one place, the scheduler (STYLE.md §12): the server only sends Heartbeat
+to every worker each ``heartbeat_s`` and forwards the workers' heartbeats (with their
+inventories). When the scheduler declares a backend lost, the orchestrator calls
+:meth:`RemoteLink.forget`: the server drops the backend's connection and tells its worker to
+register again; any message from a worker whose backend is not registered gets ``not_registered``.
+A registration may not take a backend over from another connection while that backend is alive,
+unless it comes from the same worker process (its boot id): a worker back from a stall.
+Starts, progress and results are accepted only from the connection that holds the backend and,
+in the scheduler, only for the attempt that backend holds; the rest is refused, counted, audited.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from ppu import protocol as p
 from ppu.backends.base import TaskRun
 from ppu.config import SecurityConfig
 from ppu.errors import NotAllowed, PPUError, UnknownTaskError
+from ppu.events import Inventory
 from ppu.models import AuditEntry
 from ppu.orchestrator import Orchestrator
 from ppu.transport.security import OWN_ONLY, Authorizer, authorise, check_bind, load_keypair
@@ -45,6 +51,7 @@ class _Peer:
     key: str | None
     backends: set[str] = field(default_factory=set)
     last_seen: float = field(default_factory=time.monotonic)
+    boot: str = ""
 
 
 class RemoteLink:
@@ -53,11 +60,15 @@ class RemoteLink:
     def __init__(self, server: OrchestratorServer):
         self.server = server
 
-    async def assign(self, backend: str, batch_id: str, runs: list[TaskRun]) -> None:
-        await self.server.send_to_backend(backend, p.Assign(backend=backend, batch_id=batch_id, runs=runs))
+    async def assign(self, backend: str, batch_id: str, runs: list[TaskRun], reg: str = "", seq: int = 0) -> None:
+        await self.server.send_to_backend(backend, p.Assign(backend=backend, batch_id=batch_id, runs=runs,
+                                                            reg=reg, seq=seq))
 
-    async def abort(self, backend: str, task_id: str) -> None:
-        await self.server.send_to_backend(backend, p.Abort(backend=backend, task_id=task_id))
+    async def abort(self, backend: str, task_id: str, attempt: int = 0) -> None:
+        await self.server.send_to_backend(backend, p.Abort(backend=backend, task_id=task_id, attempt=attempt))
+
+    def forget(self, backend: str, reason: str) -> None:
+        self.server.forget(backend, reason)
 
     async def pause(self, backend: str, defer: bool = True) -> str:
         return await self.server.ask_worker(backend, p.Pause(req=p.new_req(), backend=backend, defer=defer))
@@ -158,9 +169,29 @@ class OrchestratorServer:
             return False
 
     async def send_to_backend(self, backend: str, msg: Any) -> None:
+        """Send to the backend's worker at once; PPUError when it provably did not leave."""
         identity = self.backend_peer.get(backend)
-        if identity is None or not await self.send(identity, msg):
+        if identity is None:
             raise PPUError(f"backend {backend} has no connected worker")
+        if self._sock is None:
+            raise PPUError("the orchestrator's socket is closed")
+        try:  # never through the group-commit outbox: the caller must know whether it left
+            await self._sock.send_multipart([identity, *p.encode(msg)], flags=zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            self.orch.counters["unroutable" if exc.errno == zmq.EHOSTUNREACH else "send_dropped"] += 1
+            raise PPUError(f"backend {backend}: the message could not be sent ({exc.strerror})") from None
+
+    def forget(self, backend: str, reason: str) -> None:
+        """The scheduler declared ``backend`` lost: drop its connection and ask its worker back."""
+        identity = self.backend_peer.pop(backend, None)
+        peer = self.peers.get(identity) if identity is not None else None
+        if peer is None or identity is None:
+            return
+        peer.backends.discard(backend)
+        t = asyncio.get_running_loop().create_task(self.send(identity, p.Error.of(p.NotRegistered(
+            f"backend {backend} was declared lost ({reason})", hint="register again"))))
+        self._tasks.add(t)  # keep a reference until it is done (asyncio holds weak ones)
+        t.add_done_callback(self._tasks.discard)
 
     async def ask_worker(self, backend: str, msg: p.Pause | p.Resume) -> str:
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -240,24 +271,52 @@ class OrchestratorServer:
                 fut.set_result(msg.detail)
             return
         if peer is None or (not isinstance(msg, p.Heartbeat) and msg.backend not in peer.backends):
+            if not isinstance(msg, p.Heartbeat):
+                self._refused(identity, key, msg, "the sending connection does not hold this backend")
             self.orch.counters["not_registered"] += 1
             await self.send(identity, p.Error.of(p.NotRegistered(
                 "this worker is not registered (the orchestrator restarted or declared it lost)",
                 hint="register again")))
             return
-        if isinstance(msg, p.Heartbeat):
-            for b in peer.backends:
-                self.orch.heartbeat(b)
-        elif isinstance(msg, p.Started):
-            self.orch.started(msg.task_id, msg.attempt)
-        elif isinstance(msg, p.Progress):
-            self.orch.progress(msg.task_id, msg.fraction, msg.message)
-        elif isinstance(msg, p.ResultMsg):
-            await self._result(identity, msg.backend, msg.result)
+        try:
+            if isinstance(msg, p.Heartbeat):
+                inventory = msg.inventory or {}
+                gone = [b for b in sorted(peer.backends)
+                        if not self.orch.heartbeat(b, _inventory(msg.reg, inventory.get(b)))]
+                if gone:  # the scheduler no longer has them: forget them here and ask the worker back
+                    for b in gone:
+                        peer.backends.discard(b)
+                        if self.backend_peer.get(b) == identity:
+                            self.backend_peer.pop(b)
+                    await self.send(identity, p.Error.of(p.NotRegistered(
+                        f"backend(s) {', '.join(gone)} are not registered", hint="register again")))
+            elif isinstance(msg, p.Started):
+                self.orch.started(msg.task_id, msg.attempt, msg.backend)
+            elif isinstance(msg, p.Progress):
+                self.orch.progress(msg.task_id, msg.fraction, msg.message, msg.backend, msg.attempt)
+            elif isinstance(msg, p.ResultMsg):
+                await self._result(identity, key, msg)
+        except NotAllowed as exc:
+            self._refused(identity, key, msg, str(exc))
+            await self.send(identity, p.Error.of(exc, p.result_req(msg.result) if isinstance(msg, p.ResultMsg) else ""))
 
-    async def _result(self, identity: bytes, backend: str, result: Any) -> None:
+    def _refused(self, identity: bytes, key: str | None, msg: Any, why: str) -> None:
+        """A start, progress or result from a peer that does not hold that attempt: count and audit."""
+        self.orch.counters[f"refused_{msg.type}"] += 1
+        if isinstance(msg, p.Progress):
+            return  # counted only: a flood of progress must not grow the audit log
+        task_id = msg.result.task_id if isinstance(msg, p.ResultMsg) else getattr(msg, "task_id", None)
+        attempt = msg.result.attempt if isinstance(msg, p.ResultMsg) else getattr(msg, "attempt", None)
+        self.orch.audit(AuditEntry(
+            actor=f"peer:{identity.hex()[:16]}" + (f"[{key[:8]}]" if key else ""), action=f"refused_{msg.type}",
+            target=task_id, detail={"backend": getattr(msg, "backend", None), "attempt": attempt, "why": why}))
+
+    async def _result(self, identity: bytes, key: str | None, msg: p.ResultMsg) -> None:
+        backend, result = msg.backend, msg.result
         try:
             self.orch.finished(result, backend)  # journals before it returns
+        except NotAllowed:
+            raise
         except PPUError as exc:
             self.orch.counters["result_errors"] += 1
             await self.send(identity, p.Error.of(exc))
@@ -266,6 +325,20 @@ class OrchestratorServer:
 
     async def _register(self, identity: bytes, key: str | None, msg: p.Register) -> None:
         refused = [s.name for s in msg.backends if not self.auth.may_register(key, s.name)]
+        now = self.orch.clock()
+        held = [s.name for s in msg.backends
+                if (holder := self.peers.get(self.backend_peer.get(s.name, b""))) is not None
+                and holder.identity != identity and self.orch.sched.is_alive(s.name, now)
+                and (not msg.boot or holder.boot != msg.boot)]
+        if held and not refused:
+            self.orch.counters["refused_takeover"] += 1
+            self.orch.audit(AuditEntry(
+                actor=f"peer:{identity.hex()[:16]}" + (f"[{key[:8]}]" if key else ""), action="refused_register",
+                target=",".join(held), detail={"worker": msg.worker, "why": "held by a live connection"}))
+            await self.send(identity, p.Error.of(NotAllowed(
+                f"backend(s) {', '.join(held)} are held by another live connection", field="backends",
+                hint="stop the other worker, or wait until it has missed its heartbeats"), msg.req))
+            return
         if refused:
             self.orch.counters["refused_register"] += 1
             log.warning("worker %s (key %s) may not register %s", msg.worker, key, refused)
@@ -274,17 +347,23 @@ class OrchestratorServer:
                 hint="list the backend under security.workers for this key in the lab config"), msg.req))
             return
         peer = self.peers.setdefault(identity, _Peer(identity, key))
+        peer.boot = msg.boot
         for spec in msg.backends:
             old = self.backend_peer.get(spec.name)
             if old is not None and old != identity and old in self.peers:
                 self.peers[old].backends.discard(spec.name)
-            self.orch.register(spec, self.link, msg.in_flight.get(spec.name, []))
             self.backend_peer[spec.name] = identity
             peer.backends.add(spec.name)
+            self.orch.register(spec, self.link, msg.in_flight.get(spec.name, []), boot=msg.boot, reg=msg.req)
         for backend, results in msg.pending.items():
             if backend in peer.backends:
                 for r in results:
-                    await self._result(identity, backend, r)
+                    rm = p.ResultMsg(backend=backend, result=r)
+                    try:
+                        await self._result(identity, key, rm)
+                    except NotAllowed as exc:
+                        self._refused(identity, key, rm, str(exc))
+                        await self.send(identity, p.Error.of(exc, p.result_req(r)))
         self.orch.counters["registrations"] += 1
         await self.send(identity, p.RegisterOk(req=msg.req, backends=sorted(peer.backends),
                                                heartbeat_s=self.cfg.heartbeat_s))
@@ -298,29 +377,18 @@ class OrchestratorServer:
                 log.exception("liveness check failed")
 
     async def _check_peers(self) -> None:
+        """Heartbeat every worker; let go of connections that hold no backend and went silent.
+
+        Whether a backend is alive is the scheduler's call (it declares it lost and the
+        orchestrator calls :meth:`forget`); this only bounds the table of connections.
+        """
         now = time.monotonic()
         deadline = self.cfg.heartbeat_s * self.cfg.missed_heartbeats
-        registered = {b["name"] for b in self.orch.sched.backends() if b["registered"]}
         for identity, peer in list(self.peers.items()):
-            if now - peer.last_seen > deadline:
-                for b in sorted(peer.backends):
-                    if self.backend_peer.get(b) == identity:
-                        self.backend_peer.pop(b)
-                        self.orch.lost(b, f"missed heartbeats for {now - peer.last_seen:.1f}s")
+            peer.backends = {b for b in peer.backends if self.backend_peer.get(b) == identity}
+            if not peer.backends and now - peer.last_seen > deadline:
                 self.peers.pop(identity)
                 continue
-            gone = {b for b in peer.backends if b not in registered}
-            if gone:  # the scheduler's clock got there first: forget them and ask the worker back
-                for b in gone:
-                    peer.backends.discard(b)
-                    if self.backend_peer.get(b) == identity:
-                        self.backend_peer.pop(b)
-                        self.orch.links.pop(b, None)
-                        self.orch.store.add_audit(AuditEntry(
-                            actor="orchestrator", action="backend_lost", target=b,
-                            detail={"why": "missed heartbeats (scheduler clock)"}))
-                await self.send(identity, p.Error.of(p.NotRegistered(
-                    f"backend(s) {', '.join(sorted(gone))} were declared lost", hint="register again")))
             await self.send(identity, p.Heartbeat())
 
     # ---- clients ---------------------------------------------------------------------------
@@ -455,6 +523,13 @@ class OrchestratorServer:
                     self._sub_queues.pop(identity, None)
                     self.orch.unsubscribe(q)
                     return
+
+
+def _inventory(reg: str, h: p.Holding | None) -> Inventory | None:
+    if h is None:
+        return None
+    return Inventory(reg, h.seq, tuple(tuple(k) for k in h.running),  # type: ignore[misc]
+                     tuple(tuple(k) for k in h.unacked))  # type: ignore[misc]
 
 
 def _guess_req(body: list[bytes]) -> str:

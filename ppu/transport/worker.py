@@ -7,6 +7,13 @@ started / progress / results out, results re-sent with backoff until acknowledge
 orchestrator is silent for ``heartbeat_s * missed_heartbeats`` (killed, restarted, network),
 the worker throws its socket away, connects a new one and registers again (zguide's Paranoid
 Pirate). One coroutine owns the socket, so replacing it needs no locks.
+
+It registers ONCE per connection, as the connection's first message; to register again (the
+orchestrator answered ``not_registered`` to a message sent after the registration was answered,
+or refused the registration) it opens a new connection. Each heartbeat carries, per backend,
+the attempts it runs and has not had acknowledged, and the highest assignment number it received
+under its registration, so the orchestrator can re-send an assignment that never arrived and abort
+work it no longer expects.
 """
 
 from __future__ import annotations
@@ -53,6 +60,12 @@ class Worker:
         self._main: asyncio.Task[None] | None = None
         self._side: set[asyncio.Task[Any]] = set()
         self._register_req = ""
+        self._register_sent_at = 0.0  # when the registration now awaiting an answer was sent (0: none)
+        self.boot = uuid.uuid4().hex  # this process; tells the orchestrator "the same worker came back"
+        self._seq: dict[str, int] = {}  # backend -> highest assignment number under the registration
+        self.registrations = 0
+        self._silence_s = heartbeat_s * missed_heartbeats
+        self._refused_at = 0.0
 
     # ---- life cycle ------------------------------------------------------------------------
 
@@ -104,6 +117,14 @@ class Worker:
         self._last_heard = time.monotonic()
         self._send_register()
 
+    def _reconnect(self) -> None:
+        """Register again on a NEW connection. Whatever the old one still had on its way in is
+        dropped unread with it, so the new registration's list of held work is exact: an
+        assignment the orchestrator sent before processing it never reached this worker."""
+        self.reconnects += 1
+        self._close_socket()
+        self._open()
+
     def _close_socket(self) -> None:
         if self._sock is not None:
             self._sock.close(linger=0)
@@ -124,9 +145,12 @@ class Worker:
 
     def _send_register(self) -> None:
         self._register_req = p.new_req()
-        self._last_register = time.monotonic()
+        self._last_register = self._register_sent_at = time.monotonic()
+        self._seq = {}
+        self.registered = False
+        self.registrations += 1
         specs = [h.backend.spec() for h in self.hosts.values()]
-        self._send(p.Register(req=self._register_req, worker=self.name, backends=specs,
+        self._send(p.Register(req=self._register_req, worker=self.name, boot=self.boot, backends=specs,
                               in_flight={n: h.in_flight() for n, h in self.hosts.items()},
                               pending={n: h.pending_results() for n, h in self.hosts.items() if h.unacked}))
 
@@ -135,7 +159,8 @@ class Worker:
             if kind == "started":
                 self._send(p.Started(backend=backend, **payload))
             elif kind == "progress":
-                self._send(p.Progress(backend=backend, task_id=payload["task_id"],
+                attempt = self.hosts[backend].attempt_of.get(payload["task_id"])
+                self._send(p.Progress(backend=backend, task_id=payload["task_id"], attempt=attempt,
                                       fraction=min(1.0, max(0.0, float(payload["fraction"]))),
                                       message=str(payload["message"])[:4096]))
             elif kind == "result":
@@ -163,18 +188,31 @@ class Worker:
                 continue
             now = time.monotonic()
             next_beat = now + tick
-            if now - self._last_heard > tick * self.missed:
+            if now - self._last_heard > self._silence_s:
                 log.warning("orchestrator at %s silent for %.1fs: reconnecting", self.connect_to,
                             now - self._last_heard)
                 self.reconnects += 1
+                # back off while it stays away (Paranoid Pirate); a new socket's registration waits
+                # in its queue and leaves the moment the orchestrator is back
+                self._silence_s = min(self._silence_s * 2, max(tick * self.missed, 30.0))
                 self._close_socket()
                 self._open()
                 continue
-            if not self.registered and now - self._last_register > tick:
-                self._send_register()
-            self._send(p.Heartbeat())
+            if self._refused_at and now - self._refused_at > tick * self.missed:
+                self._refused_at = 0.0
+                self._reconnect()  # refused while another live connection held a backend: try again
+            self._send(self._heartbeat())
             if self.registered:
                 self._resend(now)
+
+    def _heartbeat(self) -> p.Heartbeat:
+        if not self.registered:
+            return p.Heartbeat()
+        inv = {}
+        for name, host in self.hosts.items():
+            running, unacked = host.holding()
+            inv[name] = p.Holding(seq=self._seq.get(name, 0), running=running, unacked=unacked)
+        return p.Heartbeat(reg=self._register_req, inventory=inv)
 
     def _resend(self, now: float) -> None:
         for name, host in self.hosts.items():
@@ -188,15 +226,21 @@ class Worker:
 
     def _on_message(self, msg: Any) -> None:
         self._last_heard = time.monotonic()
+        self._silence_s = self.heartbeat_s * self.missed
         match msg:
             case p.Heartbeat():
                 pass
             case p.RegisterOk():
+                if msg.req != self._register_req:
+                    return  # the answer to an earlier registration
                 self.registered = True
+                self._register_sent_at = 0.0
                 log.info("registered %s at %s", ", ".join(msg.backends), self.connect_to)
             case p.Assign():
                 host = self.hosts.get(msg.backend)
                 if host is not None:
+                    if msg.reg == self._register_req:
+                        self._seq[msg.backend] = max(self._seq.get(msg.backend, 0), msg.seq)
                     host.assign(msg.batch_id, msg.runs)
             case p.Ack():
                 host = self.hosts.get(msg.backend)
@@ -206,17 +250,29 @@ class Worker:
             case p.Abort():
                 host = self.hosts.get(msg.backend)
                 if host is not None:
-                    self._spawn(host.abort(msg.task_id))
+                    self._spawn(host.abort(msg.task_id, msg.attempt))
             case p.Pause() | p.Resume():
                 host = self.hosts.get(msg.backend)
                 if host is not None:
                     self._spawn(self._pause(host, msg))
             case p.Error():
                 if msg.code == p.NotRegistered.code:
-                    self.registered = False
-                    self._send_register()
+                    # Register once: while a registration awaits its answer, a not_registered is
+                    # the answer to a message sent before it (e.g. queued while the orchestrator
+                    # restarted), not a reason to register again.
+                    if not self._register_sent_at:
+                        self._reconnect()
+                elif msg.code == "not_allowed" and msg.req.startswith("result:"):
+                    # refused for good (not this attempt's holder): keeping it would re-send forever
+                    _, n, task_id = msg.req.split(":", 2)
+                    log.error("the orchestrator refused our result for %s attempt %s: %s", task_id, n, msg.message)
+                    attempt = int(n) if n.isdigit() else -1
+                    for host in self.hosts.values():
+                        host.ack(task_id, attempt)
+                    self._resend_at.pop((task_id, attempt), None)
                 elif msg.req and msg.req == self._register_req:
                     log.error("the orchestrator refused the registration: %s (%s)", msg.message, msg.hint)
+                    self._refused_at = time.monotonic()
                 else:
                     log.warning("orchestrator error: %s: %s", msg.code, msg.message)
             case _:

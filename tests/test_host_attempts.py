@@ -1,0 +1,92 @@
+"""A worker runs each attempt at most once, keyed by (task id, attempt), never by batch id."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from transport_helpers import run
+
+from ppu.backends.base import TaskRun
+from ppu.backends.registry import build_backend
+from ppu.host import BackendHost
+
+
+def _run(tid: str, attempt: int) -> TaskRun:
+    return TaskRun(task_id=tid, attempt=attempt, capability="echo", inputs={"x": 1})
+
+
+def test_attempts_not_batch_ids_decide_what_runs():
+    async def body() -> None:
+        reports: list[tuple[str, dict[str, Any]]] = []
+
+        async def report(kind: str, payload: dict[str, Any]) -> None:
+            reports.append((kind, payload))
+        host = BackendHost(build_backend({"type": "echo", "name": "e", "duration_s": 0.0}), report)
+        await host.start()
+        try:
+            assert host.assign("t", [_run("t", 1)])
+            assert not host.assign("t", [_run("t", 1)])  # a re-sent assign while it runs
+            while ("t", 1) not in host.unacked:
+                await asyncio.sleep(0.005)
+            assert not host.assign("t", [_run("t", 1)])  # finished, not yet acknowledged
+            host.ack("t", 1)
+            assert not host.assign("other-label", [_run("t", 1)])  # acknowledged: never again
+            # a retry after review reuses the batch id "t" (one-task batches): it is a new attempt
+            assert host.assign("t", [_run("t", 2)])
+            while ("t", 2) not in host.unacked:
+                await asyncio.sleep(0.005)
+            started = [(p["task_id"], p["attempt"]) for k, p in reports if k == "started"]
+            assert started == [("t", 1), ("t", 2)]
+            assert host.holding() == ([], [("t", 2)])
+        finally:
+            await host.close()
+    run(body(), 20)
+
+
+class _Recorder:
+    """A WorkerLink that only records what would have been sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, list[tuple[str, int]]]] = []
+
+    async def assign(self, backend: str, batch_id: str, runs: list[TaskRun], reg: str = "", seq: int = 0) -> None:
+        self.sent.append((backend, [(r.task_id, r.attempt) for r in runs]))
+
+    async def abort(self, backend: str, task_id: str, attempt: int = 0) -> None: ...
+
+    async def pause(self, backend: str, defer: bool = True) -> str:
+        return ""
+
+    async def resume(self, backend: str) -> str:
+        return ""
+
+
+def test_an_assignment_no_longer_current_is_not_sent(tmp_path):
+    """A re-sent assign is sent from a task, so the result's ack can leave first; by then the
+    attempt is over and the assign must not go out (it would run the attempt a second time)."""
+    from ppu.events import Assign
+    from ppu.models import Result, ResultStatus, TaskSpec
+    from ppu.orchestrator import Orchestrator
+    from ppu.store import Store, sqlite_url
+
+    async def body() -> None:
+        store = Store(sqlite_url(tmp_path / "s.sqlite"))
+        orch = Orchestrator(store)
+        await orch.start()
+        link = _Recorder()
+        try:
+            orch.register(build_backend({"type": "echo", "name": "e", "duration_s": 0.0}).spec(), link)
+            [tid] = orch.submit([TaskSpec(capability="echo", inputs={"x": 1})])
+            await asyncio.sleep(0.01)
+            assert link.sent == [("e", [(tid, 1)])]
+            stale = Assign("e", tid, ((tid, 1),), "", 1)
+            runs = [_run(tid, 1)]
+            orch.finished(Result(task_id=tid, attempt=1, status=ResultStatus.succeeded, outputs={"y": 2.0}), "e")
+            await orch._assign(link, stale, runs)
+            assert link.sent == [("e", [(tid, 1)])]  # not sent again
+            assert orch.counters["assign_not_current"] == 1
+        finally:
+            await orch.close()
+            store.close()
+    run(body(), 20)
