@@ -3,7 +3,8 @@
 Steps, each a standard one of chromatography data systems:
 
 1. **Baseline** by asymmetric least squares (Eilers & Boelens 2005): a smooth curve that the
-   signal may rise above (peaks) but is pulled onto where the signal is flat; subtracted.
+   signal may rise above (peaks) but is pulled onto where the signal is flat, then re-centred on
+   the peak-free points (ALS alone sits at the bottom of the noise); subtracted.
 2. **Noise** from the median absolute deviation of the first difference (robust to peaks).
 3. **Peaks** by :func:`scipy.signal.find_peaks` on a Savitzky-Golay smoothed trace, kept when
    their prominence is ``snr`` times the noise and they elute after the solvent front.
@@ -74,7 +75,12 @@ def als_baseline(y: np.ndarray, lam: float = 1e7, p: float = 0.002, iterations: 
         wm = sparse.spdiags(w, 0, n, n)
         z = spsolve((wm + penalty).tocsc(), w * y)
         w = np.where(y > z, p, 1.0 - p)
-    return np.asarray(z)
+    # ALS hugs the lower envelope of the noise; re-centre it on the peak-free points
+    r = y - np.asarray(z)
+    for _ in range(3):
+        quiet = r < np.median(r) + 3.0 * noise_level(r)
+        r = r - np.median(r[quiet])
+    return y - r
 
 
 def noise_level(y: np.ndarray) -> float:
@@ -98,16 +104,17 @@ def detect_peaks(time_min: np.ndarray, corrected: np.ndarray, noise: float, *, s
                  tail_fraction: float = 0.005) -> list[Peak]:
     """Peaks of a baseline-corrected trace, integrated by trapezoids between drop-lines."""
     dt = float(np.median(np.diff(time_min)))
-    window = max(5, int(round(0.06 / dt)) | 1)  # ~ the peak half-width: smooths noise, keeps shape
+    window = max(5, round(0.06 / dt) | 1)  # ~ the peak half-width: smooths noise, keeps shape
     smooth = savgol_filter(corrected, window, 3)
-    idx, props = find_peaks(smooth, prominence=snr * noise, distance=max(1, int(0.08 / dt)))
+    idx, _ = find_peaks(smooth, prominence=snr * noise, distance=max(1, int(0.08 / dt)))
     idx = idx[time_min[idx] > SOLVENT_FRONT_MIN + 0.3]
     peaks: list[Peak] = []
     for k, apex in enumerate(idx):
         lo = int(idx[k - 1]) if k > 0 else 0
         hi = int(idx[k + 1]) if k + 1 < len(idx) else len(corrected) - 1
         # the valley between neighbours is the furthest a peak may extend
-        lo_limit = lo + int(np.argmin(smooth[lo:apex + 1])) if k > 0 else int(np.searchsorted(time_min, SOLVENT_FRONT_MIN))
+        front = int(np.searchsorted(time_min, SOLVENT_FRONT_MIN))
+        lo_limit = lo + int(np.argmin(smooth[lo:apex + 1])) if k > 0 else front
         hi_limit = apex + int(np.argmin(smooth[apex:hi + 1])) if k + 1 < len(idx) else hi
         floor = max(tail_fraction * smooth[apex], 2.0 * noise)
         left, right = _bounds(smooth, int(apex), lo_limit, hi_limit, floor)

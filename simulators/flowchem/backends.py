@@ -171,7 +171,8 @@ class FlowInstrumentBackend(Backend):
         return self.ok(run, outputs, started, **prov)
 
     def _keep_documents(self, run: TaskRun, outcome: PlanOutcome) -> dict[str, Any]:
-        where = [self.sink.write(uid, run.task_id, docs) for uid, docs in split_by_run(outcome.documents).items() if uid]
+        runs = split_by_run(outcome.documents).items()
+        where = [self.sink.write(uid, run.task_id, docs) for uid, docs in runs if uid]
         return {"run_uids": outcome.run_uids, "documents": ";".join(where) or None,
                 "device": "simulated" if self.cfg.simulated else self.cfg.epics_prefix or None}
 

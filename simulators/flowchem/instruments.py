@@ -140,7 +140,7 @@ class HPLCModel(InstrumentModel):
         return 60.0 * run_time_min + self.re_equilibration_s
 
     def time_axis(self, run_time_min: float, sample_rate_hz: float) -> np.ndarray:
-        n = int(round(run_time_min * 60.0 * sample_rate_hz)) + 1
+        n = round(run_time_min * 60.0 * sample_rate_hz) + 1
         return np.linspace(0.0, run_time_min, n)
 
     def chromatogram(self, concentrations_m: dict[str, float], t: np.ndarray, injection_ul: float = 5.0) -> np.ndarray:
