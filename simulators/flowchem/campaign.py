@@ -244,7 +244,7 @@ def summarise(result: FlowCampaignResult, *, optimum: bool = True) -> dict[str, 
     exps = result.experiments
     true = [world.expected_yield(e.recipe) for e in exps]
     true_best = list(np.maximum.accumulate(true)) if true else []
-    measured = [e for e in exps if e.product_yield is not None]
+    measured = [e for e in exps if e.status == "measured"]
     best = max(measured, key=lambda e: e.product_yield or 0.0) if measured else None
     out: dict[str, Any] = {
         "campaign": result.config.name, "strategy": result.config.optimiser.strategy, "experiments": len(exps),
