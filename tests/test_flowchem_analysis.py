@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ppu.drivers.flowchem.analysis import ChromatogramError, analyse_chromatogram, als_baseline, noise_level
+from ppu.drivers.flowchem.analysis import ChromatogramError, als_baseline, analyse_chromatogram, noise_level
 from ppu.drivers.flowchem.method import METHOD
 from ppu.drivers.flowchem.models import FlowRecipe
 from ppu.simulators.flowchem.instruments import HPLCModel

@@ -48,7 +48,7 @@ def test_campaign_file_parses_and_points_at_its_lab(tmp_path: Path) -> None:
 def test_bad_campaign_field_is_named(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nbudget: {experiments: 0}\n")
-    with pytest.raises(ConfigError, match="budget.experiments"):
+    with pytest.raises(ConfigError, match=r"budget\.experiments"):
         load_flow_campaign(bad)
     assert main([str(tmp_path / "missing.yaml"), "--run-dir", str(tmp_path / "run")]) == 2
 

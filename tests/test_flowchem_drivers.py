@@ -14,7 +14,7 @@ from ophyd.utils import ReadOnlyError
 from pydantic import ValidationError
 
 from ppu.drivers.flowchem import HPLC, FlowReactor, FlowRecipe, analyse_chromatogram, measure_hplc, run_flow_reaction
-from ppu.drivers.flowchem.devices import flow_reactor, hplc
+from ppu.drivers.flowchem.devices import flow_reactor
 from ppu.simulators.flowchem import FlowLab, FlowReactorModel, FlowWorld, FlowWorldConfig, HPLCModel, InstrumentFault
 from ppu.simulators.flowchem.devices import simulated_flow_reactor, simulated_hplc
 from ppu.simulators.flowchem.lab import UnknownFractionError

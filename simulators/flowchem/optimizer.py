@@ -137,4 +137,5 @@ class MixedBoxOptimizer:
             with torch.no_grad():
                 post = gp.posterior(cand)
                 mean, std = float(post.mean.squeeze()), float(post.variance.clamp_min(0).sqrt().squeeze())
-        return Proposal(decode(cand.squeeze(0).numpy()), "GP qLogNEI", acquisition=float(value), mean=mean, std=std)
+        acq_value = None if value is None else float(value.item())
+        return Proposal(decode(cand.squeeze(0).numpy()), "GP qLogNEI", acquisition=acq_value, mean=mean, std=std)

@@ -9,9 +9,9 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from ppu.drivers.flowchem.models import LIGANDS, PROCESS_BOX  # noqa: E402
+from ppu.drivers.flowchem.models import LIGANDS, PROCESS_BOX
 
 _COLOURS = dict(zip(LIGANDS, ("tab:blue", "tab:orange", "tab:green", "tab:red"), strict=True))
 
