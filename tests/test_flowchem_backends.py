@@ -148,3 +148,36 @@ def test_refusals_move_nothing(tmp_path: Path) -> None:
     assert "recipe.concentration_m" in res[1].error
     assert "offers react.flow" in res[2].error
     assert reactor.lab.known_samples() == []  # type: ignore[union-attr]
+
+
+def _slow_reaction(tmp_path: Path, during: str) -> tuple[Any, FlowInstrumentBackend, str]:
+    """Start a ~2 s (wall) reaction, then abort or pause it half-way."""
+    async def main() -> tuple[Any, FlowInstrumentBackend, str]:
+        reactor = build_backend(lab_config(tmp_path, "flow_reactor", "reactor", time_scale=1000.0))
+        assert isinstance(reactor, FlowInstrumentBackend)
+        await reactor.start()
+        try:
+            task = asyncio.create_task(reactor.run([react_run("slow")], no_progress))
+            await asyncio.sleep(0.6)
+            said = await reactor.abort("slow") if during == "abort" else await reactor.pause()
+            [res] = await asyncio.wait_for(task, 10)
+            await asyncio.sleep(2.0)  # past the reaction's end: a cancelled acquisition must not land
+        finally:
+            await reactor.close()
+        return res, reactor, str(said)
+
+    return asyncio.run(main())
+
+
+def test_abort_mid_reaction_collects_nothing(tmp_path: Path) -> None:
+    res, reactor, _ = _slow_reaction(tmp_path, "abort")
+    assert res.status == ResultStatus.failed and res.interrupted and not res.retryable
+    assert reactor.lab.known_samples() == []  # type: ignore[union-attr]
+
+
+def test_pause_during_reaction_aborts_instead_of_repeating(tmp_path: Path) -> None:
+    """The reaction cannot be rewound: a pause there ends the run for review, never a second vial."""
+    res, reactor, said = _slow_reaction(tmp_path, "pause")
+    assert said.startswith("pause requested")
+    assert res.status == ResultStatus.failed and res.interrupted
+    assert reactor.lab.known_samples() == []  # type: ignore[union-attr]

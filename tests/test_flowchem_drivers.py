@@ -42,8 +42,9 @@ def test_reaction_plan_is_a_list_of_messages() -> None:
     dev = make_fake_device(FlowReactor)("FLOW1:", name="reactor")
     msgs = list(run_flow_reaction(dev, RECIPE, {"task_id": "t1"}, collect_volume_ml=3.0, sample_label="F-1"))
     cmds = [m.command for m in msgs]
-    assert cmds[0] == "open_run" and cmds[-1] == "close_run"
-    assert msgs[0].kwargs["recipe"]["ligand"] == "SPhos" and msgs[0].kwargs["task_id"] == "t1"
+    assert cmds[:2] == ["stage", "open_run"] and cmds[-2:] == ["close_run", "unstage"]
+    opened = msgs[1]
+    assert opened.kwargs["recipe"]["ligand"] == "SPhos" and opened.kwargs["task_id"] == "t1"
     sets = {m.obj.attr_name: m.args[0] for m in msgs if m.command == "set"}
     assert sets == {"ligand": "SPhos", "temperature_c": 85.0, "residence_time_min": 8.0, "equivalents_b": 1.6,
                     "concentration_m": 0.4, "collect_volume_ml": 3.0, "sample_label": "F-1"}
@@ -56,7 +57,7 @@ def test_hplc_plan_is_a_list_of_messages() -> None:
     dev = make_fake_device(HPLC)("HPLC1:", name="hplc")
     msgs = list(measure_hplc(dev, "F-1", run_time_min=12.0))
     cmds = [m.command for m in msgs]
-    assert cmds[0] == "open_run" and msgs[0].kwargs["sample_id"] == "F-1"
+    assert cmds[:2] == ["stage", "open_run"] and msgs[1].kwargs["sample_id"] == "F-1"
     assert cmds.index("checkpoint") < cmds.index("trigger") < cmds.index("read")
     assert {m.obj.attr_name: m.args[0] for m in msgs if m.command == "set"}["run_time_min"] == 12.0
 

@@ -3,7 +3,8 @@
 Each class declares its signals once, on EPICS PVs: setpoints are ``EpicsSignal`` (kind
 ``config``), read-backs ``EpicsSignalRO``. The *EPICS build* is the class itself under a PV prefix;
 ``trigger()`` puts 1 to ``<prefix>Acquire`` and completes on the put-callback (the areaDetector
-convention), with a timeout. The *simulated build* is the same class through
+convention), with a timeout. Plans stage the device; unstaging it while an acquisition is still
+running (the run was aborted) stops the acquisition. The *simulated build* is the same class through
 :func:`ophyd.sim.make_fake_device`: every PV becomes a soft signal with the same name and kind,
 read-backs stay read-only (a ``put`` raises ``ReadOnlyError``), and ``trigger()`` is handed to a
 *simulator hook*, an object the caller passes in (``ppu.simulators.flowchem`` provides them), which
@@ -42,6 +43,7 @@ class FlowDevice(Device):
     def __init__(self, prefix: str = "", *, name: str, simulator: SimulatorHook | None = None, **kw: Any):
         super().__init__(prefix, name=name, **kw)
         self.simulator = simulator
+        self._in_flight: StatusBase | None = None
 
     @property
     def simulated(self) -> bool:
@@ -49,12 +51,24 @@ class FlowDevice(Device):
 
     def trigger(self) -> StatusBase:
         if self.simulator is not None:
-            return self.simulator.trigger(self)
-        return self.acquire.set(1, timeout=self.acquire_timeout_s)
+            status = self.simulator.trigger(self)
+        else:
+            status = self.acquire.set(1, timeout=self.acquire_timeout_s)
+        self._in_flight = status
+        return status
+
+    def unstage(self) -> list[object]:
+        # The RunEngine unstages what a plan staged when the run ends, also on abort or a pause
+        # that cannot rewind: an acquisition still running then is stopped, so nothing lands later.
+        if self._in_flight is not None and not self._in_flight.done:
+            self.stop()
+        return super().unstage()  # type: ignore[no-any-return]
 
     def stop(self, *, success: bool = False) -> None:
         if self.simulator is not None:
             self.simulator.stop()
+        elif self._in_flight is not None and not self._in_flight.done:
+            self.acquire.put(0, use_complete=False)  # areaDetector convention: Acquire=0 stops
         super().stop(success=success)
 
     def _units(self, desc: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -29,6 +29,7 @@ def run_flow_reaction(reactor: Device, recipe: FlowRecipe | dict[str, Any], md: 
     _md = {"plan_name": "run_flow_reaction", "recipe": r.model_dump(mode="json"), "sample_label": sample_label,
            "collect_volume_ml": collect_volume_ml, **(md or {})}
 
+    @bpp.stage_decorator([reactor])
     @bpp.run_decorator(md=_md)
     def inner() -> MsgGenerator[Any]:
         yield from bps.mv(reactor.ligand, r.ligand, reactor.temperature_c, r.temperature_c,  # type: ignore[attr-defined]
@@ -53,6 +54,7 @@ def measure_hplc(hplc: Device, sample_id: str, run_time_min: float = 10.0, sampl
            "plan_args": {"run_time_min": run_time_min, "sample_rate_hz": sample_rate_hz,
                          "injection_ul": injection_ul}, **(md or {})}
 
+    @bpp.stage_decorator([hplc])
     @bpp.run_decorator(md=_md)
     def inner() -> MsgGenerator[Any]:
         yield from bps.mv(hplc.sample_id, sample_id, hplc.run_time_min, run_time_min,  # type: ignore[attr-defined]

@@ -31,7 +31,7 @@ class _Hook:
     def __init__(self, lab: FlowLab, model: InstrumentModel):
         self.lab = lab
         self.model = model
-        self._timers: list[threading.Timer] = []
+        self._timers: list[tuple[threading.Timer, DeviceStatus]] = []
 
     def _later(self, device: Device, lab_s: float, fault: str | None, finish: Callable[[], None]) -> DeviceStatus:
         status = DeviceStatus(device)
@@ -48,13 +48,17 @@ class _Hook:
 
         timer = threading.Timer(self.model.wall_seconds(lab_s), done)
         timer.daemon = True
-        self._timers = [t for t in self._timers if t.is_alive()] + [timer]
+        self._timers = [(t, s) for t, s in self._timers if t.is_alive()] + [(timer, status)]
         timer.start()
         return status
 
     def stop(self) -> None:
-        for t in self._timers:
-            t.cancel()
+        """Stop every acquisition in flight: its read-backs are never filled, its status fails."""
+        for timer, status in self._timers:
+            timer.cancel()
+            if not status.done:
+                status.set_exception(InstrumentFault(f"{self.model.name}: acquisition stopped"))
+        self._timers = []
 
 
 class ReactorSimulator(_Hook):
