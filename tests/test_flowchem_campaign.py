@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from ppu.backends.registry import build_backend
 from ppu.config import load_lab
@@ -14,6 +16,7 @@ from ppu.errors import ConfigError
 from ppu.simulators.flowchem import pack
 from ppu.simulators.flowchem.campaign import (
     FlowCampaignConfig,
+    FlowCampaignLoop,
     lab_config,
     load_flow_campaign,
     main,
@@ -73,3 +76,38 @@ def test_closed_loop_beats_random_search(tmp_path: Path) -> None:
     assert len(lines) == 8 and {"recipe", "why", "status"} <= set(json.loads(lines[0]))
     for png in ("best_so_far.png", "yield_vs_parameters.png"):
         assert (tmp_path / png).stat().st_size > 10_000
+
+
+def test_device_fault_waits_for_a_person_and_is_never_rerun(tmp_path: Path) -> None:
+    """The reactor faults on its 2nd reaction: the task goes to review, a person fails it, the loop goes on."""
+    lab = yaml.safe_load((ROOT / "labs" / "flowchem-sim.yaml").read_text())
+    lab["backends"][0]["faults"] = {"fail_on": [2], "message": "pump B stalled"}
+    lab["autonomy"]["capabilities"] = {}
+    (tmp_path / "lab.yaml").write_text(yaml.safe_dump(lab))
+    cfg = FlowCampaignConfig(time_scale=1e6, lab=str(tmp_path / "lab.yaml"), budget={"experiments": 4},
+                             parallel={"in_flight": 1}, optimiser={"n_init": 4, "screen_size": 32})
+    told: list[str] = []
+    decided: list[str] = []
+
+    def person(client: Any, loop: FlowCampaignLoop) -> None:
+        loop.review_poll_s = 0.3
+
+        async def answer() -> None:
+            while not decided:
+                for item in await client.reviews():
+                    await client.review(item["task_id"], "fail", reason="pump B serviced; not repeating")
+                    decided.append(item["task_id"])
+                await asyncio.sleep(0.2)
+
+        tasks.append(asyncio.get_running_loop().create_task(answer()))
+
+    tasks: list[asyncio.Task[None]] = []
+    result = asyncio.run(run_flow_campaign(cfg, tmp_path / "run", on_review=lambda tid, cap: told.append(tid),
+                                           on_lab=person))
+    assert len(decided) == 1 and set(told) <= set(decided)  # the loop may see it first, or the person may
+    by_index = sorted(result.experiments, key=lambda e: e.index)
+    assert [e.status for e in by_index].count("failed") == 1
+    failed = next(e for e in by_index if e.status == "failed")
+    assert failed.tasks == decided and failed.error  # only the reaction: no HPLC, no second reaction
+    assert failed.product_yield is None  # left out of the data, never re-run
+    assert len(result.experiments) == 4

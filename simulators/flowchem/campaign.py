@@ -6,7 +6,8 @@ recipes on the digital twin, each experiment is a ``react.flow`` task and, on th
 made, a ``measure.hplc`` task. Up to ``parallel.in_flight`` experiments are in their pipelines at
 once (the HPLC of one fraction runs while the reactor makes the next), and every proposal is made
 with the others still in flight passed to the optimiser as pending. A clogged run is a measured
-outcome (no product: yield 0); a task that went to a person for review is left out of the data.
+outcome (no product: yield 0). A task interrupted by a device fault waits for a person (it is
+never re-run by the loop); an experiment that person fails is left out of the data.
 
 Output in the run folder: ``decisions.jsonl`` (one line per experiment: recipe, why, what came
 back), ``summary.json``, ``best_so_far.png`` (best yield against experiments, with the random
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import shutil
 import sys
 import time
@@ -35,11 +37,13 @@ from ppu.config import LabConfig, load_lab, load_yaml_model
 from ppu.drivers.flowchem.models import FlowRecipe
 from ppu.errors import ConfigError, PPUError
 from ppu.models import Autonomy, Strict, TaskState
+from ppu.protocol import WaitTimeout
 from ppu.simulators.flowchem.instruments import FlowReactorModel, HPLCModel
 from ppu.simulators.flowchem.optimizer import MixedBoxOptimizer, Proposal
 from ppu.simulators.flowchem.pack import register
 from ppu.simulators.flowchem.world import FlowWorld, FlowWorldConfig
 
+log = logging.getLogger(__name__)
 REACT, HPLC, PREDICT = "react.flow", "measure.hplc", "predict.yield"
 PHYSICAL_TYPES = ("flow_reactor", "hplc")
 
@@ -100,7 +104,7 @@ class Experiment:
     index: int
     recipe: FlowRecipe
     why: str
-    status: str = "pending"  # measured, clogged, needs_review, failed
+    status: str = "pending"  # measured, clogged, failed (waiting_for_review while a person decides)
     product_yield: float | None = None
     impurity: float | None = None
     sample_id: str | None = None
@@ -130,9 +134,13 @@ class FlowCampaignResult:
 class FlowCampaignLoop:
     """One campaign's loop over a client (see the module docstring)."""
 
+    review_poll_s = 30.0  # how often a wait checks whether its task went to a person for review
+
     def __init__(self, client: Any, cfg: FlowCampaignConfig, run_dir: Path,
-                 on_progress: Callable[[int, float], None] | None = None):
+                 on_progress: Callable[[int, float], None] | None = None,
+                 on_review: Callable[[str, str], None] | None = None):
         self.client = client
+        self.on_review = on_review
         self.cfg = cfg
         self.run_dir = run_dir
         self.on_progress = on_progress
@@ -143,10 +151,25 @@ class FlowCampaignLoop:
         self._decisions = (run_dir / "decisions.jsonl").open("w")
 
     async def task(self, capability: str, inputs: dict[str, Any], exp: Experiment) -> tuple[str, dict[str, Any]]:
-        """Submit one task and wait for it; returns (state, outputs or {'error': ...})."""
+        """Submit one task and wait for it; returns (state, outputs or {'error': ...}).
+
+        An interrupted physical task waits for a person (it is never re-run by the loop): the loop
+        says so once, keeps the other pipelines going, and takes whatever the person decides
+        (retry, fail, or a result entered by hand)."""
         [tid] = await self.client.submit([{"capability": capability, "inputs": inputs, "campaign": self.cfg.name}])
         exp.tasks.append(tid)
-        [task] = await self.client.wait([tid], timeout=3600)
+        told = False
+        while True:
+            try:
+                [task] = await self.client.wait([tid], timeout=self.review_poll_s)
+                break
+            except WaitTimeout:
+                if not told and (await self.client.task(tid)).state is TaskState.needs_review:
+                    told = True
+                    exp.status = "waiting_for_review"
+                    if self.on_review is not None:
+                        self.on_review(tid, capability)
+                    log.warning("%s (%s) was interrupted and waits for a person: ppu review %s", tid, capability, tid)
         res = await self.client.result(tid)
         if task.state is TaskState.succeeded and res is not None:
             return "succeeded", res.outputs
@@ -177,8 +200,8 @@ class FlowCampaignLoop:
                 exp.status, exp.product_yield, exp.impurity = "measured", out["product_yield"], out["impurity"]
         elif "clogged" in str(out.get("error", "")):
             exp.status, exp.product_yield, exp.impurity = "clogged", 0.0, 0.0  # a result: this recipe gives nothing
-        if exp.status == "pending":
-            exp.status = "needs_review" if state == TaskState.needs_review.value else "failed"
+        if exp.status in ("pending", "waiting_for_review"):
+            exp.status = "failed"
             exp.error = str(out.get("error"))
         return exp
 
@@ -215,7 +238,9 @@ class FlowCampaignLoop:
 
 
 async def run_flow_campaign(cfg: FlowCampaignConfig, run_dir: Path, *, base: Path | None = None,
-                            on_progress: Callable[[int, float], None] | None = None) -> FlowCampaignResult:
+                            on_progress: Callable[[int, float], None] | None = None,
+                            on_review: Callable[[str, str], None] | None = None,
+                            on_lab: Callable[[Any, FlowCampaignLoop], None] | None = None) -> FlowCampaignResult:
     """Run one campaign on the simulated flow lab (an EmbeddedLab); the run folder gets the store and logs."""
     from ppu.transport.lab import EmbeddedLab
 
@@ -223,7 +248,9 @@ async def run_flow_campaign(cfg: FlowCampaignConfig, run_dir: Path, *, base: Pat
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     async with EmbeddedLab(lab_config(cfg, run_dir, base), timeout=30.0) as client:
-        loop = FlowCampaignLoop(client, cfg, run_dir, on_progress)
+        loop = FlowCampaignLoop(client, cfg, run_dir, on_progress, on_review)
+        if on_lab is not None:
+            on_lab(client, loop)  # e.g. a person (or a test) who answers reviews through the same lab
         await loop.run()
     return FlowCampaignResult(config=cfg, experiments=loop.done, best_curve=loop.best_curve,
                               wall_s=time.time() - t0)
@@ -249,7 +276,7 @@ def summarise(result: FlowCampaignResult, *, optimum: bool = True) -> dict[str, 
     out: dict[str, Any] = {
         "campaign": result.config.name, "strategy": result.config.optimiser.strategy, "experiments": len(exps),
         "measured": len(measured), "clogged": sum(e.status == "clogged" for e in exps),
-        "needs_review": sum(e.status == "needs_review" for e in exps),
+        "failed": sum(e.status == "failed" for e in exps),
         "best_measured_yield": best.product_yield if best else None,
         "best_recipe": best.recipe.model_dump(mode="json") if best else None,
         "best_true_yield": float(true_best[-1]) if true_best else None,
@@ -289,8 +316,11 @@ def run_flow_campaign_cli(config_path: str | Path, run_dir: str | Path, console:
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("best yield {task.fields[best]:.3f}"), TimeElapsedColumn(), console=console) as bar:
         job = bar.add_task("experiments", total=cfg.budget.experiments, best=0.0)
-        result = asyncio.run(run_flow_campaign(cfg, out, base=base,
-                                               on_progress=lambda n, b: bar.update(job, completed=n, best=b)))
+        result = asyncio.run(run_flow_campaign(
+            cfg, out, base=base, on_progress=lambda n, b: bar.update(job, completed=n, best=b),
+            on_review=lambda tid, cap: console.log(
+                f"[yellow]{tid} ({cap}) was interrupted and waits for a person[/]: ppu review {tid} "
+                "--decision retry|fail|result (the campaign goes on meanwhile)")))
     summary = write_report(result, out)
     table = Table(title=f"campaign {cfg.name}")
     table.add_column("figure")
