@@ -106,6 +106,7 @@ def test_reaction_then_hplc_gives_the_fractions_yield(tmp_path: Path) -> None:
     made, meas, hplc = asyncio.run(main())
     assert made.status == meas.status == ResultStatus.succeeded, (made.error, meas.error)
     assert made.outputs["sample_id"] == "F-r1" and made.provenance.run_uids
+    assert made.outputs["location"] == {"device": "reactor", "slot": "V0001"}
     assert Path(made.provenance.documents).exists()
     truth = hplc.lab.sample("F-r1")  # type: ignore[union-attr]
     assert meas.outputs["product_yield"] == pytest.approx(truth.product_yield, abs=0.02)

@@ -153,3 +153,16 @@ def test_clogged_coil_collects_nothing(RE, lab: FlowLab) -> None:
     RE(run_flow_reaction(reactor, cold, sample_label="F-clog"), lambda n, d: docs.append((n, d)))
     (ev,) = [d for n, d in docs if n == "event"]
     assert ev["data"]["reactor_sample_id"] == "" and ev["data"]["reactor_pressure_bar"] > 20.0
+
+
+def test_full_collector_fails_before_pumping(RE, tmp_path: Path) -> None:
+    from ppu.simulators.flowchem.lab import CollectorFullError
+
+    small = FlowLab(FlowWorld(), name="small", rack_slots=1)
+    model = FlowReactorModel(time_scale=FAST)
+    reactor = simulated_flow_reactor("reactor", small, model)
+    RE(run_flow_reaction(reactor, RECIPE, sample_label="F-1"))
+    assert small.sample("F-1").slot == "V0001"
+    with pytest.raises(CollectorFullError, match="full"):
+        RE(run_flow_reaction(reactor, RECIPE, sample_label="F-2"))
+    assert model.acquisitions == 1 and small.known_samples() == ["F-1"]

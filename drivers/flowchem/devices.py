@@ -91,7 +91,8 @@ class FlowReactor(FlowDevice):
 
     Set the recipe, trigger: the reactor reaches temperature, runs three residence volumes to
     steady state, then collects ``collect_volume_ml`` into a new vial. Read: the vial's
-    ``sample_id`` and ``volume_ml``, the coil temperature and back-pressure during collection.
+    ``sample_id``, ``volume_ml`` and ``vial_slot`` in the collector, the coil temperature and
+    back-pressure during collection.
     """
 
     ligand = Cpt(EpicsSignal, "Ligand", string=True, kind="config")
@@ -103,6 +104,7 @@ class FlowReactor(FlowDevice):
     sample_label = Cpt(EpicsSignal, "SampleLabel", string=True, kind="config")
     sample_id = Cpt(EpicsSignalRO, "SampleId_RBV", string=True, kind="hinted")
     volume_ml = Cpt(EpicsSignalRO, "Volume_RBV", kind="normal")
+    vial_slot = Cpt(EpicsSignalRO, "VialSlot_RBV", string=True, kind="normal")
     coil_temperature_c = Cpt(EpicsSignalRO, "Temperature_RBV", kind="hinted")
     pressure_bar = Cpt(EpicsSignalRO, "Pressure_RBV", kind="normal")
 
@@ -129,7 +131,7 @@ class HPLC(FlowDevice):
 
 REACTOR_DEFAULTS: dict[str, Any] = {"ligand": "PPh3", "temperature_c": 25.0, "residence_time_min": 10.0,
                                     "equivalents_b": 1.5, "concentration_m": 0.5, "collect_volume_ml": 2.0,
-                                    "sample_label": "", "sample_id": "", "volume_ml": 0.0,
+                                    "sample_label": "", "sample_id": "", "volume_ml": 0.0, "vial_slot": "",
                                     "coil_temperature_c": 25.0, "pressure_bar": 1.0}
 HPLC_DEFAULTS: dict[str, Any] = {"sample_id": "", "run_time_min": 10.0, "sample_rate_hz": 10.0,
                                  "injection_ul": 5.0, "time_min": [0.0, 0.0], "absorbance": [0.0, 0.0]}

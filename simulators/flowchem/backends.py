@@ -214,7 +214,7 @@ class FlowReactorBackend(FlowInstrumentBackend):
             raise RuntimeError(f"no fraction collected: back-pressure {pressure:.1f} bar (coil clogged, product "
                                "precipitated?); try a higher temperature or a lower concentration")
         return {"sample_id": sample_id, "volume_ml": float(ev["reactor_volume_ml"]), "pressure_bar": pressure,
-                "location": {"device": self.name, "slot": sample_id}}
+                "location": {"device": self.name, "slot": str(ev["reactor_vial_slot"]) or None}}
 
 
 class HPLCBackend(FlowInstrumentBackend):

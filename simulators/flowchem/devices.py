@@ -76,6 +76,7 @@ class ReactorSimulator(_Hook):
                             residence_time_min=device.residence_time_min.get(),
                             equivalents_b=device.equivalents_b.get(), concentration_m=device.concentration_m.get())
         volume = float(device.collect_volume_ml.get())
+        self.lab.free_slot()  # a full collector fails here, before any reagent is pumped
         self._made += 1
         sample_id = str(device.sample_label.get() or f"{device.name}-{self._made:05d}")
         lab_s = self.model.duration_s(recipe, volume)
@@ -92,10 +93,12 @@ class ReactorSimulator(_Hook):
             if clogged:  # the BPR alarm stops the pumps; the coil is flushed to waste, no vial
                 device.sample_id.sim_put("")
                 device.volume_ml.sim_put(0.0)
+                device.vial_slot.sim_put("")
                 return
             rec = self.lab.collect(sample_id, recipe, actual, volume)
             device.sample_id.sim_put(rec.sample_id)
             device.volume_ml.sim_put(rec.volume_ml)
+            device.vial_slot.sim_put(rec.slot or "")
 
         return self._later(device, lab_s, fault, finish)
 

@@ -29,6 +29,10 @@ class UnknownFractionError(LookupError):
     """A measurement asked for a vial this lab never collected."""
 
 
+class CollectorFullError(RuntimeError):
+    """No free vial position in the fraction collector."""
+
+
 class FractionRecord(Strict):
     """A collected fraction as the simulated lab knows it (realised truth, not a measurement)."""
 
@@ -51,7 +55,7 @@ class FlowLab:
     _shared_lock = threading.Lock()
 
     def __init__(self, world: FlowWorld, *, registry_path: str | Path | None = None, name: str = "flow-lab",
-                 rack_slots: int = 120):
+                 rack_slots: int = 1000):
         self.world = world
         self.name = name
         self.rack_slots = rack_slots
@@ -109,11 +113,21 @@ class FlowLab:
             self._reload()
             return sorted(self._samples)
 
+    def free_slot(self) -> str:
+        """The first empty vial position of the fraction collector (raises when it is full)."""
+        with self._lock:
+            used = {r.slot for r in self._samples.values()}
+            for i in range(1, self.rack_slots + 1):
+                if f"V{i:04d}" not in used:
+                    return f"V{i:04d}"
+        raise CollectorFullError(f"the fraction collector of lab {self.name!r} is full ({self.rack_slots} vials): "
+                                 "archive the measured vials (a new run_dir) before collecting more")
+
     def collect(self, sample_id: str, recipe: FlowRecipe, actual: FlowRecipe, volume_ml: float) -> FractionRecord:
         """Record a new vial holding the reactor's outlet for the ``actual`` conditions."""
         out = self.world.outcome(actual)
         with self._lock:
-            slot = f"V{len(self._samples) % self.rack_slots + 1:03d}"
+            slot = self.free_slot()
             rec = FractionRecord(sample_id=sample_id, recipe=recipe, actual=actual, concentrations=out.concentrations,
                                  product_yield=out.product_yield, impurity=out.impurity, volume_ml=volume_ml,
                                  slot=slot)
