@@ -65,6 +65,7 @@ class OptimiserSpec(Strict):
 class FlowCampaignConfig(Strict):
     """A flow-chemistry campaign (``campaigns/flowchem.yaml``)."""
 
+    pack: Literal["flowchem"] = Field("flowchem", description="the pack that runs this campaign file")
     name: str = Field("flowchem", pattern=r"^[A-Za-z0-9_.\-]+$", description="campaign name (task tag)")
     seed: int = Field(0, description="seeds the optimiser and the simulated instruments")
     time_scale: float = Field(1e5, gt=0, le=1e9, description="simulated lab time runs this much faster")
