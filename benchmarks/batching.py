@@ -29,9 +29,9 @@ import torch
 
 from ppu.backends.base import TaskRun
 from ppu.backends.registry import build_backend
-from ppu.digital.featurize import featurize
 from ppu.digital.nets import mlp
 from ppu.digital.torch_backend import TorchBackend, select_device
+from ppu.drivers.mof.featurize import featurize
 
 ELEMENTS = ["Mg", "Zn", "Cu", "Co", "Ni", "Fe", "Mn", "Al", "Ti", "Zr"]
 

@@ -10,7 +10,7 @@ from conformance import BackendContract
 from ppu.backends.base import Backend, TaskRun
 from ppu.backends.registry import build_backend
 from ppu.digital.nets import mlp
-from ppu.simulators.world import World, candidate_pool
+from ppu.simulators.mof.world import World, candidate_pool
 
 POOL = [c.model_dump(mode="json") for c in candidate_pool(30, seed=1)]
 

@@ -14,9 +14,9 @@ import torch
 from ppu.backends.base import TaskRun
 from ppu.backends.registry import build_backend
 from ppu.digital.batcher import MicroBatcher
-from ppu.digital.featurize import N_FEATURES, featurize_one
 from ppu.digital.nets import mlp
 from ppu.digital.torch_backend import TorchBackend, select_device
+from ppu.drivers.mof.featurize import N_FEATURES, featurize_one
 from ppu.errors import ConfigError
 from ppu.models import ResultStatus
 

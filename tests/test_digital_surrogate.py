@@ -13,11 +13,11 @@ import torch
 
 from ppu.backends.base import TaskRun
 from ppu.backends.registry import build_backend
-from ppu.digital.featurize import FEATURIZER_VERSION, layout
 from ppu.digital.model_registry import ModelRegistry, file_sha256
 from ppu.digital.nets import mlp
 from ppu.digital.surrogate import Z90, fit_gp
 from ppu.digital.torch_backend import TorchBackend
+from ppu.drivers.mof.featurize import FEATURIZER_VERSION, layout
 from ppu.models import ResultStatus
 
 

@@ -9,7 +9,7 @@ from bluesky import plans as bp
 from bluesky.utils import DuringTask
 from ophyd.sim import make_fake_device
 
-from ppu.drivers import (
+from ppu.drivers.mof import (
     EpicsGasSorption,
     EpicsSampleTransfer,
     EpicsSynthesisRobot,
@@ -29,9 +29,9 @@ from ppu.drivers import (
     tauc_band_gap,
     transfer,
 )
-from ppu.drivers.transfer import SampleTransfer
-from ppu.drivers.xrd import two_theta_grid
-from ppu.simulators import (
+from ppu.drivers.mof.transfer import SampleTransfer
+from ppu.drivers.mof.xrd import two_theta_grid
+from ppu.simulators.mof import (
     IsothermModel,
     SimulatedLab,
     SynthesisModel,
@@ -107,7 +107,7 @@ def test_plans_and_stock_plans_run_on_simulated_devices(lab: SimulatedLab, RE: R
 
 
 def test_unknown_sample_fails_at_trigger(lab: SimulatedLab, RE: RunEngine) -> None:
-    from ppu.simulators import UnknownSampleError
+    from ppu.simulators.mof import UnknownSampleError
 
     xrd = XRDDiffractometer(name="xrd", lab=lab, model=XRDModel(time_scale=FAST))
     with pytest.raises(UnknownSampleError):

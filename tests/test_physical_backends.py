@@ -15,7 +15,7 @@ from ppu.backends.documents import JsonlSink, StoreSink
 from ppu.backends.physical import PhysicalBackend
 from ppu.backends.registry import build_backend
 from ppu.models import ResultStatus
-from ppu.simulators import candidate_pool
+from ppu.simulators.mof import candidate_pool
 
 FAST = 1e5  # lab seconds per wall second: a 4-hour anneal takes 0.16 s
 
@@ -143,7 +143,7 @@ def test_synthesis_then_measurements_share_the_lab(tmp_path: Path) -> None:
 def test_sample_register_is_shared_across_processes(tmp_path: Path) -> None:
     """A second lab object (as in another process) finds samples through the register file."""
     [sid] = asyncio.run(make_samples(tmp_path, 1))
-    from ppu.simulators import SimulatedLab, World, WorldConfig
+    from ppu.simulators.mof import SimulatedLab, World, WorldConfig
 
     other = SimulatedLab(World(WorldConfig(seed=5)), registry_path=tmp_path / "run" / f"lab-{tmp_path.name}" /
                          "samples.jsonl")
@@ -235,7 +235,7 @@ def test_store_sink(tmp_path: Path) -> None:
 def test_real_mode_builds_epics_devices_without_moving(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ophyd.sim import make_fake_device
 
-    import ppu.drivers.xrd as xrd_mod
+    import ppu.drivers.mof.xrd as xrd_mod
 
     monkeypatch.setattr(xrd_mod, "EpicsXRD", make_fake_device(xrd_mod.EpicsXRD))  # no IOC in CI
     b = build_backend({"type": "xrd", "name": "xrd_real", "simulated": False, "epics_prefix": "XRD1:",

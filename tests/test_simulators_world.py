@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ppu.capabilities import Candidate
-from ppu.simulators import (
+from ppu.simulators.mof import (
     DEMO_CSV,
     PHASES,
     FaultConfig,

@@ -13,7 +13,7 @@ failed Result with ``retryable=False``. A plan that is aborted or hits a device 
 
 Samples across processes: the simulated robot records every sample it makes (recipe and realised
 properties) in the lab's sample register, ``<run_dir>/<lab>/samples.jsonl``; instruments of the
-same lab, in this process or another, look samples up there (``ppu.simulators.lab``). Backends of
+same lab, in this process or another, look samples up there (``ppu.simulators.mof.lab``). Backends of
 one lab therefore need the same ``lab`` name, ``world`` and ``run_dir``.
 """
 
@@ -35,15 +35,15 @@ from ppu import capabilities
 from ppu.backends.base import Backend, BackendConfig, ProgressFn, TaskRun
 from ppu.backends.documents import Document, DocumentSink, JsonlSink, split_by_run
 from ppu.backends.runengine import PlanOutcome, RunEngineHost
-from ppu.drivers import analysis
-from ppu.drivers.sorption import gas_sorption_analyzer, isotherm_pressures, measure_isotherm
-from ppu.drivers.synthesis import synthesis_robot, synthesize
-from ppu.drivers.transfer import TransferModel, sample_transfer, transfer
-from ppu.drivers.uvvis import measure_uvvis, uvvis_spectrometer
-from ppu.drivers.xrd import measure_xrd, xrd_diffractometer
+from ppu.drivers.mof import analysis
+from ppu.drivers.mof.sorption import gas_sorption_analyzer, isotherm_pressures, measure_isotherm
+from ppu.drivers.mof.synthesis import synthesis_robot, synthesize
+from ppu.drivers.mof.transfer import TransferModel, sample_transfer, transfer
+from ppu.drivers.mof.uvvis import measure_uvvis, uvvis_spectrometer
+from ppu.drivers.mof.xrd import measure_xrd, xrd_diffractometer
 from ppu.errors import ValidationFailed
 from ppu.models import BackendKind, CapabilityOffer, Limit, Result, limit_violations
-from ppu.simulators.instruments import (
+from ppu.simulators.mof.instruments import (
     FaultConfig,
     InstrumentModel,
     IsothermModel,
@@ -52,8 +52,8 @@ from ppu.simulators.instruments import (
     XRDModel,
     seeded_rng,
 )
-from ppu.simulators.lab import SimulatedLab, UnknownSampleError
-from ppu.simulators.world import WorldConfig
+from ppu.simulators.mof.lab import SimulatedLab, UnknownSampleError
+from ppu.simulators.mof.world import WorldConfig
 
 PlanFactory = Callable[[], Iterable[Msg]]
 

@@ -17,8 +17,8 @@ from ppu.errors import ConfigError
 BACKEND_TYPES: dict[str, str] = {
     "echo": "ppu.backends.echo:EchoBackend",
     "torch": "ppu.digital.torch_backend:TorchBackend",
-    "surrogate_trainer": "ppu.digital.trainer:SurrogateTrainerBackend",
-    "mlip": "ppu.digital.mlip:MLIPBackend",
+    "surrogate_trainer": "ppu.drivers.mof.trainer:SurrogateTrainerBackend",
+    "mlip": "ppu.drivers.mof.mlip:MLIPBackend",
     "synthesis_robot": "ppu.backends.physical:SynthesisBackend",
     "xrd": "ppu.backends.physical:XRDBackend",
     "uvvis": "ppu.backends.physical:UVVisBackend",

@@ -29,7 +29,7 @@ from ppu.config import LabConfig
 from ppu.errors import ConfigError
 from ppu.models import Task, TaskState
 from ppu.protocol import WaitTimeout
-from ppu.simulators.world import World, WorldConfig, candidate_pool
+from ppu.simulators.mof.world import World, WorldConfig, candidate_pool
 
 log = logging.getLogger(__name__)
 

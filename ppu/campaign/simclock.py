@@ -19,7 +19,7 @@ from ppu.campaign.config import CampaignConfig
 from ppu.campaign.optimizer import PoolOptimizer
 from ppu.campaign.screening import screen_locally
 from ppu.capabilities import Candidate
-from ppu.simulators.world import World
+from ppu.simulators.mof.world import World
 
 SYNTH_S, XRD_S, UPTAKE_S = 1800 + 4 * 3600, 60 + 0.5 * 1401, 1800 + 600 * 12
 Strategy = Literal["ppu", "physical_only", "random"]

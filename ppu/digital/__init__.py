@@ -20,14 +20,6 @@ A lab file serves predictions and trains new versions like this (paths relative 
 """
 
 from ppu.digital.batcher import MicroBatcher
-from ppu.digital.featurize import (
-    FEATURIZER_VERSION,
-    N_FEATURES,
-    VOCABULARY,
-    feature_names,
-    featurize,
-    featurize_one,
-)
 from ppu.digital.model_registry import ModelRegistry, ModelVersion, file_sha256
 from ppu.digital.torch_backend import (
     LoadedModel,
@@ -37,11 +29,8 @@ from ppu.digital.torch_backend import (
     load_model,
     select_device,
 )
-from ppu.digital.trainer import SurrogateTrainerBackend, TrainerConfig, train_surrogate
 
 __all__ = [
-    "FEATURIZER_VERSION", "N_FEATURES", "VOCABULARY", "LoadedModel", "MicroBatcher", "ModelRegistry",
-    "ModelSpec", "ModelVersion", "SurrogateTrainerBackend", "TorchBackend", "TorchConfig", "TrainerConfig",
-    "feature_names", "featurize", "featurize_one", "file_sha256", "load_model", "select_device",
-    "train_surrogate",
+    "LoadedModel", "MicroBatcher", "ModelRegistry", "ModelSpec", "ModelVersion", "TorchBackend", "TorchConfig",
+    "file_sha256", "load_model", "select_device",
 ]

@@ -12,7 +12,7 @@ import itertools
 import torch
 from torch import Tensor, nn
 
-from ppu.digital.featurize import N_FEATURES
+from ppu.drivers.mof.featurize import N_FEATURES
 
 
 class MeanStdMLP(nn.Module):

@@ -18,7 +18,7 @@ Models come from a :class:`ModelSpec` per capability, one of:
   serves the newest version of ``target`` and, before each batch (at most every
   ``reload_check_s``), picks up a newer one: the hot swap of a freshly trained surrogate.
 
-A model maps features ``x[B, F]`` (see :mod:`ppu.digital.featurize`) to ``[B, 2]`` (mean, std),
+A model maps features ``x[B, F]`` (see :mod:`ppu.drivers.mof.featurize`) to ``[B, 2]`` (mean, std),
 a ``(mean, std)`` pair, or ``[B]`` / ``[B, 1]`` (mean only; std reported as 0).
 """
 
@@ -44,8 +44,8 @@ from ppu import capabilities as caps
 from ppu.backends.base import Backend, BackendConfig, ProgressFn, TaskRun
 from ppu.capabilities import Candidate, PredictInput, Prediction
 from ppu.digital.batcher import MicroBatcher
-from ppu.digital.featurize import FEATURIZER_VERSION, featurize_one
 from ppu.digital.model_registry import ModelRegistry, file_sha256
+from ppu.drivers.mof.featurize import FEATURIZER_VERSION, featurize_one
 from ppu.errors import BackendError, ConfigError, PPUError
 from ppu.models import BackendKind, CapabilityOffer, Result, Strict
 

@@ -1,7 +1,7 @@
 """Shared machinery of the device classes: simulated acquisition and EPICS acquisition.
 
 A simulated device is an ordinary ophyd ``Device`` of soft ``Signal`` components; its
-``trigger()`` asks its instrument model (``ppu.simulators.instruments``) how long the acquisition
+``trigger()`` asks its instrument model (``ppu.simulators.mof.instruments``) how long the acquisition
 takes, returns a ``DeviceStatus`` at once and completes it from a timer thread after the scaled
 duration, with the readback signals filled in (or with the injected fault as the status error).
 An EPICS device has the same component names on ``EpicsSignal`` PVs and triggers by a
@@ -17,8 +17,8 @@ from ophyd import Component as Cpt
 from ophyd import Device, DeviceStatus, EpicsSignal
 from ophyd.status import Status
 
-from ppu.simulators.instruments import InstrumentFault, InstrumentModel
-from ppu.simulators.lab import SimulatedLab
+from ppu.simulators.mof.instruments import InstrumentFault, InstrumentModel
+from ppu.simulators.mof.lab import SimulatedLab
 
 
 class SimulatedAcquisition(Device):

@@ -16,9 +16,9 @@ from bluesky.utils import MsgGenerator
 from ophyd import Component as Cpt
 from ophyd import Device, EpicsSignal, EpicsSignalRO, Signal
 
-from ppu.drivers._base import EpicsAcquisition, SimulatedAcquisition
-from ppu.simulators.instruments import IsothermModel
-from ppu.simulators.lab import SimulatedLab
+from ppu.drivers.mof._base import EpicsAcquisition, SimulatedAcquisition
+from ppu.simulators.mof.instruments import IsothermModel
+from ppu.simulators.mof.lab import SimulatedLab
 
 
 class GasSorptionAnalyzer(SimulatedAcquisition):

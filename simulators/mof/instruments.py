@@ -14,7 +14,7 @@ import threading
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ppu.simulators.phases import REFERENCE_PEAKS
+from ppu.simulators.mof.phases import REFERENCE_PEAKS
 
 HC_EV_NM = 1239.84198
 
