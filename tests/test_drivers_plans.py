@@ -15,10 +15,6 @@ from ppu.drivers.mof import (
     EpicsSynthesisRobot,
     EpicsUVVis,
     EpicsXRD,
-    GasSorptionAnalyzer,
-    SynthesisRobot,
-    UVVisSpectrometer,
-    XRDDiffractometer,
     fit_langmuir,
     identify_phases,
     isotherm_pressures,
@@ -29,15 +25,19 @@ from ppu.drivers.mof import (
     tauc_band_gap,
     transfer,
 )
-from ppu.drivers.mof.transfer import SampleTransfer
 from ppu.drivers.mof.xrd import two_theta_grid
 from ppu.simulators.mof import (
+    GasSorptionAnalyzer,
     IsothermModel,
+    SampleTransfer,
     SimulatedLab,
     SynthesisModel,
+    SynthesisRobot,
     UVVisModel,
+    UVVisSpectrometer,
     World,
     WorldConfig,
+    XRDDiffractometer,
     XRDModel,
     candidate_pool,
 )

@@ -9,41 +9,14 @@ import bluesky.preprocessors as bpp
 import numpy as np
 from bluesky.utils import MsgGenerator
 from ophyd import Component as Cpt
-from ophyd import Device, EpicsSignal, EpicsSignalRO, Signal
+from ophyd import Device, EpicsSignal, EpicsSignalRO
 
-from ppu.drivers.mof._base import EpicsAcquisition, SimulatedAcquisition
-from ppu.simulators.mof.instruments import UVVisModel
-from ppu.simulators.mof.lab import SimulatedLab
+from ppu.drivers.mof._base import EpicsAcquisition
 
 
 def wavelength_grid(start: float, stop: float, step: float) -> np.ndarray:
     n = max(round((stop - start) / step) + 1, 2)
     return np.linspace(start, stop, n)
-
-
-class UVVisSpectrometer(SimulatedAcquisition):
-    sample_id = Cpt(Signal, value="", kind="config")
-    wavelength_start = Cpt(Signal, value=250.0, kind="config")
-    wavelength_stop = Cpt(Signal, value=900.0, kind="config")
-    wavelength_step = Cpt(Signal, value=1.0, kind="config")
-    wavelength = Cpt(Signal, value=np.zeros(2), kind="normal")
-    absorbance = Cpt(Signal, value=np.zeros(2), kind="hinted")
-
-    def __init__(self, prefix: str = "", *, name: str, lab: SimulatedLab, model: UVVisModel | None = None,
-                 **kw: Any):
-        super().__init__(prefix, name=name, lab=lab, model=model or UVVisModel(), **kw)
-
-    def _grid(self) -> np.ndarray:
-        return wavelength_grid(self.wavelength_start.get(), self.wavelength_stop.get(), self.wavelength_step.get())
-
-    def _lab_seconds(self) -> float:
-        return self.model.duration_s(len(self._grid()))  # type: ignore[attr-defined]
-
-    def _acquire(self) -> None:
-        grid = self._grid()
-        rec = self.lab.sample(self.sample_id.get())
-        self.wavelength.put(grid)
-        self.absorbance.put(self.model.spectrum(rec.band_gap_ev, grid))  # type: ignore[attr-defined]
 
 
 class EpicsUVVis(EpicsAcquisition):
@@ -53,15 +26,6 @@ class EpicsUVVis(EpicsAcquisition):
     wavelength_step = Cpt(EpicsSignal, "WavelengthStep", kind="config")
     wavelength = Cpt(EpicsSignalRO, "Wavelength_RBV", kind="normal")
     absorbance = Cpt(EpicsSignalRO, "Absorbance_RBV", kind="hinted")
-
-
-def uvvis_spectrometer(name: str, *, simulated: bool, prefix: str = "", lab: SimulatedLab | None = None,
-                       model: UVVisModel | None = None) -> Device:
-    if simulated:
-        if lab is None:
-            raise ValueError("a simulated spectrometer needs a SimulatedLab")
-        return UVVisSpectrometer(name=name, lab=lab, model=model)
-    return EpicsUVVis(prefix, name=name)
 
 
 def measure_uvvis(uvvis: Device, sample_id: str, wavelength_start_nm: float = 250.0,

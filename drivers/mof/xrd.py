@@ -9,40 +9,14 @@ import bluesky.preprocessors as bpp
 import numpy as np
 from bluesky.utils import MsgGenerator
 from ophyd import Component as Cpt
-from ophyd import Device, EpicsSignal, EpicsSignalRO, Signal
+from ophyd import Device, EpicsSignal, EpicsSignalRO
 
-from ppu.drivers.mof._base import EpicsAcquisition, SimulatedAcquisition
-from ppu.simulators.mof.instruments import XRDModel
-from ppu.simulators.mof.lab import SimulatedLab
+from ppu.drivers.mof._base import EpicsAcquisition
 
 
 def two_theta_grid(start: float, stop: float, step: float) -> np.ndarray:
     n = max(round((stop - start) / step) + 1, 2)
     return np.linspace(start, stop, n)
-
-
-class XRDDiffractometer(SimulatedAcquisition):
-    sample_id = Cpt(Signal, value="", kind="config")
-    two_theta_start = Cpt(Signal, value=10.0, kind="config")
-    two_theta_stop = Cpt(Signal, value=80.0, kind="config")
-    two_theta_step = Cpt(Signal, value=0.05, kind="config")
-    two_theta = Cpt(Signal, value=np.zeros(2), kind="normal")
-    intensity = Cpt(Signal, value=np.zeros(2), kind="hinted")
-
-    def __init__(self, prefix: str = "", *, name: str, lab: SimulatedLab, model: XRDModel | None = None, **kw: Any):
-        super().__init__(prefix, name=name, lab=lab, model=model or XRDModel(), **kw)
-
-    def _grid(self) -> np.ndarray:
-        return two_theta_grid(self.two_theta_start.get(), self.two_theta_stop.get(), self.two_theta_step.get())
-
-    def _lab_seconds(self) -> float:
-        return self.model.duration_s(len(self._grid()))  # type: ignore[attr-defined]
-
-    def _acquire(self) -> None:
-        grid = self._grid()
-        rec = self.lab.sample(self.sample_id.get())
-        self.two_theta.put(grid)
-        self.intensity.put(self.model.pattern(rec.phases, grid))  # type: ignore[attr-defined]
 
 
 class EpicsXRD(EpicsAcquisition):
@@ -52,15 +26,6 @@ class EpicsXRD(EpicsAcquisition):
     two_theta_step = Cpt(EpicsSignal, "TwoThetaStep", kind="config")
     two_theta = Cpt(EpicsSignalRO, "TwoTheta_RBV", kind="normal")
     intensity = Cpt(EpicsSignalRO, "Intensity_RBV", kind="hinted")
-
-
-def xrd_diffractometer(name: str, *, simulated: bool, prefix: str = "", lab: SimulatedLab | None = None,
-                       model: XRDModel | None = None) -> Device:
-    if simulated:
-        if lab is None:
-            raise ValueError("a simulated diffractometer needs a SimulatedLab")
-        return XRDDiffractometer(name=name, lab=lab, model=model)
-    return EpicsXRD(prefix, name=name)
 
 
 def measure_xrd(xrd: Device, sample_id: str, two_theta_start: float = 10.0, two_theta_stop: float = 80.0,

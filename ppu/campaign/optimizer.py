@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ppu.capabilities import Candidate
+from ppu.drivers.mof.capabilities import Candidate
 from ppu.drivers.mof.featurize import featurize
 
 with warnings.catch_warnings():

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ppu.campaign.config import CampaignConfig
-from ppu.capabilities import Candidate, TrainInput
+from ppu.drivers.mof.capabilities import Candidate, TrainInput
 from ppu.simulators.mof.world import World
 
 TARGETS = {"co2_uptake": "co2_uptake_mmol_g", "purity": "purity"}

@@ -18,7 +18,7 @@ import numpy as np
 from ppu.campaign.config import CampaignConfig
 from ppu.campaign.optimizer import PoolOptimizer
 from ppu.campaign.screening import screen_locally
-from ppu.capabilities import Candidate
+from ppu.drivers.mof.capabilities import Candidate
 from ppu.simulators.mof.world import World
 
 SYNTH_S, XRD_S, UPTAKE_S = 1800 + 4 * 3600, 60 + 0.5 * 1401, 1800 + 600 * 12

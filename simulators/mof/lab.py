@@ -24,9 +24,9 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ppu.capabilities import Candidate
+from ppu.drivers.mof.capabilities import Candidate
+from ppu.drivers.mof.phases import TARGET_PHASE
 from ppu.simulators.mof.instruments import seeded_rng
-from ppu.simulators.mof.phases import TARGET_PHASE
 from ppu.simulators.mof.world import World, WorldConfig
 
 

@@ -35,8 +35,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ppu.capabilities import Candidate
-from ppu.simulators.mof.phases import TARGET_PHASE
+from ppu.drivers.mof.capabilities import Candidate
+from ppu.drivers.mof.phases import TARGET_PHASE
 
 ELEMENTS: tuple[str, ...] = ("Mg", "Zn", "Cu", "Co", "Ni")
 TEMPERATURES_C: tuple[float, ...] = (300.0, 350.0, 400.0, 450.0, 500.0)
