@@ -28,6 +28,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check ppu drivers simulators flows tests benchmarks
+	$(PY) tests/lint_imports.py
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

@@ -29,9 +29,9 @@ import torch
 
 from ppu.backends.base import TaskRun
 from ppu.backends.registry import build_backend
-from ppu.digital.featurize import featurize
 from ppu.digital.nets import mlp
 from ppu.digital.torch_backend import TorchBackend, select_device
+from ppu.drivers.mof.featurize import N_FEATURES, featurize
 
 ELEMENTS = ["Mg", "Zn", "Cu", "Co", "Ni", "Fe", "Mn", "Al", "Ti", "Zr"]
 
@@ -101,7 +101,7 @@ def main() -> None:
     torch.manual_seed(0)
     device = select_device(args.device)
     cands = candidates(args.n)
-    model = mlp(hidden=args.hidden, layers=args.layers).to(device).eval()
+    model = mlp(N_FEATURES, hidden=args.hidden, layers=args.layers).to(device).eval()
     x = featurize(cands, dtype=torch.float32, device=device)
 
     rows = []
@@ -121,7 +121,8 @@ def main() -> None:
             "type": "torch", "name": "bench", "device": str(device), "batch_size": 1,
             "slots": args.concurrency, "max_batch": best_bs, "max_wait_ms": args.max_wait_ms,
             "models": {"predict.co2_uptake": {"factory": "ppu.digital.nets:mlp", "weights": str(weights),
-                                              "kwargs": {"hidden": args.hidden, "layers": args.layers}}}})
+                                              "kwargs": {"n_features": N_FEATURES, "hidden": args.hidden,
+                                                         "layers": args.layers}}}})
         assert isinstance(backend, TorchBackend)
         dyn, mean_batch = asyncio.run(dynamic(backend, cands, args.concurrency))
     rows.append((f"dynamic ({args.concurrency} single-task runs in flight)", round(mean_batch, 1), dyn))

@@ -31,7 +31,7 @@ from ppu.campaign.config import CampaignConfig, WorldSpec
 from ppu.campaign.runner import build_world
 from ppu.campaign.screening import constrained_values, screen_locally
 from ppu.campaign.simclock import simulate
-from ppu.simulators.world import DEMO_CSV
+from ppu.simulators.mof.world import DEMO_CSV
 
 SHIPPED: dict[str, dict[str, Any]] = {
     "sweet-spots": {"kind": "sweet-spots", "seed": 0, "pool_size": 300},  # the demo campaign's world

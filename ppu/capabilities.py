@@ -1,19 +1,34 @@
-"""Capabilities: a name mapped to its input model, output model and action class.
+"""Capabilities: a name mapped to its input model, output model, action class and sample semantics.
 
 Every task payload is validated against its capability's input model before it is queued, and
-every result against the output model before it is recorded. Backends and plug-ins register
-more capabilities with :func:`register`; the built-in ones below are the vocabulary the
-simulated lab, the digital backends and the campaign share.
+every result against the output model before it is recorded. The registry is EMPTY at import:
+packs (:mod:`ppu.packs`) register their capabilities with :func:`register` when they are loaded.
+
+A capability declares, as data, what it means for samples and for the people who approve work, so
+that the core reads declarations and never guesses from field names:
+
+- ``sample_inputs``: the input names that hold the id(s) of the sample(s) the task works on;
+- ``sample_output`` / ``location_output``: the output that holds the id of the sample it makes,
+  and the output that says where that sample is (``{"device": ..., "slot": ...}``);
+- ``parent_inputs``: inputs that name the samples a new sample was made from (lineage);
+- ``uses_up_sample``: a destructive step; the sample is consumed and cannot be scheduled again;
+- ``approval_inputs``: the inputs a supervised policy compares with what has already run
+  successfully (a process nobody has run before waits for a person);
+- ``limits``: safe limits on input fields (dotted paths); a backend may narrow them further;
+- ``cost`` / ``duration_s``: estimates a backend's offer starts from;
+- ``summary``: input paths a person reads first (CLI and dashboard one-line summaries);
+- ``example``: one valid payload (warm-up, documentation, conformance tests);
+- ``encoder`` / ``decoder``: how a served model reads the inputs and what its outputs become.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from ppu.errors import UnknownCapabilityError, ValidationFailed
-from ppu.models import ActionClass, Strict
+from ppu.models import ActionClass, Limit, Strict, lookup_path
 
 
 class Capability(Strict):
@@ -22,120 +37,112 @@ class Capability(Strict):
     output_model: type[BaseModel]
     action: ActionClass
     description: str = ""
-    needs_sample: bool = Field(False, description="the task works on an existing physical sample")
-    makes_sample: bool = Field(False, description="the task produces a new physical sample")
+    sample_inputs: list[str] = Field(default_factory=list,
+                                     description="input names holding the id(s) of the sample(s) the task works on")
+    sample_output: str | None = Field(None, description="output holding the id of the sample the task makes")
+    location_output: str | None = Field(None, description="output holding where the new sample is: {device, slot}")
+    parent_inputs: list[str] = Field(default_factory=list,
+                                     description="inputs naming the samples a new sample is made from")
+    uses_up_sample: bool = Field(False, description="the task consumes its sample (no later task may use it)")
+    approval_inputs: list[str] = Field(default_factory=list,
+                                       description="inputs a supervised policy compares with what already ran")
+    limits: dict[str, Limit] = Field(default_factory=dict, description="safe limits on input fields (dotted paths)")
+    cost: float | None = Field(None, ge=0, description="estimated cost of one task (a backend's offer may override)")
+    duration_s: float | None = Field(None, ge=0, description="estimated duration of one task in seconds")
+    summary: list[str] = Field(default_factory=list, description="input paths a person reads first")
+    example: dict[str, Any] | None = Field(None, description="one valid input payload")
+    encoder: str | None = Field(None, pattern=r"^[\w.]+:[\w.]+$",
+                                description="'module:function': inputs -> one row of model features (served models)")
+    decoder: str | None = Field(None, pattern=r"^[\w.]+:[\w.]+$",
+                                description="'module:function': (mean, std, model version) -> outputs")
+    pack: str | None = Field(None, description="the pack that registered it")
+    # Shorthands kept for packs written before the declarations above: ``needs_sample`` means
+    # ``sample_inputs=["sample_id"]``, ``makes_sample`` means ``sample_output="sample_id"``.
+    needs_sample: bool = False
+    makes_sample: bool = False
 
-
-# ---- shared payload pieces -------------------------------------------------------------------
-
-
-class Candidate(Strict):
-    """A point of the search space: a composition (element -> fraction) and a process."""
-
-    id: str | None = None
-    composition: dict[str, float] = Field(min_length=1)
-    anneal_temperature_c: float = Field(400.0, ge=-273.15, le=5000)
-    anneal_time_h: float = Field(4.0, ge=0, le=1000)
-
-    @field_validator("composition")
+    @model_validator(mode="before")
     @classmethod
-    def _fractions(cls, v: dict[str, float]) -> dict[str, float]:
-        if any(x < 0 for x in v.values()):
-            raise ValueError("composition fractions must be >= 0")
-        total = sum(v.values())
-        if not 0.99 <= total <= 1.01:
-            raise ValueError(f"composition fractions must sum to 1 (got {total:.3f})")
-        return v
+    def _shorthands(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            if data.get("needs_sample") and not data.get("sample_inputs"):
+                data["sample_inputs"] = ["sample_id"]
+            if data.get("makes_sample") and data.get("sample_output") is None:
+                data["sample_output"] = "sample_id"
+            data["needs_sample"] = bool(data.get("sample_inputs"))
+            data["makes_sample"] = data.get("sample_output") is not None
+        return data
+
+    @model_validator(mode="after")
+    def _declarations(self) -> Capability:
+        fields = self.input_model.model_fields
+        for name in [*self.sample_inputs, *self.parent_inputs, *self.approval_inputs]:
+            if name not in fields:
+                raise ValueError(f"capability {self.name}: {name!r} is not an input of {self.input_model.__name__}")
+        for out in (self.sample_output, self.location_output):
+            if out is not None and out not in self.output_model.model_fields:
+                raise ValueError(f"capability {self.name}: {out!r} is not an output of "
+                                 f"{self.output_model.__name__}")
+        if self.example is not None:
+            self.input_model.model_validate(self.example)
+        return self
+
+    # ---- reading a task through the declarations ------------------------------------------------
+
+    def samples_used(self, inputs: dict[str, Any]) -> list[str]:
+        """The ids of the samples a task with these inputs works on, in declaration order."""
+        out: list[str] = []
+        for name in self.sample_inputs:
+            v = inputs.get(name)
+            out += [str(x) for x in v] if isinstance(v, list) else ([str(v)] if v else [])
+        return out
+
+    def parents(self, inputs: dict[str, Any]) -> list[str]:
+        out: list[str] = []
+        for name in self.parent_inputs:
+            v = inputs.get(name)
+            out += [str(x) for x in v] if isinstance(v, list) else ([str(v)] if v else [])
+        return out
+
+    def approval_view(self, inputs: dict[str, Any]) -> dict[str, Any] | None:
+        """The part of the inputs a supervised policy compares (None: nothing declared)."""
+        if not self.approval_inputs:
+            return None
+        return {name: inputs.get(name) for name in self.approval_inputs}
+
+    def summarise(self, inputs: dict[str, Any], width: int = 60) -> str:
+        """The declared summary fields in a few words (every scalar field when none of them is there)."""
+        parts = []
+        for path in self.summary:
+            v = lookup_path(inputs, path)
+            if v is None:
+                continue
+            if isinstance(v, dict):
+                parts.append(" ".join(f"{k}{x:g}" if isinstance(x, int | float) else f"{k}={x}" for k, x in v.items()))
+            else:
+                name = path.rsplit(".", 1)[-1]
+                parts.append(f"{name}={v:g}" if isinstance(v, float) else f"{name}={v}")
+        return _clip(", ".join(parts), width) if parts else flat_summary(inputs, width)
 
 
-class Prediction(Strict):
-    mean: float
-    std: float = Field(ge=0)
-    model_version: str | None = None
+def flat_summary(inputs: dict[str, Any], width: int = 60) -> str:
+    """Every scalar of a payload (one level of nesting flattened) as ``name=value``, clipped to ``width``."""
+    items: list[str] = []
+    for k, v in inputs.items():
+        if isinstance(v, dict):
+            items += [f"{kk}={vv}" for kk, vv in v.items() if not isinstance(vv, dict | list)]
+        elif not isinstance(v, list):
+            items.append(f"{k}={v}")
+    return _clip(", ".join(items), width)
 
 
-class PredictInput(Strict):
-    candidate: Candidate
-
-
-# ---- physical --------------------------------------------------------------------------------
-
-
-class SynthesizeInput(Strict):
-    recipe: Candidate
-    target_mass_mg: float = Field(50.0, gt=0, le=10_000)
-
-
-class SynthesizeOutput(Strict):
-    sample_id: str
-    mass_mg: float = Field(ge=0)
-    location: dict[str, Any] = Field(default_factory=dict)
-
-
-class XRDInput(Strict):
-    sample_id: str
-    two_theta_start: float = Field(10.0, ge=0, le=180)
-    two_theta_stop: float = Field(80.0, ge=0, le=180)
-    two_theta_step: float = Field(0.05, gt=0, le=5)
-
-
-class XRDOutput(Strict):
-    phases: dict[str, float] = Field(description="phase name -> weight fraction")
-    purity: float = Field(ge=0, le=1)
-    main_phase: str | None = None
-
-
-class BandGapInput(Strict):
-    sample_id: str
-    wavelength_start_nm: float = Field(250.0, gt=0)
-    wavelength_stop_nm: float = Field(900.0, gt=0)
-
-
-class BandGapOutput(Strict):
-    band_gap_ev: float
-    fit_r2: float | None = None
-
-
-class UptakeInput(Strict):
-    sample_id: str
-    pressure_bar: float = Field(0.15, gt=0, le=50)
-    points: int = Field(12, ge=3, le=200)
-    temperature_k: float = Field(298.0, gt=0)
-
-
-class UptakeOutput(Strict):
-    uptake_mmol_g: float
-    model: str = "langmuir"
-    params: dict[str, float] = Field(default_factory=dict)
-
-
-# ---- digital ---------------------------------------------------------------------------------
-
-
-class TrainInput(Strict):
-    target: str = Field(description="property to learn, e.g. co2_uptake")
-    candidates: list[Candidate]
-    values: list[float]
-    seed: int = 0
-
-
-class TrainOutput(Strict):
-    version: str
-    n_train: int
-    metrics: dict[str, float] = Field(default_factory=dict)
-
-
-class EnergyInput(Strict):
-    candidate: Candidate
-
-
-class EnergyOutput(Strict):
-    energy_ev_per_atom: float
-    model_version: str | None = None
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 class EchoInput(Strict):
-    """A trivial digital capability for tests, demos and dispatch benchmarks."""
+    """A trivial digital capability for tests, demos and dispatch benchmarks (the core pack's)."""
 
     x: float = 0.0
     payload: str = Field("", max_length=1_000_000)
@@ -148,7 +155,7 @@ class EchoOutput(Strict):
 
 class PlanInput(Strict):
     """A scientist's own Bluesky plan, by the name the lab allows, with its arguments as JSON; devices are
-    named as strings (``"xrd"``, ``"gas.pressure"``) and resolved on the backend that runs it."""
+    named as strings (``"det1"``, ``"stage.x"``) and resolved on the backend that runs it."""
 
     plan: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z_][A-Za-z0-9_.:]*$")
     args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments; '*args' for positional ones")
@@ -166,24 +173,46 @@ _REGISTRY: dict[str, Capability] = {}
 
 
 def register(cap: Capability, *, replace: bool = False) -> Capability:
-    if cap.name in _REGISTRY and not replace and _REGISTRY[cap.name] != cap:
+    if cap.name in _REGISTRY and not replace and not _same(_REGISTRY[cap.name], cap):
         raise ValueError(f"capability {cap.name!r} is already registered with other models")
     _REGISTRY[cap.name] = cap
     return cap
 
 
+def _same(a: Capability, b: Capability) -> bool:
+    return a.model_dump(exclude={"pack"}) == b.model_dump(exclude={"pack"})
+
+
+def unregister(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+def _ensure() -> None:
+    from ppu import packs  # a process that read no lab file knows every installed pack
+
+    packs.ensure_loaded()
+
+
 def get(name: str) -> Capability:
+    _ensure()
     try:
         return _REGISTRY[name]
     except KeyError:
         raise UnknownCapabilityError(
             f"unknown capability {name!r}",
             field="capability",
-            hint=f"known capabilities: {', '.join(sorted(_REGISTRY))}",
+            hint=(f"known capabilities: {', '.join(sorted(_REGISTRY))}; a capability of another pack needs that "
+                  "pack installed and listed under 'packs:' in the lab file (ppu packs lists them)"),
         ) from None
 
 
 def known() -> dict[str, Capability]:
+    _ensure()
+    return dict(_REGISTRY)
+
+
+def registered() -> dict[str, Capability]:
+    """What is registered now, without loading the default packs (for the pack loader)."""
     return dict(_REGISTRY)
 
 
@@ -215,33 +244,3 @@ def validate_outputs(name: str, outputs: dict[str, Any]) -> dict[str, Any]:
     except ValidationError as exc:
         loc, text = _errors_text(exc)
         raise ValidationFailed(f"outputs for {name} are invalid: {text}", field=f"outputs.{loc}") from None
-
-
-_R, _O = ActionClass.repeatable, ActionClass.once
-for _cap in [
-    Capability(name="echo", input_model=EchoInput, output_model=EchoOutput, action=_R,
-               description="returns y = 2x; for tests, demos and dispatch benchmarks"),
-    Capability(name="bluesky.plan", input_model=PlanInput, output_model=PlanOutput, action=_O,
-               description="run a Bluesky plan the lab allows on one instrument's devices (pin the backend)"),
-    Capability(name="predict.co2_uptake", input_model=PredictInput, output_model=Prediction, action=_R,
-               description="surrogate prediction of CO2 uptake at 0.15 bar (mmol/g)"),
-    Capability(name="predict.band_gap", input_model=PredictInput, output_model=Prediction, action=_R,
-               description="surrogate prediction of the optical band gap (eV)"),
-    Capability(name="predict.purity", input_model=PredictInput, output_model=Prediction, action=_R,
-               description="surrogate prediction of phase purity after synthesis"),
-    Capability(name="predict.energy", input_model=EnergyInput, output_model=EnergyOutput, action=_R,
-               description="ML-potential energy of a candidate's prototype structure"),
-    Capability(name="relax.energy", input_model=EnergyInput, output_model=EnergyOutput, action=_R,
-               description="relaxed energy of a candidate's prototype structure"),
-    Capability(name="train.surrogate", input_model=TrainInput, output_model=TrainOutput, action=_R,
-               description="train a new surrogate version on measured results"),
-    Capability(name="synthesize", input_model=SynthesizeInput, output_model=SynthesizeOutput, action=_O,
-               makes_sample=True, description="make a sample from a recipe"),
-    Capability(name="characterize.xrd", input_model=XRDInput, output_model=XRDOutput, action=_O,
-               needs_sample=True, description="powder XRD: phases and purity"),
-    Capability(name="measure.band_gap", input_model=BandGapInput, output_model=BandGapOutput, action=_O,
-               needs_sample=True, description="UV-vis absorbance and a Tauc fit"),
-    Capability(name="measure.co2_uptake", input_model=UptakeInput, output_model=UptakeOutput, action=_O,
-               needs_sample=True, description="CO2 isotherm and uptake at a stated pressure"),
-]:
-    register(_cap)

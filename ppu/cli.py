@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ppu import capabilities
 from ppu.config import LabConfig, load_lab
 from ppu.errors import ConfigError, PPUError
 from ppu.models import TaskSpec
@@ -38,11 +39,12 @@ ConnectOpt = Annotated[str | None, typer.Option(
 def _lab(config: Path | None) -> LabConfig:
     path = config or (Path(os.environ["PPU_CONFIG"]) if os.environ.get("PPU_CONFIG") else Path("lab.yaml"))
     try:
-        if path.exists() or config is not None:
-            return load_lab(path)  # a missing explicit file is a ConfigError naming it
+        lab = load_lab(path) if path.exists() or config is not None else LabConfig()  # explicit + missing: error
+        lab.load_packs()  # the lab's packs, so that this command knows what its orchestrator knows
+        return lab
     except PPUError as exc:
         _fail(exc)
-    return LabConfig()
+        raise AssertionError("unreachable") from None
 
 
 def _fail(exc: PPUError) -> None:
@@ -270,13 +272,10 @@ def _print_reviews(rows: list[dict[str, Any]]) -> None:
     console.print("decide with: ppu review ID --retry | --fail REASON | --result JSON")
 
 
-def _summary(inputs: dict[str, Any]) -> str:
-    """A recipe or payload in a few words: the fields a person checks before approving."""
-    recipe = inputs.get("recipe") if isinstance(inputs.get("recipe"), dict) else None
-    if recipe:
-        comp = " ".join(f"{k}{v:g}" for k, v in recipe.get("composition", {}).items())
-        return f"{comp}, {recipe.get('anneal_temperature_c', '?')} C for {recipe.get('anneal_time_h', '?')} h"
-    return json.dumps(inputs)[:60]
+def _summary(capability: str, inputs: dict[str, Any]) -> str:
+    """A payload in a few words: the fields its capability declares a person reads first."""
+    cap = capabilities.known().get(capability)
+    return cap.summarise(inputs) if cap is not None else capabilities.flat_summary(inputs)
 
 
 @app.command()
@@ -293,7 +292,7 @@ def approvals(config: ConfigOpt = None, connect: ConnectOpt = None) -> None:
         t.add_column(col, overflow="fold")
     for r in rows:
         dur, cost = r.get("expected_duration_s"), r.get("expected_cost")
-        t.add_row(r["task_id"], r["capability"], r.get("reason", ""), _summary(r.get("inputs", {})),
+        t.add_row(r["task_id"], r["capability"], r.get("reason", ""), _summary(r["capability"], r.get("inputs", {})),
                   ", ".join(r.get("backends", [])), f"{dur:g} s" if dur is not None else "",
                   f"{cost:g}" if cost is not None else "")
     console.print(t)
@@ -325,13 +324,13 @@ def samples_list(ctx: typer.Context, config: ConfigOpt = None, campaign: str | N
 
 @samples_app.command("show")
 def samples_show(sample_id: str, config: ConfigOpt = None, connect: ConnectOpt = None) -> None:
-    """One sample's lineage: recipe, the task that made it, every measurement, current location."""
+    """One sample's lineage: what made it and with which inputs, every task that used it, where it is."""
     lab = _lab(config)
     d = _act(lab, connect, lambda o: o.sample_detail(sample_id), lambda c: c.sample(sample_id))
     s = d["sample"]
     loc = s.get("location") or {}
     console.print(f"[bold]{s['id']}[/]  state={s['state']}  at {loc.get('device', '?')} {loc.get('slot') or ''}")
-    console.print(f"recipe: {json.dumps(s.get('recipe', {}))}")
+    console.print(f"made with: {json.dumps(s.get('made_with', {}))}")
     made = d.get("made_by") or {}
     console.print(f"made by: {made.get('task_id')} ({made.get('capability')}, {made.get('state')})")
     t = Table(title="measurements")
@@ -489,7 +488,7 @@ def plans(config: ConfigOpt = None) -> None:
         return
     console.print(table)
     console.print('submit one: ppu submit bluesky.plan --backend NAME --input \'{"plan": "count", '
-                  '"args": {"detectors": ["xrd"], "num": 3}}\'', highlight=False)
+                  '"args": {"detectors": ["det1"], "num": 3}}\'', highlight=False)
 
 
 @app.command()
@@ -579,6 +578,31 @@ def campaign_run(
         run_campaign_cli(config, run_dir, console, prefect=prefect, dashboard=dashboard)
     except PPUError as exc:
         _fail(exc)
+
+
+@app.command("packs")
+def packs_cmd(config: ConfigOpt = None) -> None:
+    """The installed packs: what each brings (capabilities, backend types, example files)."""
+    from ppu import packs
+
+    lab = _lab(config)
+    try:
+        everything = packs.PackRegistry(packs.build(n, load) for n, load in sorted(packs.installed().items()))
+    except PPUError as exc:
+        _fail(exc)
+    loaded = set(everything.names if lab.packs is None else lab.packs) | {"core"}
+    console.print(f"[bold]installed packs ({len(everything.names)})[/]")
+    for name, p in everything.packs.items():
+        state = "loaded" if name in loaded else "not loaded by this lab"
+        console.print(f"[bold]{name}[/] ({state}): {p.description}", soft_wrap=True)
+        rows = [("capabilities", ", ".join(c.name for c in p.capabilities)),
+                ("backend types", ", ".join(sorted(p.backend_types))),
+                ("examples", ", ".join(str(f) for f in (*p.labs, *p.campaigns)))]
+        for label, text in rows:
+            if text:
+                console.print(f"  {label + ':':15}{text}", soft_wrap=True, highlight=False)
+    if lab.packs is not None:
+        console.print(f"this lab loads: {', '.join(['core', *lab.packs])}")
 
 
 def main() -> None:

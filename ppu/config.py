@@ -14,6 +14,8 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from ppu.errors import ConfigError
 from ppu.models import Autonomy, Strict
+from ppu.packs import PackRegistry
+from ppu.packs import load as load_packs
 
 
 class OrchestratorConfig(Strict):
@@ -52,8 +54,8 @@ class LabConfig(Strict):
     name: str = Field("lab", description="a name for this lab")
     run_dir: str = Field("runs", description="folder for the store, documents, plots")
     store: str | None = Field(None, description="SQLAlchemy URL; default sqlite under run_dir")
-    time_scale: float = Field(1.0, gt=0, le=1e7,
-                              description="simulated lab time runs this many times faster than wall time")
+    packs: list[str] | None = Field(None, description="packs this lab loads (ppu packs lists the installed ones); "
+                                    "default: every installed pack. The core pack is always loaded.")
     orchestrator: OrchestratorConfig = Field(default_factory=OrchestratorConfig)
     autonomy: AutonomyConfig = Field(default_factory=AutonomyConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
@@ -67,6 +69,10 @@ class LabConfig(Strict):
         if dupes:
             raise ValueError(f"backend names must be unique: {sorted(dupes)}")
         return v
+
+    def load_packs(self) -> PackRegistry:
+        """Load this lab's packs into this process (every process of the lab does the same)."""
+        return load_packs(self.packs)
 
     def store_url(self) -> str:
         if self.store:

@@ -108,7 +108,7 @@ class ApprovalState(StrEnum):
 
 class Autonomy(StrEnum):
     manual = "manual"  # every task waits for approval
-    supervised = "supervised"  # approval above a cost threshold or outside known recipes
+    supervised = "supervised"  # approval above a cost threshold or for a process not yet run successfully
     autonomous = "autonomous"
 
 
@@ -253,11 +253,8 @@ class Task(Strict):
 
 
 class SampleState(StrEnum):
-    planned = "planned"
     available = "available"
-    in_use = "in_use"
-    consumed = "consumed"
-    lost = "lost"
+    consumed = "consumed"  # used up by a capability that declares uses_up_sample
 
 
 class Location(Strict):
@@ -269,12 +266,26 @@ class Sample(Strict):
     id: str
     made_by: str | None = Field(None, description="task id that made it")
     parents: list[str] = Field(default_factory=list, description="sample ids it was made from")
-    recipe: JsonDict = Field(default_factory=dict)
+    made_with: JsonDict = Field(default_factory=dict,
+                                description="the inputs its making capability declares for approval")
     campaign: str | None = None
     location: Location | None = None
     state: SampleState = SampleState.available
-    held_by: str | None = Field(None, description="task id holding it now")
-    measurements: list[str] = Field(default_factory=list, description="task ids that measured it")
+    measurements: list[str] = Field(default_factory=list, description="task ids that used or measured it")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_rows(cls, data: Any) -> Any:
+        """Rows journalled before the packs split: the old name of ``made_with``, the never-set holder."""
+        if isinstance(data, dict) and ("held_by" in data or _OLD_MADE_WITH in data):
+            data = {k: v for k, v in data.items() if k != "held_by"}
+            old = data.pop(_OLD_MADE_WITH, None)
+            if old and not data.get("made_with"):
+                data["made_with"] = {_OLD_MADE_WITH: old}
+        return data
+
+
+_OLD_MADE_WITH = "recipe"  # vocabulary-check: allowed (reads rows written before the packs split)
 
 
 class ResultStatus(StrEnum):

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from ppu import capabilities
-from ppu.autonomy import approval_reason, recipe_key
+from ppu.autonomy import approval_key, approval_reason, process_key
 from ppu.backends.base import Backend, TaskRun
 from ppu.config import AutonomyConfig, OrchestratorConfig
 from ppu.errors import NotAllowed, PPUError, SafeLimitError, UnknownBackendError, UnknownTaskError, ValidationFailed
@@ -76,6 +76,19 @@ from ppu.store import Store
 log = logging.getLogger(__name__)
 
 
+def made_sample(cap: capabilities.Capability, task_id: str, inputs: dict[str, Any], campaign: str | None,
+                outputs: dict[str, Any], backend: str | None) -> Sample | None:
+    """The sample a succeeded task made, from what its capability declares (never from field names)."""
+    if cap.sample_output is None or not outputs.get(cap.sample_output):
+        return None
+    loc = (outputs.get(cap.location_output) if cap.location_output else None) or {}
+    return Sample(id=str(outputs[cap.sample_output]), made_by=task_id, made_with=cap.approval_view(inputs) or {},
+                  campaign=campaign, parents=cap.parents(inputs),
+                  location=Location(device=str(loc.get("device", backend or "?")),
+                                    slot=(str(loc["slot"]) if loc.get("slot") is not None else None)),
+                  state=SampleState.available)
+
+
 class WorkerLink(Protocol):
     """How the orchestrator reaches the worker that hosts a backend."""
 
@@ -113,7 +126,7 @@ class Orchestrator:
         self._busy_since: dict[tuple[str, str], float] = {}
         self._waiters: dict[str, list[asyncio.Future[Task]]] = {}
         self._subscribers: list[asyncio.Queue[dict[str, Any]]] = []
-        self._known_recipes: set[str] = set()
+        self._known_processes: set[str] = set()  # approval keys of what made a sample successfully
         self._rearm = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
         self._group: tuple[list[Step], list[AuditEntry], list[Sample]] | None = None
@@ -128,8 +141,8 @@ class Orchestrator:
         live, done = self.store.load()
         self.sched.restore(live, done, self.clock())
         for s in self.store.list_samples():
-            if s.recipe and s.made_by:
-                self._known_recipes.add(recipe_key({"recipe": s.recipe}) or "")
+            if s.made_with and s.made_by:
+                self._known_processes.add(approval_key(s.made_with) or "")
         saved = self.store.get_meta("autonomy")
         if saved:  # a run-time change outlives a restart
             self.autonomy = AutonomyConfig.model_validate(saved)
@@ -331,21 +344,21 @@ class Orchestrator:
                 rec = step.records.get(r.task_id)
                 if rec is None or r.status is not ResultStatus.succeeded:
                     continue
-                cap = capabilities.get(rec.capability)
-                if cap.makes_sample and "sample_id" in r.outputs:
-                    loc = r.outputs.get("location") or {}
-                    sample = Sample(
-                        id=r.outputs["sample_id"], made_by=rec.id, recipe=rec.inputs.get("recipe", {}),
-                        campaign=rec.campaign, parents=list(rec.inputs.get("parents", [])),
-                        location=Location(device=str(loc.get("device", rec.backend or "?")),
-                                          slot=(str(loc["slot"]) if loc.get("slot") is not None else None)),
-                        state=SampleState.available)
-                    self._known_recipes.add(recipe_key(rec.inputs) or "")
+                cap = capabilities.get(rec.capability)  # what the capability declares, never field names
+                sample = made_sample(cap, rec.id, rec.inputs, rec.campaign, r.outputs, rec.backend)
+                if sample is not None:
+                    self._known_processes.add(process_key(rec.capability, rec.inputs) or "")
                     out.append(sample)
-                elif cap.needs_sample and rec.sample_id:
-                    s = self.store.get_sample(rec.sample_id)
-                    if s is not None and rec.id not in s.measurements:
-                        s.measurements = [*s.measurements, rec.id]
+                for sid in cap.samples_used(rec.inputs):
+                    s = next((x for x in out if x.id == sid), None) or self.store.get_sample(sid)
+                    if s is None:
+                        continue
+                    changed = False
+                    if rec.id not in s.measurements:
+                        s.measurements, changed = [*s.measurements, rec.id], True
+                    if cap.uses_up_sample and s.state is not SampleState.consumed:
+                        s.state, changed = SampleState.consumed, True
+                    if changed and s not in out:
                         out.append(s)
         return out
 
@@ -373,10 +386,18 @@ class Orchestrator:
         if self._holds.get(spec.name):
             self._apply([Hold(spec.name, True, self.clock())])
 
-    def heartbeat(self, backend: str, inventory: Inventory | None = None) -> bool:
-        """A worker is alive; returns False when the backend is not registered (it must register)."""
+    def heartbeat(self, backend: str, holding: tuple[str, int, list[Any], list[Any]] | None = None) -> bool:
+        """A worker is alive; returns False when the backend is not registered (it must register).
+
+        ``holding``: the worker's inventory of this backend, ``(reg, seq, running, unacked)`` with running and
+        unacked as ``[task id, attempt]`` pairs."""
         if not self.sched.is_registered(backend):
             return False
+        inventory = None
+        if holding is not None:
+            reg, seq, running, unacked = holding
+            inventory = Inventory(reg, seq, tuple((str(t), int(a)) for t, a in running),
+                                  tuple((str(t), int(a)) for t, a in unacked))
         ev = Heartbeat(backend, self.clock(), inventory)
         if inventory is None:
             self.sched.handle(ev)  # no state change worth journaling
@@ -441,12 +462,10 @@ class Orchestrator:
         task = self.get_task(tid)
         samples: list[Sample] = []
         if task is not None and result.status is ResultStatus.succeeded:
-            sample_id = result.outputs.get("sample_id")
-            cap = capabilities.get(task.capability)
-            if cap.makes_sample and sample_id and self.store.get_sample(str(sample_id)) is None:
-                samples.append(Sample(id=str(sample_id), made_by=tid, recipe=task.inputs.get("recipe", {}),
-                                      campaign=task.campaign, parents=list(task.inputs.get("parents", [])),
-                                      location=Location(device=backend), state=SampleState.available))
+            made = made_sample(capabilities.get(task.capability), tid, task.inputs, task.campaign,
+                               result.outputs, backend)
+            if made is not None and self.store.get_sample(made.id) is None:
+                samples.append(made)
         self.counters["late_results_kept"] += 1
         self.store.apply([Step(results=[result])], [AuditEntry(
             actor=backend, action="late_result", target=tid,
@@ -460,15 +479,21 @@ class Orchestrator:
         ``actor`` and ``key`` (the submitter's CURVE public key) are recorded on the task."""
         cap = capabilities.get(spec.capability)
         inputs = capabilities.validate_inputs(spec.capability, spec.inputs)
-        sample_id = spec.sample_id or (inputs.get("sample_id") if cap.needs_sample else None)
-        if cap.needs_sample:
-            s = self.store.get_sample(str(sample_id)) if sample_id else None
-            if s is None:
-                raise ValidationFailed(f"sample {sample_id!r} is not in the sample registry",
-                                       field="inputs.sample_id", hint="ppu samples lists the known samples")
-            if s.state in (SampleState.consumed, SampleState.lost):
-                raise ValidationFailed(f"sample {sample_id} is {s.state.value} and cannot be scheduled",
-                                       field="inputs.sample_id")
+        used = cap.samples_used(inputs)
+        sample_id = spec.sample_id or (used[0] if used else None)
+        for name in cap.sample_inputs:  # every sample the capability declares it works on must be known
+            ids = cap.samples_used({name: inputs.get(name)})
+            if not ids:
+                raise ValidationFailed(f"{spec.capability} needs a sample id in inputs.{name}",
+                                       field=f"inputs.{name}", hint="ppu samples lists the known samples")
+            for sid in ids:
+                s = self.store.get_sample(sid)
+                if s is None:
+                    raise ValidationFailed(f"sample {sid!r} is not in the sample registry",
+                                           field=f"inputs.{name}", hint="ppu samples lists the known samples")
+                if s.state is SampleState.consumed:
+                    raise ValidationFailed(f"sample {sid} is {s.state.value} and cannot be scheduled",
+                                           field=f"inputs.{name}")
         offering = [s for s in self.specs.values() if s.offer(spec.capability)]
         if spec.pin_backend is not None:
             pinned = self.specs.get(spec.pin_backend)
@@ -486,7 +511,8 @@ class Orchestrator:
                 raise SafeLimitError(f"outside the safe limits of every backend that offers "
                                      f"{spec.capability}: {first}", field="inputs." + first.split(":")[0],
                                      hint="change the setpoint or the backend's safe_limits in the lab config")
-        reason = approval_reason(spec.capability, cap.action, inputs, offering, self.autonomy, self._known_recipes)
+        reason = approval_reason(spec.capability, cap.action, inputs, offering, self.autonomy,
+                                 self._known_processes)
         task = Task(id=spec.id or new_id(), capability=spec.capability, inputs=inputs, action=cap.action,
                     priority=spec.priority, campaign=spec.campaign, depends_on=spec.depends_on,
                     deadline=spec.deadline, pin_backend=spec.pin_backend, min_fidelity=spec.min_fidelity,
@@ -563,8 +589,8 @@ class Orchestrator:
     async def stop(self, backend: str | None = None, actor: str = "local", now: bool = False) -> dict[str, str]:
         """Lab-wide stop: physical backends take nothing new and pause their running plans.
 
-        The pause is deferred to each plan's next checkpoint unless ``now`` (a synthesis in its
-        anneal finishes first). Returns, per backend, the state it was left in. Digital work goes on.
+        The pause is deferred to each plan's next checkpoint unless ``now`` (a long step already
+        under way finishes first). Returns, per backend, the state it was left in. Digital work goes on.
         """
         names = self.hold(backend, True, actor)
         if not names:
@@ -600,7 +626,7 @@ class Orchestrator:
         return states
 
     def sample_detail(self, sample_id: str) -> dict[str, Any]:
-        """A sample's lineage: recipe, the task that made it, every measurement on it, where it is."""
+        """A sample's lineage: what made it and with which inputs, every task that used it, where it is."""
         s = self.store.get_sample(sample_id)
         if s is None:
             raise ValidationFailed(f"unknown sample {sample_id!r}", field="sample_id",

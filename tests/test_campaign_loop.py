@@ -56,7 +56,7 @@ def test_interrupted_synthesis_frees_the_robot_and_waits_for_a_person(tmp_path: 
 
     from ppu.campaign.runner import CampaignLoop, lab_config
     from ppu.models import TaskState
-    from ppu.simulators.world import candidate_pool
+    from ppu.simulators.mof.world import candidate_pool
     from ppu.transport.lab import EmbeddedLab
 
     cfg = CampaignConfig.model_validate(SMALL)

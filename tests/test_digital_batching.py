@@ -14,9 +14,9 @@ import torch
 from ppu.backends.base import TaskRun
 from ppu.backends.registry import build_backend
 from ppu.digital.batcher import MicroBatcher
-from ppu.digital.featurize import N_FEATURES, featurize_one
 from ppu.digital.nets import mlp
 from ppu.digital.torch_backend import TorchBackend, select_device
+from ppu.drivers.mof.featurize import N_FEATURES, featurize_one
 from ppu.errors import ConfigError
 from ppu.models import ResultStatus
 
@@ -42,15 +42,17 @@ def task(i: int, cap: str = "predict.co2_uptake", cand: dict | None = None) -> T
 @pytest.fixture()
 def weights(tmp_path):
     path = tmp_path / "mlp.pt"
-    torch.save(mlp(hidden=32, seed=3).state_dict(), path)
+    torch.save(mlp(N_FEATURES, hidden=32, seed=3).state_dict(), path)
     return path
 
 
 def make_backend(weights, **kw) -> TorchBackend:
     raw = {"type": "torch", "name": "surrogate", "batch_size": 8, "slots": 4, "max_wait_ms": 20,
-           "models": {"predict.co2_uptake": {"factory": "ppu.digital.nets:mlp", "kwargs": {"hidden": 32},
+           "models": {"predict.co2_uptake": {"factory": "ppu.digital.nets:mlp",
+                                             "kwargs": {"n_features": N_FEATURES, "hidden": 32},
                                              "weights": str(weights), "version": "7"},
-                      "predict.band_gap": {"factory": "ppu.digital.nets:mlp", "kwargs": {"hidden": 32, "seed": 5}}},
+                      "predict.band_gap": {"factory": "ppu.digital.nets:mlp",
+                                           "kwargs": {"n_features": N_FEATURES, "hidden": 32, "seed": 5}}},
            **kw}
     b = build_backend(raw)
     assert isinstance(b, TorchBackend)
@@ -58,7 +60,7 @@ def make_backend(weights, **kw) -> TorchBackend:
 
 
 def reference(weights, cand: dict) -> tuple[float, float]:
-    m = mlp(hidden=32)
+    m = mlp(N_FEATURES, hidden=32)
     m.load_state_dict(torch.load(weights, weights_only=True))
     with torch.no_grad():
         out = m(torch.tensor([featurize_one(cand)], dtype=torch.float32))
@@ -187,8 +189,9 @@ def test_half_precision_is_ignored_on_cpu(weights):
 def test_bad_configs_are_refused(weights):
     with pytest.raises(ConfigError, match="exactly one"):
         build_backend({"type": "torch", "name": "x", "models": {"predict.purity": {}}})
-    with pytest.raises(ConfigError, match="does not take PredictInput"):
-        build_backend({"type": "torch", "name": "x", "models": {"echo": {"factory": "ppu.digital.nets:mlp"}}})
+    with pytest.raises(ConfigError, match="echo declares no encoder"):  # nothing says how to make its features
+        build_backend({"type": "torch", "name": "x",
+                       "models": {"echo": {"factory": "ppu.digital.nets:mlp", "kwargs": {"n_features": 2}}}})
 
 
 class _Sleepy(torch.nn.Module):
@@ -231,7 +234,7 @@ def test_forward_runs_off_the_event_loop(monkeypatch):
 
 
 def test_serves_a_torch_export_archive(tmp_path):
-    m = mlp(hidden=8, seed=2).eval()
+    m = mlp(N_FEATURES, hidden=8, seed=2).eval()
     x = torch.zeros(2, N_FEATURES)
     ep = torch.export.export(m, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
     path = tmp_path / "mlp.pt2"

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from ppu.capabilities import Candidate
-from ppu.digital.featurize import N_FEATURES, VOCABULARY, feature_names, featurize, featurize_one
+from ppu.drivers.mof.capabilities import Candidate
+from ppu.drivers.mof.featurize import N_FEATURES, VOCABULARY, feature_names, featurize, featurize_one
 from ppu.errors import ValidationFailed
 
 

@@ -11,8 +11,8 @@ import pytest
 
 from ppu.backends.base import TaskRun
 from ppu.backends.registry import build_backend
-from ppu.capabilities import Candidate
-from ppu.digital.mlip import INSTALL_HINT, rocksalt_prototype
+from ppu.drivers.mof.capabilities import Candidate
+from ppu.drivers.mof.mlip import INSTALL_HINT, rocksalt_prototype
 from ppu.errors import ConfigError, ValidationFailed
 from ppu.models import ResultStatus
 

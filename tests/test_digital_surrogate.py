@@ -13,11 +13,11 @@ import torch
 
 from ppu.backends.base import TaskRun
 from ppu.backends.registry import build_backend
-from ppu.digital.featurize import FEATURIZER_VERSION, layout
 from ppu.digital.model_registry import ModelRegistry, file_sha256
 from ppu.digital.nets import mlp
 from ppu.digital.surrogate import Z90, fit_gp
 from ppu.digital.torch_backend import TorchBackend
+from ppu.drivers.mof.featurize import FEATURIZER_VERSION, N_FEATURES, layout
 from ppu.models import ResultStatus
 
 
@@ -117,9 +117,9 @@ def test_training_is_a_task_and_predictions_follow_the_newest_version(tmp_path):
 
 
 def _publish(reg: ModelRegistry, seed: int) -> str:
-    m = mlp(hidden=16, seed=seed)
+    m = mlp(N_FEATURES, hidden=16, seed=seed)
     ver = reg.publish("co2_uptake", state_dict=m.state_dict(), factory="ppu.digital.nets:mlp",
-                      kwargs={"hidden": 16, "seed": None}, name="mlp", metrics={}, data={},
+                      kwargs={"n_features": N_FEATURES, "hidden": 16, "seed": None}, name="mlp", metrics={}, data={},
                       extra_meta=layout())
     return ver.version
 

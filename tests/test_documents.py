@@ -23,7 +23,7 @@ from ppu.backends.base import TaskRun
 from ppu.backends.physical import PhysicalBackend
 from ppu.backends.registry import build_backend
 from ppu.models import ResultStatus
-from ppu.simulators import candidate_pool
+from ppu.simulators.mof import candidate_pool
 
 
 def _entry(tmp: Path, type_: str, name: str) -> dict[str, Any]:

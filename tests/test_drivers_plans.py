@@ -9,16 +9,12 @@ from bluesky import plans as bp
 from bluesky.utils import DuringTask
 from ophyd.sim import make_fake_device
 
-from ppu.drivers import (
+from ppu.drivers.mof import (
     EpicsGasSorption,
     EpicsSampleTransfer,
     EpicsSynthesisRobot,
     EpicsUVVis,
     EpicsXRD,
-    GasSorptionAnalyzer,
-    SynthesisRobot,
-    UVVisSpectrometer,
-    XRDDiffractometer,
     fit_langmuir,
     identify_phases,
     isotherm_pressures,
@@ -29,15 +25,19 @@ from ppu.drivers import (
     tauc_band_gap,
     transfer,
 )
-from ppu.drivers.transfer import SampleTransfer
-from ppu.drivers.xrd import two_theta_grid
-from ppu.simulators import (
+from ppu.drivers.mof.xrd import two_theta_grid
+from ppu.simulators.mof import (
+    GasSorptionAnalyzer,
     IsothermModel,
+    SampleTransfer,
     SimulatedLab,
     SynthesisModel,
+    SynthesisRobot,
     UVVisModel,
+    UVVisSpectrometer,
     World,
     WorldConfig,
+    XRDDiffractometer,
     XRDModel,
     candidate_pool,
 )
@@ -109,7 +109,7 @@ def test_plans_and_stock_plans_run_on_simulated_devices(lab: SimulatedLab, RE: R
 def test_unknown_sample_fails_at_trigger(lab: SimulatedLab, RE: RunEngine) -> None:
     from bluesky.utils import FailedStatus
 
-    from ppu.simulators import UnknownSampleError
+    from ppu.simulators.mof import UnknownSampleError
 
     xrd = XRDDiffractometer(name="xrd", lab=lab, model=XRDModel(time_scale=FAST))
     # trigger() returns a failed Status (bluesky's contract), whose cause is the unknown sample

@@ -25,11 +25,11 @@ import yaml
 from conformance import no_progress
 
 from ppu.backends.base import TaskRun
+from ppu.backends.devices import AcquisitionFailed
 from ppu.backends.physical import PhysicalBackend
 from ppu.backends.registry import build_backend
-from ppu.drivers._base import AcquisitionFailed
 from ppu.models import ResultStatus
-from ppu.simulators import candidate_pool
+from ppu.simulators.mof import candidate_pool
 
 SCALE = 2e4  # lab seconds per wall second
 
@@ -162,7 +162,7 @@ def test_stop_during_an_acquisition_fails_its_status(lab: dict[str, Any]) -> Non
 
 
 def test_an_unreachable_device_returns_a_failed_status(lab: dict[str, Any]) -> None:
-    from ppu.drivers.xrd import EpicsXRD
+    from ppu.drivers.mof.xrd import EpicsXRD
 
     dev = EpicsXRD("T1:NOBODY:", name="ghost", acquire_timeout_s=1.0)
     status = dev.trigger()  # must not raise

@@ -11,7 +11,7 @@ from ppu.backends import build_backend
 from ppu.config import AutonomyConfig, OrchestratorConfig
 from ppu.models import ApprovalState, TaskSpec, TaskState
 from ppu.orchestrator import LocalWorker, Orchestrator
-from ppu.simulators.world import candidate_pool
+from ppu.simulators.mof.world import candidate_pool
 from ppu.store import Store, sqlite_url
 
 

@@ -1,95 +1,22 @@
-"""Physical backends on the simulated lab: the contract, safe limits, samples, faults, pause/abort."""
+"""Physical backends on the simulated lab: safe limits, samples, faults, pause/abort (the contract: packs)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conformance import BackendContract, no_progress
+from conformance import no_progress
 
-from ppu.backends.base import Backend, TaskRun
+from ppu.backends.base import TaskRun
 from ppu.backends.documents import JsonlSink, StoreSink
 from ppu.backends.physical import PhysicalBackend
 from ppu.backends.registry import build_backend
 from ppu.models import ResultStatus
-from ppu.simulators import candidate_pool
+from ppu.simulators.mof.conformance import lab_config, make_samples, synth_run
 
-FAST = 1e5  # lab seconds per wall second: a 4-hour anneal takes 0.16 s
-
-
-def lab_config(tmp_path: Path, type_: str, name: str, **kw: Any) -> dict[str, Any]:
-    return {"type": type_, "name": name, "simulated": True, "time_scale": FAST, "run_dir": str(tmp_path / "run"),
-            "lab": f"lab-{tmp_path.name}", "world": {"seed": 5}, "seed": 1, **kw}
-
-
-def recipe(i: int = 7) -> dict[str, Any]:
-    return candidate_pool(40, seed=2)[i].model_dump(mode="json")
-
-
-def synth_run(task_id: str, **over: Any) -> TaskRun:
-    return TaskRun(task_id=task_id, attempt=1, capability="synthesize",
-                   inputs={"recipe": {**recipe(), **over}}, campaign="c1")
-
-
-async def make_samples(tmp_path: Path, n: int) -> list[str]:
-    """Synthesise n samples with a robot of the same lab (retries the rare chemical failure)."""
-    robot = build_backend(lab_config(tmp_path, "synthesis_robot", "robot_prep"))
-    await robot.start()
-    out: list[str] = []
-    try:
-        i = 0
-        while len(out) < n and i < 5 * n:
-            [res] = await robot.run([synth_run(f"prep{i}")], no_progress)
-            i += 1
-            if res.status == ResultStatus.succeeded:
-                out.append(res.outputs["sample_id"])
-    finally:
-        await robot.close()
-    assert len(out) == n
-    return out
-
-
-class _Physical(BackendContract):
-    type_: str
-    capability: str
-
-    def make_backend(self, tmp_path: Path) -> Backend:
-        self._tmp = tmp_path
-        return build_backend(lab_config(tmp_path, self.type_, f"{self.type_}1"))
-
-    async def good_runs(self, backend: Backend) -> list[TaskRun]:
-        sids = await make_samples(self._tmp, 2)
-        return [TaskRun(task_id=f"m{i}", attempt=1, capability=self.capability, inputs={"sample_id": s})
-                for i, s in enumerate(sids)]
-
-    def bad_run(self) -> TaskRun:
-        return TaskRun(task_id="bad", attempt=1, capability=self.capability, inputs={"sample_id": "never-made"})
-
-
-class TestSynthesisContract(_Physical):
-    type_, capability = "synthesis_robot", "synthesize"
-
-    async def good_runs(self, backend: Backend) -> list[TaskRun]:
-        # recipes inside the synthesis window: success probability ~0.97, and the seed makes it certain
-        return [synth_run("s1"), synth_run("s2")]
-
-    def bad_run(self) -> TaskRun:
-        return synth_run("hot", anneal_temperature_c=950.0)
-
-
-class TestXRDContract(_Physical):
-    type_, capability = "xrd", "characterize.xrd"
-
-
-class TestUVVisContract(_Physical):
-    type_, capability = "uvvis", "measure.band_gap"
-
-
-class TestGasSorptionContract(_Physical):
-    type_, capability = "gas_sorption", "measure.co2_uptake"
+# The contract itself runs for every backend type from the pack's cases (test_conformance_packs.py).
 
 
 def test_safe_limit_refused_before_any_message(tmp_path: Path) -> None:
@@ -143,7 +70,7 @@ def test_synthesis_then_measurements_share_the_lab(tmp_path: Path) -> None:
 def test_sample_register_is_shared_across_processes(tmp_path: Path) -> None:
     """A second lab object (as in another process) finds samples through the register file."""
     [sid] = asyncio.run(make_samples(tmp_path, 1))
-    from ppu.simulators import SimulatedLab, World, WorldConfig
+    from ppu.simulators.mof import SimulatedLab, World, WorldConfig
 
     other = SimulatedLab(World(WorldConfig(seed=5)), registry_path=tmp_path / "run" / f"lab-{tmp_path.name}" /
                          "samples.jsonl")
@@ -235,7 +162,7 @@ def test_store_sink(tmp_path: Path) -> None:
 def test_real_mode_builds_epics_devices_without_moving(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ophyd.sim import make_fake_device
 
-    import ppu.drivers.xrd as xrd_mod
+    import ppu.simulators.mof.devices as xrd_mod
 
     monkeypatch.setattr(xrd_mod, "EpicsXRD", make_fake_device(xrd_mod.EpicsXRD))  # no IOC in CI
     b = build_backend({"type": "xrd", "name": "xrd_real", "simulated": False, "epics_prefix": "XRD1:",

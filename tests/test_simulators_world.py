@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ppu.capabilities import Candidate
-from ppu.simulators import (
+from ppu.drivers.mof.capabilities import Candidate
+from ppu.simulators.mof import (
     DEMO_CSV,
     PHASES,
     FaultConfig,

@@ -1,7 +1,7 @@
-"""Backends: the small protocol, the registry of types, and the simple simulated ones."""
+"""Backends: the small protocol, the registry of types, the echo backend and the Bluesky host."""
 
 from ppu.backends.base import Backend, BackendConfig, ProgressFn, TaskRun
-from ppu.backends.registry import BACKEND_TYPES, backend_class, build_backend, register_type
+from ppu.backends.registry import BACKEND_TYPES, backend_class, build_backend, known_types, register_type
 
 __all__ = ["BACKEND_TYPES", "Backend", "BackendConfig", "ProgressFn", "TaskRun", "backend_class",
-           "build_backend", "register_type"]
+           "build_backend", "known_types", "register_type"]

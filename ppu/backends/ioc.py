@@ -13,7 +13,7 @@ For one device, every component of its EPICS class becomes a PV under the device
   sample, injected fault) FAILS the put, leaves ``Status_RBV`` at ``Error`` with MAJOR alarm and
   ``StatusMessage_RBV`` saying why, and leaves ``Counter_RBV`` unchanged, as a real IOC would;
 - ``Status_RBV`` (Idle / Acquiring / Done / Error), ``StatusMessage_RBV`` and ``Counter_RBV`` (count
-  of completed acquisitions) are what :class:`~ppu.drivers._base.EpicsAcquisition` checks so that a
+  of completed acquisitions) are what :class:`~ppu.backends.devices.EpicsAcquisition` checks so that a
   rejected put or a stale read-back is a failure, never the previous acquisition's data.
 
 The devices keep their world, time scale, drift and faults: they are the same simulated objects the
@@ -53,7 +53,7 @@ MESSAGE = "StatusMessage_RBV"
 COUNTER = "Counter_RBV"
 STATES = ["Idle", "Acquiring", "Done", "Error"]
 _SERVED_HERE = {ACQUIRE, STATUS, MESSAGE, COUNTER}  # the acquisition protocol's own PVs
-STRING_MAX = 4096  # strings travel as CHAR waveforms (recipes are longer than DBR_STRING's 40 bytes)
+STRING_MAX = 4096  # strings travel as CHAR waveforms (set-point strings are often longer than DBR_STRING's 40 bytes)
 ARRAY_MIN = 16384  # waveform length for array read-backs
 
 

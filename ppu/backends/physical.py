@@ -1,20 +1,17 @@
-"""Physical backends: capabilities carried out as Bluesky plans on Ophyd devices.
+"""Physical backends: a capability carried out as a Bluesky plan on Ophyd devices.
 
-One class per instrument type (``synthesis_robot``, ``xrd``, ``uvvis``, ``gas_sorption`` in the
-registry); each hosts ONE RunEngine on its own thread (see :mod:`ppu.backends.runengine` for where
-the loops live) and maps its capability to a plan from ``ppu.drivers``. ``simulated: true`` builds
-the devices on the simulated lab (``ppu.simulators``), ``false`` on EPICS PVs under
-``epics_prefix``; the plans, the analysis and the results are the same either way.
+A pack subclasses :class:`PhysicalBackend` once per instrument type: ``build_devices`` (the
+Ophyd devices, simulated twins or EPICS), ``plan`` (the Bluesky plan for one task) and ``reduce``
+(the outputs, from the run's documents alone). The base hosts ONE RunEngine on its own thread
+(see :mod:`ppu.backends.runengine` for where the loops live) and does everything else: checks,
+progress, abort, pause, documents, results. Offers and safe limits default to what the
+capability declares (duration, cost, limits), so they are written once.
 
 Order of checks for one task, all before a plan is submitted (so nothing moves on a refusal):
-capability offered, inputs valid, setpoints inside ``safe_limits``, sample known. A refusal is a
-failed Result with ``retryable=False``. A plan that is aborted or hits a device fault returns
-``interrupted=True, retryable=False`` (the orchestrator sends such ``once`` tasks to review).
-
-Samples across processes: the simulated robot records every sample it makes (recipe and realised
-properties) in the lab's sample register, ``<run_dir>/<lab>/samples.jsonl``; instruments of the
-same lab, in this process or another, look samples up there (``ppu.simulators.lab``). Backends of
-one lab therefore need the same ``lab`` name, ``world`` and ``run_dir``.
+capability offered, inputs valid, setpoints inside ``safe_limits``, sample known
+(:meth:`PhysicalBackend.unknown_sample`). A refusal is a failed Result with ``retryable=False``.
+A plan that is aborted or hits a device fault returns ``interrupted=True, retryable=False`` (the
+orchestrator sends such ``once`` tasks to review).
 """
 
 from __future__ import annotations
@@ -27,35 +24,17 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import bluesky.preprocessors as bpp
 from bluesky.utils import Msg
 from ophyd import Device
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from ppu import capabilities
 from ppu.backends.base import Backend, BackendConfig, ProgressFn, TaskRun
 from ppu.backends.documents import Document, DocumentSink, FanOut, JsonlSink, TiledSink, split_by_run
 from ppu.backends.runengine import LabScanIds, PlanOutcome, RunEngineHost
 from ppu.backends.user_plans import AllowedPlans, PlanRefused
-from ppu.drivers import analysis
-from ppu.drivers.sorption import gas_sorption_analyzer, isotherm_pressures, measure_isotherm
-from ppu.drivers.synthesis import synthesis_robot, synthesize
-from ppu.drivers.transfer import TransferModel, sample_transfer, transfer
-from ppu.drivers.uvvis import measure_uvvis, uvvis_spectrometer
-from ppu.drivers.xrd import measure_xrd, xrd_diffractometer
 from ppu.errors import ConfigError, ValidationFailed
 from ppu.models import BackendKind, BackendSpec, CapabilityOffer, Limit, Result, Strict, limit_violations
-from ppu.simulators.instruments import (
-    FaultConfig,
-    InstrumentModel,
-    IsothermModel,
-    SynthesisModel,
-    UVVisModel,
-    XRDModel,
-    seeded_rng,
-)
-from ppu.simulators.lab import SimulatedLab, UnknownSampleError
-from ppu.simulators.world import WorldConfig
 
 PlanFactory = Callable[[], Iterable[Msg]]
 PLAN = "bluesky.plan"  # a scientist's own plan (ppu.backends.user_plans)
@@ -67,19 +46,12 @@ class TiledConfig(Strict):
 
 
 class PhysicalConfig(BackendConfig):
-    epics_prefix: str = Field("", description="PV prefix of the instrument (real mode), e.g. 'XRD1:'")
-    transfer_prefix: str | None = Field(None, description="PV prefix of the sample transfer (real mode); "
-                                        "none: the sample is placed by hand")
+    epics_prefix: str = Field("", description="PV prefix of the instrument (real mode), e.g. 'INST1:'")
     time_scale: float = Field(1000.0, gt=0, le=1e9, description="simulated lab time runs this many times faster")
     seed: int = Field(0, description="seeds the simulated instruments' noise and faults")
-    lab: str = Field("lab", min_length=1, description="simulated lab name; backends of one lab share samples")
-    world: WorldConfig = Field(default_factory=WorldConfig, description="the simulated lab's hidden world")
-    world_csv: str | None = Field(None, description="shortcut for world.csv_path: a world from a table")
-    run_dir: str = Field("runs/lab", description="folder for the sample register and the documents")
+    run_dir: str = Field("runs/lab", description="folder for the documents (and a simulated lab's state)")
     documents_dir: str | None = Field(None, description="JSONL documents folder (default <run_dir>/documents)")
     tiled: TiledConfig | None = Field(None, description="also write every run to this Tiled server")
-    faults: FaultConfig = Field(default_factory=FaultConfig, description="faults to inject (simulated)")
-    drift_per_hour: float = Field(0.0, ge=0, le=1, description="relative instrument drift per lab hour")
     plans: list[str] = Field(default_factory=list, max_length=200, description="Bluesky plans a scientist may run "
                              "here as `bluesky.plan` tasks: stock names (count, scan, ...) or 'module:function'")
     metadata: dict[str, Any] = Field(default_factory=dict, description="extra RunEngine metadata for every start "
@@ -91,15 +63,6 @@ class PhysicalConfig(BackendConfig):
     ioc_fault: Literal["stale", "hang"] | None = Field(None, description="`ppu ioc` only: make this twin's IOC "
                                                        "misbehave (stale read-backs, or an acquisition that "
                                                        "never ends) to test a driver's safety checks")
-
-    @model_validator(mode="after")
-    def _csv(self) -> PhysicalConfig:
-        if self.world_csv and not self.world.csv_path:
-            self.world = self.world.model_copy(update={"csv_path": self.world_csv})
-        return self
-
-    def register_path(self) -> Path:
-        return Path(self.run_dir) / self.lab / "samples.jsonl"
 
 
 async def _report(progress: ProgressFn, task_id: str, fraction: float, message: str) -> None:
@@ -116,15 +79,12 @@ class PhysicalBackend(Backend):
     kind = BackendKind.physical
     Config: ClassVar[type[BackendConfig]] = PhysicalConfig
     capability: ClassVar[str]
+    fidelity: ClassVar[float] = 1.0
 
     def __init__(self, config: BackendConfig, *, sink: DocumentSink | None = None):
         super().__init__(config)
         assert isinstance(config, PhysicalConfig)
         self.cfg = config
-        self.lab: SimulatedLab | None = None
-        if config.simulated:
-            self.lab = SimulatedLab.shared(config.lab, config.world, registry_path=config.register_path(),
-                                           seed=config.seed)
         self.sink: DocumentSink = sink or self._sinks(config)
         self.host = RunEngineHost(config.name, md={**config.metadata, "backend": config.name},
                                   scan_ids=LabScanIds(Path(config.run_dir) / "scan_id"))
@@ -155,6 +115,18 @@ class PhysicalBackend(Backend):
     def build_devices(self) -> dict[str, Device]:
         raise NotImplementedError
 
+    def default_offers(self) -> list[CapabilityOffer]:
+        cap = capabilities.get(self.capability)
+        return [CapabilityOffer(name=cap.name, fidelity=self.fidelity, duration_s=cap.duration_s or 1.0,
+                                cost=cap.cost or 0.0)]
+
+    def default_limits(self) -> dict[str, Limit]:
+        return dict(capabilities.get(self.capability).limits)
+
+    def unknown_sample(self, sample_id: str) -> str | None:
+        """Why this backend cannot work on ``sample_id`` (None: it can). A simulated lab checks its register."""
+        return None
+
     def plan(self, run: TaskRun, inputs: dict[str, Any], md: dict[str, Any]) -> PlanFactory:
         raise NotImplementedError
 
@@ -162,31 +134,15 @@ class PhysicalBackend(Backend):
         """Outputs from the documents alone (never from the simulated world)."""
         raise NotImplementedError
 
-    def model(self, cls: type[InstrumentModel], *, faults: bool = True) -> InstrumentModel:
-        seed = int(seeded_rng(self.cfg.seed, self.cfg.name).integers(0, 2**31))
-        return cls(seed=seed, time_scale=self.cfg.time_scale, faults=self.cfg.faults if faults else None,
-                   drift_per_hour=self.cfg.drift_per_hour)
-
-    def transfer_device(self) -> Device | None:
-        if self.cfg.simulated:
-            return sample_transfer("transfer", simulated=True, lab=self.lab,
-                                   model=self.model(TransferModel, faults=False))  # type: ignore[arg-type]
-        if self.cfg.transfer_prefix is not None:
-            return sample_transfer("transfer", simulated=False, prefix=self.cfg.transfer_prefix)
-        return None
-
-    def with_transfer(self, sample_id: str, dest: str, measure: Iterable[Msg], md: dict[str, Any]) -> Iterable[Msg]:
-        """Rack -> instrument, measure, instrument -> rack (three runs) where there is a transfer."""
-        dev = self.devices.get("transfer")
-        if dev is None:
-            return measure
-        return bpp.pchain(transfer(dev, sample_id, dest, md), measure, transfer(dev, sample_id, "rack", md))
-
     def spec(self) -> BackendSpec:
         spec = super().spec()
         if self.cfg.plans and not any(o.name == PLAN for o in spec.capabilities):
             spec.capabilities.append(CapabilityOffer(name=PLAN, fidelity=1.0, duration_s=600.0, cost=1.0))
         return spec
+
+    def device_prefix(self, key: str) -> str | None:
+        """The PV prefix of one of this backend's devices in real mode (a type with several overrides it)."""
+        return self.cfg.epics_prefix or None
 
     def twin_pvdbs(self) -> dict[str, dict[str, Any]]:
         """The simulated devices of this backend as EPICS IOCs, keyed by PV prefix (``ppu ioc``); only
@@ -194,13 +150,14 @@ class PhysicalBackend(Backend):
         from ppu.backends.ioc import twin_pvdb
 
         out: dict[str, dict[str, Any]] = {}
+        main = self.cfg.epics_prefix
         for key, dev in self.devices.items():
-            prefix = self.cfg.transfer_prefix if key == "transfer" else self.cfg.epics_prefix
+            prefix = self.device_prefix(key)
             epics_cls = getattr(dev, "epics_class", None)
             if not prefix or epics_cls is None:
                 continue
             out[prefix] = twin_pvdb(dev, epics_cls, prefix, timeout_s=self.cfg.acquire_timeout_s,
-                                    fault=self.cfg.ioc_fault if key != "transfer" else None)
+                                    fault=self.cfg.ioc_fault if prefix == main else None)
         return out
 
     # ---- the contract -------------------------------------------------------------------------
@@ -246,12 +203,10 @@ class PhysicalBackend(Backend):
         bad = limit_violations(self.spec().safe_limits, inputs)
         if bad:
             raise _Refused(f"outside safe limits of {self.name}: {'; '.join(bad)} (nothing moved)")
-        sample_id = inputs.get("sample_id")
-        if capabilities.get(run.capability).needs_sample and self.lab is not None:
-            try:
-                self.lab.sample(str(sample_id))
-            except UnknownSampleError as exc:
-                raise _Refused(str(exc)) from None
+        for sample_id in capabilities.get(run.capability).samples_used(inputs):
+            why = self.unknown_sample(sample_id)
+            if why:
+                raise _Refused(why)
         return inputs
 
     async def run(self, batch: list[TaskRun], progress: ProgressFn) -> list[Result]:
@@ -311,126 +266,15 @@ class PhysicalBackend(Backend):
                 "device": "simulated" if self.cfg.simulated else self.cfg.epics_prefix or None}
 
 
-def _events(docs: list[Document]) -> list[dict[str, Any]]:
+def events(docs: list[Document]) -> list[dict[str, Any]]:
     return [d["data"] for n, d in docs if n == "event"]
 
 
-def _events_of(docs: list[Document], plan_name: str) -> list[dict[str, Any]]:
+def events_of(docs: list[Document], plan_name: str) -> list[dict[str, Any]]:
     """Events of the runs a given plan opened (a composed plan has transfer runs too)."""
     runs = [d["uid"] for n, d in docs if n == "start" and d.get("plan_name") == plan_name]
     grouped = split_by_run(docs)
     return [d["data"] for uid in runs for n, d in grouped.get(uid, []) if n == "event"]
 
 
-class SynthesisBackend(PhysicalBackend):
-    capability = "synthesize"
-
-    def build_devices(self) -> dict[str, Device]:
-        return {"robot": synthesis_robot("robot", simulated=self.cfg.simulated, prefix=self.cfg.epics_prefix,
-                                         lab=self.lab, model=self.model(SynthesisModel))}  # type: ignore[arg-type]
-
-    def default_offers(self) -> list[CapabilityOffer]:
-        return [CapabilityOffer(name="synthesize", fidelity=1.0, duration_s=1800 + 4 * 3600, cost=50.0)]
-
-    def default_limits(self) -> dict[str, Limit]:
-        return {"recipe.anneal_temperature_c": Limit(min=20, max=800, unit="C"),
-                "recipe.anneal_time_h": Limit(min=0, max=48, unit="h"),
-                "target_mass_mg": Limit(min=1, max=500, unit="mg")}
-
-    def plan(self, run: TaskRun, inputs: dict[str, Any], md: dict[str, Any]) -> PlanFactory:
-        label = f"S-{run.task_id}" + (f"-{run.attempt}" if run.attempt > 1 else "")
-        return lambda: synthesize(self.devices["robot"], inputs["recipe"], md,
-                                  target_mass_mg=inputs["target_mass_mg"], sample_label=label)
-
-    def reduce(self, run: TaskRun, inputs: dict[str, Any], docs: list[Document]) -> dict[str, Any]:
-        (ev,) = _events(docs)
-        sample_id = str(ev["robot_sample_id"])
-        if not int(ev["robot_success"]):
-            raise RuntimeError(f"synthesis gave no product (sample {sample_id} discarded); the recipe may not "
-                               "be synthesisable")
-        return {"sample_id": sample_id, "mass_mg": float(ev["robot_mass_mg"]),
-                "location": {"device": self.name, "slot": str(ev["robot_slot"]) or None}}
-
-
-class XRDBackend(PhysicalBackend):
-    capability = "characterize.xrd"
-
-    def build_devices(self) -> dict[str, Device]:
-        devs = {"xrd": xrd_diffractometer("xrd", simulated=self.cfg.simulated, prefix=self.cfg.epics_prefix,
-                                          lab=self.lab, model=self.model(XRDModel))}  # type: ignore[arg-type]
-        t = self.transfer_device()
-        return devs | ({"transfer": t} if t is not None else {})
-
-    def default_offers(self) -> list[CapabilityOffer]:
-        return [CapabilityOffer(name="characterize.xrd", fidelity=0.95, duration_s=60 + 0.5 * 1401, cost=10.0)]
-
-    def default_limits(self) -> dict[str, Limit]:
-        return {"two_theta_start": Limit(min=2, max=150, unit="deg"),
-                "two_theta_stop": Limit(min=5, max=150, unit="deg")}
-
-    def plan(self, run: TaskRun, inputs: dict[str, Any], md: dict[str, Any]) -> PlanFactory:
-        sid = inputs["sample_id"]
-        return lambda: self.with_transfer(sid, self.name, measure_xrd(
-            self.devices["xrd"], sid, inputs["two_theta_start"], inputs["two_theta_stop"],
-            inputs["two_theta_step"], md), md)
-
-    def reduce(self, run: TaskRun, inputs: dict[str, Any], docs: list[Document]) -> dict[str, Any]:
-        (ev,) = _events_of(docs, "measure_xrd")
-        fit = analysis.identify_phases(ev["xrd_two_theta"], ev["xrd_intensity"])
-        return {"phases": fit.phases, "purity": min(max(fit.purity, 0.0), 1.0), "main_phase": fit.main_phase}
-
-
-class UVVisBackend(PhysicalBackend):
-    capability = "measure.band_gap"
-
-    def build_devices(self) -> dict[str, Device]:
-        devs = {"uvvis": uvvis_spectrometer("uvvis", simulated=self.cfg.simulated, prefix=self.cfg.epics_prefix,
-                                            lab=self.lab, model=self.model(UVVisModel))}  # type: ignore[arg-type]
-        t = self.transfer_device()
-        return devs | ({"transfer": t} if t is not None else {})
-
-    def default_offers(self) -> list[CapabilityOffer]:
-        return [CapabilityOffer(name="measure.band_gap", fidelity=0.9, duration_s=120.0, cost=2.0)]
-
-    def default_limits(self) -> dict[str, Limit]:
-        return {"wavelength_start_nm": Limit(min=190, max=1100, unit="nm"),
-                "wavelength_stop_nm": Limit(min=190, max=1100, unit="nm")}
-
-    def plan(self, run: TaskRun, inputs: dict[str, Any], md: dict[str, Any]) -> PlanFactory:
-        sid = inputs["sample_id"]
-        return lambda: self.with_transfer(sid, self.name, measure_uvvis(
-            self.devices["uvvis"], sid, inputs["wavelength_start_nm"], inputs["wavelength_stop_nm"], 1.0, md), md)
-
-    def reduce(self, run: TaskRun, inputs: dict[str, Any], docs: list[Document]) -> dict[str, Any]:
-        (ev,) = _events_of(docs, "measure_uvvis")
-        gap, r2 = analysis.tauc_band_gap(ev["uvvis_wavelength"], ev["uvvis_absorbance"])
-        return {"band_gap_ev": gap, "fit_r2": r2}
-
-
-class GasSorptionBackend(PhysicalBackend):
-    capability = "measure.co2_uptake"
-
-    def build_devices(self) -> dict[str, Device]:
-        devs = {"gas": gas_sorption_analyzer("gas", simulated=self.cfg.simulated, prefix=self.cfg.epics_prefix,
-                                             lab=self.lab, model=self.model(IsothermModel))}  # type: ignore[arg-type]
-        t = self.transfer_device()
-        return devs | ({"transfer": t} if t is not None else {})
-
-    def default_offers(self) -> list[CapabilityOffer]:
-        return [CapabilityOffer(name="measure.co2_uptake", fidelity=1.0, duration_s=1800 + 600 * 12, cost=20.0)]
-
-    def default_limits(self) -> dict[str, Limit]:
-        return {"pressure_bar": Limit(min=0.001, max=1.0, unit="bar"),
-                "temperature_k": Limit(min=273, max=353, unit="K")}
-
-    def plan(self, run: TaskRun, inputs: dict[str, Any], md: dict[str, Any]) -> PlanFactory:
-        sid = inputs["sample_id"]
-        pressures = isotherm_pressures(inputs["points"], max(1.0, inputs["pressure_bar"]))
-        return lambda: self.with_transfer(sid, self.name, measure_isotherm(
-            self.devices["gas"], sid, pressures, inputs["temperature_k"], md), md)
-
-    def reduce(self, run: TaskRun, inputs: dict[str, Any], docs: list[Document]) -> dict[str, Any]:
-        evs = _events_of(docs, "measure_isotherm")
-        fit = analysis.fit_langmuir([e["gas_pressure"] for e in evs], [e["gas_uptake"] for e in evs])
-        return {"uptake_mmol_g": max(fit.uptake(inputs["pressure_bar"]), 0.0), "model": "langmuir",
-                "params": {"qmax_mmol_g": fit.qmax, "b_per_bar": fit.b, "r2": fit.r2}}
+_events, _events_of = events, events_of  # the names packs written before the split use

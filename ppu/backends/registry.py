@@ -1,5 +1,6 @@
 """Backend types by name, rebuilt from ``{type: ..., **kwargs}`` in the lab config (STYLE.md §7).
 
+The names come from the loaded packs (:mod:`ppu.packs`), plus any added by :func:`register_type`.
 Types are import paths, so loading a lab file does not import torch or bluesky unless the lab
 uses a backend that needs them. A user plug-in is named by ``module:Class`` directly.
 """
@@ -11,30 +12,28 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ppu import packs
 from ppu.backends.base import Backend
 from ppu.errors import ConfigError
 
-BACKEND_TYPES: dict[str, str] = {
-    "echo": "ppu.backends.echo:EchoBackend",
-    "torch": "ppu.digital.torch_backend:TorchBackend",
-    "surrogate_trainer": "ppu.digital.trainer:SurrogateTrainerBackend",
-    "mlip": "ppu.digital.mlip:MLIPBackend",
-    "synthesis_robot": "ppu.backends.physical:SynthesisBackend",
-    "xrd": "ppu.backends.physical:XRDBackend",
-    "uvvis": "ppu.backends.physical:UVVisBackend",
-    "gas_sorption": "ppu.backends.physical:GasSorptionBackend",
-}
+BACKEND_TYPES: dict[str, str] = {}  # added by hand (register_type); the packs' types come first
 
 
 def register_type(name: str, path: str) -> None:
     BACKEND_TYPES[name] = path
 
 
+def known_types() -> dict[str, str]:
+    return {**BACKEND_TYPES, **packs.active().backend_types()}
+
+
 def backend_class(type_name: str) -> type[Backend]:
-    path = BACKEND_TYPES.get(type_name, type_name)
+    types = known_types()
+    path = types.get(type_name, type_name)
     if ":" not in path:
         raise ConfigError(f"unknown backend type {type_name!r}", field="backends.type",
-                          hint=f"use one of {', '.join(sorted(BACKEND_TYPES))} or 'module:Class'")
+                          hint=f"use one of {', '.join(sorted(types))} or 'module:Class'; a type of another pack "
+                               "needs that pack installed and listed under 'packs:' (ppu packs lists them)")
     module, _, attr = path.partition(":")
     try:
         cls = getattr(importlib.import_module(module), attr)

@@ -238,7 +238,7 @@ class RunEngineHost:
         """Pause the running plan.
 
         ``defer=False``: now; on resume the plan rewinds to its last checkpoint (a plan without
-        one, like a synthesis in its anneal, aborts). ``defer=True``: at the plan's next
+        one, like a long hold already under way, aborts). ``defer=True``: at the plan's next
         checkpoint, so a step that cannot be interrupted safely finishes first.
         """
         if self.RE is None or self.RE.state != "running":

@@ -4,8 +4,8 @@ A lab allows plans per instrument (``plans:`` in its backend entry, as bluesky-q
 and devices): stock ones by name (``count``, ``scan``, ``rel_scan``, ``list_scan``, ``grid_scan``,
 ``rel_grid_scan``, ``adaptive_scan``, ``mv``) or a user's own as ``module:function``. A task names the
 plan and its arguments as JSON; before anything moves, the arguments are bound to the plan's signature,
-and every device they name must be one of that instrument's devices (``"xrd"``, or a component such as
-``"gas.pressure"``). A plan runs on the instrument's RunEngine like the shipped plans, with the task's
+and every device they name must be one of that instrument's devices (``"det1"``, or a component such as
+``"stage.x"``). A plan runs on the instrument's RunEngine like the shipped plans, with the task's
 metadata in its start document and its documents kept by the same sink; it is ``once`` work, so the
 autonomy policy approves it like any other physical action and an interrupted one goes to review.
 """

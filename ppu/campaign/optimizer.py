@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ppu.capabilities import Candidate
-from ppu.digital.featurize import featurize
+from ppu.drivers.mof.capabilities import Candidate
+from ppu.drivers.mof.featurize import featurize
 
 with warnings.catch_warnings():
     # linear_operator (under gpytorch) applies torch.jit.script at import time, which torch >= 2.10

@@ -25,12 +25,12 @@ import numpy as np
 from ppu.campaign.config import CampaignConfig
 from ppu.campaign.optimizer import Decision, PoolOptimizer
 from ppu.campaign.screening import publish_screening_models
-from ppu.capabilities import Candidate
 from ppu.config import LabConfig
+from ppu.drivers.mof.capabilities import Candidate
 from ppu.errors import ConfigError
 from ppu.models import Task, TaskState
 from ppu.protocol import WaitTimeout
-from ppu.simulators.world import World, WorldConfig, candidate_pool
+from ppu.simulators.mof.world import World, WorldConfig, candidate_pool
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def lab_config(cfg: CampaignConfig, run_dir: Path) -> LabConfig:
     ]
     autonomy = {"default": "autonomous",
                 "capabilities": {c: cfg.autonomy.value for c in (SYNTH, XRD, UPTAKE)}}
-    return LabConfig.model_validate({"name": cfg.name, "run_dir": str(run_dir), "time_scale": cfg.time_scale,
+    return LabConfig.model_validate({"name": cfg.name, "run_dir": str(run_dir), "packs": ["mof"],
                                      "autonomy": autonomy, "backends": backends})
 
 

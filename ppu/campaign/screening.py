@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from ppu.campaign.config import CampaignConfig
-from ppu.capabilities import Candidate, TrainInput
-from ppu.simulators.world import World
+from ppu.drivers.mof.capabilities import Candidate, TrainInput
+from ppu.simulators.mof.world import World
 
 TARGETS = {"co2_uptake": "co2_uptake_mmol_g", "purity": "purity"}
 _PURITY_NOISE = 0.05  # prior purity data: XRD-grade, but from other furnaces
@@ -38,7 +38,7 @@ def prior_data(world: World, pool: Sequence[Candidate], cfg: CampaignConfig,
 
 def publish_screening_models(registry: Path, world: World, pool: Sequence[Candidate], cfg: CampaignConfig) -> str:
     """Train the twin (uptake and purity) on the prior data and publish it; returns the uptake version."""
-    from ppu.digital.trainer import train_surrogate
+    from ppu.drivers.mof.trainer import train_surrogate
 
     out = ""
     for target in TARGETS:
@@ -50,8 +50,8 @@ def publish_screening_models(registry: Path, world: World, pool: Sequence[Candid
 
 def screen_locally(world: World, pool: Sequence[Candidate], cfg: CampaignConfig) -> tuple[np.ndarray, np.ndarray]:
     """The same screening models, evaluated in-process (simulated-clock benchmarks only): uptake, purity."""
-    from ppu.digital.featurize import featurize
     from ppu.digital.surrogate import fit_gp
+    from ppu.drivers.mof.featurize import featurize
 
     outs = []
     for target in TARGETS:

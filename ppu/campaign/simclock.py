@@ -18,10 +18,12 @@ import numpy as np
 from ppu.campaign.config import CampaignConfig
 from ppu.campaign.optimizer import PoolOptimizer
 from ppu.campaign.screening import screen_locally
-from ppu.capabilities import Candidate
-from ppu.simulators.world import World
+from ppu.drivers.mof.capabilities import CAPABILITIES, Candidate
+from ppu.simulators.mof.world import World
 
-SYNTH_S, XRD_S, UPTAKE_S = 1800 + 4 * 3600, 60 + 0.5 * 1401, 1800 + 600 * 12
+# One owner per fact: the durations the capabilities declare (the backends' offers start from them too).
+_DECLARED = {c.name: c.duration_s or 0.0 for c in CAPABILITIES}
+SYNTH_S, XRD_S, UPTAKE_S = _DECLARED["synthesize"], _DECLARED["characterize.xrd"], _DECLARED["measure.co2_uptake"]
 Strategy = Literal["ppu", "physical_only", "random"]
 
 

@@ -9,10 +9,13 @@ import secrets
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ppu import packs
 from ppu.errors import ConfigError
 
-# what the campaign view plots when nothing else is configured: capability -> output field
-DEFAULT_OBJECTIVES = {"measure.co2_uptake": "uptake_mmol_g"}
+
+def default_objectives() -> dict[str, str]:
+    """What the campaign view plots when nothing else is configured: what the loaded packs declare."""
+    return packs.active().objectives()
 
 
 def _user() -> str:
@@ -33,7 +36,7 @@ class DashboardSettings(BaseSettings):
                       description="who acts with `token`; the audit log records dashboard:<user>")
     users: dict[str, str] = Field(default_factory=dict,
                                   description="more people: name -> their own token (each audited by name)")
-    objectives: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_OBJECTIVES),
+    objectives: dict[str, str] = Field(default_factory=default_objectives,
                                        description="capability -> output the campaign view plots")
     maximize: bool = Field(True, description="best-so-far is the largest value (False: the smallest)")
     refresh_s: float = Field(1.0, gt=0.05, le=60, description="longest time between two pushed snapshots")

@@ -11,6 +11,7 @@ import collections
 from dataclasses import dataclass, field
 from typing import Any
 
+from ppu import capabilities
 from ppu.models import Result, Sample, Task
 
 LIVE = ("pending", "ready", "assigned", "running", "needs_review")
@@ -33,26 +34,10 @@ class Raw:
     progress: dict[str, float] = field(default_factory=dict)
 
 
-def _composition(c: dict[str, Any]) -> str:
-    comp = c.get("composition")
-    if not isinstance(comp, dict):
-        return ", ".join(f"{k}={v}" for k, v in c.items() if not isinstance(v, dict | list))
-    text = " ".join(f"{el}{x:g}" for el, x in comp.items())
-    if "anneal_temperature_c" in c:
-        text += f" @{c['anneal_temperature_c']:g}°C"
-    return str(c.get("id") or text)
-
-
-def _short(inputs: dict[str, Any], n: int = 60) -> str:
-    """A one-line summary of task inputs for a table cell (a candidate's composition first)."""
-    for key in ("recipe", "candidate"):
-        if isinstance(inputs.get(key), dict):
-            return _composition(inputs[key])[:n]
-    for key in ("sample_id", "material", "formula", "name"):
-        if key in inputs:
-            return str(inputs[key])[:n]
-    text = ", ".join(f"{k}={v}" for k, v in inputs.items() if not isinstance(v, dict | list))
-    return text[:n]
+def _short(capability: str | None, inputs: dict[str, Any], n: int = 60) -> str:
+    """A one-line summary of task inputs for a table cell: the fields the capability declares first."""
+    cap = capabilities.known().get(capability or "")
+    return cap.summarise(inputs, n) if cap is not None else capabilities.flat_summary(inputs, n)
 
 
 def _covered(intervals: list[list[Any]], t0: float, t1: float) -> float:
@@ -119,9 +104,9 @@ class LabView:
             "backends": self._backends(raw, running, gantt["share"]),
             "gantt": gantt,
             "queues": self._queues(raw),
-            "approvals": [{**a, "inputs_short": _short(a.get("inputs") or {}),
+            "approvals": [{**a, "inputs_short": _short(a.get("capability"), a.get("inputs") or {}),
                            "waiting_s": self._waited(raw, a["task_id"])} for a in raw.approvals],
-            "reviews": [{**r, "inputs_short": _short(r.get("inputs") or {})} for r in raw.reviews],
+            "reviews": [{**r, "inputs_short": _short(r.get("capability"), r.get("inputs") or {})} for r in raw.reviews],
             "campaigns": self._campaigns(raw),
             "events": list(self.events),
             "counters": raw.status.get("counters", {}),
@@ -140,7 +125,7 @@ class LabView:
         out = []
         for b in raw.status.get("backends", []):
             current = [{"task_id": t.id, "capability": t.capability, "state": t.state.value,
-                        "campaign": t.campaign, "inputs_short": _short(t.inputs),
+                        "campaign": t.campaign, "inputs_short": _short(t.capability, t.inputs),
                         "progress": raw.progress.get(t.id, self.progress.get(t.id))}
                        for t in running if t.backend == b["name"]]
             fault = b["state"] if b["state"] in FAULTY else ("held" if b.get("held") else None)
@@ -209,7 +194,7 @@ class LabView:
                 value = r.outputs.get(key) if key else None
                 if isinstance(value, int | float):
                     points.append({"task_id": t.id, "value": float(value), "at": r.finished_at,
-                                   "label": _short(t.inputs, 40), "sample_id": t.sample_id})
+                                   "label": _short(t.capability, t.inputs, 40), "sample_id": t.sample_id})
             best: float | None = None
             for pt in points:
                 if best is None or (pt["value"] > best if self.maximize else pt["value"] < best):
@@ -217,11 +202,11 @@ class LabView:
                 pt["best"] = best
             in_flight = [{"task_id": t.id, "capability": t.capability, "state": t.state.value,
                           "backend": t.backend, "waiting_approval": t.approval.value == "waiting",
-                          "inputs_short": _short(t.inputs), "sample_id": t.sample_id}
+                          "inputs_short": _short(t.capability, t.inputs), "sample_id": t.sample_id}
                          for t in raw.live if t.campaign == name]
             samples = [{"id": s.id, "state": s.state.value, "device": s.location.device if s.location else None,
                         "slot": s.location.slot if s.location else None, "made_by": s.made_by,
-                        "measurements": len(s.measurements), "recipe": _short(s.recipe, 40)}
+                        "measurements": len(s.measurements), "made_with": _short(None, s.made_with, 40)}
                        for s in raw.samples if s.campaign == name]
             objective = sorted({f"{c}.{o}" for c, o in self.objectives.items()})
             out.append({"name": name, "objective": ", ".join(objective), "maximize": self.maximize,

@@ -1,33 +1,24 @@
-"""The digital half of PPU: featurisation, served torch models with dynamic batching, surrogates.
+"""The digital half of PPU: served torch models with dynamic batching, a model registry, GP surrogates.
 
 Importing this package imports torch but not BoTorch; BoTorch is imported when a surrogate is fit.
 
 A lab file serves predictions and trains new versions like this (paths relative to the worker)::
 
     backends:
-      - type: surrogate_trainer          # offers train.surrogate
-        name: trainer
-        registry: runs/models            # writes runs/models/<target>/vNNNN/
-      - type: torch                      # offers predict.* ; cuda when available, else cpu
+      - type: torch                      # offers what it serves; cuda when available, else cpu
         name: surrogates
         batch_size: 16                   # per run() call (the scheduler batches too)
         slots: 4                         # run() calls in flight; forward batch <= 64 by default
         max_wait_ms: 5
         models:
-          predict.co2_uptake: {registry: runs/models}          # newest version, hot-swapped
-          predict.band_gap: {registry: runs/models}
-          predict.purity: {factory: "mypkg.nets:purity_net", weights: models/purity.pt, version: "3"}
+          predict.yield: {registry: runs/models}               # newest version, hot-swapped
+          predict.impurity: {factory: "mypkg.nets:impurity_net", weights: models/impurity.pt, version: "3",
+                             encoder: "mypkg.features:encode"}  # default: the capability's encoder
+
+A pack's trainer backend (the MOF pack's ``surrogate_trainer``) publishes the registry versions.
 """
 
 from ppu.digital.batcher import MicroBatcher
-from ppu.digital.featurize import (
-    FEATURIZER_VERSION,
-    N_FEATURES,
-    VOCABULARY,
-    feature_names,
-    featurize,
-    featurize_one,
-)
 from ppu.digital.model_registry import ModelRegistry, ModelVersion, file_sha256
 from ppu.digital.torch_backend import (
     LoadedModel,
@@ -37,11 +28,8 @@ from ppu.digital.torch_backend import (
     load_model,
     select_device,
 )
-from ppu.digital.trainer import SurrogateTrainerBackend, TrainerConfig, train_surrogate
 
 __all__ = [
-    "FEATURIZER_VERSION", "N_FEATURES", "VOCABULARY", "LoadedModel", "MicroBatcher", "ModelRegistry",
-    "ModelSpec", "ModelVersion", "SurrogateTrainerBackend", "TorchBackend", "TorchConfig", "TrainerConfig",
-    "feature_names", "featurize", "featurize_one", "file_sha256", "load_model", "select_device",
-    "train_surrogate",
+    "LoadedModel", "MicroBatcher", "ModelRegistry", "ModelSpec", "ModelVersion", "TorchBackend", "TorchConfig",
+    "file_sha256", "load_model", "select_device",
 ]

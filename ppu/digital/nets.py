@@ -12,11 +12,9 @@ import itertools
 import torch
 from torch import Tensor, nn
 
-from ppu.digital.featurize import N_FEATURES
-
 
 class MeanStdMLP(nn.Module):
-    def __init__(self, n_features: int = N_FEATURES, hidden: int = 64, layers: int = 2, seed: int | None = 0):
+    def __init__(self, n_features: int, hidden: int = 64, layers: int = 2, seed: int | None = 0):
         super().__init__()
         if seed is not None:
             torch.manual_seed(seed)
@@ -32,6 +30,7 @@ class MeanStdMLP(nn.Module):
         return torch.stack([h[:, 0], nn.functional.softplus(h[:, 1]) + 1e-6], dim=-1)
 
 
-def mlp(n_features: int = N_FEATURES, hidden: int = 64, layers: int = 2, seed: int | None = 0) -> MeanStdMLP:
-    """Factory for a ModelSpec: ``factory: "ppu.digital.nets:mlp"``."""
+def mlp(n_features: int, hidden: int = 64, layers: int = 2, seed: int | None = 0) -> MeanStdMLP:
+    """Factory for a ModelSpec: ``factory: "ppu.digital.nets:mlp"``, ``kwargs: {n_features: ...}``
+    (the width of the rows the capability's encoder makes)."""
     return MeanStdMLP(n_features, hidden, layers, seed)

@@ -1,4 +1,4 @@
-"""``torch``: serve any torch model behind ``predict.*`` capabilities, with dynamic batching.
+"""``torch``: serve any torch model behind any capability, with dynamic batching.
 
 Where things run: ``run`` is a coroutine on the worker's event loop. It validates and featurises
 each task there (cheap, and a bad candidate fails only its own task), then hands the feature
@@ -18,8 +18,13 @@ Models come from a :class:`ModelSpec` per capability, one of:
   serves the newest version of ``target`` and, before each batch (at most every
   ``reload_check_s``), picks up a newer one: the hot swap of a freshly trained surrogate.
 
-A model maps features ``x[B, F]`` (see :mod:`ppu.digital.featurize`) to ``[B, 2]`` (mean, std),
-a ``(mean, std)`` pair, or ``[B]`` / ``[B, 1]`` (mean only; std reported as 0).
+The inputs become one feature row each through the capability's *encoder* and the model's
+``(mean, std)`` become the outputs through its *decoder*: both are ``module:function`` names that
+the capability declares (its pack brings them) and a lab file may override per model
+(``encoder:``/``decoder:``). Warm-up runs the capability's example inputs through the encoder.
+A model maps features ``x[B, F]`` to ``[B, 2]`` (mean, std), a ``(mean, std)`` pair, or ``[B]`` /
+``[B, 1]`` (mean only; std reported as 0). An encoder with a ``version`` attribute refuses registry
+models trained on another feature layout.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,12 +48,11 @@ from torch import nn
 
 from ppu import capabilities as caps
 from ppu.backends.base import Backend, BackendConfig, ProgressFn, TaskRun
-from ppu.capabilities import Candidate, PredictInput, Prediction
 from ppu.digital.batcher import MicroBatcher
-from ppu.digital.featurize import FEATURIZER_VERSION, featurize_one
 from ppu.digital.model_registry import ModelRegistry, file_sha256
 from ppu.errors import BackendError, ConfigError, PPUError
 from ppu.models import BackendKind, CapabilityOffer, Result, Strict
+from ppu.packs import resolve
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +79,11 @@ class ModelSpec(Strict):
     registry: str | None = Field(None, description="model registry root; serve the newest version of target")
     target: str | None = Field(None, description="registry target; default: capability less 'predict.'")
     name: str | None = Field(None, description="model name in provenance; default from the source")
+    encoder: str | None = Field(None, pattern=r"^[\w.]+:[\w.]+$",
+                                description="'module:function': inputs -> feature row; default: the capability's")
+    decoder: str | None = Field(None, pattern=r"^[\w.]+:[\w.]+$",
+                                description="'module:function': (mean, std, version) -> outputs; default: the "
+                                "capability's, else {mean, std, model_version}")
     version: str | None = Field(None, description="model version in provenance; default from the source")
 
     @model_validator(mode="after")
@@ -101,14 +111,15 @@ class TorchConfig(BackendConfig):
 
     @field_validator("models")
     @classmethod
-    def _predict_capabilities(cls, v: dict[str, ModelSpec]) -> dict[str, ModelSpec]:
-        for name in v:
+    def _encodable_capabilities(cls, v: dict[str, ModelSpec]) -> dict[str, ModelSpec]:
+        for name, spec in v.items():
             try:
                 cap = caps.get(name)
             except PPUError as exc:
                 raise ValueError(str(exc)) from None
-            if cap.input_model is not PredictInput or cap.output_model is not Prediction:
-                raise ValueError(f"{name} does not take PredictInput and give Prediction")
+            if not (spec.encoder or cap.encoder):
+                raise ValueError(f"{name} declares no encoder: name one with models.{name}.encoder "
+                                 "('module:function' turning the inputs into one row of features)")
         return v
 
 
@@ -167,12 +178,12 @@ def _finish(module: nn.Module, device: torch.device, half: bool, name: str, vers
 
 
 def load_model(spec: ModelSpec, capability: str, device: torch.device,
-               half: bool = False) -> LoadedModel | None:
+               half: bool = False, features: str | None = None) -> LoadedModel | None:
     """Build the model a spec names, on ``device``. None when a registry has no version yet."""
     if spec.registry:
         target = spec.target or capability.removeprefix("predict.")
         ver = ModelRegistry(spec.registry).latest(target)
-        return None if ver is None else load_registry_version(ver.path, device, half, spec.name)
+        return None if ver is None else load_registry_version(ver.path, device, half, spec.name, features)
     if spec.factory:
         module = _import(spec.factory)(**spec.kwargs)
         sha = None
@@ -195,14 +206,15 @@ def load_model(spec: ModelSpec, capability: str, device: torch.device,
 
 
 def load_registry_version(path: Path, device: torch.device, half: bool = False,
-                          name: str | None = None) -> LoadedModel:
+                          name: str | None = None, features: str | None = None) -> LoadedModel:
+    """``features``: the version of the encoder that will feed it; a model trained on another is refused."""
     from ppu.digital.model_registry import ModelVersion
 
     ver = ModelVersion(path.parent.name, int(path.name[1:]), path)
     meta = ver.meta()
-    if meta.get("featurizer") != FEATURIZER_VERSION:
-        raise ConfigError(f"{path} was trained on features {meta.get('featurizer')!r}, this PPU makes "
-                          f"{FEATURIZER_VERSION!r}", field="models.registry", hint="retrain the surrogate")
+    if features is not None and meta.get("featurizer") != features:
+        raise ConfigError(f"{path} was trained on features {meta.get('featurizer')!r}, its encoder makes "
+                          f"{features!r}", field="models.registry", hint="retrain the surrogate")
     sha = file_sha256(ver.weights_path)
     if sha != meta.get("weights_sha256"):
         raise ConfigError(f"{ver.weights_path} does not match the sha256 in its meta.json",
@@ -222,6 +234,10 @@ def _split_output(out: Any, n: int) -> tuple[list[float], list[float]]:
     return mean.reshape(n).float().cpu().tolist(), std.reshape(n).float().cpu().tolist()
 
 
+def _mean_std(mean: float, std: float, version: str | None) -> dict[str, Any]:
+    return {"mean": mean, "std": std, "model_version": version}
+
+
 class _Served:
     """One capability: its spec, the model it serves now, and the batcher in front of it."""
 
@@ -232,6 +248,13 @@ class _Served:
         self.last_check = -math.inf
         self.broken: int | None = None  # a registry version that failed to load: not retried
         self.batcher: MicroBatcher[_Row, _Out]
+        cap = caps.get(capability)
+        self.example = cap.example
+        self.encode: Callable[[dict[str, Any]], list[float]] = resolve(spec.encoder or cap.encoder or "", "encoder")
+        self.features: str | None = getattr(self.encode, "version", None)
+        dec = spec.decoder or cap.decoder
+        self.decode: Callable[[float, float, str | None], dict[str, Any]] = (
+            resolve(dec, "decoder") if dec else _mean_std)
 
 
 class TorchBackend(Backend):
@@ -262,12 +285,12 @@ class TorchBackend(Backend):
 
     def _load_initial(self) -> None:
         for s in self.served.values():
-            s.model = load_model(s.spec, s.capability, self.device, self.cfg.half)
+            s.model = load_model(s.spec, s.capability, self.device, self.cfg.half, s.features)
             s.last_check = time.monotonic()
             if s.model is None:
                 log.info("%s: no trained version of %s yet in %s", self.name, s.capability, s.spec.registry)
-            elif self.cfg.warmup:
-                x = torch.tensor([featurize_one(Candidate(composition={"Mg": 1.0}))] * 2)
+            elif self.cfg.warmup and s.example is not None:  # warm-up on the capability's example
+                x = torch.tensor([s.encode(s.example)] * 2)
                 self._forward_model(s.model, x)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -282,7 +305,7 @@ class TorchBackend(Backend):
                 s.model is not None and s.model.registry_number == latest.number):
             return
         try:
-            s.model = load_registry_version(latest.path, self.device, self.cfg.half, s.spec.name)
+            s.model = load_registry_version(latest.path, self.device, self.cfg.half, s.spec.name, s.features)
             log.info("%s: %s now serves %s", self.name, s.capability, s.model.version)
         except Exception:  # a broken new version must not take down the one being served
             s.broken = latest.number
@@ -329,10 +352,9 @@ class TorchBackend(Backend):
                                        retryable=False)
                 continue
             try:
-                cand = PredictInput.model_validate(run.inputs).candidate
-                row = _Row(featurize_one(cand))
-            except Exception as exc:  # one bad candidate fails only its own task
-                results[i] = self.fail(run, f"cannot featurise the candidate: {exc}", started,
+                row = _Row(s.encode(run.inputs))
+            except Exception as exc:  # one bad payload fails only its own task
+                results[i] = self.fail(run, f"cannot encode the inputs: {exc}", started,
                                        retryable=False)
                 continue
             waits.append((i, s.batcher.put(row)))
@@ -357,9 +379,9 @@ class TorchBackend(Backend):
                                        model_version=out.model.version, device=dev)
             else:
                 m = out.model
-                pred = Prediction(mean=out.mean, std=out.std, model_version=m.version)
                 extra = {"forward_batch": out.batch, "dtype": str(m.dtype).removeprefix("torch.")}
-                results[i] = self.ok(run, pred.model_dump(), started, model_name=m.name,
+                results[i] = self.ok(run, self.served[run.capability].decode(out.mean, out.std, m.version), started,
+                                     model_name=m.name,
                                      model_version=m.version, weights_sha256=m.weights_sha256, device=dev,
                                      extra=extra)
         return [r for r in results if r is not None]

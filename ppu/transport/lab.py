@@ -64,6 +64,7 @@ class EmbeddedLab:
 
     async def _start(self) -> AsyncPPUClient:
         lab = self.lab
+        lab.load_packs()
         self.store = Store(lab.store_url())
         self.orch = Orchestrator(self.store, lab.orchestrator, lab.autonomy)
         await self.orch.start()

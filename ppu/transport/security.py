@@ -41,7 +41,7 @@ def generate_keys(name: str, keys_dir: str | Path = "keys") -> tuple[Path, Path]
     """Make ``NAME.key`` (public, share it) and ``NAME.key_secret`` (keep it) in ``keys_dir``."""
     if not name or "/" in name or name.startswith("."):
         raise ConfigError(f"bad key name {name!r}",
-                          hint="use a plain name such as 'orchestrator' or 'xrd-pc'")
+                          hint="use a plain name such as 'orchestrator' or 'instrument-pc'")
     d = Path(keys_dir)
     d.mkdir(parents=True, exist_ok=True)
     pub, sec = zmq.auth.create_certificates(str(d), name)

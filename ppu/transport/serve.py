@@ -44,6 +44,7 @@ def _stop_event() -> asyncio.Event:
 
 async def serve_orchestrator(lab: LabConfig, bind: str | None = None, insecure: bool = False,
                              announce: Callable[[str], None] = print) -> None:
+    announce(f"packs: {', '.join(lab.load_packs().names)}")
     store = Store(lab.store_url())
     orch = Orchestrator(store, lab.orchestrator, lab.autonomy)
     server: OrchestratorServer | None = None
@@ -63,6 +64,7 @@ async def serve_orchestrator(lab: LabConfig, bind: str | None = None, insecure: 
 
 async def serve_worker(lab: LabConfig, connect: str | None, backends: list[str], key: str | None = None,
                        announce: Callable[[str], None] = print) -> None:
+    announce(f"packs: {', '.join(lab.load_packs().names)}")
     names = backends or [str(b.get("name")) for b in lab.backends]
     built = [build_backend(lab.backend_entry(n)) for n in names]
     curve = peer_keys(lab.security, key or os.environ.get("PPU_KEY", "worker")) if lab.security.curve else None

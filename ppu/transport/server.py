@@ -35,7 +35,6 @@ from ppu import protocol as p
 from ppu.backends.base import TaskRun
 from ppu.config import SecurityConfig
 from ppu.errors import NotAllowed, PPUError, UnknownTaskError
-from ppu.events import Inventory
 from ppu.models import AuditEntry
 from ppu.orchestrator import Orchestrator
 from ppu.transport.security import OWN_ONLY, Authorizer, authorise, check_bind, load_keypair
@@ -282,7 +281,7 @@ class OrchestratorServer:
             if isinstance(msg, p.Heartbeat):
                 inventory = msg.inventory or {}
                 gone = [b for b in sorted(peer.backends)
-                        if not self.orch.heartbeat(b, _inventory(msg.reg, inventory.get(b)))]
+                        if not self.orch.heartbeat(b, _holding(msg.reg, inventory.get(b)))]
                 if gone:  # the scheduler no longer has them: forget them here and ask the worker back
                     for b in gone:
                         peer.backends.discard(b)
@@ -525,11 +524,9 @@ class OrchestratorServer:
                     return
 
 
-def _inventory(reg: str, h: p.Holding | None) -> Inventory | None:
-    if h is None:
-        return None
-    return Inventory(reg, h.seq, tuple(tuple(k) for k in h.running),  # type: ignore[misc]
-                     tuple(tuple(k) for k in h.unacked))  # type: ignore[misc]
+def _holding(reg: str, h: p.Holding | None) -> tuple[str, int, list[Any], list[Any]] | None:
+    """A heartbeat's inventory of one backend, as plain data for the orchestrator."""
+    return None if h is None else (reg, h.seq, list(h.running), list(h.unacked))
 
 
 def _guess_req(body: list[bytes]) -> str:

@@ -3,7 +3,7 @@
 Stands in for a user's table of measurements: the truth plus instrument-grade noise (uptake 0.1
 mmol/g, band gap 0.03 eV, purity 0.01), fixed seed, three decimals.
 
-    python simulators/data/make_demo_world.py
+    python simulators/mof/data/make_demo_world.py
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ppu.simulators.world import ELEMENTS, World, WorldConfig, candidate_pool
+from ppu.simulators.mof.world import ELEMENTS, World, WorldConfig, candidate_pool
 
 
 def main() -> None:

@@ -16,30 +16,7 @@ from bluesky.utils import MsgGenerator
 from ophyd import Component as Cpt
 from ophyd import Device, EpicsSignal, EpicsSignalRO
 
-from ppu.drivers._base import EpicsAcquisition, Readback, SimSignal, SimulatedAcquisition
-from ppu.simulators.instruments import IsothermModel
-from ppu.simulators.lab import SimulatedLab
-
-
-class GasSorptionAnalyzer(SimulatedAcquisition):
-    sample_id = Cpt(SimSignal, value="", kind="config")
-    temperature_k = Cpt(SimSignal, value=298.0, kind="config", units="K")
-    pressure = Cpt(SimSignal, value=0.1, kind="hinted", units="bar")  # setpoint, bar
-    uptake = Cpt(Readback, value=0.0, kind="hinted", units="mmol/g")  # mmol/g at equilibrium
-
-    def __init__(self, prefix: str = "", *, name: str, lab: SimulatedLab, model: IsothermModel | None = None,
-                 **kw: Any):
-        super().__init__(prefix, name=name, lab=lab, model=model or IsothermModel(), **kw)
-
-    def _lab_seconds(self) -> float:
-        return self.model.seconds_per_point  # type: ignore[attr-defined]
-
-    def _acquire(self) -> None:
-        rec = self.lab.sample(self.sample_id.get())
-        # uptake falls with temperature (isosteric heat ~ 40 kJ/mol): a crude van 't Hoff factor
-        b = rec.langmuir_b_per_bar * float(np.exp(4800.0 * (1 / self.temperature_k.get() - 1 / 298.0)))
-        q = self.model.uptake(rec.co2_uptake_mmol_g, b, np.array([float(self.pressure.get())]))  # type: ignore[attr-defined]
-        self.uptake.publish(float(q[0]))
+from ppu.backends.devices import EpicsAcquisition
 
 
 class EpicsGasSorption(EpicsAcquisition):
@@ -47,17 +24,6 @@ class EpicsGasSorption(EpicsAcquisition):
     temperature_k = Cpt(EpicsSignal, "Temperature", kind="config")
     pressure = Cpt(EpicsSignal, "Pressure_RBV", write_pv="Pressure", kind="hinted")
     uptake = Cpt(EpicsSignalRO, "Uptake_RBV", kind="hinted")
-
-
-GasSorptionAnalyzer.epics_class = EpicsGasSorption  # PV names the IOC twin serves
-
-def gas_sorption_analyzer(name: str, *, simulated: bool, prefix: str = "", lab: SimulatedLab | None = None,
-                          model: IsothermModel | None = None) -> Device:
-    if simulated:
-        if lab is None:
-            raise ValueError("a simulated sorption analyser needs a SimulatedLab")
-        return GasSorptionAnalyzer(name=name, lab=lab, model=model)
-    return EpicsGasSorption(prefix, name=name)
 
 
 def isotherm_pressures(points: int, max_bar: float = 1.0) -> list[float]:

@@ -11,39 +11,12 @@ from bluesky.utils import MsgGenerator
 from ophyd import Component as Cpt
 from ophyd import Device, EpicsSignal, EpicsSignalRO
 
-from ppu.drivers._base import EpicsAcquisition, Readback, SimSignal, SimulatedAcquisition
-from ppu.simulators.instruments import UVVisModel
-from ppu.simulators.lab import SimulatedLab
+from ppu.backends.devices import EpicsAcquisition
 
 
 def wavelength_grid(start: float, stop: float, step: float) -> np.ndarray:
     n = max(round((stop - start) / step) + 1, 2)
     return np.linspace(start, stop, n)
-
-
-class UVVisSpectrometer(SimulatedAcquisition):
-    sample_id = Cpt(SimSignal, value="", kind="config")
-    wavelength_start = Cpt(SimSignal, value=250.0, kind="config", units="nm")
-    wavelength_stop = Cpt(SimSignal, value=900.0, kind="config", units="nm")
-    wavelength_step = Cpt(SimSignal, value=1.0, kind="config", units="nm")
-    wavelength = Cpt(Readback, value=np.zeros(2), kind="normal", units="nm")
-    absorbance = Cpt(Readback, value=np.zeros(2), kind="hinted", units="AU")
-
-    def __init__(self, prefix: str = "", *, name: str, lab: SimulatedLab, model: UVVisModel | None = None,
-                 **kw: Any):
-        super().__init__(prefix, name=name, lab=lab, model=model or UVVisModel(), **kw)
-
-    def _grid(self) -> np.ndarray:
-        return wavelength_grid(self.wavelength_start.get(), self.wavelength_stop.get(), self.wavelength_step.get())
-
-    def _lab_seconds(self) -> float:
-        return self.model.duration_s(len(self._grid()))  # type: ignore[attr-defined]
-
-    def _acquire(self) -> None:
-        grid = self._grid()
-        rec = self.lab.sample(self.sample_id.get())
-        self.wavelength.publish(grid)
-        self.absorbance.publish(self.model.spectrum(rec.band_gap_ev, grid))  # type: ignore[attr-defined]
 
 
 class EpicsUVVis(EpicsAcquisition):
@@ -53,17 +26,6 @@ class EpicsUVVis(EpicsAcquisition):
     wavelength_step = Cpt(EpicsSignal, "WavelengthStep", kind="config")
     wavelength = Cpt(EpicsSignalRO, "Wavelength_RBV", kind="normal")
     absorbance = Cpt(EpicsSignalRO, "Absorbance_RBV", kind="hinted")
-
-
-UVVisSpectrometer.epics_class = EpicsUVVis  # PV names the IOC twin serves
-
-def uvvis_spectrometer(name: str, *, simulated: bool, prefix: str = "", lab: SimulatedLab | None = None,
-                       model: UVVisModel | None = None) -> Device:
-    if simulated:
-        if lab is None:
-            raise ValueError("a simulated spectrometer needs a SimulatedLab")
-        return UVVisSpectrometer(name=name, lab=lab, model=model)
-    return EpicsUVVis(prefix, name=name)
 
 
 def measure_uvvis(uvvis: Device, sample_id: str, wavelength_start_nm: float = 250.0,

@@ -36,7 +36,7 @@ import numpy as np
 from pydantic import Field
 
 from ppu.backends.base import Backend, BackendConfig, ProgressFn, TaskRun
-from ppu.capabilities import Candidate, EnergyInput, EnergyOutput
+from ppu.drivers.mof.capabilities import Candidate, EnergyInput, EnergyOutput
 from ppu.errors import ConfigError, ValidationFailed
 from ppu.models import BackendKind, CapabilityOffer, Result
 

@@ -1,11 +1,13 @@
-"""Shared machinery of the device classes: simulated acquisition and EPICS acquisition.
+"""Generic Ophyd bases for a pack's instruments (no domain): the safe EPICS acquisition and the signals of
+simulated builds.
 
-A simulated device is an ordinary ophyd ``Device`` of soft ``Signal`` components; its
-``trigger()`` asks its instrument model (``ppu.simulators.instruments``) how long the acquisition
-takes, returns a ``DeviceStatus`` at once and completes it from a timer thread after the scaled
-duration, with the readback signals filled in (or with the injected fault as the status error).
-An EPICS device has the same component names on ``EpicsSignal`` PVs and triggers by a
-put-completion on its ``Acquire`` PV (the areaDetector convention).
+- :class:`EpicsAcquisition`: an EPICS device triggers by a put-completion on its ``Acquire`` PV (the
+  areaDetector convention) and checks what the IOC reports (``Status_RBV``, its alarm, ``Counter_RBV``)
+  before it calls an acquisition done; every acquisition has a timeout, ``stop()`` fails pending ones.
+- :class:`SimSignal` / :class:`Readback`: a simulated build's set-points and read-backs, with units in
+  ``describe()`` and read-backs read-only to plans, exactly like the EPICS build's PVs.
+
+``ppu ioc`` (:mod:`ppu.backends.ioc`) serves a simulated build under its EPICS build's PV names.
 """
 
 from __future__ import annotations
@@ -17,9 +19,6 @@ import numpy as np
 from ophyd import Component as Cpt
 from ophyd import Device, DeviceStatus, EpicsSignal, EpicsSignalRO, Signal
 from ophyd.utils.errors import ReadOnlyError
-
-from ppu.simulators.instruments import InstrumentFault, InstrumentModel
-from ppu.simulators.lab import SimulatedLab
 
 
 class SimSignal(Signal):
@@ -56,69 +55,6 @@ class Readback(SimSignal):
 
     def publish(self, value: Any) -> None:
         Signal.put(self, value, force=True)  # the instrument writes its own read-back
-
-
-class SimulatedAcquisition(Device):
-    """Base of the simulated devices: ``trigger`` runs ``_acquire`` after the model's scaled duration."""
-
-    epics_class: type[Device] | None = None  # the EPICS build whose PV names the IOC twin serves
-
-    def __init__(self, prefix: str = "", *, name: str, lab: SimulatedLab, model: InstrumentModel, **kw: Any):
-        super().__init__(prefix, name=name, **kw)
-        self.lab = lab
-        self.model = model
-        self._timers: list[threading.Timer] = []
-        self._pending: set[DeviceStatus] = set()
-
-    def _lab_seconds(self) -> float:
-        raise NotImplementedError
-
-    def _acquire(self) -> None:
-        """Fill the readback signals (runs on the timer thread)."""
-        raise NotImplementedError
-
-    def _prepare(self) -> None:
-        """Checks that must fail at once, before any time passes: by default, that the sample a
-        measuring device is set to is one this lab made (an unknown id raises here, nothing moves)."""
-        sample_id = getattr(self, "sample_id", None)
-        if sample_id is not None:
-            self.lab.sample(sample_id.get())
-
-    def trigger(self) -> DeviceStatus:
-        status = DeviceStatus(self)
-        try:
-            self._prepare()
-            lab_s = self._lab_seconds()
-        except Exception as exc:  # not configured (unknown sample, bad recipe): a failed Status
-            status.set_exception(exc)
-            return status
-        fault = self.model.begin(lab_s)
-
-        def finish() -> None:
-            try:
-                if fault:
-                    raise InstrumentFault(fault)
-                self._acquire()
-            except Exception as exc:
-                status.set_exception(exc)
-                return
-            status.set_finished()
-
-        self._pending = {st for st in self._pending if not st.done} | {status}
-        timer = threading.Timer(self.model.wall_seconds(lab_s), finish)
-        timer.daemon = True
-        self._timers = [t for t in self._timers if t.is_alive()] + [timer]
-        timer.start()
-        return status
-
-    def stop(self, *, success: bool = False) -> None:
-        for t in self._timers:
-            t.cancel()
-        pending, self._pending = list(self._pending), set()
-        for st in pending:  # a cancelled timer never completes its Status: fail it here
-            if not st.done:
-                st.set_exception(RuntimeError(f"{self.name}: stopped during the acquisition"))
-        super().stop(success=success)
 
 
 class AcquisitionFailed(RuntimeError):

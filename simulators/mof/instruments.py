@@ -14,9 +14,7 @@ import threading
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ppu.simulators.phases import REFERENCE_PEAKS
-
-HC_EV_NM = 1239.84198
+from ppu.drivers.mof.phases import HC_EV_NM, phase_profile
 
 
 class InstrumentFault(RuntimeError):
@@ -88,23 +86,6 @@ class SynthesisModel(InstrumentModel):
         if not success:
             return 0.0
         return float(max(target_mass_mg * self.rng.normal(0.92, 0.04), 0.0))
-
-
-def pseudo_voigt(x: np.ndarray, centre: float, fwhm: float, eta: float = 0.4) -> np.ndarray:
-    """Unit-height pseudo-Voigt peak."""
-    g = np.exp(-4 * np.log(2) * ((x - centre) / fwhm) ** 2)
-    lor = 1.0 / (1.0 + 4 * ((x - centre) / fwhm) ** 2)
-    return eta * lor + (1 - eta) * g
-
-
-def phase_profile(phase: str, two_theta: np.ndarray, fwhm: float = 0.25,
-                  references: dict[str, list[tuple[float, float]]] | None = None) -> np.ndarray:
-    """The diffraction profile of one phase (unit weight fraction) on a 2-theta grid."""
-    peaks = (references or REFERENCE_PEAKS)[phase]
-    out = np.zeros_like(two_theta, dtype=float)
-    for pos, rel in peaks:
-        out += rel * pseudo_voigt(two_theta, pos, fwhm)
-    return out
 
 
 class XRDModel(InstrumentModel):

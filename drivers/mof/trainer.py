@@ -19,10 +19,10 @@ import torch
 from pydantic import Field
 
 from ppu.backends.base import Backend, BackendConfig, ProgressFn, TaskRun
-from ppu.capabilities import TrainInput, TrainOutput
-from ppu.digital.featurize import FEATURIZER_VERSION, feature_names, featurize
 from ppu.digital.model_registry import ModelRegistry, ModelVersion
 from ppu.digital.surrogate import GP_FACTORY, fit_gp
+from ppu.drivers.mof.capabilities import TrainInput, TrainOutput
+from ppu.drivers.mof.featurize import FEATURIZER_VERSION, feature_names, featurize
 from ppu.errors import PPUError
 from ppu.models import BackendKind, CapabilityOffer, Result
 

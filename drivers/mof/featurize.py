@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ppu.capabilities import Candidate
+from ppu.drivers.mof.capabilities import Candidate
 from ppu.errors import ValidationFailed
 
 FEATURIZER_VERSION = "comp-v1"
@@ -99,3 +99,16 @@ def featurize(candidates: Iterable[Candidate | Mapping[str, Any]], *, dtype: tor
 def layout() -> dict[str, Any]:
     """What a stored model records about the features it was trained on."""
     return {"featurizer": FEATURIZER_VERSION, "n_features": N_FEATURES}
+
+
+def encode_prediction_input(inputs: Mapping[str, Any]) -> list[float]:
+    """The encoder of ``predict.*`` for served models: the candidate's feature row."""
+    return featurize_one(inputs["candidate"])
+
+
+encode_prediction_input.version = FEATURIZER_VERSION  # type: ignore[attr-defined]
+
+
+def decode_prediction(mean: float, std: float, model_version: str | None) -> dict[str, Any]:
+    """The decoder of ``predict.*``: a model's (mean, std) as a Prediction."""
+    return {"mean": mean, "std": std, "model_version": model_version}

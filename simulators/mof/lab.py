@@ -24,10 +24,10 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ppu.capabilities import Candidate
-from ppu.simulators.instruments import seeded_rng
-from ppu.simulators.phases import TARGET_PHASE
-from ppu.simulators.world import World, WorldConfig
+from ppu.drivers.mof.capabilities import Candidate
+from ppu.drivers.mof.phases import TARGET_PHASE
+from ppu.simulators.mof.instruments import seeded_rng
+from ppu.simulators.mof.world import World, WorldConfig
 
 
 class UnknownSampleError(LookupError):

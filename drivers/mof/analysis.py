@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import OptimizeWarning, curve_fit, nnls
 
-from ppu.simulators.instruments import HC_EV_NM, phase_profile
-from ppu.simulators.phases import REFERENCE_PEAKS, TARGET_PHASE
+from ppu.drivers.mof.phases import HC_EV_NM, REFERENCE_PEAKS, TARGET_PHASE, phase_profile
 
 
 @dataclass

@@ -11,38 +11,12 @@ from bluesky.utils import MsgGenerator
 from ophyd import Component as Cpt
 from ophyd import Device, EpicsSignal, EpicsSignalRO
 
-from ppu.drivers._base import EpicsAcquisition, Readback, SimSignal, SimulatedAcquisition
-from ppu.simulators.instruments import XRDModel
-from ppu.simulators.lab import SimulatedLab
+from ppu.backends.devices import EpicsAcquisition
 
 
 def two_theta_grid(start: float, stop: float, step: float) -> np.ndarray:
     n = max(round((stop - start) / step) + 1, 2)
     return np.linspace(start, stop, n)
-
-
-class XRDDiffractometer(SimulatedAcquisition):
-    sample_id = Cpt(SimSignal, value="", kind="config")
-    two_theta_start = Cpt(SimSignal, value=10.0, kind="config", units="deg")
-    two_theta_stop = Cpt(SimSignal, value=80.0, kind="config", units="deg")
-    two_theta_step = Cpt(SimSignal, value=0.05, kind="config", units="deg")
-    two_theta = Cpt(Readback, value=np.zeros(2), kind="normal", units="deg")
-    intensity = Cpt(Readback, value=np.zeros(2), kind="hinted", units="counts")
-
-    def __init__(self, prefix: str = "", *, name: str, lab: SimulatedLab, model: XRDModel | None = None, **kw: Any):
-        super().__init__(prefix, name=name, lab=lab, model=model or XRDModel(), **kw)
-
-    def _grid(self) -> np.ndarray:
-        return two_theta_grid(self.two_theta_start.get(), self.two_theta_stop.get(), self.two_theta_step.get())
-
-    def _lab_seconds(self) -> float:
-        return self.model.duration_s(len(self._grid()))  # type: ignore[attr-defined]
-
-    def _acquire(self) -> None:
-        grid = self._grid()
-        rec = self.lab.sample(self.sample_id.get())
-        self.two_theta.publish(grid)
-        self.intensity.publish(self.model.pattern(rec.phases, grid))  # type: ignore[attr-defined]
 
 
 class EpicsXRD(EpicsAcquisition):
@@ -52,17 +26,6 @@ class EpicsXRD(EpicsAcquisition):
     two_theta_step = Cpt(EpicsSignal, "TwoThetaStep", kind="config")
     two_theta = Cpt(EpicsSignalRO, "TwoTheta_RBV", kind="normal")
     intensity = Cpt(EpicsSignalRO, "Intensity_RBV", kind="hinted")
-
-
-XRDDiffractometer.epics_class = EpicsXRD  # PV names the IOC twin serves
-
-def xrd_diffractometer(name: str, *, simulated: bool, prefix: str = "", lab: SimulatedLab | None = None,
-                       model: XRDModel | None = None) -> Device:
-    if simulated:
-        if lab is None:
-            raise ValueError("a simulated diffractometer needs a SimulatedLab")
-        return XRDDiffractometer(name=name, lab=lab, model=model)
-    return EpicsXRD(prefix, name=name)
 
 
 def measure_xrd(xrd: Device, sample_id: str, two_theta_start: float = 10.0, two_theta_stop: float = 80.0,

@@ -2,7 +2,7 @@
 
 A :class:`World` answers, for a :class:`~ppu.capabilities.Candidate` (composition + anneal), its
 true CO2 uptake at 0.15 bar and 298 K, optical band gap, phase purity after synthesis, the chance
-that a synthesis succeeds, and the phases it forms. Instruments (``ppu.simulators.instruments``)
+that a synthesis succeeds, and the phases it forms. Instruments (``ppu.simulators.mof.instruments``)
 turn these into noisy raw signals; nothing else in PPU should read them, except a campaign that
 *scores* itself against the truth (``true_optimum``, ``top_threshold``).
 
@@ -35,8 +35,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ppu.capabilities import Candidate
-from ppu.simulators.phases import TARGET_PHASE
+from ppu.drivers.mof.capabilities import Candidate
+from ppu.drivers.mof.phases import TARGET_PHASE
 
 ELEMENTS: tuple[str, ...] = ("Mg", "Zn", "Cu", "Co", "Ni")
 TEMPERATURES_C: tuple[float, ...] = (300.0, 350.0, 400.0, 450.0, 500.0)
