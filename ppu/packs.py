@@ -51,6 +51,8 @@ class Pack:
     campaigns: tuple[Path, ...] = ()
     objectives: dict[str, str] = field(default_factory=dict)  # capability -> output the dashboard plots
     conformance: dict[str, str] = field(default_factory=dict)  # backend type -> "module:Class" (ppu.conformance)
+    # "module:function(config_path, run_dir, console)" that runs a campaign file naming this pack (`pack: NAME`)
+    campaign_runner: str | None = None
 
 
 def resolve(path: str, what: str = "object") -> Any:

@@ -97,7 +97,7 @@ def lab_config(cfg: FlowCampaignConfig, run_dir: Path, base: Path | None = None)
     backends = [{**b, **phys} if b.get("type") in PHYSICAL_TYPES else b for b in raw["backends"]]
     autonomy = {"default": "autonomous", "capabilities": {REACT: cfg.autonomy.value, HPLC: cfg.autonomy.value}}
     return LabConfig.model_validate({**raw, "name": cfg.name, "run_dir": str(run_dir), "store": None,
-                                     "time_scale": cfg.time_scale, "autonomy": autonomy, "backends": backends})
+                                     "packs": ["flowchem"], "autonomy": autonomy, "backends": backends})
 
 
 @dataclass
