@@ -22,6 +22,11 @@ from ppu.models import BackendSpec, Result, Strict, TaskSpec
 
 PROTOCOL_VERSION = b"PPU1"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # default; the lab config's orchestrator.max_message_bytes wins
+# What one request may ask, so that no request holds the orchestrator's loop for long (docs/protocol.md
+# "Limits"); the clients split larger submissions and waits into requests of this size.
+MAX_SUBMIT_TASKS = 1000  # task specs per submit
+MAX_WAIT_IDS = 1000  # task ids per wait
+MAX_LIST_ROWS = 1000  # rows per tasks / samples / audit reply
 
 
 
@@ -156,7 +161,7 @@ class Ack(_Msg):
 
 class Submit(_Req):
     type: Literal["submit"] = "submit"
-    tasks: list[TaskSpec] = Field(min_length=1, max_length=100_000)
+    tasks: list[TaskSpec] = Field(min_length=1, max_length=MAX_SUBMIT_TASKS)
 
 
 class Cancel(_Req):
@@ -237,7 +242,8 @@ class Tasks(_Req):
     state: str | None = None
     campaign: str | None = None
     capability: str | None = None
-    limit: int = Field(1000, ge=1, le=100_000)
+    limit: int = Field(MAX_LIST_ROWS, ge=1, le=MAX_LIST_ROWS)
+    offset: int = Field(0, ge=0, description="skip this many of the newest first (paging)")
 
 
 class GetTask(_Req):
@@ -252,7 +258,7 @@ class GetResult(_Req):
 
 class Wait(_Req):
     type: Literal["wait"] = "wait"
-    task_ids: list[str] = Field(min_length=1)
+    task_ids: list[str] = Field(min_length=1, max_length=MAX_WAIT_IDS)
     timeout: float | None = Field(None, ge=0)
 
 
@@ -267,11 +273,13 @@ class Unsubscribe(_Req):
 class Samples(_Req):
     type: Literal["samples"] = "samples"
     campaign: str | None = None
+    limit: int = Field(MAX_LIST_ROWS, ge=1, le=MAX_LIST_ROWS, description="the newest this many")
 
 
 class Audit(_Req):
     type: Literal["audit"] = "audit"
     since: float = 0.0
+    limit: int = Field(MAX_LIST_ROWS, ge=1, le=MAX_LIST_ROWS, description="the newest this many")
 
 
 # ---- orchestrator -> client -------------------------------------------------------------------
