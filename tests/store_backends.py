@@ -1,5 +1,8 @@
 """The store fixture, parametrised over SQLite and PostgreSQL (one fresh database per test).
 
+Use it with ``from store_backends import store_url_fixture  # noqa: F401`` and a ``store_url``
+argument.
+
 PostgreSQL comes from ``PPU_TEST_POSTGRES_URL`` (``make test`` starts a throwaway server and sets
 it) or, when unset, from a throwaway server this module starts once per test session where it
 can (see ``pgserver.py``); where it cannot, the PostgreSQL variants skip saying why.
@@ -14,10 +17,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import pgserver
 import pytest
 import sqlalchemy as sa
 
-import pgserver
 from ppu.store import sqlite_url
 
 _servers = contextlib.ExitStack()
@@ -53,8 +56,8 @@ def postgres_schema() -> Iterator[str]:
         admin.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+@pytest.fixture(params=["sqlite", "postgresql"], name="store_url")
+def store_url_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield sqlite_url(tmp_path / "ppu.sqlite")
         return

@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 from sched_helpers import ok, register, spec, task
-from store_backends import store_url  # noqa: F401  (the parametrised fixture)
+from store_backends import store_url_fixture  # noqa: F401  (store_url: SQLite and PostgreSQL)
 
 from ppu.events import Finished, Submit
 from ppu.models import ActionClass, ApprovalState, TaskSpec, TaskState
