@@ -226,11 +226,12 @@ class Store:
             os.close(self._lock_fd)  # closing the descriptor drops the flock
             self._lock_fd = None
         if self._lock_conn is not None:
+            conn, self._lock_conn = self._lock_conn, None
             try:
-                self._lock_conn.close()  # the session ends: PostgreSQL drops its advisory lock
+                # invalidate, not close: a pooled connection would keep the session (and the lock) alive
+                conn.invalidate()
             except sa.exc.SQLAlchemyError:
                 pass
-            self._lock_conn = None
         self.writer_owner = None
 
     def writer(self) -> dict[str, Any] | None:
