@@ -348,10 +348,16 @@ class Orchestrator:
             if isinstance(ins, Assign):
                 runs = []
                 for tid, attempt in ins.tasks:
+                    if self.sched.state_of(tid) is not TaskState.assigned or self.sched.task(tid).attempts != attempt:
+                        # It moved on while its group was on the way to disk: this assignment is stale.
+                        self.counters["stale_assignments"] += 1
+                        continue
                     t = self.sched.task(tid)
                     runs.append(TaskRun(task_id=tid, attempt=attempt, capability=t.capability, inputs=t.inputs,
                                         campaign=t.campaign, sample_id=t.sample_id))
                 link = self.links.get(ins.backend)
+                if not runs:
+                    continue
                 self._busy_since[(ins.backend, ins.batch_id)] = self.clock()
                 if link is not None:
                     self._spawn(loop, link.assign(ins.backend, ins.batch_id, runs))
