@@ -21,6 +21,7 @@ the same :class:`~ppu.host.BackendHost` and call the same methods here.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -101,7 +102,7 @@ class _Group:
     audits: list[AuditEntry] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
     users: int = 0
-    rows: Rows | None = None
+    write: concurrent.futures.Future[None] | None = None  # on the journal thread
 
     def add(self, steps: list[Step], audits: list[AuditEntry], samples: list[Sample]) -> None:
         self.steps.extend(steps)
@@ -157,6 +158,7 @@ class Orchestrator:
         self._commits: set[asyncio.Task[None]] = set()
         self._journal_thread: ThreadPoolExecutor | None = None
         self._fatal: JournalFailed | None = None
+        self._poisoned = False  # set on the journal thread when a write failed
         self.failed = asyncio.Event()  # set when a commit failed: the process must end (crash-only)
         self.writer_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._sending: set[asyncio.Task[None]] = set()
@@ -242,10 +244,17 @@ class Orchestrator:
         samples = list(samples) + self._sample_changes(steps)
         if self._open is not None:  # inside grouped(): journaled and carried out at its end
             self._open.add(steps, audits, samples)
-        elif self._pending:  # a group is on its way to disk: queue behind it, in journal order
-            group = self._new_group()
-            group.add(steps, audits, samples)
-            self._close(group)
+        elif self._pending:
+            # A direct caller (in-process API) while groups are on their way to disk: its return is
+            # its acknowledgement, so it waits for its own write, queued behind theirs on the journal
+            # thread (rare and short: the transport and the clock use grouped()).
+            if _worth_journaling(steps, audits, samples):
+                assert self._journal_thread is not None
+                try:
+                    self._journal_thread.submit(self._write, self.store.prepare(steps, audits, samples)).result()
+                except Exception as exc:
+                    raise self._die(exc) from exc
+            self._carry_out_all(steps)
         else:
             if _worth_journaling(steps, audits, samples):
                 # Durable first: nothing below (assignments, answers, waiters) happens before this.
@@ -290,7 +299,10 @@ class Orchestrator:
         """No more changes join this group: snapshot its rows now, write them behind the earlier ones."""
         try:
             if _worth_journaling(group.steps, group.audits, group.samples):
-                group.rows = self.store.prepare(group.steps, group.audits, group.samples)
+                assert self._journal_thread is not None, "start() the orchestrator first"
+                # Queued now, so the journal thread writes groups in the order they closed.
+                group.write = self._journal_thread.submit(
+                    self._write, self.store.prepare(group.steps, group.audits, group.samples))
         except Exception as exc:
             group.durable.set_exception(self._die(exc))
             return
@@ -304,10 +316,8 @@ class Orchestrator:
             try:
                 if self._fatal is not None:
                     raise self._fatal
-                if group.rows is not None:
-                    assert self._journal_thread is not None, "start() the orchestrator first"
-                    await asyncio.get_running_loop().run_in_executor(self._journal_thread, self.store.write,
-                                                                     group.rows)
+                if group.write is not None:
+                    await asyncio.wrap_future(group.write)
             except asyncio.CancelledError:  # the loop is going away; the thread finishes the write
                 self._pending -= 1
                 group.durable.cancel()
@@ -319,6 +329,16 @@ class Orchestrator:
             self._pending -= 1
             self._carry_out_all(group.steps)
             group.durable.set_result(None)
+
+    def _write(self, rows: Rows) -> None:
+        """On the journal thread: once one write failed, none after it may land (memory went on)."""
+        if self._poisoned:
+            raise JournalFailed("an earlier journal write failed")
+        try:
+            self.store.write(rows)
+        except BaseException:
+            self._poisoned = True
+            raise
 
     def _die(self, exc: BaseException) -> JournalFailed:
         """A commit failed: memory is ahead of the journal. Refuse everything from now on and stop."""
