@@ -8,7 +8,7 @@ STAMP := $(VENV)/.ppu-installed
 TORCH_SPEC ?= torch==2.13.0
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test lint typecheck pytest bench clean env browser-deps
+.PHONY: demo test lint typecheck pytest bench clean env browser-deps postgres-deps
 
 env: $(STAMP)
 
@@ -33,8 +33,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-pytest: $(STAMP)
-	$(VENV)/bin/pytest -q
+# The store, restart and exactly-once tests run on SQLite and on PostgreSQL: tests/pgserver.py
+# starts a throwaway server (initdb + pg_ctl in a temp folder, unix socket only), exports
+# PPU_TEST_POSTGRES_URL for pytest and stops it at the end.
+pytest: $(STAMP) postgres-deps
+	$(PY) tests/pgserver.py $(VENV)/bin/pytest -q
 
 # The dashboard's browser tests drive Debian's chromium (playwright comes with the test extra; it
 # never downloads a browser). Installed when missing and we may; otherwise those tests skip.
@@ -46,7 +49,17 @@ browser-deps:
 			> /tmp/ppu-chromium-install.log 2>&1 || echo "chromium install failed (see /tmp/ppu-chromium-install.log): browser tests will skip"; \
 	else echo "no /usr/bin/chromium and no root to install it: browser tests will skip"; fi
 
-test: lint typecheck browser-deps pytest
+# Debian's PostgreSQL server for the store tests, installed when missing and we may (as chromium
+# above); otherwise the PostgreSQL variants skip, saying why.
+postgres-deps:
+	@if ls /usr/lib/postgresql/*/bin/pg_ctl > /dev/null 2>&1 || command -v pg_ctl > /dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
+		echo "-> installing PostgreSQL for the store tests"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) \
+			> /tmp/ppu-postgresql-install.log 2>&1 || echo "PostgreSQL install failed (see /tmp/ppu-postgresql-install.log): its store tests will skip"; \
+	else echo "no PostgreSQL server and no root to install it: the PostgreSQL store tests will skip"; fi
+
+test: lint typecheck browser-deps postgres-deps pytest
 
 bench: $(STAMP)
 	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done

@@ -1,8 +1,9 @@
 """``ppu``: the command line. Errors say what was wrong and what to do; exit codes are non-zero on error.
 
 Client commands act on the lab named by ``--config`` (default ``$PPU_CONFIG`` or ``./lab.yaml``).
-When no orchestrator answers, they open the lab's store with an in-process orchestrator, act
-through the same journaled path, and exit (the next orchestrator to start rebuilds from it).
+Every one talks to an orchestrator through the same client. When none answers at the lab's
+address, a private orchestrator on the lab's store answers instead (offline mode), only while no
+orchestrator holds the store's writer lease; otherwise the command fails and changes nothing.
 """
 
 from __future__ import annotations
@@ -64,42 +65,40 @@ def _run(fn: Callable[[], Awaitable[T]]) -> T:
         raise AssertionError("unreachable") from None
 
 
-async def _with_orchestrator(lab: LabConfig, body: Callable[[Any], Any]) -> Any:
-    """Open the lab's store with an in-process orchestrator, run ``body(orch)``, close cleanly."""
-    from ppu.orchestrator import Orchestrator
-    from ppu.store import Store
+def _act(lab: LabConfig, connect: str | None, remote: Callable[[Any], T]) -> T:
+    """Run ``remote(client)`` against the lab's orchestrator, through a :class:`PPUClient`.
 
-    store = Store(lab.store_url())
-    orch = Orchestrator(store, lab.orchestrator, lab.autonomy)
-    await orch.start()
-    try:
-        out = body(orch)
-        if asyncio.iscoroutine(out):
-            out = await out
-        return out
-    finally:
-        await orch.close()
-        store.close()
-
-
-def _act(lab: LabConfig, connect: str | None, local: Callable[[Any], Any], remote: Callable[[Any], Any]) -> Any:
-    """Through the running orchestrator when one answers (PPUClient), else in-process on the store."""
-    from ppu.transport.serve import connect_client
+    When none answers at the lab's address, the same call goes to a private orchestrator on the
+    lab's store (offline mode), which works only while no orchestrator holds the store's writer
+    lease: a refused or unanswered request is an error, never a local write.
+    """
+    from ppu.errors import StoreHeld
+    from ppu.transport.client import PPUClient
+    from ppu.transport.serve import connect_client, private_orchestrator
 
     try:
         client = connect_client(lab, connect)
     except PPUError as exc:
         _fail(exc)
-    if client is None:
+    address = connect or lab.orchestrator.bind
+    try:
+        if client is not None:
+            with client:
+                return remote(client)
         if connect is not None:
             _fail(PPUError(f"no orchestrator answers at {connect}",
                            hint="start it with `ppu orchestrator --config lab.yaml`"))
-        return _run(lambda: _with_orchestrator(lab, local))
-    try:
-        with client:
-            return remote(client)
+        with private_orchestrator(lab) as private, PPUClient(private, actor=os.environ.get("USER")) as offline:
+            return remote(offline)
+    except StoreHeld as exc:
+        curve = " and that your key ($PPU_KEY) is listed in security.clients or security.admins" \
+            if lab.security.curve else ""
+        _fail(PPUError(f"an orchestrator holds the store but does not answer at {address}: {exc.message}",
+                       hint=f"check that it runs and listens at {address} (or pass --connect ADDRESS){curve}; "
+                            "nothing was changed"))
     except PPUError as exc:
         _fail(exc)
+    raise AssertionError("unreachable")
 
 
 def _parse_json(text: str, what: str) -> Any:
@@ -121,7 +120,7 @@ def _parse_json(text: str, what: str) -> Any:
 def status(config: ConfigOpt = None, connect: ConnectOpt = None) -> None:
     """Backends, queue depth per capability, utilisation."""
     lab = _lab(config)
-    st = _act(lab, connect, lambda o: o.status(), lambda c: c.status())
+    st = _act(lab, connect, lambda c: c.status())
     _print_status(st)
 
 
@@ -158,8 +157,7 @@ def tasks(
     if state is not None and state not in TaskState.__members__:
         _fail(PPUError(f"unknown state {state!r}", hint=f"one of {', '.join(TaskState.__members__)}"))
     lab = _lab(config)
-    rows = _act(lab, connect, lambda o: o.store.list_tasks(state, campaign, limit=limit),
-                lambda c: c.tasks(state, campaign, limit=limit))
+    rows = _act(lab, connect, lambda c: c.tasks(state, campaign, limit=limit))
     t = Table(title=f"tasks ({len(rows)})")
     t.add_column("id", no_wrap=True, min_width=18)
     for col in ("capability", "state", "prio", "attempts", "backend", "campaign", "by", "error"):
@@ -188,7 +186,7 @@ def submit(
                         campaign=campaign, depends_on=depends_on or [], pin_backend=backend)
     except PPUError as exc:
         _fail(exc)
-    ids = _act(lab, connect, lambda o: o.submit([spec], actor="cli"), lambda c: c.submit([spec]))
+    ids = _act(lab, connect, lambda c: c.submit([spec]))
     console.print(ids[0])
 
 
@@ -196,7 +194,7 @@ def submit(
 def cancel(task_id: str, config: ConfigOpt = None, reason: str = "", connect: ConnectOpt = None) -> None:
     """Cancel a queued or running task."""
     lab = _lab(config)
-    _act(lab, connect, lambda o: o.cancel(task_id, "cli", reason), lambda c: c.cancel(task_id, reason))
+    _act(lab, connect, lambda c: c.cancel(task_id, reason))
     console.print(f"cancelled {task_id}")
 
 
@@ -204,7 +202,7 @@ def cancel(task_id: str, config: ConfigOpt = None, reason: str = "", connect: Co
 def approve(task_id: str, config: ConfigOpt = None, note: str = "", connect: ConnectOpt = None) -> None:
     """Approve a task that waits for a person."""
     lab = _lab(config)
-    _act(lab, connect, lambda o: o.approve(task_id, "cli", note), lambda c: c.approve(task_id, note))
+    _act(lab, connect, lambda c: c.approve(task_id, note))
     console.print(f"approved {task_id}")
 
 
@@ -213,7 +211,7 @@ def reject(task_id: str, reason: Annotated[str, typer.Option(help="why (kept in 
            config: ConfigOpt = None, connect: ConnectOpt = None) -> None:
     """Reject a task that waits for approval; it never runs."""
     lab = _lab(config)
-    _act(lab, connect, lambda o: o.reject(task_id, "cli", reason), lambda c: c.reject(task_id, reason))
+    _act(lab, connect, lambda c: c.reject(task_id, reason))
     console.print(f"rejected {task_id}")
 
 
@@ -229,7 +227,7 @@ def review(
     """List interrupted physical tasks (needs_review), or decide on one: retry, fail, or enter its result."""
     if task_id is None:
         lab = _lab(config)
-        rows = _act(lab, connect, lambda o: o.reviews(), lambda c: c.reviews())
+        rows = _act(lab, connect, lambda c: c.reviews())
         _print_reviews(rows)
         return
     chosen = [x for x in (retry, fail is not None, result is not None) if x]
@@ -238,17 +236,15 @@ def review(
                        hint=f"ppu review {task_id} --fail 'sample cracked'"))
     lab = _lab(config)
     if retry:
-        _act(lab, connect, lambda o: o.review(task_id, "retry", "cli"), lambda c: c.review(task_id, "retry"))
+        _act(lab, connect, lambda c: c.review(task_id, "retry"))
     elif fail is not None:
-        _act(lab, connect, lambda o: o.review(task_id, "fail", "cli", fail),
-             lambda c: c.review(task_id, "fail", fail))
+        _act(lab, connect, lambda c: c.review(task_id, "fail", fail))
     else:
         try:
             outputs = _parse_json(result or "{}", "--result")
         except PPUError as exc:
             _fail(exc)
-        _act(lab, connect, lambda o: o.review(task_id, "result", "cli", "", outputs),
-             lambda c: c.review(task_id, "result", "", outputs))
+        _act(lab, connect, lambda c: c.review(task_id, "result", "", outputs))
     console.print(f"reviewed {task_id}")
 
 
@@ -282,7 +278,7 @@ def _summary(capability: str, inputs: dict[str, Any]) -> str:
 def approvals(config: ConfigOpt = None, connect: ConnectOpt = None) -> None:
     """Tasks waiting for a person's approval: why, and what each would do."""
     lab = _lab(config)
-    rows = _act(lab, connect, lambda o: o.approvals(), lambda c: c.approvals())
+    rows = _act(lab, connect, lambda c: c.approvals())
     if not rows:
         console.print("nothing waits for approval")
         return
@@ -311,7 +307,7 @@ def samples_list(ctx: typer.Context, config: ConfigOpt = None, campaign: str | N
     if ctx.invoked_subcommand is not None:
         return
     lab = _lab(config)
-    rows = _act(lab, connect, lambda o: o.store.list_samples(campaign), lambda c: c.samples(campaign))
+    rows = _act(lab, connect, lambda c: c.samples(campaign))
     t = Table(title=f"samples ({len(rows)})")
     t.add_column("id", no_wrap=True, min_width=20)
     for col in ("state", "made by", "location", "measurements", "campaign"):
@@ -326,7 +322,7 @@ def samples_list(ctx: typer.Context, config: ConfigOpt = None, campaign: str | N
 def samples_show(sample_id: str, config: ConfigOpt = None, connect: ConnectOpt = None) -> None:
     """One sample's lineage: what made it and with which inputs, every task that used it, where it is."""
     lab = _lab(config)
-    d = _act(lab, connect, lambda o: o.sample_detail(sample_id), lambda c: c.sample(sample_id))
+    d = _act(lab, connect, lambda c: c.sample(sample_id))
     s = d["sample"]
     loc = s.get("location") or {}
     console.print(f"[bold]{s['id']}[/]  state={s['state']}  at {loc.get('device', '?')} {loc.get('slot') or ''}")
@@ -354,7 +350,7 @@ def audit(
 
     lab = _lab(config)
     t0 = _time.time() - since * 3600 if since else 0.0
-    rows = _act(lab, connect, lambda o: o.store.audit_entries(t0), lambda c: c.audit(t0))
+    rows = _act(lab, connect, lambda c: c.audit(t0))
     t = Table(title=f"audit log ({len(rows)})")
     for col in ("when", "who", "what", "target", "detail"):
         t.add_column(col)
@@ -376,7 +372,7 @@ def stop(
 ) -> None:
     """Lab-wide stop: pause running physical plans and hold their queues (digital work goes on)."""
     lab = _lab(config)
-    states = _act(lab, connect, lambda o: o.stop(backend, "cli", now), lambda c: c.stop(backend, now))
+    states = _act(lab, connect, lambda c: c.stop(backend, now))
     _print_states("stopped", states)
     console.print("resume with: ppu resume" + (f" --backend {backend}" if backend else ""))
 
@@ -389,7 +385,7 @@ def resume(
 ) -> None:
     """Undo a stop: resume paused plans and let the backends take work again."""
     lab = _lab(config)
-    states = _act(lab, connect, lambda o: o.resume(backend, "cli"), lambda c: c.resume(backend))
+    states = _act(lab, connect, lambda c: c.resume(backend))
     _print_states("resumed", states)
 
 
@@ -417,8 +413,7 @@ def autonomy(
     if level not in ("manual", "supervised", "autonomous"):
         _fail(PPUError(f"unknown autonomy level {level!r}", hint="use manual, supervised or autonomous"))
     lab = _lab(config)
-    _act(lab, connect, lambda o: o.set_autonomy(level, "cli", backend, capability),
-         lambda c: c.set_autonomy(level, backend, capability))
+    _act(lab, connect, lambda c: c.set_autonomy(level, backend, capability))
     console.print(f"autonomy of {backend or capability or 'the lab'} is now {level}")
 
 

@@ -98,6 +98,18 @@ class StoreError(PPUError):
     code = "store_error"
 
 
+class StoreHeld(StoreError):
+    """Another orchestrator holds the store's single-writer lease."""
+
+    code = "store_held"
+
+
+class JournalFailed(StoreError):
+    """A commit to the journal failed: the orchestrator stops (crash-only) and rebuilds on restart."""
+
+    code = "journal_failed"
+
+
 class ProtocolError(PPUError):
     """A malformed, oversize or unknown message; the peer gets this back as an error reply."""
 

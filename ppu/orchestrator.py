@@ -6,6 +6,13 @@ then carries out the instructions (assign/abort through a :class:`WorkerLink`) a
 an acknowledged submit or result is durable, and a SIGKILL at any point loses nothing that was
 acknowledged: :meth:`Orchestrator.start` rebuilds the scheduler from the store.
 
+Crash-only journaling: the scheduler changes memory before the store commits, so a commit that
+fails leaves memory ahead of disk. The orchestrator then refuses everything (``JournalFailed``),
+answers nothing as accepted, sets :attr:`Orchestrator.failed` and its process exits non-zero; a
+restart rebuilds from the journal. Group commits (:meth:`Orchestrator.grouped`) are written on
+one journal thread, in order, so the loop never waits for an fsync; instructions and answers of
+a group leave only once it is durable.
+
 Workers reach the orchestrator through links: :class:`LocalWorker` in-process (tests, CLI
 one-shots) and the ZMQ worker over tcp/ipc/inproc (``ppu.transport``). Both host backends with
 the same :class:`~ppu.host.BackendHost` and call the same methods here.
@@ -14,18 +21,32 @@ the same :class:`~ppu.host.BackendHost` and call the same methods here.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
+import os
+import socket
 import time
+import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ppu import capabilities
 from ppu.autonomy import approval_key, approval_reason, process_key
 from ppu.backends.base import Backend, TaskRun
 from ppu.config import AutonomyConfig, OrchestratorConfig
-from ppu.errors import NotAllowed, PPUError, SafeLimitError, UnknownBackendError, UnknownTaskError, ValidationFailed
+from ppu.errors import (
+    JournalFailed,
+    NotAllowed,
+    PPUError,
+    SafeLimitError,
+    UnknownBackendError,
+    UnknownTaskError,
+    ValidationFailed,
+)
 from ppu.events import (
     Abort,
     Approve,
@@ -71,7 +92,7 @@ from ppu.models import (
     new_id,
 )
 from ppu.scheduler import Scheduler, SchedulerConfig
-from ppu.store import Store
+from ppu.store import Rows, Store
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +108,27 @@ def made_sample(cap: capabilities.Capability, task_id: str, inputs: dict[str, An
                   location=Location(device=str(loc.get("device", backend or "?")),
                                     slot=(str(loc["slot"]) if loc.get("slot") is not None else None)),
                   state=SampleState.available)
+
+
+@dataclass
+class _Group:
+    """Changes journaled in one transaction; ``durable`` resolves once they are on disk."""
+
+    durable: asyncio.Future[None]
+    steps: list[Step] = field(default_factory=list)
+    audits: list[AuditEntry] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
+    users: int = 0
+    write: concurrent.futures.Future[None] | None = None  # on the journal thread
+
+    def add(self, steps: list[Step], audits: list[AuditEntry], samples: list[Sample]) -> None:
+        self.steps.extend(steps)
+        self.audits.extend(audits)
+        self.samples.extend(samples)
+
+
+def _worth_journaling(steps: list[Step], audits: list[AuditEntry], samples: list[Sample]) -> bool:
+    return bool(audits or samples or any(s.transitions or s.results or s.changed for s in steps))
 
 
 class WorkerLink(Protocol):
@@ -129,7 +171,15 @@ class Orchestrator:
         self._known_processes: set[str] = set()  # approval keys of what made a sample successfully
         self._rearm = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
-        self._group: tuple[list[Step], list[AuditEntry], list[Sample]] | None = None
+        self._open: _Group | None = None  # the group that _apply adds to (inside grouped())
+        self._pending = 0  # groups closed but not yet durable; while > 0 every change queues behind
+        self._commit_lock = asyncio.Lock()  # FIFO: groups reach the disk in the order they closed
+        self._commits: set[asyncio.Task[None]] = set()
+        self._journal_thread: ThreadPoolExecutor | None = None
+        self._fatal: JournalFailed | None = None
+        self._poisoned = False  # set on the journal thread when a write failed
+        self.failed = asyncio.Event()  # set when a commit failed: the process must end (crash-only)
+        self.writer_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._sending: set[asyncio.Task[None]] = set()
         self._closing = False
         self.started_at = clock()
@@ -137,7 +187,12 @@ class Orchestrator:
     # ---- life cycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Rebuild the scheduler's exact state from the store, then start the clock."""
+        """Take the store's writer lease, rebuild the scheduler's exact state from it, start the clock.
+
+        Raises :class:`~ppu.errors.StoreHeld` when another orchestrator writes this store.
+        """
+        self.store.acquire_writer(self.writer_id, self.cfg.bind)
+        self._journal_thread = ThreadPoolExecutor(1, thread_name_prefix="ppu-journal")
         live, done = self.store.load()
         self.sched.restore(live, done, self.clock())
         for s in self.store.list_samples():
@@ -161,6 +216,12 @@ class Orchestrator:
         for futs in self._waiters.values():
             for f in futs:
                 f.cancel()
+        if self._commits:  # let every closed group reach the disk (or fail) before letting go
+            await asyncio.wait(list(self._commits))
+        if self._journal_thread is not None:
+            self._journal_thread.shutdown(wait=True)
+            self._journal_thread = None
+        self.store.release_writer()
 
     async def _tick_loop(self) -> None:
         # No wait_for here: on 3.11 it can swallow a cancellation that races with the event,
@@ -174,8 +235,13 @@ class Orchestrator:
                 await asyncio.wait({waiter}, timeout=delay + 0.001)
             finally:
                 waiter.cancel()
+            if self._fatal is not None:
+                return
             try:
-                self._apply([Tick(self.clock())])
+                async with self.grouped():
+                    self._apply([Tick(self.clock())])
+            except JournalFailed:
+                return  # crash-only: the process ends; nothing more may change
             except Exception:  # never let the clock die; the next tick retries
                 log.exception("tick failed")
 
@@ -183,45 +249,137 @@ class Orchestrator:
 
     def _apply(self, events: Iterable[Event], audits: Iterable[AuditEntry] = (),
                samples: Iterable[Sample] = ()) -> list[Step]:
-        steps = [self.sched.handle(ev) for ev in events]
-        audits = list(audits)
+        if self._fatal is not None:
+            raise self._fatal
+        steps: list[Step] = []
+        error: BaseException | None = None
+        for ev in events:
+            try:
+                steps.append(self.sched.handle(ev))
+            except Exception as exc:  # what the events before it changed is journaled all the same
+                error = exc
+                break
+        audits = list(audits) if error is None else []
         samples = list(samples) + self._sample_changes(steps)
-        if self._group is not None:  # inside grouped(): journaled and carried out at its end
-            self._group[0].extend(steps)
-            self._group[1].extend(audits)
-            self._group[2].extend(samples)
-            return steps
-        if audits or samples or any(s.transitions or s.results or s.changed for s in steps):
-            # Durable first: nothing below (assignments, answers, waiters) happens before this.
-            self.store.apply(steps, audits, samples)
-        for step in steps:
-            self._carry_out(step)
-        self._rearm.set()
+        if self._open is not None:  # inside grouped(): journaled and carried out at its end
+            self._open.add(steps, audits, samples)
+        elif self._pending:
+            # A direct caller (in-process API) while groups are on their way to disk: its return is
+            # its acknowledgement, so it waits for its own write, queued behind theirs on the journal
+            # thread (rare and short: the transport and the clock use grouped()).
+            if _worth_journaling(steps, audits, samples):
+                assert self._journal_thread is not None
+                try:
+                    self._journal_thread.submit(self._write, self.store.prepare(steps, audits, samples)).result()
+                except Exception as exc:
+                    raise self._die(exc) from exc
+            self._carry_out_all(steps)
+        else:
+            if _worth_journaling(steps, audits, samples):
+                # Durable first: nothing below (assignments, answers, waiters) happens before this.
+                try:
+                    self.store.apply(steps, audits, samples)
+                except Exception as exc:
+                    raise self._die(exc) from exc
+            self._carry_out_all(steps)
+        if error is not None:
+            raise error
         return steps
 
-    @contextlib.contextmanager
-    def grouped(self) -> Iterator[None]:
+    @contextlib.asynccontextmanager
+    async def grouped(self) -> AsyncIterator[None]:
         """Group commit: every change made inside is journaled in ONE transaction at the end.
 
         The transport handles a burst of messages inside one group and sends its answers (acks,
-        replies) only after the group ends, so "durable before acknowledged" still holds while
-        the store fsyncs once per burst instead of once per message.
+        replies) only after the group is durable, so "durable before acknowledged" still holds while
+        the store fsyncs once per burst, on the journal thread, not on the loop. Raises
+        :class:`~ppu.errors.JournalFailed` when the commit failed: nothing of it may be acknowledged.
         """
-        if self._group is not None:
-            yield
-            return
-        group: tuple[list[Step], list[AuditEntry], list[Sample]] = ([], [], [])
-        self._group = group
+        if self._fatal is not None:
+            raise self._fatal
+        group = self._open or self._new_group()
+        self._open = group
+        group.users += 1
         try:
             yield
         finally:
-            self._group = None
-            steps, audits, samples = group
-            if audits or samples or any(s.transitions or s.results or s.changed for s in steps):
-                self.store.apply(steps, audits, samples)
-            for step in steps:
+            group.users -= 1
+            if group.users == 0 and self._open is group:
+                self._open = None
+                self._close(group)
+            await asyncio.shield(group.durable)
+
+    def _new_group(self) -> _Group:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # a failure nobody awaits is no warning
+        return _Group(durable=fut)
+
+    def _close(self, group: _Group) -> None:
+        """No more changes join this group: snapshot its rows now, write them behind the earlier ones."""
+        try:
+            if _worth_journaling(group.steps, group.audits, group.samples):
+                assert self._journal_thread is not None, "start() the orchestrator first"
+                # Queued now, so the journal thread writes groups in the order they closed.
+                group.write = self._journal_thread.submit(
+                    self._write, self.store.prepare(group.steps, group.audits, group.samples))
+        except Exception as exc:
+            group.durable.set_exception(self._die(exc))
+            return
+        self._pending += 1
+        task = asyncio.get_running_loop().create_task(self._commit(group))
+        self._commits.add(task)
+        task.add_done_callback(self._commits.discard)
+
+    async def _commit(self, group: _Group) -> None:
+        async with self._commit_lock:
+            try:
+                if self._fatal is not None:
+                    raise self._fatal
+                if group.write is not None:
+                    await asyncio.wrap_future(group.write)
+            except asyncio.CancelledError:  # the loop is going away; the thread finishes the write
+                self._pending -= 1
+                group.durable.cancel()
+                raise
+            except Exception as exc:
+                self._pending -= 1
+                group.durable.set_exception(exc if isinstance(exc, JournalFailed) else self._die(exc))
+                return
+            self._pending -= 1
+            self._carry_out_all(group.steps)
+            group.durable.set_result(None)
+
+    def _write(self, rows: Rows) -> None:
+        """On the journal thread: once one write failed, none after it may land (memory went on)."""
+        if self._poisoned:
+            raise JournalFailed("an earlier journal write failed")
+        try:
+            self.store.write(rows)
+        except BaseException:
+            self._poisoned = True
+            raise
+
+    def _die(self, exc: BaseException) -> JournalFailed:
+        """A commit failed: memory is ahead of the journal. Refuse everything from now on and stop."""
+        if self._fatal is None:
+            self._fatal = JournalFailed(
+                f"the journal could not be written ({type(exc).__name__}: {exc}); the orchestrator stops "
+                "so that nothing unjournaled is acknowledged or carried out",
+                hint="fix the store (disk full? read-only? database down?), then start the orchestrator "
+                     "again: it rebuilds from the journal")
+            log.critical("JOURNAL COMMIT FAILED, stopping (crash-only): %s", exc)
+            self.failed.set()
+        return self._fatal
+
+    def _carry_out_all(self, steps: list[Step]) -> None:
+        """After the commit: an error here must not undo what is durable (nor its acks)."""
+        for step in steps:
+            try:
                 self._carry_out(step)
-            self._rearm.set()
+            except Exception:
+                self.counters["carry_out_errors"] += 1
+                log.exception("could not carry out a journaled step")
+        self._rearm.set()
 
     def _carry_out(self, step: Step) -> None:
         loop = asyncio.get_running_loop()
@@ -229,10 +387,16 @@ class Orchestrator:
             if isinstance(ins, Assign):
                 runs = []
                 for tid, attempt in ins.tasks:
+                    if self.sched.state_of(tid) is not TaskState.assigned or self.sched.task(tid).attempts != attempt:
+                        # It moved on while its group was on the way to disk: this assignment is stale.
+                        self.counters["stale_assignments"] += 1
+                        continue
                     t = self.sched.task(tid)
                     runs.append(TaskRun(task_id=tid, attempt=attempt, capability=t.capability, inputs=t.inputs,
                                         campaign=t.campaign, sample_id=t.sample_id))
                 link = self.links.get(ins.backend)
+                if not runs:
+                    continue
                 self._busy_since.setdefault((ins.backend, ins.batch_id), self.clock())
                 if link is None:  # provably never left: back to the queue, not to review
                     loop.call_soon(self._undelivered, ins.backend, ins.tasks, "no connected worker")
@@ -529,6 +693,7 @@ class Orchestrator:
         ids = [t.id for t, _ in checked]
         if len(set(ids)) != len(ids):
             raise NotAllowed("duplicate task ids in one submission", field="id")
+        self._check_ids(ids, [t for t, _ in checked])
         now = self.clock()
         audits = [AuditEntry(at=now, actor="policy", action="approval_required", target=t.id,
                              detail={"reason": why, "capability": t.capability, "submitted_by": actor})
@@ -540,6 +705,18 @@ class Orchestrator:
             raise
         self.counters["submitted"] += len(ids)
         return ids
+
+    def _check_ids(self, ids: list[str], tasks: list[Task]) -> None:
+        """All or none: what the scheduler would refuse half-way through a submission, refused first."""
+        earlier: set[str] = set()
+        for t in tasks:
+            if self.sched.state_of(t.id) is not None:
+                raise NotAllowed(f"task id {t.id!r} already exists", field="id", hint="leave id empty for a new one")
+            for d in t.depends_on:
+                if d not in earlier and self.sched.state_of(d) is None:
+                    raise UnknownTaskError(f"dependency {d!r} is not a known task (or comes later in the "
+                                           "submission)", field="depends_on")
+            earlier.add(t.id)
 
     def cancel(self, task_id: str, actor: str = "local", reason: str = "") -> None:
         self._apply([Cancel(task_id, self.clock(), f"cancelled by {actor}" + (f": {reason}" if reason else ""))],
@@ -650,18 +827,20 @@ class Orchestrator:
 
     async def wait(self, task_ids: list[str], timeout: float | None = None) -> list[Task]:
         """Wait until every task has ended; returns their final records."""
+        loop = asyncio.get_running_loop()
+        ended = [tid for tid in task_ids if self.sched.state_of(tid) in TERMINAL_STATES or
+                 self.sched.state_of(tid) is None]
+        stored = self.store.get_tasks(ended) if ended else {}  # one query, not one per id
+        unknown = [tid for tid in ended if self.sched.state_of(tid) is None and tid not in stored]
+        if unknown:
+            raise UnknownTaskError(f"unknown task {unknown[0]!r}", field="task_ids", hint="ppu tasks lists the tasks")
         futs: list[asyncio.Future[Task]] = []
         for tid in task_ids:
-            state = self.sched.state_of(tid)
-            if state is None or state in TERMINAL_STATES:
-                t = self.store.get_task(tid)
-                if t is None:
-                    raise UnknownTaskError(f"unknown task {tid!r}", field="task_ids",
-                                           hint="ppu tasks lists the tasks")
-                f: asyncio.Future[Task] = asyncio.get_running_loop().create_future()
+            f: asyncio.Future[Task] = loop.create_future()
+            t = stored.get(tid)
+            if t is not None and t.state in TERMINAL_STATES:
                 f.set_result(t)
-            else:
-                f = asyncio.get_running_loop().create_future()
+            else:  # live, or ended in a group not yet durable: answered after it is
                 self._waiters.setdefault(tid, []).append(f)
             futs.append(f)
         try:

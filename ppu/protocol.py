@@ -22,7 +22,6 @@ from ppu.backends.base import TaskRun
 from ppu.errors import PPUError, ProtocolError
 from ppu.models import (
     MAX_ACTOR,
-    MAX_IDS,
     MAX_NAME,
     MAX_TEXT,
     BackendSpec,
@@ -35,11 +34,13 @@ from ppu.models import (
 
 PROTOCOL_VERSION = b"PPU1"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # default; the lab config's orchestrator.max_message_bytes wins
-# Bounds on one message (docs/protocol.md, Limits); the byte limit above usually binds first.
+# What one request may ask, so that no request holds the orchestrator's loop for long (docs/protocol.md
+# "Limits"); the clients split larger submissions and waits into requests of this size. The byte limit
+# above bounds everything else.
 MAX_REQ = 64  # characters of a request id
-MAX_SUBMIT = 100_000  # tasks in one submit
-MAX_WAIT_IDS = MAX_IDS  # task ids in one wait
-MAX_LIST = 100_000  # rows one tasks request may ask for
+MAX_SUBMIT_TASKS = 1000  # task specs per submit
+MAX_WAIT_IDS = 1000  # task ids per wait
+MAX_LIST_ROWS = 1000  # rows per tasks / samples / audit reply
 
 Name = Annotated[str, Field(max_length=MAX_NAME)]
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
@@ -206,7 +207,7 @@ class Submit(_Req):
     """New tasks, accepted all together or not at all; the reply is their ids in order."""
 
     type: Literal["submit"] = "submit"
-    tasks: list[TaskSpec] = Field(min_length=1, max_length=MAX_SUBMIT)
+    tasks: list[TaskSpec] = Field(min_length=1, max_length=MAX_SUBMIT_TASKS)
 
 
 class Cancel(_Req):
@@ -291,7 +292,8 @@ class Tasks(_Req):
     state: TaskState | None = None
     campaign: Name | None = None
     capability: Name | None = None
-    limit: int = Field(1000, ge=1, le=MAX_LIST)
+    limit: int = Field(MAX_LIST_ROWS, ge=1, le=MAX_LIST_ROWS)
+    offset: int = Field(0, ge=0, description="skip this many of the newest first (paging)")
 
 
 class GetTask(_Req):
@@ -321,11 +323,13 @@ class Unsubscribe(_Req):
 class Samples(_Req):
     type: Literal["samples"] = "samples"
     campaign: Name | None = None
+    limit: int = Field(MAX_LIST_ROWS, ge=1, le=MAX_LIST_ROWS, description="the newest this many")
 
 
 class Audit(_Req):
     type: Literal["audit"] = "audit"
     since: float = Field(0.0, description="epoch seconds")
+    limit: int = Field(MAX_LIST_ROWS, ge=1, le=MAX_LIST_ROWS, description="the newest this many")
 
 
 # ---- orchestrator -> client -------------------------------------------------------------------

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from ppu import protocol as p
-from ppu.models import AuditEntry, Result, Sample, Task
+from ppu.models import MAX_IDS, AuditEntry, Result, Sample, Task
 from ppu.transport.security import NEEDS, OWN_ONLY, Role
 
 SCHEMA_NAME = "protocol.schema.json"
@@ -36,8 +36,8 @@ DOC_SCHEMA = ROOT / "docs" / SCHEMA_NAME
 EXTRA_MODELS = (Task, Result, Sample, AuditEntry, p.TransitionEvent, p.ProgressEvent)
 TO_WORKER = (p.RegisterOk, p.Assign, p.Abort, p.Pause, p.Resume, p.Ack)
 LIMITS = {"max_message_bytes (default)": p.MAX_MESSAGE_BYTES, "MAX_REQ": p.MAX_REQ, "MAX_ACTOR": p.MAX_ACTOR,
-          "MAX_NAME": p.MAX_NAME, "MAX_TEXT": p.MAX_TEXT, "MAX_IDS": p.MAX_IDS, "MAX_SUBMIT": p.MAX_SUBMIT,
-          "MAX_WAIT_IDS": p.MAX_WAIT_IDS, "MAX_LIST": p.MAX_LIST}
+          "MAX_NAME": p.MAX_NAME, "MAX_TEXT": p.MAX_TEXT, "MAX_IDS": MAX_IDS, "MAX_SUBMIT_TASKS": p.MAX_SUBMIT_TASKS,
+          "MAX_WAIT_IDS": p.MAX_WAIT_IDS, "MAX_LIST_ROWS": p.MAX_LIST_ROWS}
 
 
 def schema() -> dict[str, Any]:

@@ -5,20 +5,28 @@ folder) and on PostgreSQL (``postgresql+psycopg://...``) where several users sha
 The orchestrator writes a scheduler step here in one transaction *before* it carries out the
 step's instructions or acknowledges anything, so a SIGKILL at any point loses nothing that was
 acknowledged. On start, :meth:`Store.load` gives the scheduler what it needs to rebuild itself.
+
+One writer: the orchestrator holds the store's writer lease (:meth:`Store.acquire_writer`) for as
+long as it runs. On SQLite it is an exclusive ``flock`` on ``<file>.lock``, on PostgreSQL a session
+advisory lock; the operating system or the server drops either when the process dies, even by
+SIGKILL, so a restart never waits for an expiry. A second orchestrator refuses to start.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from ppu.errors import StoreError
+from ppu.errors import StoreError, StoreHeld
 from ppu.events import Step
 from ppu.models import TERMINAL_STATES, AuditEntry, Result, Sample, Task, TaskState
 
@@ -83,8 +91,29 @@ meta = sa.Table(
 )
 
 
+_HELD_HINT = ("one orchestrator writes a store at a time: talk to the running one (ppu ... --connect ADDRESS), "
+              "or stop it first")
+
+
 def sqlite_url(path: str | Path) -> str:
     return f"sqlite:///{Path(path).resolve()}"
+
+
+@dataclass
+class Rows:
+    """One transaction's rows, built on the caller's thread (a snapshot), written on any thread."""
+
+    moves: list[dict[str, Any]] = field(default_factory=list)
+    results: list[dict[str, Any]] = field(default_factory=list)
+    tasks: list[dict[str, Any]] = field(default_factory=list)
+    audits: list[dict[str, Any]] = field(default_factory=list)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.moves or self.results or self.tasks or self.audits or self.samples)
+
+
+WRITER_KEY = "writer"  # meta row: who holds the writer lease (pid, host, address), for messages
 
 
 def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -122,6 +151,14 @@ class Store:
             set_={"state": up.excluded.state, "updated_at": up.excluded.updated_at, "body": up.excluded.body})
         self._insert_result = self._insert(results).on_conflict_do_nothing(
             index_elements=[results.c.task_id, results.c.attempt])
+        ups = self._insert(samples)
+        self._upsert_sample = ups.on_conflict_do_update(
+            index_elements=[samples.c.id],
+            set_={"state": ups.excluded.state, "updated_at": ups.excluded.updated_at,
+                  "body": ups.excluded.body, "campaign": ups.excluded.campaign})
+        self._lock_fd: int | None = None
+        self._lock_conn: Connection | None = None
+        self.writer_owner: str | None = None
 
     def _dialect_insert(self) -> Any:
         # Both dialects have INSERT ... ON CONFLICT, with the same API.
@@ -135,65 +172,148 @@ class Store:
         raise StoreError(f"unsupported database {name!r}", hint="use sqlite:/// or postgresql+psycopg://")
 
     def close(self) -> None:
+        self.release_writer()
         self.engine.dispose()
+
+    # ---- the single-writer lease -------------------------------------------------------------
+
+    def _sqlite_file(self) -> str | None:
+        if self.engine.dialect.name != "sqlite":
+            return None
+        path = self.url.split("///", 1)[-1] if "///" in self.url else ""
+        return path if path and path != ":memory:" else None
+
+    def acquire_writer(self, owner: str, address: str = "") -> None:
+        """Become the store's one writer, or raise :class:`StoreHeld` naming who is."""
+        if self.writer_owner is not None:
+            if self.writer_owner == owner:
+                return
+            raise StoreHeld(self._held_message(), hint=_HELD_HINT)
+        path = self._sqlite_file()
+        try:
+            if path is not None:
+                import fcntl
+
+                fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    raise StoreHeld(self._held_message(), hint=_HELD_HINT) from None
+                self._lock_fd = fd
+            elif self.engine.dialect.name == "postgresql":
+                conn = self.engine.connect()
+                got = conn.execute(sa.text(
+                    "SELECT pg_try_advisory_lock(hashtext('ppu-writer:' || current_schema()))")).scalar()
+                conn.commit()  # a session lock: it outlives the transaction, ends with the connection
+                if not got:
+                    conn.close()
+                    raise StoreHeld(self._held_message(), hint=_HELD_HINT)
+                self._lock_conn = conn
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(f"cannot take the writer lease of {self.url}: {exc}") from exc
+        self.writer_owner = owner
+        self.announce_writer(address)
+
+    def announce_writer(self, address: str) -> None:
+        """Record where the writer serves, so that a refused second writer can say where to go."""
+        if self.writer_owner is not None:
+            self.set_meta(WRITER_KEY, {"owner": self.writer_owner, "pid": os.getpid(), "host": socket.gethostname(),
+                                       "address": address, "since": time.time()})
+
+    def release_writer(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor drops the flock
+            self._lock_fd = None
+        if self._lock_conn is not None:
+            conn, self._lock_conn = self._lock_conn, None
+            try:
+                # invalidate, not close: a pooled connection would keep the session (and the lock) alive
+                conn.invalidate()
+            except sa.exc.SQLAlchemyError:
+                pass
+        self.writer_owner = None
+
+    def writer(self) -> dict[str, Any] | None:
+        """Who holds the writer lease now (pid, host, address), or None when nobody does."""
+        if self.writer_owner is not None:
+            return dict(self.get_meta(WRITER_KEY) or {})
+        try:
+            self.acquire_writer("probe")
+        except StoreHeld:
+            return dict(self.get_meta(WRITER_KEY) or {})
+        finally:
+            if self.writer_owner == "probe":
+                self.release_writer()
+        return None
+
+    def _held_message(self) -> str:
+        info = self.get_meta(WRITER_KEY) or {}
+        where = f" serving at {info['address']}" if info.get("address") else ""
+        who = f" (pid {info.get('pid')} on {info.get('host')}{where})" if info else ""
+        return f"another orchestrator holds the store {self.url}{who}"
 
     # ---- writes ----------------------------------------------------------------------------
 
     def apply(self, steps: Iterable[Step], audits: Iterable[AuditEntry] = (), samples_: Iterable[Sample] = ()) -> None:
-        """Journal scheduler steps, audit entries and sample changes in one transaction.
+        """Journal scheduler steps, audit entries and sample changes in one transaction."""
+        self.write(self.prepare(steps, audits, samples_))
 
-        Rows of all the steps go out as one executemany per table (a burst of a thousand steps is
-        three statements, not thousands); a task changed by several steps is written once, as the
-        last step left it. Journal rows keep their order.
+    def prepare(self, steps: Iterable[Step], audits: Iterable[AuditEntry] = (),
+                samples_: Iterable[Sample] = ()) -> Rows:
+        """The rows of one transaction, as the steps left the tasks *now* (call it on the loop).
+
+        A task changed by several steps is written once, as the last step left it. Journal rows
+        keep their order.
         """
         now = time.time()
-        moves: list[dict[str, Any]] = []
-        results_: list[dict[str, Any]] = []
+        rows = Rows()
         task_rows: dict[str, dict[str, Any]] = {}
         for step in steps:
-            moves += [{"at": tr.at, "task_id": tr.task_id, "src": tr.src.value if tr.src else None,
-                       "dst": tr.dst.value, "reason": tr.reason} for tr in step.transitions]
-            results_ += [self._result_row(r, now) for r in step.results]
+            rows.moves += [{"at": tr.at, "task_id": tr.task_id, "src": tr.src.value if tr.src else None,
+                            "dst": tr.dst.value, "reason": tr.reason} for tr in step.transitions]
+            rows.results += [self._result_row(r, now) for r in step.results]
             for t in step.tasks():
                 task_rows[t.id] = {"id": t.id, "seq": t.seq, "state": t.state.value, "capability": t.capability,
                                    "campaign": t.campaign, "updated_at": now, "body": t.model_dump_json()}
+        rows.tasks = list(task_rows.values())
+        rows.audits = [self._audit_row(e) for e in audits]
+        rows.samples = [{"id": s.id, "campaign": s.campaign, "state": s.state.value, "updated_at": now,
+                         "body": s.model_dump_json()} for s in samples_]
+        return rows
+
+    def write(self, rows: Rows) -> None:
+        """Write prepared rows in one transaction: one executemany per table. Safe off the loop."""
+        if not rows:
+            return
         with self.engine.begin() as conn:
-            if moves:
-                conn.execute(journal.insert(), moves)
-            if results_:
+            if rows.moves:
+                conn.execute(journal.insert(), rows.moves)
+            if rows.results:
                 # Recorded exactly once per (task, attempt): a re-sent result is a no-op.
-                conn.execute(self._insert_result, results_)
-            if task_rows:
-                conn.execute(self._upsert_task, list(task_rows.values()))  # executemany, one cached statement
-            for entry in audits:
-                self._write_audit(conn, entry)
-            for s in samples_:
-                self._write_sample(conn, s)
+                conn.execute(self._insert_result, rows.results)
+            if rows.tasks:
+                conn.execute(self._upsert_task, rows.tasks)  # executemany, one cached statement
+            if rows.audits:
+                conn.execute(audit.insert(), rows.audits)
+            if rows.samples:
+                conn.execute(self._upsert_sample, rows.samples)
 
     @staticmethod
     def _result_row(r: Result, now: float) -> dict[str, Any]:
         return {"task_id": r.task_id, "attempt": r.attempt, "status": r.status.value, "recorded_at": now,
                 "body": r.model_dump_json()}
 
-    def _write_audit(self, conn: Connection, e: AuditEntry) -> None:
-        conn.execute(audit.insert().values(at=e.at, actor=e.actor, action=e.action, target=e.target,
-                                           detail=json.dumps(e.detail, default=str)))
+    @staticmethod
+    def _audit_row(e: AuditEntry) -> dict[str, Any]:
+        return {"at": e.at, "actor": e.actor, "action": e.action, "target": e.target,
+                "detail": json.dumps(e.detail, default=str)}
 
     def add_audit(self, entry: AuditEntry) -> None:
-        with self.engine.begin() as conn:
-            self._write_audit(conn, entry)
+        self.apply([], [entry])
 
     def put_sample(self, s: Sample) -> None:
-        with self.engine.begin() as conn:
-            self._write_sample(conn, s)
-
-    def _write_sample(self, conn: Connection, s: Sample) -> None:
-        stmt = self._insert(samples).values(id=s.id, campaign=s.campaign, state=s.state.value,
-                                            updated_at=time.time(), body=s.model_dump_json())
-        conn.execute(stmt.on_conflict_do_update(
-            index_elements=[samples.c.id],
-            set_={"state": stmt.excluded.state, "updated_at": stmt.excluded.updated_at,
-                  "body": stmt.excluded.body, "campaign": stmt.excluded.campaign}))
+        self.apply([], (), [s])
 
     def add_documents(self, run_uid: str, task_id: str | None, docs: list[tuple[str, dict[str, Any]]]) -> None:
         if not docs:
@@ -227,9 +347,18 @@ class Store:
             row = conn.execute(sa.select(tasks.c.body).where(tasks.c.id == task_id)).first()
         return Task.model_validate_json(row.body) if row else None
 
+    def get_tasks(self, task_ids: list[str]) -> dict[str, Task]:
+        """Many tasks by id in a few queries (absent ids are left out)."""
+        out: dict[str, Task] = {}
+        with self.engine.connect() as conn:
+            for i in range(0, len(task_ids), 500):
+                q = sa.select(tasks.c.id, tasks.c.body).where(tasks.c.id.in_(task_ids[i:i + 500]))
+                out.update({r.id: Task.model_validate_json(r.body) for r in conn.execute(q)})
+        return out
+
     def list_tasks(self, state: str | None = None, campaign: str | None = None, capability: str | None = None,
-                   limit: int = 1000) -> list[Task]:
-        q = sa.select(tasks.c.body).order_by(tasks.c.seq.desc()).limit(limit)
+                   limit: int = 1000, offset: int = 0) -> list[Task]:
+        q = sa.select(tasks.c.body).order_by(tasks.c.seq.desc()).limit(limit).offset(offset)
         if state:
             q = q.where(tasks.c.state == state)
         if campaign:
@@ -272,18 +401,20 @@ class Store:
             row = conn.execute(sa.select(samples.c.body).where(samples.c.id == sample_id)).first()
         return Sample.model_validate_json(row.body) if row else None
 
-    def list_samples(self, campaign: str | None = None) -> list[Sample]:
-        q = sa.select(samples.c.body).order_by(samples.c.updated_at)
+    def list_samples(self, campaign: str | None = None, limit: int | None = None) -> list[Sample]:
+        """Samples, oldest change first (with ``limit``: the newest ``limit`` of them)."""
+        q = sa.select(samples.c.body).order_by(samples.c.updated_at.desc()).limit(limit)
         if campaign:
             q = q.where(samples.c.campaign == campaign)
         with self.engine.connect() as conn:
-            return [Sample.model_validate_json(r.body) for r in conn.execute(q)]
+            return [Sample.model_validate_json(r.body) for r in conn.execute(q)][::-1]
 
-    def audit_entries(self, since: float = 0.0) -> list[AuditEntry]:
+    def audit_entries(self, since: float = 0.0, limit: int | None = None) -> list[AuditEntry]:
+        """Entries at or after ``since``, oldest first (with ``limit``: the newest ``limit`` of them)."""
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(audit).where(audit.c.at >= since).order_by(audit.c.id))
+            rows = conn.execute(sa.select(audit).where(audit.c.at >= since).order_by(audit.c.id.desc()).limit(limit))
             return [AuditEntry(at=r.at, actor=r.actor, action=r.action, target=r.target,
-                               detail=json.loads(r.detail)) for r in rows]
+                               detail=json.loads(r.detail)) for r in rows][::-1]
 
     def documents_for(self, run_uid: str) -> list[tuple[str, dict[str, Any]]]:
         with self.engine.connect() as conn:

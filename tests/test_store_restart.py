@@ -1,26 +1,25 @@
-"""The durable store: journal before acknowledgement, and an exact rebuild after a restart."""
+"""The durable store: journal before acknowledgement, and an exact rebuild after a restart.
+
+Every test runs on SQLite and on PostgreSQL (the ``store_url`` fixture, ``store_backends.py``).
+"""
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 from sched_helpers import ok, register, spec, task
+from store_backends import store_url_fixture  # noqa: F401  (store_url: SQLite and PostgreSQL)
 
 from ppu.events import Finished, Submit
 from ppu.models import ActionClass, ApprovalState, TaskSpec, TaskState
 from ppu.orchestrator import LocalWorker, Orchestrator
 from ppu.scheduler import Scheduler
-from ppu.store import Store, sqlite_url
+from ppu.store import Store
 
 
-def _store(tmp_path: Path) -> Store:
-    return Store(sqlite_url(tmp_path / "ppu.sqlite"))
-
-
-def test_restart_from_store_reproduces_the_queue_exactly(tmp_path: Path):
-    store = _store(tmp_path)
+def test_restart_from_store_reproduces_the_queue_exactly(store_url: str):
+    store = Store(store_url)
     s = Scheduler()
     steps = register(s, spec("busy", "echo"), spec("robot", "synthesize", kind="physical"))
     steps += [s.handle(Submit(task(f"t{i}", priority=i % 3, deadline=(100.0 - i if i % 2 else None)), 1.0))
@@ -34,7 +33,7 @@ def test_restart_from_store_reproduces_the_queue_exactly(tmp_path: Path):
     snap = {t.id: t.model_dump() for t in s.live_tasks()}
     store.close()
 
-    store2 = _store(tmp_path)
+    store2 = Store(store_url)
     s2 = Scheduler()
     live, done = store2.load()
     s2.restore(live, done, at=3.0)
@@ -50,14 +49,14 @@ def test_restart_from_store_reproduces_the_queue_exactly(tmp_path: Path):
     store2.close()
 
 
-def test_in_flight_once_task_goes_to_review_when_its_worker_never_returns(tmp_path: Path):
-    store = _store(tmp_path)
+def test_in_flight_once_task_goes_to_review_when_its_worker_never_returns(store_url: str):
+    store = Store(store_url)
     s = Scheduler()
     steps = register(s, spec("robot", "synthesize", kind="physical"))
     steps.append(s.handle(Submit(task("syn", "synthesize", ActionClass.once), 0.0)))
     store.apply(steps)
     store.close()
-    store2 = _store(tmp_path)
+    store2 = Store(store_url)
     s2 = Scheduler()
     s2.restore(*store2.load(), at=100.0)
     assert s2.state_of("syn") is TaskState.assigned
@@ -68,8 +67,8 @@ def test_in_flight_once_task_goes_to_review_when_its_worker_never_returns(tmp_pa
     store2.close()
 
 
-def test_results_recorded_exactly_once(tmp_path: Path):
-    store = _store(tmp_path)
+def test_results_recorded_exactly_once(store_url: str):
+    store = Store(store_url)
     s = Scheduler()
     steps = register(s, spec("b"))
     steps.append(s.handle(Submit(task("a"), 0.0)))
@@ -81,16 +80,36 @@ def test_results_recorded_exactly_once(tmp_path: Path):
     store.close()
 
 
+def test_schema_and_upserts_on_either_database(store_url: str):
+    import sqlalchemy as sa
+
+    from ppu.store import metadata
+
+    store = Store(store_url)
+    assert set(metadata.tables) <= set(sa.inspect(store.engine).get_table_names())
+    s = Scheduler()
+    steps = register(s, spec("b"))
+    steps += [s.handle(Submit(task(f"t{i}", priority=i % 2), 0.0)) for i in range(5)]
+    steps.append(s.handle(Finished(ok("t1" if s.state_of("t1") is TaskState.assigned else "t0"), 1.0)))
+    store.apply(steps)
+    store.apply(steps[-1:])  # re-sent: recorded once
+    done = [t for t in store.list_tasks() if t.state is TaskState.succeeded]
+    assert len(done) == 1 and len(store.results_for(done[0].id)) == 1
+    assert len(store.get_tasks([t.id for t in store.list_tasks()] + ["nope"])) == 5
+    assert [t.id for t in store.list_tasks(limit=2, offset=1)] == [t.id for t in store.list_tasks()][1:3]
+    store.close()
+
+
 # ---- through the orchestrator: the door and the journal ---------------------------------------
 
 
 @pytest.fixture
-def orch_env(tmp_path: Path):
+def orch_env(store_url: str):
     async def make(backends: list[dict] | None = None, **autonomy):
         from ppu.backends import build_backend
         from ppu.config import AutonomyConfig, OrchestratorConfig
 
-        store = _store(tmp_path)
+        store = Store(store_url)
         orch = Orchestrator(store, OrchestratorConfig(heartbeat_s=0.05, backoff_base_s=0.01),
                             AutonomyConfig(**autonomy))
         await orch.start()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from store_backends import store_url_fixture  # noqa: F401  (store_url: SQLite and PostgreSQL)
 from transport_helpers import HB, SYNTH, free_port, run, until
 
 from ppu.backends.registry import build_backend
@@ -30,8 +31,8 @@ TESTS = Path(__file__).parent
 RECIPE = {"recipe": {"composition": {"Cu": 0.5, "O": 0.5}}}
 
 
-def _write_lab(tmp: Path, port: int, backends: list[dict[str, Any]]) -> Path:
-    raw = {"name": "crash", "run_dir": str(tmp), "store": f"sqlite:///{tmp / 'ppu.sqlite'}",
+def _write_lab(tmp: Path, port: int, backends: list[dict[str, Any]], store: str | None = None) -> Path:
+    raw = {"name": "crash", "run_dir": str(tmp), "store": store or f"sqlite:///{tmp / 'ppu.sqlite'}",
            "orchestrator": {"bind": f"tcp://127.0.0.1:{port}", "heartbeat_s": HB, "missed_heartbeats": 3,
                             "backoff_base_s": 0.0, "restart_grace_s": 2.0},
            "backends": backends}
@@ -106,12 +107,13 @@ def test_worker_killed_mid_task(tmp_path: Path):
     run(body(), 60)
 
 
-def test_orchestrator_killed_and_restarted_loses_nothing(tmp_path: Path):
+def test_orchestrator_killed_and_restarted_loses_nothing(tmp_path: Path, store_url: str):
+    """On SQLite and on PostgreSQL (the store_url fixture)."""
     log = tmp_path / "runs.log"
     port = free_port()
     cfg = _write_lab(tmp_path, port, [
         {"type": SYNTH, "name": "robot", "slots": 2, "duration_s": 5.0, "time_scale": 100.0,
-         "log_path": str(log)}])
+         "log_path": str(log)}], store=store_url)
     lab = parse_lab(yaml.safe_load(cfg.read_text()))
     addr = lab.orchestrator.bind
 

@@ -239,8 +239,8 @@ BIG = [  # above the test lab's 2 KiB frame limit: checked by decode() with a la
     ({"type": "wait", "task_ids": ["t"] * (p.MAX_WAIT_IDS + 1)}, "task_ids"),
     ({"type": "submit", "tasks": [{"capability": "echo", "depends_on": ["t"] * (p.MAX_IDS + 1)}]},
      "tasks.0.depends_on"),
-    ({"type": "submit", "tasks": [{"capability": "echo"}] * (p.MAX_SUBMIT + 1)}, "tasks"),
-    ({"type": "tasks", "limit": p.MAX_LIST + 1}, "limit"),
+    ({"type": "submit", "tasks": [{"capability": "echo"}] * (p.MAX_SUBMIT_TASKS + 1)}, "tasks"),
+    ({"type": "tasks", "limit": p.MAX_LIST_ROWS + 1}, "limit"),
 ]
 
 

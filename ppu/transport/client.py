@@ -53,6 +53,39 @@ def _specs(specs: SpecLike | list[SpecLike]) -> list[TaskSpec]:
     return [s if isinstance(s, TaskSpec) else TaskSpec.model_validate(s) for s in items]
 
 
+def _submits(specs: SpecLike | list[SpecLike]) -> list[p.Submit]:
+    """A submission as requests of at most MAX_SUBMIT_TASKS specs (each accepted all or none)."""
+    items = _specs(specs)
+    n = p.MAX_SUBMIT_TASKS
+    return [p.Submit(tasks=items[i:i + n]) for i in range(0, len(items), n)] or [p.Submit(tasks=items)]
+
+
+def _wait_chunks(task_ids: str | list[str]) -> list[list[str]]:
+    ids = [task_ids] if isinstance(task_ids, str) else list(task_ids)
+    n = p.MAX_WAIT_IDS
+    return [ids[i:i + n] for i in range(0, len(ids), n)] or [ids]
+
+
+def _task_pages(state: str | None, campaign: str | None, capability: str | None, limit: int) -> Iterator[p.Tasks]:
+    """Requests for the newest ``limit`` tasks, a page of at most MAX_LIST_ROWS each."""
+    for offset in range(0, limit, p.MAX_LIST_ROWS):
+        yield p.Tasks(state=state, campaign=campaign, capability=capability,
+                      limit=min(p.MAX_LIST_ROWS, limit - offset), offset=offset)
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _partly_accepted(exc: errors.PPUError, accepted: list[str], total: int) -> errors.PPUError:
+    """A later request of a split submission failed: say which tasks the earlier ones made real."""
+    if accepted:
+        exc.message += (f" (the submission of {total} tasks went out in requests of {p.MAX_SUBMIT_TASKS}; "
+                        f"the first {len(accepted)} were accepted and will run)")
+        exc.data["accepted"] = list(accepted)
+    return exc
+
+
 def _not_answering(address: str, timeout: float) -> p.NotAnswering:
     return p.NotAnswering(f"the orchestrator at {address} did not answer within {timeout:g}s",
                           hint="start it with `ppu orchestrator --config lab.yaml` (or check --connect)")
@@ -140,16 +173,28 @@ class PPUClient:
     # ---- the API ---------------------------------------------------------------------------
 
     def submit(self, specs: SpecLike | list[SpecLike]) -> list[str]:
-        ids: list[str] = self.request(p.Submit(tasks=_specs(specs)))
+        """Submit specs; more than ``MAX_SUBMIT_TASKS`` go out as several requests, in order."""
+        ids: list[str] = []
+        msgs = _submits(specs)
+        for msg in msgs:
+            try:
+                ids += self.request(msg)
+            except errors.PPUError as exc:
+                raise _partly_accepted(exc, ids, sum(len(m.tasks) for m in msgs)) from None
         return ids
 
     submit_many = submit
 
     def wait(self, task_ids: str | list[str], timeout: float | None = None) -> list[Task]:
-        ids = [task_ids] if isinstance(task_ids, str) else task_ids
-        data = self.request(p.Wait(task_ids=ids, timeout=timeout),
-                            1e9 if timeout is None else timeout + self.timeout)
-        return list(_unpack("wait", data))
+        """Wait for tasks to end (``timeout`` in seconds for all of them); any number, in requests of
+        at most ``MAX_WAIT_IDS``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        out: list[Task] = []
+        for chunk in _wait_chunks(task_ids):
+            left = _left(deadline)
+            out += _unpack("wait", self.request(p.Wait(task_ids=chunk, timeout=left),
+                                                1e9 if left is None else left + self.timeout))
+        return out
 
     def run(self, specs: SpecLike | list[SpecLike], timeout: float | None = None) -> list[Task]:
         """Submit and wait."""
@@ -202,8 +247,14 @@ class PPUClient:
 
     def tasks(self, state: str | None = None, campaign: str | None = None, capability: str | None = None,
               limit: int = 1000) -> list[Task]:
-        return list(_unpack("tasks", self.request(
-            p.Tasks(state=state, campaign=campaign, capability=capability, limit=limit))))
+        """The newest ``limit`` tasks, newest first (paged in requests of at most MAX_LIST_ROWS)."""
+        out: list[Task] = []
+        for page in _task_pages(state, campaign, capability, limit):
+            rows = _unpack("tasks", self.request(page))
+            out += rows
+            if len(rows) < page.limit:
+                break
+        return out
 
     def task(self, task_id: str) -> Task:
         t: Task = _unpack("task", self.request(p.GetTask(task_id=task_id)))
@@ -322,16 +373,25 @@ class AsyncPPUClient:
     # ---- the API ---------------------------------------------------------------------------
 
     async def submit(self, specs: SpecLike | list[SpecLike]) -> list[str]:
-        ids: list[str] = await self.request(p.Submit(tasks=_specs(specs)))
+        ids: list[str] = []
+        msgs = _submits(specs)
+        for msg in msgs:
+            try:
+                ids += await self.request(msg)
+            except errors.PPUError as exc:
+                raise _partly_accepted(exc, ids, sum(len(m.tasks) for m in msgs)) from None
         return ids
 
     submit_many = submit
 
     async def wait(self, task_ids: str | list[str], timeout: float | None = None) -> list[Task]:
-        ids = [task_ids] if isinstance(task_ids, str) else task_ids
-        data = await self.request(p.Wait(task_ids=ids, timeout=timeout),
-                                  1e9 if timeout is None else timeout + self.timeout)
-        return list(_unpack("wait", data))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        out: list[Task] = []
+        for chunk in _wait_chunks(task_ids):
+            left = _left(deadline)
+            out += _unpack("wait", await self.request(p.Wait(task_ids=chunk, timeout=left),
+                                                      1e9 if left is None else left + self.timeout))
+        return out
 
     async def run(self, specs: SpecLike | list[SpecLike], timeout: float | None = None) -> list[Task]:
         return await self.wait(await self.submit(specs), timeout)
@@ -381,8 +441,13 @@ class AsyncPPUClient:
 
     async def tasks(self, state: str | None = None, campaign: str | None = None,
                     capability: str | None = None, limit: int = 1000) -> list[Task]:
-        return list(_unpack("tasks", await self.request(
-            p.Tasks(state=state, campaign=campaign, capability=capability, limit=limit))))
+        out: list[Task] = []
+        for page in _task_pages(state, campaign, capability, limit):
+            rows = _unpack("tasks", await self.request(page))
+            out += rows
+            if len(rows) < page.limit:
+                break
+        return out
 
     async def task(self, task_id: str) -> Task:
         t: Task = _unpack("task", await self.request(p.GetTask(task_id=task_id)))

@@ -10,19 +10,23 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
+import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import yaml
 
 from ppu.backends.registry import build_backend
-from ppu.config import LabConfig
-from ppu.errors import ConfigError
+from ppu.config import LabConfig, SecurityConfig
+from ppu.errors import ConfigError, JournalFailed
 from ppu.orchestrator import Orchestrator
 from ppu.store import Store
 from ppu.transport.client import PPUClient
@@ -44,6 +48,7 @@ def _stop_event() -> asyncio.Event:
 
 async def serve_orchestrator(lab: LabConfig, bind: str | None = None, insecure: bool = False,
                              announce: Callable[[str], None] = print) -> None:
+    """Serve until SIGINT/SIGTERM; raises JournalFailed (the CLI exits non-zero) when a commit failed."""
     announce(f"packs: {', '.join(lab.load_packs().names)}")
     store = Store(lab.store_url())
     orch = Orchestrator(store, lab.orchestrator, lab.autonomy)
@@ -52,14 +57,76 @@ async def serve_orchestrator(lab: LabConfig, bind: str | None = None, insecure: 
         await orch.start()
         server = OrchestratorServer(orch, bind or lab.orchestrator.bind, lab.security, insecure=insecure)
         address = await server.start()
+        store.announce_writer(address)
         announce(f"orchestrator of lab {lab.name} serving on {address} (store {lab.store_url()})")
-        await _stop_event().wait()
+        stop = asyncio.ensure_future(_stop_event().wait())
+        failed = asyncio.ensure_future(orch.failed.wait())
+        await asyncio.wait([stop, failed], return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        failed.cancel()
+        if orch.failed.is_set():
+            await asyncio.sleep(0.2)  # let the error replies of the failed burst leave
+            raise orch._fatal or JournalFailed("the journal could not be written")
         announce("orchestrator stopping")
     finally:
         if server is not None:
             await server.close()
         await orch.close()
         store.close()
+
+
+@contextlib.contextmanager
+def private_orchestrator(lab: LabConfig) -> Iterator[str]:
+    """The CLI's offline mode: an orchestrator on the lab's store for this process alone.
+
+    It runs with its server on its own thread and loop, bound to a private ipc address; callers
+    talk to it with the same :class:`PPUClient` as to a running orchestrator (one code path).
+    It takes the store's writer lease like any orchestrator, so it raises
+    :class:`~ppu.errors.StoreHeld` while another orchestrator holds the store.
+    """
+    folder = tempfile.mkdtemp(prefix="ppu-cli-")
+    address = f"ipc://{folder}/orchestrator"
+    started = threading.Event()
+    failure: list[BaseException] = []
+    state: dict[str, Any] = {}
+
+    async def main() -> None:
+        store = Store(lab.store_url())
+        orch = Orchestrator(store, lab.orchestrator.model_copy(update={"bind": address}), lab.autonomy)
+        server: OrchestratorServer | None = None
+        try:
+            await orch.start()
+            server = OrchestratorServer(orch, address, SecurityConfig())  # ipc, private to this process
+            await server.start()
+            state["loop"], state["stop"] = asyncio.get_running_loop(), asyncio.Event()
+            started.set()
+            await state["stop"].wait()
+        finally:
+            if server is not None:
+                await server.close()
+            await orch.close()
+            store.close()
+
+    def run() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            failure.append(exc)
+        finally:
+            started.set()
+
+    thread = threading.Thread(target=run, name="ppu-private-orchestrator", daemon=True)
+    thread.start()
+    try:
+        started.wait()
+        if failure:
+            raise failure[0]
+        yield address
+    finally:
+        if "loop" in state:
+            state["loop"].call_soon_threadsafe(state["stop"].set)
+        thread.join(30)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 async def serve_worker(lab: LabConfig, connect: str | None, backends: list[str], key: str | None = None,

@@ -34,7 +34,7 @@ from zmq.auth.asyncio import AsyncioAuthenticator
 from ppu import protocol as p
 from ppu.backends.base import TaskRun
 from ppu.config import SecurityConfig
-from ppu.errors import NotAllowed, PPUError, UnknownTaskError
+from ppu.errors import JournalFailed, NotAllowed, PPUError, UnknownTaskError
 from ppu.models import AuditEntry
 from ppu.orchestrator import Orchestrator
 from ppu.transport.security import OWN_ONLY, Authorizer, authorise, check_bind, load_keypair
@@ -99,6 +99,7 @@ class OrchestratorServer:
         self._sub_queues: dict[bytes, asyncio.Queue[dict[str, Any]]] = {}
         self._outbox: list[tuple[bytes, Any]] | None = None
         self.burst = 256  # most messages handled in one group commit
+        self.burst_bytes = 1 << 20  # and most bytes: a burst of big submits is cut short
 
     # ---- life cycle ------------------------------------------------------------------------
 
@@ -207,24 +208,31 @@ class OrchestratorServer:
         assert self._sock is not None
         sock = self._sock
         while True:
-            burst = [await sock.recv_multipart(copy=False)]
-            while len(burst) < self.burst and int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            first = await sock.recv_multipart(copy=False)
+            burst, size = [first], sum(len(f) for f in first)
+            # A burst is bounded by count and by bytes, so that handling it never holds the loop long.
+            while (len(burst) < self.burst and size < self.burst_bytes
+                   and int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN):
                 more: Any = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)  # resolved at once
                 burst.append(more.result())
+                size += sum(len(f) for f in burst[-1])
             # Group commit: one store transaction for the burst; answers leave after it is durable.
             self._outbox = []
             try:
-                with self.orch.grouped():
+                async with self.orch.grouped():
                     for frames in burst:
                         try:
                             await self._on_frames(frames)
+                        except JournalFailed:
+                            raise
                         except Exception:  # never let one message end the loop
                             self.orch.counters["internal_errors"] += 1
                             log.exception("error while handling a message")
-            except Exception:
-                self.orch.counters["internal_errors"] += 1
-                log.exception("could not journal a burst of %d messages", len(burst))
-                self._outbox = [(i, m) for i, m in self._outbox if not isinstance(m, p.Ack | p.Reply)]
+            except JournalFailed as exc:
+                # Nothing of this burst is durable: no ack, and every reply becomes the error.
+                log.error("could not journal a burst of %d messages: %s", len(burst), exc)
+                self._outbox = [(i, p.Error.of(exc, m.req) if isinstance(m, p.Reply) else m)
+                                for i, m in self._outbox if not isinstance(m, p.Ack | p.RegisterOk)]
             finally:
                 outbox, self._outbox = self._outbox, None
             for identity, msg in outbox or []:
@@ -453,7 +461,7 @@ class OrchestratorServer:
                 return st
             case p.Tasks():
                 return [t.model_dump(mode="json") for t in
-                        o.store.list_tasks(msg.state, msg.campaign, msg.capability, msg.limit)]
+                        o.store.list_tasks(msg.state, msg.campaign, msg.capability, msg.limit, msg.offset)]
             case p.GetTask():
                 t = o.get_task(msg.task_id)
                 if t is None:
@@ -465,9 +473,9 @@ class OrchestratorServer:
                 r = o.store.final_result(msg.task_id)
                 return r.model_dump(mode="json") if r else None
             case p.Samples():
-                return [s.model_dump(mode="json") for s in o.store.list_samples(msg.campaign)]
+                return [s.model_dump(mode="json") for s in o.store.list_samples(msg.campaign, msg.limit)]
             case p.Audit():
-                return [a.model_dump(mode="json") for a in o.store.audit_entries(msg.since)]
+                return [a.model_dump(mode="json") for a in o.store.audit_entries(msg.since, msg.limit)]
             case p.Subscribe():
                 self._subscribe(identity)
             case p.Unsubscribe():
@@ -480,6 +488,8 @@ class OrchestratorServer:
                 data = await self.orch.stop(msg.backend, actor, now=msg.now)
             else:
                 data = await self.orch.resume(msg.backend, actor)
+            async with self.orch.grouped():  # an empty group: durable once all that came before is
+                pass
             reply: Any = p.Reply(req=msg.req, data=data)
         except PPUError as exc:
             self.orch.counters["error_" + exc.code] += 1
