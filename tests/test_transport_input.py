@@ -17,7 +17,7 @@ from transport_helpers import lab_config
 
 from ppu import protocol as p
 from ppu.errors import UnknownBackendError, UnknownCapabilityError, UnknownTaskError
-from ppu.models import Limit, Result, TaskSpec
+from ppu.models import MAX_IDS, Limit, Result, TaskSpec
 from ppu.transport import LabThread
 
 
@@ -237,7 +237,7 @@ BIG = [  # above the test lab's 2 KiB frame limit: checked by decode() with a la
     ({"type": "cancel", "task_id": "t", "reason": "r" * (p.MAX_TEXT + 1)}, "reason"),
     ({"type": "approve", "task_id": "t", "note": "n" * (p.MAX_TEXT + 1)}, "note"),
     ({"type": "wait", "task_ids": ["t"] * (p.MAX_WAIT_IDS + 1)}, "task_ids"),
-    ({"type": "submit", "tasks": [{"capability": "echo", "depends_on": ["t"] * (p.MAX_IDS + 1)}]},
+    ({"type": "submit", "tasks": [{"capability": "echo", "depends_on": ["t"] * (MAX_IDS + 1)}]},
      "tasks.0.depends_on"),
     ({"type": "submit", "tasks": [{"capability": "echo"}] * (p.MAX_SUBMIT_TASKS + 1)}, "tasks"),
     ({"type": "tasks", "limit": p.MAX_LIST_ROWS + 1}, "limit"),
