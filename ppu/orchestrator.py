@@ -95,6 +95,7 @@ from ppu.scheduler import Scheduler, SchedulerConfig
 from ppu.store import Rows, Store
 
 log = logging.getLogger(__name__)
+MAX_RUNNING_SHOWN = 200  # running tasks listed by status (a lab runs far fewer; a digital flood is counted, not listed)
 
 
 def made_sample(cap: capabilities.Capability, task_id: str, inputs: dict[str, Any], campaign: str | None,
@@ -926,8 +927,11 @@ class Orchestrator:
         backends = self.sched.backends()
         for row in backends:
             row["utilisation"] = min(1.0, busy.get(row["name"], 0.0) / span / max(1, row["slots"]))
+        running = [{"task_id": t.id, "capability": t.capability, "backend": t.backend,
+                    "held": bool(t.backend and self._holds.get(t.backend)), "progress": self.progress_of.get(t.id)}
+                   for t in self.sched.live_tasks() if t.state is TaskState.running][:MAX_RUNNING_SHOWN]
         return {"backends": backends, "queues": self.sched.queue_depths(), "counters": dict(self.counters),
-                "tasks": self.store.count_tasks(), "uptime_s": span}
+                "tasks": self.store.count_tasks(), "uptime_s": span, "running": running}
 
 
 class LocalWorker:

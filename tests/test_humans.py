@@ -103,6 +103,10 @@ def test_stop_pauses_a_measurement_at_a_checkpoint_and_resume_finishes_it(tmp_pa
             await _until(lambda: gas.host.state == "paused")  # type: ignore[attr-defined]
             await asyncio.sleep(0.3)
             assert lab.state(m) is TaskState.running
+            # ppu status says the running plan is paused, and why nothing new starts there
+            await _until(lambda: any(r["task_id"] == m and (r["progress"] or {}).get("message") ==
+                                     "paused at a checkpoint" for r in lab.orch.status()["running"]))
+            assert [r["held"] for r in lab.orch.status()["running"] if r["task_id"] == m] == [True]
             await lab.orch.resume("gas", actor="dan")
             (tm,) = await lab.orch.wait([m], timeout=30)
             assert tm.state is TaskState.succeeded, tm.error

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bluesky import RunEngine
+from bluesky.suspenders import SuspenderBase
 from bluesky.utils import DuringTask, Msg, RunEngineInterrupted
 
 Document = tuple[str, dict[str, Any]]
@@ -85,8 +86,10 @@ class LabScanIds:
 
 class RunEngineHost:
     def __init__(self, name: str, *, md: dict[str, Any] | None = None,
-                 scan_ids: Callable[[dict[str, Any]], int] | None = None):
+                 scan_ids: Callable[[dict[str, Any]], int] | None = None,
+                 suspenders: Iterable[SuspenderBase] = ()):
         self.name = name
+        self._suspenders = list(suspenders)
         self._md = md or {}
         self._scan_ids = scan_ids
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
@@ -139,6 +142,8 @@ class RunEngineHost:
 
             self.RE.msg_hook = count  # type: ignore[assignment]
             self.RE.subscribe(self._on_document)
+            for sus in self._suspenders:
+                self.RE.install_suspender(sus)
         except BaseException as exc:  # reported by start()
             self._startup_error = exc
             self._ready.set()
@@ -229,6 +234,10 @@ class RunEngineHost:
         fut: concurrent.futures.Future[PlanOutcome] = concurrent.futures.Future()
         self._jobs.put(_Job(key=key, plan=plan, future=fut))
         return fut
+
+    def suspension(self) -> list[str]:
+        """Why plans here wait: the messages of the suspenders tripped now (empty: none is)."""
+        return [str(s._tripped_message or s) for s in self._suspenders if s.tripped]
 
     @property
     def state(self) -> str:

@@ -208,7 +208,9 @@ class LabView:
                         "slot": s.location.slot if s.location else None, "made_by": s.made_by,
                         "measurements": len(s.measurements), "made_with": _short(None, s.made_with, 40)}
                        for s in raw.samples if s.campaign == name]
-            objective = sorted({f"{c}.{o}" for c, o in self.objectives.items()})
+            # The objectives this campaign measured (a lab's packs may declare several).
+            ran = {t.capability for t, _ in raw.measured if t.campaign == name} & set(self.objectives)
+            objective = sorted(f"{c}.{self.objectives[c]}" for c in (ran or self.objectives))
             out.append({"name": name, "objective": ", ".join(objective), "maximize": self.maximize,
                         "points": points, "best": best, "in_flight": in_flight, "samples": samples[-60:]})
         return out
