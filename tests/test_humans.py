@@ -175,3 +175,22 @@ def test_interrupted_measurement_goes_to_review_and_a_manual_result_enters_like_
             assert detail["measurements"][0]["entered_by"] == "alice"
             assert ("alice", "review_result") in [(e.actor, e.action) for e in lab.store.audit_entries()]
     asyncio.run(body())
+
+
+def test_cancelling_a_running_synthesis_stops_the_robot_so_no_sample_appears_after(tmp_path: Path):
+    """Bluesky's abort stops only what a plan moved; a triggered synthesis would run on and make a
+    sample the store never hears of. The backend stops its instrument when it aborts a plan under way."""
+    async def body() -> None:
+        async with Lab(tmp_path, [_phys(tmp_path, "synthesis_robot", "robot")]) as lab:
+            robot = lab.backends[0]
+            (t,) = lab.orch.submit([TaskSpec(capability="synthesize",
+                                             inputs={"recipe": _recipe(3, anneal_time_h=12.0)})])
+            await _until(lambda: lab.state(t) is TaskState.running)
+            await asyncio.sleep(0.5)  # the anneal is under way (4.5 s of wall time at this time scale)
+            lab.orch.cancel(t, "erin", "wrong recipe")
+            (tt,) = await lab.orch.wait([t], timeout=20)
+            assert tt.state is TaskState.cancelled
+            await asyncio.sleep(6.0)  # past the end the synthesis would have had
+            assert robot.lab.known_samples() == []  # type: ignore[attr-defined]
+            assert lab.store.list_samples() == []
+    asyncio.run(body())

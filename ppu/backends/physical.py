@@ -203,7 +203,17 @@ class PhysicalBackend(Backend):
         return await asyncio.to_thread(self.host.resume)
 
     async def abort(self, task_id: str) -> None:
-        await asyncio.to_thread(self.host.abort, task_id, "aborted by the orchestrator")
+        await asyncio.to_thread(self._abort, task_id, "aborted by the orchestrator")
+
+    def _abort(self, task_id: str, reason: str) -> None:
+        """Abort the task's plan and, if it was under way, stop the instrument: Bluesky stops only what
+        a plan moved (``set``), and an acquisition it triggered (a synthesis, a scan) would otherwise
+        run on and make or measure a sample nobody asked for any more."""
+        under_way = self.host.running() == task_id
+        self.host.abort(task_id, reason)
+        if under_way:
+            for dev in self.devices.values():
+                dev.stop()
 
     def check(self, run: TaskRun) -> dict[str, Any]:
         """Everything that can refuse a task before it moves anything; returns the normalised inputs."""
@@ -245,7 +255,7 @@ class PhysicalBackend(Backend):
         try:
             outcome: PlanOutcome = await asyncio.wrap_future(fut)
         except asyncio.CancelledError:
-            await asyncio.to_thread(self.host.abort, run.task_id, "task cancelled")
+            await asyncio.to_thread(self._abort, run.task_id, "task cancelled")
             raise
         finally:
             watch.cancel()

@@ -235,6 +235,11 @@ class RunEngineHost:
         self._jobs.put(_Job(key=key, plan=plan, future=fut))
         return fut
 
+    def running(self) -> str | None:
+        """The key of the plan the RunEngine is on now (None: idle)."""
+        with self._lock:
+            return self._current.key if self._current is not None else None
+
     def suspension(self) -> list[str]:
         """Why plans here wait: the messages of the suspenders tripped now (empty: none is)."""
         return [str(s._tripped_message or s) for s in self._suspenders if s.tripped]

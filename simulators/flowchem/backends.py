@@ -114,7 +114,16 @@ class FlowInstrumentBackend(Backend):
         return await asyncio.to_thread(self.host.resume)
 
     async def abort(self, task_id: str) -> None:
-        await asyncio.to_thread(self.host.abort, task_id, "aborted by the orchestrator")
+        await asyncio.to_thread(self._abort, task_id, "aborted by the orchestrator")
+
+    def _abort(self, task_id: str, reason: str) -> None:
+        """Abort the plan and, if it was under way, stop the instruments (a triggered acquisition is
+        not stopped by Bluesky and would run on after the task ended)."""
+        under_way = self.host.running() == task_id
+        self.host.abort(task_id, reason)
+        if under_way:
+            for dev in self.devices.values():
+                dev.stop()
 
     def check(self, run: TaskRun) -> dict[str, Any]:
         """Everything that can refuse a task before it moves anything; returns the normalised inputs."""
@@ -154,7 +163,7 @@ class FlowInstrumentBackend(Backend):
         try:
             outcome: PlanOutcome = await asyncio.wrap_future(fut)
         except asyncio.CancelledError:
-            await asyncio.to_thread(self.host.abort, run.task_id, "task cancelled")
+            await asyncio.to_thread(self._abort, run.task_id, "task cancelled")
             raise
         prov = self._keep_documents(run, outcome)
         if not outcome.ok:
