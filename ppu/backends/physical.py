@@ -189,8 +189,8 @@ class PhysicalBackend(Backend):
                                   "no plan runs here until every interlock is readable") from None
 
     async def close(self) -> None:
-        for dev in self.devices.values():
-            if hasattr(dev, "_timers"):  # simulated: no acquisition may finish after the loop is gone
+        if self.cfg.simulated:  # no simulated acquisition may finish after the loop is gone
+            for dev in self.devices.values():
                 dev.stop()
         await asyncio.to_thread(self.host.close)
         if hasattr(self.sink, "close"):  # e.g. a Tiled client's connections
