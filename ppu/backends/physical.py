@@ -207,7 +207,7 @@ class PhysicalBackend(Backend):
 
     def _abort(self, task_id: str, reason: str) -> None:
         """Abort the task's plan and, if it was under way, stop the instrument: Bluesky stops only what
-        a plan moved (``set``), and an acquisition it triggered (a synthesis, a scan) would otherwise
+        a plan moved (``set``), and an acquisition it triggered (making a sample, a long scan) would otherwise
         run on and make or measure a sample nobody asked for any more."""
         under_way = self.host.running() == task_id
         self.host.abort(task_id, reason)
