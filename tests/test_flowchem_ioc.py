@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 from conformance import no_progress
+from ioc_helpers import serving_iocs
 
 from ppu.backends.base import TaskRun
 from ppu.backends.physical import PhysicalBackend
@@ -46,30 +43,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     path = tmp / "lab.yaml"
     path.write_text(yaml.safe_dump({"name": "flow-ioc", "packs": ["flowchem"], "run_dir": str(tmp / "run"),
                                     "backends": backends}))
-    log_path = tmp / "ioc.log"
-    log = log_path.open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "ppu.cli", "ioc", "-c", str(path)], stdout=log,
-                            stderr=subprocess.STDOUT, env=os.environ.copy())
-    try:
-        from ophyd import EpicsSignalRO
-
-        for _ in range(300):
-            if proc.poll() is not None:
-                raise RuntimeError(f"ppu ioc exited {proc.returncode}: {log_path.read_text()}")
-            if "IOCs of lab" in log_path.read_text():
-                EpicsSignalRO("F1:HPLCS:Acquire", name="probe").wait_for_connection(timeout=20)
-                break
-            time.sleep(0.1)
-        else:
-            raise RuntimeError(f"IOC did not start: {log_path.read_text()}")
+    with serving_iocs(path, "F1:HPLCS:Acquire"):
         yield {b["name"]: b for b in backends}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 async def _run(entry: dict[str, Any], runs: list[TaskRun]) -> list[Any]:

@@ -7,6 +7,9 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from lab_helpers import phys as _phys
+from lab_helpers import until as _until
+
 from ppu.backends import build_backend
 from ppu.config import AutonomyConfig, OrchestratorConfig
 from ppu.models import ApprovalState, TaskSpec, TaskState
@@ -15,21 +18,8 @@ from ppu.simulators.mof.world import candidate_pool
 from ppu.store import Store, sqlite_url
 
 
-def _phys(tmp_path: Path, type_: str, name: str, **kw: Any) -> dict[str, Any]:
-    return {"type": type_, "name": name, "simulated": True, "time_scale": 1e4, "run_dir": str(tmp_path / "run"),
-            "lab": "humans", "world": {"seed": 5}, "seed": 1, **kw}
-
-
 def _recipe(i: int = 3, **over: Any) -> dict[str, Any]:
     return {**candidate_pool(40, seed=2)[i].model_dump(mode="json"), **over}
-
-
-async def _until(cond: Any, timeout: float = 10.0) -> None:
-    t0 = asyncio.get_running_loop().time()
-    while not cond():
-        if asyncio.get_running_loop().time() - t0 > timeout:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 class Lab:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lab_helpers import phys, until
 from ophyd.utils.errors import ReadOnlyError
 from pydantic import ValidationError
 from rich.console import Console
@@ -21,19 +22,6 @@ from ppu.models import TaskSpec, TaskState
 from ppu.orchestrator import LocalWorker, Orchestrator
 from ppu.simulators.mof.world import candidate_pool
 from ppu.store import Store, sqlite_url
-
-
-def _phys(tmp_path: Path, type_: str, name: str, **kw: Any) -> dict[str, Any]:
-    return {"type": type_, "name": name, "simulated": True, "time_scale": 1e4, "run_dir": str(tmp_path / "run"),
-            "lab": "suspenders", "world": {"seed": 5}, "seed": 1, **kw}
-
-
-async def _until(cond: Any, timeout: float = 15.0) -> None:
-    t0 = asyncio.get_running_loop().time()
-    while not cond():
-        if asyncio.get_running_loop().time() - t0 > timeout:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 @pytest.mark.parametrize(("entry", "says"), [
@@ -54,8 +42,8 @@ def test_a_bad_suspender_entry_says_what_is_wrong(entry: dict[str, Any], says: s
 
 def test_a_suspender_on_a_signal_the_backend_lacks_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
-        build_backend(_phys(tmp_path, "gas_sorption", "gas",
-                            suspenders=[{"signal": "gas.no_such_signal", "when": "high"}]))
+        build_backend(phys(tmp_path, "gas_sorption", "gas", "suspenders",
+                           suspenders=[{"signal": "gas.no_such_signal", "when": "high"}]))
     assert e.value.field == "suspenders.signal" and "gas" in (e.value.hint or "")
 
 
@@ -64,8 +52,8 @@ def test_a_tripped_interlock_suspends_the_plan_status_says_why_and_it_finishes_o
     async def body() -> None:
         store = Store(sqlite_url(tmp_path / "ppu.sqlite"))
         orch = Orchestrator(store, OrchestratorConfig(heartbeat_s=0.05), AutonomyConfig())
-        backends = [build_backend(_phys(tmp_path, "synthesis_robot", "robot")),
-                    build_backend(_phys(tmp_path, "gas_sorption", "gas", time_scale=3000, suspenders=[
+        backends = [build_backend(phys(tmp_path, "synthesis_robot", "robot", "suspenders")),
+                    build_backend(phys(tmp_path, "gas_sorption", "gas", "suspenders", time_scale=3000, suspenders=[
                         {"pv": "BL:DOOR", "when": "high", "message": "enclosure door open"}]))]
         worker = LocalWorker(orch, backends)
         await orch.start()
@@ -78,7 +66,7 @@ def test_a_tripped_interlock_suspends_the_plan_status_says_why_and_it_finishes_o
             sample_id = store.final_result(s).outputs["sample_id"]
             (m,) = orch.submit([TaskSpec(capability="measure.co2_uptake", inputs={"sample_id": sample_id,
                                                                                   "points": 6})])
-            await _until(lambda: orch.get_task(m).state is TaskState.running)  # type: ignore[union-attr]
+            await until(lambda: orch.get_task(m).state is TaskState.running)  # type: ignore[union-attr]
             await asyncio.sleep(0.2)
             gas = backends[1]
             (door,) = [signal_of(x) for x in gas.suspenders]  # type: ignore[attr-defined]
@@ -91,7 +79,7 @@ def test_a_tripped_interlock_suspends_the_plan_status_says_why_and_it_finishes_o
                 rows = [r for r in orch.status()["running"] if r["task_id"] == m]
                 return str((rows[0]["progress"] or {}).get("message") or "") if rows else ""
 
-            await _until(lambda: message() == "suspended: enclosure door open")
+            await until(lambda: message() == "suspended: enclosure door open")
             await asyncio.sleep(0.3)
             assert orch.get_task(m).state is TaskState.running  # type: ignore[union-attr]
             out = Console(record=True, width=200)
