@@ -4,6 +4,7 @@ suspends the running plan, `ppu status` says why, and the plan goes on, once, wh
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from ppu import cli
 from ppu.backends import build_backend
 from ppu.backends.suspenders import Interlock, SuspenderConfig, signal_of
 from ppu.config import AutonomyConfig, OrchestratorConfig
+from ppu.dashboard.view import LabView, Raw
 from ppu.errors import ConfigError
 from ppu.models import TaskSpec, TaskState
 from ppu.orchestrator import LocalWorker, Orchestrator
@@ -86,6 +88,11 @@ def test_a_tripped_interlock_suspends_the_plan_status_says_why_and_it_finishes_o
             monkeypatch.setattr(cli, "console", out)
             cli._print_status(orch.status())
             assert "suspended: enclosure door open" in out.export_text()
+            # the dashboard's backend card says it too
+            live = [t for t in [orch.get_task(m)] if t is not None]
+            raw = Raw(now=time.time(), status=orch.status(), live=live, approvals=[], reviews=[], busy=[], samples=[])
+            [card] = [b for b in LabView({}).snapshot(raw)["backends"] if b["name"] == "gas"]
+            assert [c["waiting"] for c in card["current"]] == ["suspended: enclosure door open"]
             door.publish(0)  # closed again: the plan goes on from its checkpoint
             (tm,) = await orch.wait([m], timeout=30)
             assert tm.state is TaskState.succeeded, tm.error
