@@ -64,6 +64,8 @@ class Generator(ABC):
     def _validate_vocs(self, vocs: Problem) -> None:
         if not isinstance(vocs, Problem):
             raise ValueError("a generator needs a Problem (VOCS)")
+        if not vocs.variables:
+            raise ValueError("the problem declares no variables: nothing to choose")
 
     # ---- the interface ------------------------------------------------------------------------
 

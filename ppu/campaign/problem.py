@@ -198,7 +198,7 @@ def _constraint_shorthand(raw: Any) -> Any:
 class Problem(Strict):
     """Variables, objectives, constraints, constants, observables (gest-api's VOCS); see the module doc."""
 
-    variables: dict[str, Variable] = Field(min_length=1, description="the inputs the optimiser chooses")
+    variables: dict[str, Variable] = Field(description="the inputs the optimiser chooses (a generator needs one)")
     objectives: dict[str, Sense] = Field(min_length=1, description="output name -> MINIMIZE or MAXIMIZE")
     constraints: dict[str, Constraint] = Field(default_factory=dict,
                                                description="output name -> [LESS_THAN|GREATER_THAN, value] "

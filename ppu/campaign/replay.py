@@ -71,13 +71,14 @@ class Candidate:
 
 
 class ReplayWorld:
-    """See the module docstring. ``base``: folder a relative ``csv`` path is read from."""
+    """See the module docstring."""
 
     def __init__(self, spec: ReplaySpec, base: Path | None = None):
+        """``base``: a relative ``csv`` is looked for there first (the YAML file's folder)."""
         self.spec = spec
         path = Path(spec.csv)
-        if not path.is_absolute() and base is not None:
-            path = base / path
+        if not path.is_absolute() and base is not None and (base / path).is_file():
+            path = base / path  # relative to the YAML file first, then to the working folder
         if not path.is_file():
             raise ConfigError(f"replay table {path} does not exist", field="csv",
                               hint="give the path of a CSV file (relative to the YAML file)")
@@ -96,7 +97,7 @@ class ReplayWorld:
                 if name not in self.columns:
                     raise ConfigError(f"{path.name}: problem.{group}.{name} is not a column of the table "
                                       f"(columns: {', '.join(self.columns)})", field=f"problem.{group}.{name}")
-        if "variables" not in raw:
+        if not raw.get("variables"):
             raw["variables"] = self._infer_variables([c for c in self.columns if c not in outputs])
         self.problem = parse_problem(raw, f"{path.name}: ")
         for name in self.problem.variables:

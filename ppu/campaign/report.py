@@ -195,6 +195,33 @@ class LiveDashboard:
             self.thread = None
 
 
+def run_replay_cli(cfg: CampaignConfig, config_path: Path, out: Path, console: Console) -> dict[str, Any]:
+    """A replay campaign: the generic loop on the table's rows (no lab to start: the table answers)."""
+    from ppu.campaign.replay import ReplaySpec, ReplayWorld
+    from ppu.campaign.replay_report import run_replay_campaign
+
+    assert cfg.world.replay is not None and cfg.problem is not None
+    problem = cfg.problem.model_dump(mode="json")
+    spec = ReplaySpec(**cfg.world.replay.model_dump(), problem=problem)
+    world = ReplayWorld(spec, base=config_path.parent)
+    console.log(f"replay world {world.path.name}: {len(world.rows)} rows, {len(world.pool)} candidates; "
+                f"{cfg.optimiser.generator} proposes")
+    summary, files = run_replay_campaign(cfg.name, world, out, generator=cfg.optimiser.generator, seed=cfg.seed,
+                                         budget=cfg.budget.max_syntheses, in_flight=cfg.optimiser.in_flight,
+                                         n_init=cfg.optimiser.n_init)
+    t = Table(title=f"campaign {cfg.name} (replay of {world.path.name})")
+    t.add_column("figure")
+    t.add_column("value", justify="right")
+    for key in ("generator", "pool", "experiments", "best_found", "pool_best", "top_k", "experiments_to_top",
+                "random_expected_to_top", "pool_hypervolume", "hypervolume_fraction"):
+        if key in summary:
+            v = summary[key]
+            t.add_row(key.replace("_", " "), f"{v:.4g}" if isinstance(v, float) else str(v))
+    console.print(t)
+    console.print(f"run folder: {out}  (decisions.jsonl, results.jsonl, summary.json, {', '.join(files)})")
+    return summary
+
+
 def run_campaign_cli(config_path: str | Path, run_dir: str | Path, console: Console | None = None,
                      *, config: CampaignConfig | None = None, prefect: bool = False,
                      dashboard: bool = False) -> dict[str, Any]:
@@ -209,6 +236,8 @@ def run_campaign_cli(config_path: str | Path, run_dir: str | Path, console: Cons
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    if cfg.world.replay is not None:
+        return run_replay_cli(cfg, Path(config_path), out, console)
     if prefect:
         # Prefect reads its settings when first imported: point its home at the run folder first.
         os.environ["PPU_RUN_DIR"] = str(out)
