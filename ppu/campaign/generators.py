@@ -151,6 +151,14 @@ class SobolGenerator(Generator):
         return self._draw()
 
 
+def _import_botorch() -> None:
+    """linear_operator (under gpytorch) applies torch.jit.script at import time, which torch >= 2.10
+    marks deprecated; not ours to fix and harmless. Only that message is muted, only at import."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=DeprecationWarning)
+        import botorch  # noqa: F401
+
+
 @contextlib.contextmanager
 def _one_thread() -> Iterator[None]:
     """Tens of points: torch's intra-op threads cost more in hand-off than they save."""
@@ -171,6 +179,7 @@ class BoTorchGenerator(SobolGenerator):
 
     def __init__(self, vocs: Problem, *, n_init: int = 4, mc_samples: int = 128, **kw: Any):
         super().__init__(vocs, **kw)
+        _import_botorch()
         self.n_init = n_init
         self.mc_samples = mc_samples
         self.fits = 0
@@ -349,6 +358,7 @@ def pareto_front(values: np.ndarray) -> np.ndarray:
 
 def hypervolume(values: np.ndarray, ref: Sequence[float]) -> float:
     """Hypervolume dominated by ``values`` (larger is better) above ``ref``; 0 when none dominates it."""
+    _import_botorch()
     import torch
     from botorch.utils.multi_objective.hypervolume import Hypervolume
 
