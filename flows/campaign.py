@@ -76,14 +76,11 @@ async def propose(loop: CampaignLoop, pending: list[str]) -> Decision:
     return await CampaignLoop.do_propose(loop, pending)
 
 
-@task(name="synthesise", retries=0, cache_policy=NO_CACHE)
-async def synthesise(loop: CampaignLoop, candidate_id: str, on_review: Any = None) -> tuple[Task, dict[str, Any]]:
-    return await CampaignLoop.do_synthesise(loop, candidate_id, on_review)
-
-
-@task(name="characterise", retries=0, cache_policy=NO_CACHE)
-async def characterise(loop: CampaignLoop, capability: str, sample_id: str) -> tuple[Task, dict[str, Any]]:
-    return await CampaignLoop.do_characterise(loop, capability, sample_id)
+@task(name="workflow-step", task_run_name="{step}", retries=0, cache_policy=NO_CACHE)
+async def workflow_step(loop: CampaignLoop, step: str, capability: str, inputs: dict[str, Any],
+                        on_review: Any = None, attempts: int = 1) -> tuple[Task, dict[str, Any]]:
+    """One declared workflow step (physical ones consume material: never retried by Prefect)."""
+    return await CampaignLoop.do_step(loop, step, capability, inputs, on_review, attempts)
 
 
 @task(name="learn", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
@@ -100,11 +97,9 @@ class FlowLoop(CampaignLoop):
     async def do_propose(self, pending: list[str]) -> Decision:
         return await propose(self, pending)
 
-    async def do_synthesise(self, candidate_id: str, on_review: Any = None) -> tuple[Task, dict[str, Any]]:
-        return await synthesise(self, candidate_id, on_review)
-
-    async def do_characterise(self, capability: str, sample_id: str) -> tuple[Task, dict[str, Any]]:
-        return await characterise(self, capability, sample_id)
+    async def do_step(self, step: str, capability: str, inputs: dict[str, Any], on_review: Any = None,
+                      attempts: int = 1) -> tuple[Task, dict[str, Any]]:
+        return await workflow_step(self, step, capability, inputs, on_review, attempts)
 
     async def do_learn(self) -> None:
         await learn(self)

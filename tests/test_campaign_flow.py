@@ -34,7 +34,7 @@ def test_only_repeatable_steps_are_retried(tmp_path: Path, monkeypatch: pytest.M
     import importlib
 
     flow_mod = importlib.import_module("ppu.flows.campaign")
-    assert flow_mod.synthesise.retries == 0 and flow_mod.characterise.retries == 0  # once: never re-run
+    assert flow_mod.workflow_step.retries == 0  # declared workflow steps are physical: never re-run
     assert flow_mod.screen.retries > 0 and flow_mod.learn.retries > 0 and flow_mod.propose.retries > 0
     assert flow_mod.closed_loop.name == "closed-loop-campaign"
     assert issubclass(flow_mod.FlowLoop, flow_mod.CampaignLoop)

@@ -23,6 +23,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ppu.campaign.problem import Problem
 from ppu.campaign.replay import ReplayTable
+from ppu.campaign.workflow import Workflow
 from ppu.config import load_yaml_model
 from ppu.models import Autonomy, Strict
 
@@ -87,6 +88,9 @@ class CampaignConfig(Strict):
     problem: Problem | None = Field(None, validate_default=True, description="the declared problem (gest-api "
                                     "VOCS): variables, objectives, constraints, constants, observables")
     optimiser: OptimiserSpec = Field(default_factory=OptimiserSpec)
+    workflow: Workflow | None = Field(None, description="per candidate: which capabilities run in which order, "
+                                      "output -> input wiring, gates, costs (default: the MOF lab's synthesise, "
+                                      "XRD, isotherm only if pure)")
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
     screening: ScreeningSpec = Field(default_factory=ScreeningSpec)
     parallel: ParallelSpec = Field(default_factory=ParallelSpec)
@@ -118,7 +122,28 @@ class CampaignConfig(Strict):
         if self.problem is not None and self.world.replay is None and MOF_CONSTRAINT in self.problem.constraints:
             c = self.problem.constraints[MOF_CONSTRAINT]
             self.__dict__["objective"] = ObjectiveSpec(purity_min=float(c.value or 0.0))
+        if self.world.replay is None:
+            if self.workflow is None:
+                self.__dict__["workflow"] = mof_workflow(self.objective.purity_min)
+            missing = [o for o in (MOF_OBJECTIVE, MOF_CONSTRAINT) if o not in self.workflow.outputs]  # type: ignore[union-attr]
+            if missing:
+                raise ValueError(f"workflow.outputs lacks {missing}: the MOF loop reads {MOF_OBJECTIVE} and "
+                                 f"{MOF_CONSTRAINT} from the steps (e.g. {MOF_CONSTRAINT}: xrd.purity)")
         return self
+
+
+def mof_workflow(purity_min: float) -> Workflow:
+    """The MOF lab's default per-candidate workflow, as data: costs are the declared lab hours."""
+    return Workflow.model_validate({
+        "steps": [
+            {"name": "synthesise", "capability": "synthesize", "inputs": {"recipe": "$candidate"}, "cost": 4.5,
+             "frees_slot": True},
+            {"name": "xrd", "capability": "characterize.xrd", "inputs": {"sample_id": "$synthesise.sample_id"},
+             "cost": 0.22},
+            {"name": "isotherm", "capability": "measure.co2_uptake",
+             "inputs": {"sample_id": "$synthesise.sample_id"}, "when": f"purity >= {purity_min}", "cost": 2.5},
+        ],
+        "outputs": {"purity": "xrd.purity", "co2_uptake": "isotherm.uptake_mmol_g"}})
 
 
 def _check_mof_problem(v: dict[str, Any]) -> None:

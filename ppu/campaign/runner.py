@@ -25,6 +25,7 @@ import numpy as np
 from ppu.campaign.config import CampaignConfig
 from ppu.campaign.optimizer import Decision, PoolOptimizer
 from ppu.campaign.screening import publish_screening_models
+from ppu.campaign.workflow import Step, run_workflow
 from ppu.config import LabConfig
 from ppu.drivers.mof.capabilities import Candidate
 from ppu.errors import ConfigError
@@ -46,6 +47,7 @@ class Experiment:
     uptake: float | None = None
     status: str = "pending"
     tasks: list[str] = field(default_factory=list)
+    cost: float = 0.0  # summed declared step costs
 
 
 @dataclass
@@ -188,13 +190,10 @@ class CampaignLoop:
     async def do_propose(self, pending: list[str]) -> Decision:
         return await asyncio.to_thread(self.opt.propose, pending)  # a GP fit must not stall the loop
 
-    async def do_synthesise(self, candidate_id: str, on_review: Callable[[], None] | None = None
-                            ) -> tuple[Task, dict[str, Any]]:
-        recipe = self.by_id[candidate_id].model_dump(mode="json")
-        return await self.run_task(SYNTH, {"recipe": recipe}, on_review=on_review, max_attempts=1)
-
-    async def do_characterise(self, capability: str, sample_id: str) -> tuple[Task, dict[str, Any]]:
-        return await self.run_task(capability, {"sample_id": sample_id}, max_attempts=1)
+    async def do_step(self, step: str, capability: str, inputs: dict[str, Any],
+                      on_review: Callable[[], None] | None = None, attempts: int = 1) -> tuple[Task, dict[str, Any]]:
+        """One declared workflow step as one task (``step`` names it for a Prefect task run)."""
+        return await self.run_task(capability, inputs, on_review=on_review, max_attempts=attempts)
 
     async def do_learn(self) -> None:
         await self.learn()
@@ -205,33 +204,24 @@ class CampaignLoop:
         self.decisions.flush()
 
     async def pipeline(self, exp: Experiment, synth_done: Callable[[], None]) -> None:
-        """Synthesise, XRD, and the isotherm only for a pure sample. Physical tasks are never retried."""
-        released = False
+        """The declared workflow for one candidate (default: synthesise, XRD, the isotherm only for a
+        pure sample). Physical tasks are never retried; the robot is handed back when its step ends."""
+        assert self.cfg.workflow is not None
 
-        def release() -> None:  # once: when the synthesis ends, or when it waits for review
-            nonlocal released
-            if not released:
-                released = True
-                synth_done()  # the robot is free: the loop proposes the next candidate now
+        async def run_step(step: Step, inputs: dict[str, Any], on_review: Callable[[], None] | None
+                           ) -> tuple[str, dict[str, Any]]:
+            task, out = await self.do_step(step.name, step.capability, inputs, on_review, step.attempts)
+            exp.tasks.append(task.id)
+            return task.state.value, out
 
-        try:
-            task, out = await self.do_synthesise(exp.candidate_id, release)
-        finally:
-            release()
-        if task.state is not TaskState.succeeded:
-            exp.status, exp.purity = "synthesis failed", 0.0
-        else:
-            sid = out["sample_id"]
-            task, out = await self.do_characterise(XRD, sid)
-            exp.purity = float(out.get("purity", 0.0)) if task.state is TaskState.succeeded else 0.0
-            if exp.purity < self.cfg.objective.purity_min:
-                exp.status = "impure"
-            else:
-                task, out = await self.do_characterise(UPTAKE, sid)
-                if task.state is TaskState.succeeded:
-                    exp.uptake, exp.status = float(out["uptake_mmol_g"]), "measured"
-                else:
-                    exp.status = "uptake failed"
+        cand = self.by_id[exp.candidate_id].model_dump(mode="json")
+        run = await run_workflow(self.cfg.workflow, cand, run_step, synth_done)
+        purity, uptake = run.outputs.get("purity"), run.outputs.get("co2_uptake")
+        exp.purity = float(purity) if purity is not None else 0.0
+        exp.uptake = float(uptake) if uptake is not None else None
+        exp.cost = run.cost
+        exp.status = "measured" if exp.uptake is not None else next(
+            (f"{name}: {state}" for name, state in run.states.items() if state != "succeeded"), "not measured")
         self.opt.observe(exp.candidate_id, exp.purity or 0.0, exp.uptake)
         self.completed.append(exp)
         best = self.opt.best()
