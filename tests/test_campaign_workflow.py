@@ -135,3 +135,16 @@ def test_the_lab_loop_follows_a_declared_gate(tmp_path: Path) -> None:
     with (tmp_path / "out.txt").open("w") as fh:
         summary = run_campaign_cli("unused.yaml", tmp_path / "run", Console(file=fh), config=cfg)
     assert summary["physical_experiments"] == 3 and summary["uptake_measurements"] == 0
+
+
+def test_the_flow_chemistry_campaign_runs_its_declared_workflow(tmp_path: Path) -> None:
+    from ppu.simulators.flowchem.campaign import default_workflow, load_flow_campaign
+
+    shipped = load_flow_campaign(Path(__file__).parent.parent / "campaigns" / "flowchem.yaml")
+    assert shipped.workflow == default_workflow()
+    bad = tmp_path / "fc.yaml"
+    raw = yaml.safe_load((Path(__file__).parent.parent / "campaigns" / "flowchem.yaml").read_text())
+    raw["workflow"]["outputs"].pop("yield")
+    bad.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"workflow.*outputs lacks \['yield'\]"):
+        load_flow_campaign(bad)

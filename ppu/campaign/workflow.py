@@ -133,6 +133,7 @@ class WorkflowRun:
     states: dict[str, str] = field(default_factory=dict)  # step -> succeeded / failed / ... / skipped: why
     results: dict[str, dict[str, Any]] = field(default_factory=dict)  # step -> its outputs
     outputs: dict[str, Any] = field(default_factory=dict)  # problem output name -> value (None: not measured)
+    errors: dict[str, str] = field(default_factory=dict)  # step -> why it did not succeed
     cost: float = 0.0
 
     def ok(self, step: str) -> bool:
@@ -182,6 +183,8 @@ async def run_workflow(wf: Workflow, candidate: dict[str, Any], run_step: RunSte
                 run.cost += step.cost
                 if state == "succeeded":
                     run.results[step.name] = dict(out)
+                else:
+                    run.errors[step.name] = str(out.get("error") or state)
             if step.frees_slot:
                 release()
     finally:
