@@ -12,6 +12,8 @@ constants, observables), so a problem written for another optimiser reads here t
       constraints: {selectivity: [GREATER_THAN, 0.9]}                # LESS_THAN, GREATER_THAN, BOUNDS
       constants:   {pressure_bar: 5}
       observables: [side_product]
+      compositions:                                                # fractions that sum to a total
+        blend: {components: [a_frac, b_frac, c_frac], total: 1}    # each a continuous variable with its bounds
 
 gest-api's own type names (``ContinuousVariable``, ``DiscreteVariable``, ...) are accepted as well
 as the short ones, and objective/constraint words in any case. ``EXPLORE`` objectives are refused:
@@ -141,6 +143,15 @@ def _variable_shorthand(name: str, raw: Any) -> Any:
 Sense = Literal["MINIMIZE", "MAXIMIZE"]
 
 
+class CompositionGroup(Strict):
+    """Continuous variables that are fractions of one whole: they sum to ``total`` (per-component bounds are
+    the variables' own domains). Points stay plain scalars, so other VOCS optimisers read them too."""
+
+    components: list[str] = Field(min_length=2, description="names of continuous variables")
+    total: float = Field(1.0, gt=0, description="what the components sum to")
+    tolerance: float = Field(0.01, ge=0, lt=1, description="relative slack on the sum (tables round)")
+
+
 class Constraint(Strict):
     """An output that must satisfy ``kind``: below ``value``, above ``value``, or within ``range``."""
 
@@ -205,6 +216,8 @@ class Problem(Strict):
                                                            "or [BOUNDS, [low, high]]")
     constants: dict[str, Scalar] = Field(default_factory=dict, description="inputs held fixed")
     observables: list[str] = Field(default_factory=list, description="other outputs recorded alongside")
+    compositions: dict[str, CompositionGroup] = Field(default_factory=dict, description="groups of continuous "
+                                                      "variables that sum to a total (fractions of a blend)")
 
     @field_validator("variables", mode="before")
     @classmethod
@@ -247,7 +260,71 @@ class Problem(Strict):
         clash = sorted(set(self.variables) & set(self.constants))
         if clash:
             raise ValueError(f"{clash} are both variables and constants")
+        used: set[str] = set()
+        for g, grp in self.compositions.items():
+            for c in grp.components:
+                v = self.variables.get(c)
+                if not isinstance(v, ContinuousVariable) or v.log:
+                    raise ValueError(f"compositions.{g}: {c!r} must be a declared continuous variable "
+                                     "(linear scale) with its bounds")
+                if c in used:
+                    raise ValueError(f"compositions.{g}: {c!r} is already in another group")
+                used.add(c)
+            doms = [self._domain(c) for c in grp.components]
+            lows, highs = sum(d[0] for d in doms), sum(d[1] for d in doms)
+            if not lows <= grp.total <= highs:
+                raise ValueError(f"compositions.{g}: no point sums to {grp.total:g} within the components' "
+                                 f"bounds (lows sum to {lows:g}, highs to {highs:g})")
         return self
+
+    def _domain(self, name: str) -> tuple[float, float]:
+        v = self.variables[name]
+        assert isinstance(v, ContinuousVariable)
+        return v.domain
+
+    def composition_constraints(self) -> list[tuple[list[int], list[float], float]]:
+        """Each group as a linear equality in the unit cube: sum(coef * u[idx]) == rhs."""
+        cols = {name: j for j, name in enumerate(self._columns())}
+        out = []
+        for group in self.compositions.values():
+            idx, coef, rhs = [], [], group.total
+            for c in group.components:
+                lo, hi = self._domain(c)
+                idx.append(cols[c])
+                coef.append(hi - lo)
+                rhs -= lo
+            out.append((idx, coef, rhs))
+        return out
+
+    def _columns(self) -> list[str]:
+        """The encoded column each scalar variable starts at (categoricals take several)."""
+        names: list[str] = []
+        for name, v in self.variables.items():
+            if isinstance(v, CategoricalVariable):
+                w = len(next(iter(v.descriptors.values()))) if v.descriptors else len(v.values)
+                names += [f"{name}#{k}" for k in range(w)]
+            else:
+                names.append(name)
+        return names
+
+    def _project(self, point: dict[str, Any]) -> None:
+        """Move a group's fractions onto its sum within their bounds (scale the free ones, clamp, repeat)."""
+        for group in self.compositions.values():
+            bounds = {c: self._domain(c) for c in group.components}
+            fixed: dict[str, float] = {}
+            for _ in range(len(group.components) + 1):
+                free = [c for c in group.components if c not in fixed]
+                room = group.total - sum(fixed.values())
+                s = sum(point[c] for c in free)
+                for c in free:
+                    point[c] = point[c] * room / s if s > 0 else room / len(free)
+                hit = {c: min(max(point[c], bounds[c][0]), bounds[c][1]) for c in free
+                       if not bounds[c][0] <= point[c] <= bounds[c][1]}
+                if not hit:
+                    break
+                for c, v in hit.items():
+                    point[c] = v
+                    fixed[c] = v
 
     # ---- reading outputs ----------------------------------------------------------------------
 
@@ -347,6 +424,9 @@ class Problem(Strict):
                 for r, x in enumerate(lo + col * (hi - lo)):
                     out[r][name] = float(arr[np.argmin(np.abs(arr - x))])
             j += 1
+        if self.compositions:
+            for p in out:
+                self._project(p)
         return out
 
     def check_point(self, point: dict[str, Any]) -> str | None:
@@ -370,6 +450,10 @@ class Problem(Strict):
                     return f"{name}: {y:g} is not an integer"
             elif y not in v.values:
                 return f"{name}: {y:g} is not one of {v.values}"
+        for g, group in self.compositions.items():
+            total = sum(float(point[c]) for c in group.components)
+            if abs(total - group.total) > group.tolerance * group.total:
+                return f"{group.components[0]}: the composition {g} sums to {total:g}, not {group.total:g}"
         return None
 
 
