@@ -261,3 +261,29 @@ def test_botorch_keeps_suggestions_on_the_composition_simplex() -> None:
         assert p.check_point(x) is None, x
         gen.ingest([{**x, "f": x["a"] - (x["t_c"] - 400) ** 2 / 1e4}])
     assert "composition sums" in gen.last_why
+
+
+# ---- prior data the user declares (issue 15, item 5) ----------------------------------------------
+
+
+def test_the_screening_model_trains_on_declared_prior_data_not_on_the_truth(tmp_path: Path) -> None:
+    import csv
+
+    from ppu.campaign.runner import build_world
+    from ppu.campaign.screening import prior_data
+    from ppu.simulators.mof.world import DEMO_CSV
+
+    cfg = CampaignConfig.model_validate({"world": {"pool_size": 30}, "screening": {"prior_csv": str(DEMO_CSV)}})
+    world, pool = build_world(cfg)
+    cands, values = prior_data(world, pool, cfg, "co2_uptake")
+    with DEMO_CSV.open() as fh:
+        recorded = [float(r["co2_uptake_mmol_g"]) for r in csv.DictReader(fh)]
+    assert values == recorded and len(cands) == len(recorded)  # the table, row for row
+    _, purity = prior_data(world, pool, cfg, "purity")
+    assert len(purity) == len(recorded)
+    bad = tmp_path / "prior.csv"
+    bad.write_text("Mg,Zn,co2_uptake_mmol_g\n0.5,0.6,3.0\n")
+    cfg = cfg.model_copy(update={"screening": cfg.screening.model_copy(update={"prior_csv": str(bad)})})
+    with pytest.raises(ConfigError, match=r"row 2: .*sum to 1") as err:
+        prior_data(world, pool, cfg, "co2_uptake")
+    assert err.value.field == "screening.prior_csv"

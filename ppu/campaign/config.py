@@ -59,6 +59,9 @@ class ScreeningSpec(Strict):
                                   "shortlist competes at this times its acquisition (0: shortlist only)")
     prior_points: int = Field(40, ge=3, description="size of the prior data set the screening model learnt from")
     prior_noise: float = Field(0.8, ge=0, description="noise std of that prior data (mmol/g): it is low fidelity")
+    prior_csv: str | None = Field(None, description="earlier measurements the screening model trains on instead "
+                                  "of the simulated prior: one column per element (fractions), optional "
+                                  "anneal_temperature_c and anneal_time_h, and co2_uptake_mmol_g and purity")
 
 
 class ParallelSpec(Strict):
