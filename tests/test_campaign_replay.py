@@ -155,3 +155,27 @@ def test_benchmark_config_error_names_the_field_without_a_traceback(tmp_path: Pa
                  "--seeds", "1", "--random-runs", "1")
     assert out.returncode == 2
     assert "problem.objectives.rough" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_prior_measurements_are_learnt_from_but_not_counted(tmp_path: Path) -> None:
+    prior = tmp_path / "earlier.csv"
+    lines = ["Anneal Temp (C),conc_mol_per_L,solvent,roughness_nm,thickness_um"]
+    for t, c, s in [(30.0, 0.2, "water"), (130.0, 1.4, "dmf"), (60.0, 1.0, "toluene"), (100.0, 0.3, "dmf"),
+                    (80.0, 0.7, "water")]:
+        lines.append(f"{t},{c},{s},{_roughness(t, c, s):.5f},1.5")
+    prior.write_text("\n".join(lines) + "\n")
+    world = load_replay(write_world(tmp_path, prior_csv=prior.name))
+    assert len(world.prior) == 5 and world.prior[0]["roughness_nm"] == pytest.approx(_roughness(30, 0.2, "water"),
+                                                                                      abs=1e-4)
+    gen = make_generator("botorch", world, seed=0, n_init=4)
+    run = run_replay(world, gen, budget=3, seed=0)
+    assert len(run.results) == 3 and len(gen.data) == 8  # 5 earlier + 3 measured; only 3 counted
+    assert "qLogNEI" in run.decisions[0]["why"]  # the prior is enough to start with the model
+
+
+def test_a_prior_table_outside_the_declared_space_is_refused(tmp_path: Path) -> None:
+    prior = tmp_path / "earlier.csv"
+    prior.write_text("Anneal Temp (C),conc_mol_per_L,solvent,roughness_nm,thickness_um\n300,0.5,dmf,0.1,1\n")
+    with pytest.raises(ConfigError, match=r"row 2: Anneal Temp \(C\): 300 lies outside") as err:
+        load_replay(write_world(tmp_path, prior_csv=prior.name))
+    assert err.value.field == "prior_csv"

@@ -43,6 +43,8 @@ def run_replay(world: ReplayWorld, gen: Generator, *, budget: int, seed: int = 0
     """Run ``gen`` on ``world`` for at most ``budget`` experiments (or until a ``stop`` candidate is measured)."""
     rng = np.random.default_rng([seed, 7919])  # the replicates drawn (replicates: draw)
     run = LoopRun()
+    if world.prior:
+        gen.ingest([dict(p) for p in world.prior])  # earlier measurements: learnt from, not counted
     flying: deque[dict[str, Any]] = deque()
     budget = min(budget, len(world.pool))
     asked = 0

@@ -45,6 +45,8 @@ class ReplayTable(Strict):
     top_k: int | None = Field(None, ge=1, description="scoring: the best k candidates (overrides top_fraction)")
     rank_by: str | None = Field(None, description="which objective ranks the pool for scoring (default: the "
                                 "first); constraints always apply")
+    prior_csv: str | None = Field(None, description="earlier measurements (same columns) the generator learns "
+                                  "from before the first experiment; they are not in the pool and not counted")
 
 
 class ReplaySpec(ReplayTable):
@@ -110,6 +112,7 @@ class ReplayWorld:
                               field="rank_by")
         self.pool = self._group()
         self.values = self._read_outputs()
+        self.prior = self._read_prior(base)
 
     # ---- reading the table --------------------------------------------------------------------
 
@@ -168,6 +171,32 @@ class ReplayWorld:
                     raise ConfigError(f"{self.path.name} row {r + 2}: output {name!r} is {cell!r}, not a number",
                                       field=name)
                 out[r, j] = y
+        return out
+
+    def _read_prior(self, base: Path | None) -> list[dict[str, Any]]:
+        """Earlier measurements as results without ``_id`` (gest-api: data this generator did not suggest)."""
+        if not self.spec.prior_csv:
+            return []
+        path = Path(self.spec.prior_csv)
+        if not path.is_absolute() and base is not None and (base / path).is_file():
+            path = base / path
+        if not path.is_file():
+            raise ConfigError(f"prior table {path} does not exist", field="prior_csv")
+        with path.open(newline="") as fh:
+            rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in csv.DictReader(fh)]
+        out = []
+        for r, row in enumerate(rows):
+            point: dict[str, Any] = dict(self.problem.constants)
+            for name, v in self.problem.variables.items():
+                if name not in row:
+                    raise ConfigError(f"prior table {path.name} lacks the variable column {name!r}", field="prior_csv")
+                point[name] = row[name] if v.type == "categorical" else as_number(row[name])
+            why = self.problem.check_point(point)
+            if why is not None:
+                raise ConfigError(f"prior table {path.name} row {r + 2}: {why}", field="prior_csv")
+            for name in self.problem.outputs:
+                point[name] = as_number(row.get(name, ""))
+            out.append(point)
         return out
 
     # ---- measuring and scoring ----------------------------------------------------------------
