@@ -101,7 +101,17 @@ class CampaignConfig(Strict):
     instruments: Literal["simulated", "epics"] = Field(
         "simulated", description="simulated: Ophyd devices on simulated signals in the workers; epics: the same "
         "twins served as EPICS IOCs by a `ppu ioc` process and driven over Channel Access (the real-mode path)")
-    lab_config: str | None = Field(None, description="lab YAML with the real backends (simulated: false)")
+    lab_config: str | None = Field(None, description="lab YAML of the running lab (simulated: false): its "
+                                   "orchestrator address and security")
+    connect: str | None = Field(None, description="address of the running lab's orchestrator (simulated: false; "
+                                "default: lab_config's orchestrator.bind)")
+
+    @model_validator(mode="after")
+    def _real_lab(self) -> CampaignConfig:
+        if not self.simulated and self.lab_config is None:
+            raise ValueError("lab_config: a campaign on a running lab (simulated: false) needs the lab YAML "
+                             "(its orchestrator address and keys)")
+        return self
 
 
     @field_validator("problem", mode="before")

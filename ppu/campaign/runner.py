@@ -304,8 +304,7 @@ async def run_campaign(cfg: CampaignConfig, run_dir: Path, *,
     from ppu.transport.serve import ioc_process
 
     if not cfg.simulated:
-        raise ConfigError("campaigns on a real lab are not wired yet (simulated: false)", field="simulated",
-                          hint="run a simulated campaign, or drive CampaignLoop with your lab's client")
+        return await run_on_lab(cfg, run_dir, on_progress=on_progress, on_stage=on_stage, loop_class=loop_class)
     run_dir.mkdir(parents=True, exist_ok=True)
     world, pool = build_world(cfg)
     if on_stage:
@@ -350,3 +349,67 @@ async def run_campaign(cfg: CampaignConfig, run_dir: Path, *,
                           lab_s=lab_s, screen=screen,
                           decisions_path=run_dir / "decisions.jsonl", model_versions=loop.model_versions,
                           optimizer=loop.opt)
+
+
+async def run_on_lab(cfg: CampaignConfig, run_dir: Path, *,
+                     on_progress: Callable[[int, float], None] | None = None,
+                     on_stage: Callable[[str], None] | None = None,
+                     loop_class: type[CampaignLoop] | None = None) -> CampaignResult:
+    """The same loop on a lab that is already running (an orchestrator and workers, anywhere), through
+    its client. Nothing here reads a simulated truth: the pool comes from ``world``'s grid only, the
+    twin is whatever the lab serves (screening is skipped when it serves none)."""
+    import os
+
+    from ppu.config import load_lab
+    from ppu.transport.client import AsyncPPUClient
+    from ppu.transport.security import peer_keys
+    from ppu.transport.serve import nobody_listens
+
+    assert cfg.lab_config is not None and cfg.workflow is not None
+    lab = load_lab(cfg.lab_config)
+    address = cfg.connect or lab.orchestrator.bind
+    if nobody_listens(address):
+        raise ConfigError(f"no orchestrator answers at {address}", field="connect" if cfg.connect else "lab_config",
+                          hint=f"start the lab first: ppu orchestrator -c {cfg.lab_config}; "
+                               f"ppu worker -c {cfg.lab_config} (on each instrument PC)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _, pool = build_world(cfg)
+    curve = peer_keys(lab.security, os.environ.get("PPU_KEY", "client")) if lab.security.curve else None
+    t_wall = time.time()
+    async with AsyncPPUClient(address, timeout=30.0, curve=curve, actor=os.environ.get("USER")) as client:
+        offered = {c for b in (await client.status())["backends"] for c in b.get("capabilities", [])}
+        for k, step in enumerate(cfg.workflow.steps):
+            if step.capability not in offered:
+                raise ConfigError(f"no backend of the lab at {address} offers {step.capability!r}",
+                                  field=f"workflow.steps.{k}.capability",
+                                  hint="start the worker that hosts it, or change the workflow")
+        loop = (loop_class or CampaignLoop)(client, cfg, pool, run_dir, on_progress)
+        screen: list[float] | None = None
+        screen_purity: list[float] | None = None
+        version = ""
+        if cfg.screening.enabled and PREDICT in offered:
+            if on_stage:
+                on_stage(f"screening {len(pool)} candidates on the lab's digital twin")
+            screen, version = await loop.do_screen(PREDICT)
+            if PREDICT_PURITY in offered:
+                screen_purity, _ = await loop.do_screen(PREDICT_PURITY)
+        elif on_stage:
+            on_stage("no screening: the lab serves no digital twin" if cfg.screening.enabled else "no screening")
+        loop.opt = PoolOptimizer(pool, purity_min=cfg.objective.purity_min, seed=cfg.seed, n_init=cfg.parallel.n_init,
+                                 screen=screen, screen_purity=screen_purity,
+                                 top_k=cfg.screening.top_k if screen else None, screen_version=version,
+                                 outside_weight=cfg.screening.outside_weight)
+        if on_stage:
+            on_stage(f"closed loop on the lab at {address}")
+        loop.t0 = time.time()
+        try:
+            await loop.run()
+        finally:
+            loop.decisions.close()
+        wall = time.time() - loop.t0
+        intervals = await _intervals(client, loop.task_ids, loop.t0, cfg.time_scale)
+    lab_s = max([iv["end"] for iv in intervals], default=wall * cfg.time_scale)
+    return CampaignResult(config=cfg, pool=pool, experiments=loop.experiments, completed=loop.completed,
+                          best_curve=loop.best_curve, intervals=intervals, wall_s=time.time() - t_wall, lab_s=lab_s,
+                          screen=screen, decisions_path=run_dir / "decisions.jsonl",
+                          model_versions=loop.model_versions, optimizer=loop.opt)
