@@ -30,15 +30,17 @@ def _roughness(t: float, c: float, solvent: str) -> float:
 
 
 def write_table(folder: Path, *, replicates: int = 2, noise: float = 0.02) -> Path:
+    """720 rows; ``model_nm`` is a digital twin's prediction: biased, scaled and noisy, but it ranks well."""
     rng = np.random.default_rng(3)
     path = folder / "films.csv"
-    lines = ["Anneal Temp (C),conc_mol_per_L,solvent,roughness_nm,thickness_um"]
+    lines = ["Anneal Temp (C),conc_mol_per_L,solvent,roughness_nm,thickness_um,model_nm"]
     for t in np.linspace(20, 140, 12):
         for c in np.linspace(0.1, 1.5, 10):
             for s in SOLVENTS:
+                twin = 0.7 * _roughness(t, c, s) + 0.4 + rng.normal(0, 0.1)
                 for _ in range(replicates):
                     y = _roughness(t, c, s) + rng.normal(0, noise)
-                    lines.append(f"{t:.1f},{c:.3f},{s},{y:.5f},{1 + 0.01 * t:.3f}")
+                    lines.append(f"{t:.1f},{c:.3f},{s},{y:.5f},{1 + 0.01 * t:.3f},{twin:.4f}")
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -101,8 +103,8 @@ def test_constraints_exclude_rows_from_the_top(tmp_path: Path) -> None:
 
 def test_variables_are_inferred_from_the_columns_when_not_declared(tmp_path: Path) -> None:
     table = write_table(tmp_path)
-    world = ReplayWorld(ReplaySpec(csv=str(table), problem={"objectives": {"roughness_nm": "MINIMIZE"},
-                                                            "observables": ["thickness_um"]}))
+    problem = {"objectives": {"roughness_nm": "MINIMIZE"}, "observables": ["thickness_um"]}
+    world = ReplayWorld(ReplaySpec(csv=str(table), twin={"column": "model_nm"}, problem=problem))
     kinds = {n: v.type for n, v in world.problem.variables.items()}
     assert kinds == {"Anneal Temp (C)": "discrete", "conc_mol_per_L": "discrete", "solvent": "categorical"}
 
@@ -159,10 +161,10 @@ def test_benchmark_config_error_names_the_field_without_a_traceback(tmp_path: Pa
 
 def test_prior_measurements_are_learnt_from_but_not_counted(tmp_path: Path) -> None:
     prior = tmp_path / "earlier.csv"
-    lines = ["Anneal Temp (C),conc_mol_per_L,solvent,roughness_nm,thickness_um"]
+    lines = ["Anneal Temp (C),conc_mol_per_L,solvent,roughness_nm,thickness_um,model_nm"]
     for t, c, s in [(30.0, 0.2, "water"), (130.0, 1.4, "dmf"), (60.0, 1.0, "toluene"), (100.0, 0.3, "dmf"),
                     (80.0, 0.7, "water")]:
-        lines.append(f"{t},{c},{s},{_roughness(t, c, s):.5f},1.5")
+        lines.append(f"{t},{c},{s},{_roughness(t, c, s):.5f},1.5,{_roughness(t, c, s):.3f}")
     prior.write_text("\n".join(lines) + "\n")
     world = load_replay(write_world(tmp_path, prior_csv=prior.name))
     assert len(world.prior) == 5 and world.prior[0]["roughness_nm"] == pytest.approx(_roughness(30, 0.2, "water"),
@@ -179,3 +181,15 @@ def test_a_prior_table_outside_the_declared_space_is_refused(tmp_path: Path) -> 
     with pytest.raises(ConfigError, match=r"row 2: Anneal Temp \(C\): 300 lies outside") as err:
         load_replay(write_world(tmp_path, prior_csv=prior.name))
     assert err.value.field == "prior_csv"
+
+
+def test_a_digital_twin_column_saves_physical_experiments(tmp_path: Path) -> None:
+    """Done when (issue 15): with the twin, fewer physical experiments to the top than the same optimiser
+    with the twin off, median of 5 seeds, printed by the benchmark."""
+    world = write_world(tmp_path, twin={"column": "model_nm", "cost": 0.01})
+    out = _bench("--world", str(world), "--seeds", "5", "--random-runs", "50", "--cap", "60")
+    assert out.returncode == 0, out.stderr[-3000:]
+    figures = json.loads(out.stdout.strip().splitlines()[-1])["films"]
+    assert figures["ours"] < figures["no_twin"], out.stdout
+    assert figures["twin_cost"] == pytest.approx(3.6) and "no_twin / ours" in out.stdout
+    assert figures["seeds"] == 5

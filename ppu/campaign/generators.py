@@ -177,13 +177,30 @@ class BoTorchGenerator(SobolGenerator):
 
     name = "botorch"
 
-    def __init__(self, vocs: Problem, *, n_init: int = 4, mc_samples: int = 128, **kw: Any):
+    def __init__(self, vocs: Problem, *, n_init: int = 4, mc_samples: int = 128, context: Sequence[str] = (),
+                 **kw: Any):
         super().__init__(vocs, **kw)
         _import_botorch()
         self.n_init = n_init
         self.mc_samples = mc_samples
         self.fits = 0
         self.last_why = ""
+        # A cheap low-fidelity source (a digital twin's prediction of the first objective, known for
+        # every pool point): an extra model input, and the initial design's ranking.
+        self.context = list(context)
+        if self.context:
+            if self.pool is None:
+                raise ValueError("context features need a pool (their values are known for every pool point)")
+            c = np.array([[float(p[k]) for k in self.context] for p in self.pool])
+            self._c_lo, self._c_span = c.min(axis=0), np.where(np.ptp(c, axis=0) > 0, np.ptp(c, axis=0), 1.0)
+            self.pool_zx = self._enc(self.pool)
+
+    def _enc(self, points: Sequence[dict[str, Any]]) -> np.ndarray:
+        x = self.vocs.encode(points)
+        if not self.context:
+            return x
+        c = np.array([[float(p[k]) for k in self.context] for p in points]).reshape(len(points), -1)
+        return np.concatenate([x, (c - self._c_lo) / self._c_span], axis=1)
 
     @property
     def model_version(self) -> str:
@@ -195,7 +212,7 @@ class BoTorchGenerator(SobolGenerator):
         import torch
 
         names = list(self.vocs.objectives) + [c for c in self.vocs.constraints if c not in self.vocs.objectives]
-        x = torch.tensor(self.vocs.encode(self.data), dtype=torch.float64)
+        x = torch.tensor(self._enc(self.data), dtype=torch.float64)
         ys = []
         for name in names:
             ys.append(torch.tensor([np.nan if as_number(r.get(name)) is None else float(r[name])
@@ -243,7 +260,7 @@ class BoTorchGenerator(SobolGenerator):
         constraints = [_slack(names.index(cname), s, bound)
                        for cname, con in self.vocs.constraints.items() for s, bound in con.slacks()]
         pending = [p for p in self.pending.values()]
-        x_pending = torch.tensor(self.vocs.encode(pending), dtype=torch.float64) if pending else None
+        x_pending = torch.tensor(self._enc(pending), dtype=torch.float64) if pending else None
         sampler = SobolQMCNormalSampler(sample_shape=torch.Size([self.mc_samples]), seed=self.seed + self.fits)
         if len(objs) == 1:
             from botorch.acquisition.logei import qLogNoisyExpectedImprovement
@@ -290,6 +307,10 @@ class BoTorchGenerator(SobolGenerator):
     def _pick_pool(self, left: list[int]) -> int:
         assert self.pool_x is not None
         if not self._ready():
+            if self.context:  # the twin ranks the pool: start from its best guesses
+                sign = self.vocs.sign(next(iter(self.vocs.objectives)))
+                self.last_why = f"initial design: best {self.context[0]} (twin) not yet suggested"
+                return max(left, key=lambda i: sign * float(self.pool[i][self.context[0]]))  # type: ignore[index]
             self.last_why = f"initial design: Sobol point snapped to the pool ({len(self.data)} < n_init measured)"
             return super()._pick_pool(left)
         with _one_thread():
@@ -297,7 +318,7 @@ class BoTorchGenerator(SobolGenerator):
             if acq is None:
                 self.last_why = "too few values of an output to model it: Sobol point"
                 return super()._pick_pool(left)
-            score = self._score(acq, self.pool_x[left])
+            score = self._score(acq, (self.pool_zx if self.context else self.pool_x)[left])
         self.last_why += f", over {len(left)} pool candidates"
         return left[int(np.argmax(score))]
 

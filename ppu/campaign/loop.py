@@ -28,12 +28,15 @@ class LoopRun:
         return next((k + 1 for k, r in enumerate(self.results) if r["_id"] in targets), None)
 
 
-def make_generator(name: str, world: ReplayWorld, seed: int, **kw: Any) -> Generator:
+def make_generator(name: str, world: ReplayWorld, seed: int, *, twin: bool = True, **kw: Any) -> Generator:
+    """``twin``: BoTorch reads the world's twin column (when it has one) as a low-fidelity input."""
     if name not in GENERATORS:
         raise ValueError(f"unknown generator {name!r}; use one of {sorted(GENERATORS)}")
     cls = GENERATORS[name]
     if cls is not BoTorchGenerator:
         kw.pop("n_init", None)
+    elif twin and world.twin_column is not None:
+        kw["context"] = [world.twin_column]
     return cls(world.problem, pool=world.points(), seed=seed, **kw)
 
 

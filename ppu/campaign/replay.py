@@ -34,6 +34,11 @@ from ppu.models import Strict
 _MAX_DISCRETE = 12
 
 
+class TwinSpec(Strict):
+    column: str = Field(description="the column holding the twin's prediction (cheap, known for every row)")
+    cost: float = Field(0.0, ge=0, description="cost of one twin prediction, in the workflow's cost unit")
+
+
 class ReplayTable(Strict):
     """Where a replay world's measurements are and how they are read (a campaign's ``world.replay``)."""
 
@@ -47,6 +52,8 @@ class ReplayTable(Strict):
                                 "first); constraints always apply")
     prior_csv: str | None = Field(None, description="earlier measurements (same columns) the generator learns "
                                   "from before the first experiment; they are not in the pool and not counted")
+    twin: TwinSpec | None = Field(None, description="a low-fidelity source: a column with a digital twin's "
+                                  "prediction of the ranking objective for every row (not an output, not scored)")
 
 
 class ReplaySpec(ReplayTable):
@@ -94,6 +101,8 @@ class ReplayWorld:
         self.rows = rows
         raw = dict(spec.problem)
         outputs = [*raw.get("objectives", {}), *raw.get("constraints", {}), *(raw.get("observables") or [])]
+        if spec.twin is not None:
+            outputs.append(spec.twin.column)  # the twin's column is neither a variable nor scored
         for group in ("objectives", "constraints", "observables"):
             for name in raw.get(group) or []:
                 if name not in self.columns:
@@ -112,6 +121,9 @@ class ReplayWorld:
                               field="rank_by")
         self.pool = self._group()
         self.values = self._read_outputs()
+        self.twin_column = spec.twin.column if spec.twin else None
+        if self.twin_column is not None:
+            self._attach_twin(self.twin_column)
         self.prior = self._read_prior(base)
 
     # ---- reading the table --------------------------------------------------------------------
@@ -173,6 +185,21 @@ class ReplayWorld:
                 out[r, j] = y
         return out
 
+    def _attach_twin(self, column: str) -> None:
+        if column not in self.columns:
+            raise ConfigError(f"{self.path.name}: twin.column {column!r} is not a column of the table",
+                              field="twin.column")
+        if column in self.problem.outputs or column in self.problem.variables:
+            raise ConfigError(f"twin.column {column!r} is also a variable or an output of the problem",
+                              field="twin.column")
+        for cand in self.pool:
+            vals = [as_number(self.rows[r].get(column, "")) for r in cand.rows]
+            ok = [v for v in vals if v is not None]
+            if not ok:
+                raise ConfigError(f"{self.path.name} row {cand.rows[0] + 2}: twin column {column!r} is empty",
+                                  field="twin.column")
+            cand.point[column] = float(np.mean(ok))
+
     def _read_prior(self, base: Path | None) -> list[dict[str, Any]]:
         """Earlier measurements as results without ``_id`` (gest-api: data this generator did not suggest)."""
         if not self.spec.prior_csv:
@@ -196,6 +223,12 @@ class ReplayWorld:
                 raise ConfigError(f"prior table {path.name} row {r + 2}: {why}", field="prior_csv")
             for name in self.problem.outputs:
                 point[name] = as_number(row.get(name, ""))
+            if self.twin_column is not None:
+                twin = as_number(row.get(self.twin_column, ""))
+                if twin is None:
+                    raise ConfigError(f"prior table {path.name} row {r + 2}: no twin value {self.twin_column!r}",
+                                      field="prior_csv")
+                point[self.twin_column] = twin
             out.append(point)
         return out
 
