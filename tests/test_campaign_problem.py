@@ -228,13 +228,13 @@ def test_a_config_optimiser_field_is_validated() -> None:
         CampaignConfig.model_validate({"optimiser": {"generator": "genetic"}})
 
 
-# ---- composition groups ---------------------------------------------------------------------------
+# ---- mixture groups (fractions of a whole) ---------------------------------------------------------------------------
 
 BLEND = {"variables": {"a": [0, 1], "b": [0, 0.5], "c": [0.1, 0.6], "t_c": [300, 500]},
-         "objectives": {"f": "MAXIMIZE"}, "compositions": {"blend": {"components": ["a", "b", "c"]}}}
+         "objectives": {"f": "MAXIMIZE"}, "mixtures": {"blend": {"components": ["a", "b", "c"]}}}
 
 
-def test_a_composition_group_sums_to_its_total_within_each_components_bounds() -> None:
+def test_a_mixture_group_sums_to_its_total_within_each_components_bounds() -> None:
     p = Problem.model_validate(BLEND)
     points = p.decode(np.random.default_rng(0).random((200, p.width)))
     for x in points:
@@ -247,20 +247,20 @@ def test_a_composition_group_sums_to_its_total_within_each_components_bounds() -
     ({"blend": {"components": ["a", "zz"]}}, "must be a declared continuous variable"),
     ({"blend": {"components": ["b", "c"], "total": 2.0}}, "no point sums to 2"),
 ])
-def test_a_bad_composition_group_is_refused_by_name(groups: dict, why: str) -> None:
+def test_a_bad_mixture_group_is_refused_by_name(groups: dict, why: str) -> None:
     with pytest.raises(ValidationError, match=why) as err:
-        Problem.model_validate({**BLEND, "compositions": groups})
-    assert "compositions.blend" in str(err.value)
+        Problem.model_validate({**BLEND, "mixtures": groups})
+    assert "mixtures.blend" in str(err.value)
 
 
-def test_botorch_keeps_suggestions_on_the_composition_simplex() -> None:
+def test_botorch_keeps_suggestions_on_the_mixture_simplex() -> None:
     p = Problem.model_validate(BLEND)
     gen = BoTorchGenerator(p, seed=0, n_init=3)
     for _ in range(6):
         [x] = gen.suggest(1)
         assert p.check_point(x) is None, x
         gen.ingest([{**x, "f": x["a"] - (x["t_c"] - 400) ** 2 / 1e4}])
-    assert "composition sums" in gen.last_why
+    assert "mixture sums" in gen.last_why
 
 
 # ---- prior data the user declares (issue 15, item 5) ----------------------------------------------

@@ -338,12 +338,12 @@ class BoTorchGenerator(SobolGenerator):
                 d = self.vocs.width
                 bounds = torch.stack([torch.zeros(d, dtype=torch.float64), torch.ones(d, dtype=torch.float64)])
                 eq = [(torch.tensor(i), torch.tensor(c, dtype=torch.float64), r)
-                      for i, c, r in self.vocs.composition_constraints()] or None
+                      for i, c, r in self.vocs.mixture_constraints()] or None
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)  # restarts that stop early still return
                     best, _ = optimize_acqf(acq, bounds=bounds, q=1, num_restarts=6, raw_samples=256,
                                             equality_constraints=eq)
-                self.last_why += ", over the continuous box" + (" with the composition sums" if eq else "")
+                self.last_why += ", over the continuous box" + (" with the mixture sums" if eq else "")
                 return best.detach().numpy()[0]
             # mixed space: quasi-random points, snapped to valid values, re-encoded, scored
             raw = np.stack([self._draw() for _ in range(1024)])

@@ -12,7 +12,7 @@ constants, observables), so a problem written for another optimiser reads here t
       constraints: {selectivity: [GREATER_THAN, 0.9]}                # LESS_THAN, GREATER_THAN, BOUNDS
       constants:   {pressure_bar: 5}
       observables: [side_product]
-      compositions:                                                # fractions that sum to a total
+      mixtures:                                                # fractions that sum to a total (a mixture)
         blend: {components: [a_frac, b_frac, c_frac], total: 1}    # each a continuous variable with its bounds
 
 gest-api's own type names (``ContinuousVariable``, ``DiscreteVariable``, ...) are accepted as well
@@ -143,7 +143,7 @@ def _variable_shorthand(name: str, raw: Any) -> Any:
 Sense = Literal["MINIMIZE", "MAXIMIZE"]
 
 
-class CompositionGroup(Strict):
+class MixtureGroup(Strict):
     """Continuous variables that are fractions of one whole: they sum to ``total`` (per-component bounds are
     the variables' own domains). Points stay plain scalars, so other VOCS optimisers read them too."""
 
@@ -216,7 +216,7 @@ class Problem(Strict):
                                                            "or [BOUNDS, [low, high]]")
     constants: dict[str, Scalar] = Field(default_factory=dict, description="inputs held fixed")
     observables: list[str] = Field(default_factory=list, description="other outputs recorded alongside")
-    compositions: dict[str, CompositionGroup] = Field(default_factory=dict, description="groups of continuous "
+    mixtures: dict[str, MixtureGroup] = Field(default_factory=dict, description="groups of continuous "
                                                       "variables that sum to a total (fractions of a blend)")
 
     @field_validator("variables", mode="before")
@@ -261,19 +261,19 @@ class Problem(Strict):
         if clash:
             raise ValueError(f"{clash} are both variables and constants")
         used: set[str] = set()
-        for g, grp in self.compositions.items():
+        for g, grp in self.mixtures.items():
             for c in grp.components:
                 v = self.variables.get(c)
                 if not isinstance(v, ContinuousVariable) or v.log:
-                    raise ValueError(f"compositions.{g}: {c!r} must be a declared continuous variable "
+                    raise ValueError(f"mixtures.{g}: {c!r} must be a declared continuous variable "
                                      "(linear scale) with its bounds")
                 if c in used:
-                    raise ValueError(f"compositions.{g}: {c!r} is already in another group")
+                    raise ValueError(f"mixtures.{g}: {c!r} is already in another group")
                 used.add(c)
             doms = [self._domain(c) for c in grp.components]
             lows, highs = sum(d[0] for d in doms), sum(d[1] for d in doms)
             if not lows <= grp.total <= highs:
-                raise ValueError(f"compositions.{g}: no point sums to {grp.total:g} within the components' "
+                raise ValueError(f"mixtures.{g}: no point sums to {grp.total:g} within the components' "
                                  f"bounds (lows sum to {lows:g}, highs to {highs:g})")
         return self
 
@@ -282,11 +282,11 @@ class Problem(Strict):
         assert isinstance(v, ContinuousVariable)
         return v.domain
 
-    def composition_constraints(self) -> list[tuple[list[int], list[float], float]]:
+    def mixture_constraints(self) -> list[tuple[list[int], list[float], float]]:
         """Each group as a linear equality in the unit cube: sum(coef * u[idx]) == rhs."""
         cols = {name: j for j, name in enumerate(self._columns())}
         out = []
-        for group in self.compositions.values():
+        for group in self.mixtures.values():
             idx, coef, rhs = [], [], group.total
             for c in group.components:
                 lo, hi = self._domain(c)
@@ -309,7 +309,7 @@ class Problem(Strict):
 
     def _project(self, point: dict[str, Any]) -> None:
         """Move a group's fractions onto its sum within their bounds (scale the free ones, clamp, repeat)."""
-        for group in self.compositions.values():
+        for group in self.mixtures.values():
             bounds = {c: self._domain(c) for c in group.components}
             fixed: dict[str, float] = {}
             for _ in range(len(group.components) + 1):
@@ -424,7 +424,7 @@ class Problem(Strict):
                 for r, x in enumerate(lo + col * (hi - lo)):
                     out[r][name] = float(arr[np.argmin(np.abs(arr - x))])
             j += 1
-        if self.compositions:
+        if self.mixtures:
             for p in out:
                 self._project(p)
         return out
@@ -450,10 +450,10 @@ class Problem(Strict):
                     return f"{name}: {y:g} is not an integer"
             elif y not in v.values:
                 return f"{name}: {y:g} is not one of {v.values}"
-        for g, group in self.compositions.items():
+        for g, group in self.mixtures.items():
             total = sum(float(point[c]) for c in group.components)
             if abs(total - group.total) > group.tolerance * group.total:
-                return f"{group.components[0]}: the composition {g} sums to {total:g}, not {group.total:g}"
+                return f"{group.components[0]}: the mixture {g} sums to {total:g}, not {group.total:g}"
         return None
 
 
