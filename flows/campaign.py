@@ -56,10 +56,11 @@ import argparse  # noqa: E402
 import asyncio  # noqa: E402
 from typing import Any  # noqa: E402
 
-from prefect import flow, task  # noqa: E402
+from prefect import flow, tags, task  # noqa: E402
+from prefect.artifacts import acreate_markdown_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
-from ppu.campaign.config import load_campaign  # noqa: E402
+from ppu.campaign.config import CampaignConfig, load_campaign  # noqa: E402
 from ppu.campaign.optimizer import Decision  # noqa: E402
 from ppu.campaign.report import summary_table, write_report  # noqa: E402
 from ppu.campaign.runner import CampaignLoop, run_campaign  # noqa: E402
@@ -76,14 +77,11 @@ async def propose(loop: CampaignLoop, pending: list[str]) -> Decision:
     return await CampaignLoop.do_propose(loop, pending)
 
 
-@task(name="synthesise", retries=0, cache_policy=NO_CACHE)
-async def synthesise(loop: CampaignLoop, candidate_id: str, on_review: Any = None) -> tuple[Task, dict[str, Any]]:
-    return await CampaignLoop.do_synthesise(loop, candidate_id, on_review)
-
-
-@task(name="characterise", retries=0, cache_policy=NO_CACHE)
-async def characterise(loop: CampaignLoop, capability: str, sample_id: str) -> tuple[Task, dict[str, Any]]:
-    return await CampaignLoop.do_characterise(loop, capability, sample_id)
+@task(name="workflow-step", task_run_name="{step}", retries=0, cache_policy=NO_CACHE)
+async def workflow_step(loop: CampaignLoop, step: str, capability: str, inputs: dict[str, Any],
+                        on_review: Any = None, attempts: int = 1) -> tuple[Task, dict[str, Any]]:
+    """One declared workflow step (physical ones consume material: never retried by Prefect)."""
+    return await CampaignLoop.do_step(loop, step, capability, inputs, on_review, attempts)
 
 
 @task(name="learn", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
@@ -100,11 +98,9 @@ class FlowLoop(CampaignLoop):
     async def do_propose(self, pending: list[str]) -> Decision:
         return await propose(self, pending)
 
-    async def do_synthesise(self, candidate_id: str, on_review: Any = None) -> tuple[Task, dict[str, Any]]:
-        return await synthesise(self, candidate_id, on_review)
-
-    async def do_characterise(self, capability: str, sample_id: str) -> tuple[Task, dict[str, Any]]:
-        return await characterise(self, capability, sample_id)
+    async def do_step(self, step: str, capability: str, inputs: dict[str, Any], on_review: Any = None,
+                      attempts: int = 1) -> tuple[Task, dict[str, Any]]:
+        return await workflow_step(self, step, capability, inputs, on_review, attempts)
 
     async def do_learn(self) -> None:
         await learn(self)
@@ -115,15 +111,33 @@ class FlowLoop(CampaignLoop):
 _HOOKS: dict[str, Any] = {}
 
 
-@flow(name="closed-loop-campaign", log_prints=False)
-async def closed_loop(config_path: str = "campaigns/demo.yaml", run_dir: str = "runs/campaign") -> dict[str, Any]:
-    """Run the campaign in ``config_path``; returns the summary (also in ``run_dir/summary.json``)."""
-    cfg = load_campaign(config_path)
+def summary_markdown(summary: dict[str, Any], run_dir: Path) -> str:
+    """The summary as a markdown table, with the plots' paths (a Prefect artifact)."""
+    rows = [f"| {k.replace('_', ' ')} | {v:.4g} |" if isinstance(v, float) else f"| {k.replace('_', ' ')} | {v} |"
+            for k, v in summary.items() if isinstance(v, int | float | str) and not isinstance(v, bool)]
+    plots = sorted(p.name for p in run_dir.glob("*.png"))
+    return "\n".join([f"# Campaign {summary.get('campaign')}", "", "| figure | value |", "|---|---|", *rows, "",
+                      "Plots in " + str(run_dir.resolve()) + ": " + ", ".join(plots)])
+
+
+@flow(name="closed-loop-campaign", log_prints=False, persist_result=True)
+async def closed_loop(config_path: str = "campaigns/demo.yaml", run_dir: str = "runs/campaign",
+                      campaign: CampaignConfig | None = None) -> dict[str, Any]:
+    """Run a campaign; returns the summary (also in ``run_dir/summary.json`` and a markdown artifact).
+
+    ``campaign``: the campaign itself (a typed form with every field described); when given, it is
+    run instead of the file at ``config_path``. Task runs are tagged ``campaign:NAME``.
+    """
+    cfg = campaign or load_campaign(config_path)
     out = Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
-    result = await run_campaign(cfg, out, loop_class=FlowLoop, on_progress=_HOOKS.get("progress"),
-                                on_stage=_HOOKS.get("stage"), on_lab=_HOOKS.get("lab"))
-    return write_report(result, out)
+    with tags("ppu", f"campaign:{cfg.name}"):
+        result = await run_campaign(cfg, out, loop_class=FlowLoop, on_progress=_HOOKS.get("progress"),
+                                    on_stage=_HOOKS.get("stage"), on_lab=_HOOKS.get("lab"))
+    summary = write_report(result, out)
+    await acreate_markdown_artifact(markdown=summary_markdown(summary, out), key=f"campaign-{cfg.name.lower()}"
+                                    .replace("_", "-").replace(".", "-"), description=f"campaign {cfg.name}")
+    return summary
 
 
 def run_with_progress(config_path: str | Path, run_dir: str | Path, console: Any = None,
