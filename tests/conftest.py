@@ -26,13 +26,23 @@ os.environ.update({
 })
 
 
-@pytest.fixture(autouse=True)
-def _packs_as_before() -> Iterator[None]:
-    """A test that loads a lab file's packs (``packs: [flowchem]``) changes this process's packs;
-    the next test gets the packs it had before, so no test depends on the order tests run in."""
+def _restore_packs() -> Iterator[None]:
     from ppu import packs
 
     before = packs.loaded()
     yield
     if packs.loaded() is not before:
         packs.load(None if before is None else [n for n in before.names if n != "core"])
+
+
+@pytest.fixture(autouse=True)
+def _packs_as_before() -> Iterator[None]:
+    """A test that loads a lab file's packs (``packs: [flowchem]``) changes this process's packs;
+    the next test gets the packs it had before, so no test depends on the order tests run in."""
+    yield from _restore_packs()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _packs_as_before_module() -> Iterator[None]:
+    """The same for a module whose fixtures load packs (e.g. one lab served for all its tests)."""
+    yield from _restore_packs()
