@@ -116,27 +116,44 @@ class Rows:
 WRITER_KEY = "writer"  # meta row: who holds the writer lease (pid, host, address), for messages
 
 
-def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    # FULL: a commit survives power loss, not only a killed process. The orchestrator groups
-    # a burst of events into one transaction, so the fsync is paid per burst, not per task.
-    cur.execute("PRAGMA synchronous=FULL")
-    cur.execute("PRAGMA busy_timeout=10000")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.close()
+# What a commit survives (the lab file's store.durability, see ppu.config.StoreConfig):
+# power:   synchronous=FULL, every commit fsyncs the WAL: a power cut or an OS crash loses nothing.
+#          The orchestrator groups a burst of events into one transaction, so the fsync is paid per
+#          burst, not per task.
+# process: synchronous=NORMAL, a commit reaches the operating system (the WAL file) but is fsynced
+#          only at checkpoints: any process may die, SIGKILL included, and nothing committed is lost
+#          (the OS writes its page cache out); a power cut or an OS crash may lose the last commits.
+SQLITE_SYNCHRONOUS = {"power": "FULL", "process": "NORMAL"}
+
+
+def _sqlite_pragmas(synchronous: str) -> Any:
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={synchronous}")
+        cur.execute("PRAGMA busy_timeout=10000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+    return on_connect
 
 
 class Store:
-    def __init__(self, url: str):
+    def __init__(self, url: str, durability: str = "power"):
         self.url = url
+        if durability not in SQLITE_SYNCHRONOUS:
+            raise StoreError(f"unknown store durability {durability!r}", field="store.durability",
+                             hint="use power (the default) or process")
+        if durability != "power" and not url.startswith("sqlite"):
+            raise StoreError(f"store durability {durability!r} applies to SQLite only", field="store.durability",
+                             hint="on PostgreSQL leave it at power and set synchronous_commit on the server")
+        self.durability = durability
         try:
             if url.startswith("sqlite"):
                 path = url.split("///", 1)[-1]
                 if path and path != ":memory:":
                     Path(path).parent.mkdir(parents=True, exist_ok=True)
                 self.engine: Engine = sa.create_engine(url, connect_args={"check_same_thread": False})
-                sa.event.listen(self.engine, "connect", _on_sqlite_connect)
+                sa.event.listen(self.engine, "connect", _sqlite_pragmas(SQLITE_SYNCHRONOUS[durability]))
             else:
                 self.engine = sa.create_engine(url, pool_pre_ping=True)
             metadata.create_all(self.engine)
@@ -273,9 +290,9 @@ class Store:
             rows.moves += [{"at": tr.at, "task_id": tr.task_id, "src": tr.src.value if tr.src else None,
                             "dst": tr.dst.value, "reason": tr.reason} for tr in step.transitions]
             rows.results += [self._result_row(r, now) for r in step.results]
-            for t in step.tasks():
+            for t in step.records.values():  # the scheduler's records (their body_json is the Task's JSON)
                 task_rows[t.id] = {"id": t.id, "seq": t.seq, "state": t.state.value, "capability": t.capability,
-                                   "campaign": t.campaign, "updated_at": now, "body": t.model_dump_json()}
+                                   "campaign": t.campaign, "updated_at": now, "body": t.body_json()}
         rows.tasks = list(task_rows.values())
         rows.audits = [self._audit_row(e) for e in audits]
         rows.samples = [{"id": s.id, "campaign": s.campaign, "state": s.state.value, "updated_at": now,
