@@ -131,6 +131,10 @@ def _sqlite_pragmas(synchronous: str) -> Any:
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA synchronous={synchronous}")
+        if synchronous == SQLITE_SYNCHRONOUS["process"]:
+            # A checkpoint fsyncs: never inside a commit (the orchestrator commits on its loop in this
+            # mode); the orchestrator runs Store.checkpoint on its journal thread instead.
+            cur.execute("PRAGMA wal_autocheckpoint=0")
         cur.execute("PRAGMA busy_timeout=10000")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
@@ -173,9 +177,24 @@ class Store:
             index_elements=[samples.c.id],
             set_={"state": ups.excluded.state, "updated_at": ups.excluded.updated_at,
                   "body": ups.excluded.body, "campaign": ups.excluded.campaign})
+        # The ON CONFLICT statements have no SQLAlchemy cache key: executed as they are, each write would
+        # compile them again (about half a millisecond). Compiled once here, run as driver SQL.
+        self._upsert_task_sql = self._compiled(self._upsert_task, [c.name for c in tasks.c])
+        self._insert_result_sql = self._compiled(self._insert_result, [c.name for c in results.c])
+        self._upsert_sample_sql = self._compiled(self._upsert_sample, [c.name for c in samples.c])
         self._lock_fd: int | None = None
         self._lock_conn: Connection | None = None
         self.writer_owner: str | None = None
+
+    def _compiled(self, stmt: Any, keys: list[str]) -> tuple[str, tuple[str, ...] | None]:
+        """(SQL, parameter order) of a statement for this database's driver; order None: named parameters."""
+        c = stmt.compile(dialect=self.engine.dialect, column_keys=keys)
+        return str(c), (tuple(c.positiontup) if c.positional and c.positiontup else None)
+
+    @staticmethod
+    def _run(conn: Connection, compiled: tuple[str, tuple[str, ...] | None], rows: list[dict[str, Any]]) -> None:
+        sql, order = compiled
+        conn.exec_driver_sql(sql, [tuple(r[k] for k in order) for r in rows] if order else rows)
 
     def _dialect_insert(self) -> Any:
         # Both dialects have INSERT ... ON CONFLICT, with the same API.
@@ -308,13 +327,13 @@ class Store:
                 conn.execute(journal.insert(), rows.moves)
             if rows.results:
                 # Recorded exactly once per (task, attempt): a re-sent result is a no-op.
-                conn.execute(self._insert_result, rows.results)
+                self._run(conn, self._insert_result_sql, rows.results)
             if rows.tasks:
-                conn.execute(self._upsert_task, rows.tasks)  # executemany, one cached statement
+                self._run(conn, self._upsert_task_sql, rows.tasks)  # executemany, one compiled statement
             if rows.audits:
                 conn.execute(audit.insert(), rows.audits)
             if rows.samples:
-                conn.execute(self._upsert_sample, rows.samples)
+                self._run(conn, self._upsert_sample_sql, rows.samples)
 
     @staticmethod
     def _result_row(r: Result, now: float) -> dict[str, Any]:
@@ -325,6 +344,14 @@ class Store:
     def _audit_row(e: AuditEntry) -> dict[str, Any]:
         return {"at": e.at, "actor": e.actor, "action": e.action, "target": e.target,
                 "detail": json.dumps(e.detail, default=str)}
+
+    def checkpoint(self) -> None:
+        """Fold SQLite's WAL into the database file (PASSIVE: writers go on meanwhile); a no-op elsewhere.
+
+        With durability ``process`` nothing checkpoints inside a commit, so the writer calls this off its loop."""
+        if self.engine.dialect.name == "sqlite":
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
     def add_audit(self, entry: AuditEntry) -> None:
         self.apply([], [entry])

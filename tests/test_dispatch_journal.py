@@ -17,7 +17,7 @@ from sched_helpers import ok, spec, task
 from ppu import orchestrator as orch_mod
 from ppu.backends.base import TaskRun
 from ppu.config import OrchestratorConfig, parse_lab
-from ppu.errors import ConfigError, StoreError
+from ppu.errors import ConfigError, PPUError, StoreError
 from ppu.events import Submit
 from ppu.models import ActionClass, Task, TaskSpec, TaskState
 from ppu.orchestrator import Orchestrator
@@ -196,3 +196,29 @@ def test_the_store_refuses_process_durability_off_sqlite():
     with pytest.raises(StoreError) as ei:
         Store("postgresql+psycopg://nobody@localhost/none", "process")
     assert ei.value.field == "store.durability"
+
+
+# ---- submit and wait in one round trip ------------------------------------------------------------
+
+
+def test_run_sends_its_wait_behind_the_submit_and_raises_the_submits_error(tmp_path: Path):
+    from transport_helpers import lab_config, run
+
+    from ppu.errors import UnknownCapabilityError
+    from ppu.transport import EmbeddedLab
+
+    async def body() -> None:
+        async with EmbeddedLab(lab_config(tmp_path)) as client:
+            [t] = await client.run({"capability": "echo", "inputs": {"x": 2}}, timeout=10)
+            assert t.state is TaskState.succeeded and t.id.startswith("t-")
+            mine = await client.run([{"capability": "echo", "inputs": {"x": i}, "id": f"mine-{i}"} for i in range(3)],
+                                    timeout=10)
+            assert [x.id for x in mine] == ["mine-0", "mine-1", "mine-2"]
+            with pytest.raises(UnknownCapabilityError) as ei:  # the submission's error, not the wait's
+                await client.run({"capability": "teleport"}, timeout=10)
+            assert "teleport" in str(ei.value)
+            with pytest.raises(PPUError) as dup:  # an id that exists: refused, nothing waited for
+                await client.run({"capability": "echo", "id": "mine-0"}, timeout=10)
+            assert "already exists" in str(dup.value)
+            assert len(await client.tasks()) == 4
+    run(body(), 60)
