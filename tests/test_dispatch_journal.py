@@ -222,3 +222,46 @@ def test_run_sends_its_wait_behind_the_submit_and_raises_the_submits_error(tmp_p
             assert "already exists" in str(dup.value)
             assert len(await client.tasks()) == 4
     run(body(), 60)
+
+
+@pytest.mark.parametrize("durability", ["power", "process"])
+def test_where_a_group_is_written_and_who_checkpoints(tmp_path: Path, durability: str,
+                                                       monkeypatch: pytest.MonkeyPatch):
+    """power: groups are fsynced on the journal thread. process: written on the loop (no fsync to wait
+    for), with SQLite's own checkpoints off and the orchestrator's on the journal thread instead."""
+    import threading
+
+    monkeypatch.setattr(orch_mod, "CHECKPOINT_EVERY", 4)
+
+    class Watched(CountingStore):
+        def __init__(self, url: str, durability: str):
+            super().__init__(url, durability)
+            self.threads: set[str] = set()
+            self.checkpoints: list[str] = []
+
+        def write(self, rows: Rows) -> None:
+            self.threads.add(threading.current_thread().name)
+            super().write(rows)
+
+        def checkpoint(self) -> None:
+            self.checkpoints.append(threading.current_thread().name)
+            super().checkpoint()
+
+    async def body() -> None:
+        store = Watched(sqlite_url(tmp_path / "ppu.sqlite"), durability)
+        orch, _ = await _orch(store)
+        store.threads.clear()
+        for i in range(10):
+            async with orch.grouped():
+                orch.submit([TaskSpec(capability="echo", inputs={"x": i})])
+        on_loop = threading.current_thread().name
+        with store.engine.connect() as conn:
+            auto = conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
+        if durability == "process":
+            assert store.threads == {on_loop} and auto == 0
+            assert len(store.checkpoints) >= 2 and on_loop not in store.checkpoints
+        else:
+            assert on_loop not in store.threads and auto > 0 and store.checkpoints == []
+        await orch.close()
+        store.close()
+    asyncio.run(body())
