@@ -14,9 +14,11 @@ SIGKILL, so a restart never waits for an expiry. A second orchestrator refuses t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -182,6 +184,13 @@ class Store:
         self._upsert_task_sql = self._compiled(self._upsert_task, [c.name for c in tasks.c])
         self._insert_result_sql = self._compiled(self._insert_result, [c.name for c in results.c])
         self._upsert_sample_sql = self._compiled(self._upsert_sample, [c.name for c in samples.c])
+        self._journal_sql = self._compiled(journal.insert(), ["at", "task_id", "src", "dst", "reason"])
+        self._audit_sql = self._compiled(audit.insert(), ["at", "actor", "action", "target", "detail"])
+        # SQLite: write() runs on one dedicated driver connection (a commit then costs what SQLite
+        # costs, not a pool checkout and SQLAlchemy's bookkeeping); the lock keeps writers in turn.
+        self._sqlite = self.engine.dialect.name == "sqlite"
+        self._writer_conn: Any = None
+        self._writer_lock = threading.Lock()
         self._lock_fd: int | None = None
         self._lock_conn: Connection | None = None
         self.writer_owner: str | None = None
@@ -209,6 +218,10 @@ class Store:
 
     def close(self) -> None:
         self.release_writer()
+        with self._writer_lock:
+            if self._writer_conn is not None:
+                self._writer_conn.close()
+                self._writer_conn = None
         self.engine.dispose()
 
     # ---- the single-writer lease -------------------------------------------------------------
@@ -322,6 +335,9 @@ class Store:
         """Write prepared rows in one transaction: one executemany per table. Safe off the loop."""
         if not rows:
             return
+        if self._sqlite:
+            self._write_sqlite(rows)
+            return
         with self.engine.begin() as conn:
             if rows.moves:
                 conn.execute(journal.insert(), rows.moves)
@@ -334,6 +350,30 @@ class Store:
                 conn.execute(audit.insert(), rows.audits)
             if rows.samples:
                 self._run(conn, self._upsert_sample_sql, rows.samples)
+
+    def _write_sqlite(self, rows: Rows) -> None:
+        with self._writer_lock:
+            if self._writer_conn is None:
+                self._writer_conn = self.engine.raw_connection()  # held for the store's life (pragmas applied)
+            con = self._writer_conn.driver_connection
+            cur = con.cursor()
+            try:
+                cur.execute("BEGIN")
+                for compiled, items in ((self._journal_sql, rows.moves), (self._insert_result_sql, rows.results),
+                                        (self._upsert_task_sql, rows.tasks), (self._audit_sql, rows.audits),
+                                        (self._upsert_sample_sql, rows.samples)):
+                    if items:
+                        sql, order = compiled
+                        cur.executemany(sql, [tuple(r[k] for k in order) for r in items] if order else items)
+                con.commit()
+            except BaseException as exc:
+                with contextlib.suppress(Exception):
+                    con.rollback()
+                if isinstance(exc, Exception):
+                    raise StoreError(f"the journal write failed: {exc}") from exc
+                raise
+            finally:
+                cur.close()
 
     @staticmethod
     def _result_row(r: Result, now: float) -> dict[str, Any]:

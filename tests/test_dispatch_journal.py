@@ -259,7 +259,7 @@ def test_where_a_group_is_written_and_who_checkpoints(tmp_path: Path, durability
             auto = conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
         if durability == "process":
             assert store.threads == {on_loop} and auto == 0
-            assert len(store.checkpoints) >= 2 and on_loop not in store.checkpoints
+            assert store.checkpoints and on_loop not in store.checkpoints
         else:
             assert on_loop not in store.threads and auto > 0 and store.checkpoints == []
         await orch.close()
