@@ -194,6 +194,7 @@ class Orchestrator:
         self._subscribers: list[asyncio.Queue[dict[str, Any]]] = []
         self._known_processes: set[str] = set()  # approval keys of what made a sample successfully
         self._rearm = asyncio.Event()
+        self._timers_seen = -1
         self._timer: asyncio.Task[None] | None = None
         self._open: _Group | None = None  # the group that _apply adds to (inside grouped())
         self._pending = 0  # groups closed but not yet durable; while > 0 every change queues behind
@@ -457,7 +458,9 @@ class Orchestrator:
             except Exception:
                 self.counters["carry_out_errors"] += 1
                 log.exception("could not carry out a journaled step")
-        self._rearm.set()
+        if self.sched.timers != self._timers_seen:  # the clock may have to wake sooner
+            self._timers_seen = self.sched.timers
+            self._rearm.set()
 
     def _carry_out(self, step: Step) -> None:
         loop = asyncio.get_running_loop()

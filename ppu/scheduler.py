@@ -206,6 +206,9 @@ class Scheduler:
         self._terminal: dict[str, _T] = {}  # tasks that ended during the current step
         self._now = 0.0
         self._last_tick = 0.0
+        # Counts changes that may bring next_wake() earlier (a batch flush, a retry's backoff, a
+        # registration's liveness): the shell re-arms its clock only when this moved.
+        self.timers = 0
 
     # ---- public surface ------------------------------------------------------------------
 
@@ -359,6 +362,7 @@ class Scheduler:
                 b.batches.setdefault(t.batch_id or t.id, []).append(t.id)
                 if t.sample_id:
                     self._sample_holder[t.sample_id] = t.id
+        self.timers += 1
         self._step = Step()
 
     # ---- events ----------------------------------------------------------------------------
@@ -389,6 +393,7 @@ class Scheduler:
         self._maybe_ready(t)
 
     def _on_register(self, ev: RegisterBackend) -> None:
+        self.timers += 1
         spec = ev.spec
         old = self._backends.get(spec.name)
         b = _B(spec=spec, state=spec.state, alive_until=ev.at + ev.liveness_s, liveness_s=ev.liveness_s,
@@ -690,6 +695,7 @@ class Scheduler:
         t.not_before = self._now + delay
         self._move(t, S.pending, f"retry {t.attempts + 1}/{t.max_attempts} in {delay:g}s: {why}")
         heapq.heappush(self._delayed, (t.not_before, t.id))
+        self.timers += 1
 
     def _requeue(self, t: _T, why: str) -> None:
         """Back to the queue: the attempt provably never reached a worker (nothing ran)."""
@@ -852,6 +858,7 @@ class Scheduler:
                 for h, e in taken:
                     heapq.heappush(h, e)
                 self._flush_at[b.name] = min(flush, self._flush_at.get(b.name, math.inf))
+                self.timers += 1
                 return False
         self._flush_at.pop(b.name, None)
         self._assign(b, [self._tasks[e[2]] for _, e in taken])
