@@ -56,6 +56,7 @@ class _Job:
     future: concurrent.futures.Future[PlanOutcome]
     docs: list[Document] = field(default_factory=list)
     aborted: str | None = None
+    on_document: Callable[[str, dict[str, Any]], None] | None = None  # streams each document as it comes
 
 
 class LabScanIds:
@@ -155,6 +156,11 @@ class RunEngineHost:
         job = self._current
         if job is not None:
             job.docs.append((name, doc))
+            if job.on_document is not None:
+                try:
+                    job.on_document(name, doc)
+                except Exception:  # keeping documents never fails the plan (the stream logs its own)
+                    pass
 
     def _execute(self, job: _Job) -> None:
         assert self.RE is not None
@@ -222,12 +228,18 @@ class RunEngineHost:
 
     # ---- the caller's side (any thread) -----------------------------------------------------
 
-    def submit(self, key: str, plan: Callable[[], Iterable[Msg]]) -> concurrent.futures.Future[PlanOutcome]:
-        """Queue ``plan()`` (built on the RE thread) under ``key`` (the task id)."""
+    def submit(self, key: str, plan: Callable[[], Iterable[Msg]],
+               on_document: Callable[[str, dict[str, Any]], None] | None = None,
+               ) -> concurrent.futures.Future[PlanOutcome]:
+        """Queue ``plan()`` (built on the RE thread) under ``key`` (the task id).
+
+        ``on_document(name, doc)`` is called on the RunEngine's thread for every document as it is
+        emitted (a :class:`~ppu.backends.documents.DocumentStream`), so a crash mid-plan leaves the
+        partial run wherever it streams to."""
         if not self._thread.is_alive():
             raise RuntimeError(f"RunEngine thread of {self.name} is not running (start() it first)")
         fut: concurrent.futures.Future[PlanOutcome] = concurrent.futures.Future()
-        self._jobs.put(_Job(key=key, plan=plan, future=fut))
+        self._jobs.put(_Job(key=key, plan=plan, future=fut, on_document=on_document))
         return fut
 
     @property

@@ -31,7 +31,7 @@ from pydantic import Field
 
 from ppu import capabilities
 from ppu.backends.base import Backend, BackendConfig, ProgressFn, TaskRun
-from ppu.backends.documents import Document, DocumentSink, JsonlSink, split_by_run
+from ppu.backends.documents import Document, DocumentSink, DocumentStream, JsonlSink, split_by_run
 from ppu.backends.runengine import PlanOutcome, RunEngineHost
 from ppu.drivers.flowchem.analysis import analyse_chromatogram
 from ppu.drivers.flowchem.devices import flow_reactor, hplc
@@ -150,13 +150,14 @@ class FlowInstrumentBackend(Backend):
         note = progress(run.task_id, 0.0, f"submitted to the RunEngine of {self.name}")
         if inspect.isawaitable(note):
             await note
-        fut = self.host.submit(run.task_id, self.plan(run, inputs, md))
+        stream = DocumentStream(self.sink, run.task_id)  # each document kept as it comes, not at the end
+        fut = self.host.submit(run.task_id, self.plan(run, inputs, md), on_document=stream)
         try:
             outcome: PlanOutcome = await asyncio.wrap_future(fut)
         except asyncio.CancelledError:
             await asyncio.to_thread(self.host.abort, run.task_id, "task cancelled")
             raise
-        prov = self._keep_documents(run, outcome)
+        prov = self._provenance(outcome, stream)
         if not outcome.ok:
             why = outcome.error or f"run ended with exit status {outcome.exit_status}"
             return self.fail(run, f"{self.capability} on {self.name} interrupted: {why}", started,
@@ -170,9 +171,8 @@ class FlowInstrumentBackend(Backend):
             await note
         return self.ok(run, outputs, started, **prov)
 
-    def _keep_documents(self, run: TaskRun, outcome: PlanOutcome) -> dict[str, Any]:
-        runs = split_by_run(outcome.documents).items()
-        where = [self.sink.write(uid, run.task_id, docs) for uid, docs in runs if uid]
+    def _provenance(self, outcome: PlanOutcome, stream: DocumentStream) -> dict[str, Any]:
+        where = [stream.where[uid] for uid in outcome.run_uids if uid in stream.where]
         return {"run_uids": outcome.run_uids, "documents": ";".join(where) or None,
                 "device": "simulated" if self.cfg.simulated else self.cfg.epics_prefix or None}
 
