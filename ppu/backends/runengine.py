@@ -19,6 +19,7 @@ to the RE thread, which waits for it while the RunEngine is paused.
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import os
 import queue
 import threading
@@ -31,6 +32,7 @@ from bluesky import RunEngine
 from bluesky.utils import DuringTask, Msg, RunEngineInterrupted
 
 Document = tuple[str, dict[str, Any]]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -121,6 +123,7 @@ class RunEngineHost:
         self._jobs.put(None)
         self._thread.join(timeout)
         if self.RE is not None:  # stop and close the RunEngine's own loop, or it leaks sockets
+            self.RE.log.logger.removeFilter(self._quiet_requested_abort)
             loop = self.RE.loop
             loop.call_soon_threadsafe(loop.stop)
             self.RE._th.join(timeout)
@@ -140,6 +143,7 @@ class RunEngineHost:
 
             self.RE.msg_hook = count  # type: ignore[assignment]
             self.RE.subscribe(self._on_document)
+            self.RE.log.logger.addFilter(self._quiet_requested_abort)
         except BaseException as exc:  # reported by start()
             self._startup_error = exc
             self._ready.set()
@@ -151,6 +155,15 @@ class RunEngineHost:
                 return
             if job.future.set_running_or_notify_cancel():
                 self._execute(job)
+
+    def _quiet_requested_abort(self, record: logging.LogRecord) -> bool:
+        """An abort we asked for is no error: Bluesky's "Run aborted" traceback becomes one info line."""
+        job = self._current
+        if (getattr(record, "RE", None) is self.RE and record.getMessage() == "Run aborted"
+                and job is not None and job.aborted is not None):
+            log.info("plan of %s aborted on %s: %s", job.key, self.name, job.aborted)
+            return False
+        return True
 
     def _on_document(self, name: str, doc: dict[str, Any]) -> None:
         job = self._current

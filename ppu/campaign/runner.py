@@ -138,6 +138,8 @@ class CampaignLoop:
         self.model_versions: list[str] = []
         self.t0 = time.time()
         self.opt: PoolOptimizer
+        self.stopping = False  # set when the campaign is wound down: nothing new starts, what runs ends
+        self.lab_in_use = asyncio.Lock()  # held by whoever still needs the lab (a wind-down): it closes after
 
     def lab_elapsed_h(self) -> float:
         return (time.time() - self.t0) * self.cfg.time_scale / 3600.0
@@ -220,12 +222,16 @@ class CampaignLoop:
             release()
         if task.state is not TaskState.succeeded:
             exp.status, exp.purity = "synthesis failed", 0.0
+        elif self.stopping:
+            exp.status = "stopped"
         else:
             sid = out["sample_id"]
             task, out = await self.do_characterise(XRD, sid)
             exp.purity = float(out.get("purity", 0.0)) if task.state is TaskState.succeeded else 0.0
             if exp.purity < self.cfg.objective.purity_min:
                 exp.status = "impure"
+            elif self.stopping:
+                exp.status = "stopped"
             else:
                 task, out = await self.do_characterise(UPTAKE, sid)
                 if task.state is TaskState.succeeded:
@@ -240,7 +246,7 @@ class CampaignLoop:
             self.on_progress(len(self.best_curve), self.best_curve[-1])
         n_up = sum(1 for e in self.experiments if e.uptake is not None)
         if exp.uptake is not None and n_up >= 3 and n_up % self.cfg.parallel.learn_every == 0 \
-                and len(self.train_ids) < self.cfg.budget.rounds:
+                and len(self.train_ids) < self.cfg.budget.rounds and not self.stopping:
             await self.do_learn()
 
     async def learn(self) -> None:
@@ -266,9 +272,12 @@ class CampaignLoop:
             free.set()
 
         while len(self.experiments) < b.max_syntheses and self.lab_elapsed_h() < b.instrument_hours:
+            if self.stopping:
+                break
             if synthesising >= robots:
                 free.clear()
-                await free.wait()
+                with contextlib.suppress(TimeoutError):  # looks at `stopping` now and then
+                    await asyncio.wait_for(free.wait(), 1.0)
                 continue
             pending = [e.candidate_id for e in self.experiments if e.status == "pending"]
             try:
@@ -354,6 +363,8 @@ async def run_campaign(cfg: CampaignConfig, run_dir: Path, *,
             loop.decisions.close()
         wall = time.time() - loop.t0
         intervals = await _intervals(client, loop.task_ids, loop.t0, cfg.time_scale)
+        async with loop.lab_in_use:
+            pass
     lab_s = max([iv["end"] for iv in intervals], default=wall * cfg.time_scale)
     return CampaignResult(config=cfg, pool=pool, experiments=loop.experiments, completed=loop.completed,
                           best_curve=loop.best_curve, intervals=intervals, wall_s=time.time() - t_wall,
