@@ -288,11 +288,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("config", help="campaign YAML, e.g. campaigns/demo.yaml")
     ap.add_argument("--run-dir", default="runs/campaign", help="run folder (store, plots, decisions, Prefect home)")
     args = ap.parse_args(argv)
+    from prefect.exceptions import TerminationSignal
+
     try:
         run_with_progress(args.config, Path(args.run_dir).resolve())
     except PPUError as exc:
         print(f"error: {exc}" + (f"\n  hint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
         return 1
+    except TerminationSignal as exc:  # SIGTERM: Prefect ran the on_crashed hook (the wind-down) already
+        print(f"error: stopped by signal {exc.signal}; the campaign was wound down "
+              f"(see {Path(args.run_dir).resolve() / 'summary.json'})", file=sys.stderr)
+        return 128 + int(exc.signal)
     return 0
 
 

@@ -844,7 +844,10 @@ class Orchestrator:
                 self._waiters.setdefault(tid, []).append(f)
             futs.append(f)
         try:
-            return list(await asyncio.wait_for(asyncio.gather(*futs), timeout))
+            gathered = asyncio.gather(*futs)
+            # close() cancels waiters; a gather nobody awaits any more must not log "never retrieved"
+            gathered.add_done_callback(lambda g: g.cancelled() or g.exception())
+            return list(await asyncio.wait_for(gathered, timeout))
         finally:  # a timed-out or cancelled wait leaves no future behind
             for tid, f in zip(task_ids, futs, strict=True):
                 waiting = self._waiters.get(tid)

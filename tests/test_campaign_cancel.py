@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -43,7 +44,10 @@ def _prefect_env(run_dir: Path, home: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_cancelling_the_flow_run_winds_the_campaign_down(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["prefect flow-run cancel", "SIGTERM"])
+def test_cancelling_or_killing_the_flow_run_winds_the_campaign_down(tmp_path: Path, how: str) -> None:
+    """`prefect flow-run cancel`: on_cancellation, run while the lab is up, ends Cancelled. SIGTERM of the
+    flow's process: Prefect's on_crashed hook, after the lab went down, through its store offline."""
     cfg = tmp_path / "cancel.yaml"
     # A synthesis takes about 3 s of wall time: the cancel lands while plans run and more are queued.
     cfg.write_text("name: canceltest\ntime_scale: 5000\nworld: {pool_size: 40}\nbudget: {max_syntheses: 30}\n"
@@ -61,27 +65,36 @@ def test_cancelling_the_flow_run_winds_the_campaign_down(tmp_path: Path) -> None
             assert time.monotonic() < deadline, "no synthesis started"
             time.sleep(0.5)
         flow_run = json.loads((run_dir / "flow_run.json").read_text())["id"]
-        cancel = subprocess.run([sys.executable, "-m", "prefect", "flow-run", "cancel", flow_run], cwd=tmp_path,
-                                env=_prefect_env(run_dir, home), capture_output=True, text=True, timeout=120)
-        assert cancel.returncode == 0, cancel.stdout + cancel.stderr
+        if how == "SIGTERM":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            cancel = subprocess.run([sys.executable, "-m", "prefect", "flow-run", "cancel", flow_run], cwd=tmp_path,
+                                    env=_prefect_env(run_dir, home), capture_output=True, text=True, timeout=120)
+            assert cancel.returncode == 0, cancel.stdout + cancel.stderr
         out, err = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == 1, err[-3000:]
-    assert "ended Cancelled" in err and "summary.json" in err, err[-3000:]
+    if how == "SIGTERM":
+        assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+        assert "stopped by signal" in err and "summary.json" in err, err[-3000:]
+    else:
+        assert proc.returncode == 1, err[-3000:]
+        assert "ended Cancelled" in err and "summary.json" in err, err[-3000:]
     assert "Traceback" not in err + out and "CancelledError" not in err + out, err[-3000:]
 
     states = _states(run_dir / "ppu.sqlite")
     assert states and not [s for s in states if s[1] in LIVE], states  # nothing left behind
     assert ("synthesize", "cancelled") in states  # the running (or queued) syntheses were cancelled
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["campaign"] == "canceltest" and summary["ended"] == "Cancelling"
+    assert summary["campaign"] == "canceltest"
+    assert summary["ended"] == ("Crashed" if how == "SIGTERM" else "Cancelling")
     assert summary["cancelled"] and all(h["state"] == "needs_review" for h in summary["handed_over"])
     assert sum(summary["tasks_by_state"].values()) == len(states)
 
     inspect = subprocess.run([sys.executable, "-m", "prefect", "flow-run", "inspect", flow_run], cwd=tmp_path,
                              env=_prefect_env(run_dir, home), capture_output=True, text=True, timeout=120)
-    assert "CANCELLED" in inspect.stdout, inspect.stdout[-2000:] + inspect.stderr[-2000:]
+    expected = "CRASHED" if how == "SIGTERM" else "CANCELLED"
+    assert expected in inspect.stdout, inspect.stdout[-2000:] + inspect.stderr[-2000:]
     assert not (home / ".prefect").exists()
