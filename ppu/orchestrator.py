@@ -463,6 +463,9 @@ class Orchestrator:
         link = self.links.pop(ins.backend, None)
         if ins.expired:
             self.specs.pop(ins.backend, None)
+            boots: dict[str, str] = dict(self.store.get_meta("worker_boots", {}) or {})
+            if boots.pop(ins.backend, None) is not None:  # a forgotten backend keeps nothing, on disk either
+                self.store.set_meta("worker_boots", boots)
         else:
             self.store.add_audit(AuditEntry(actor="orchestrator", action="backend_lost", target=ins.backend,
                                             detail={"why": ins.reason}))
