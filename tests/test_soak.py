@@ -46,7 +46,7 @@ from ppu.transport.client import PPUClient
 TESTS = Path(__file__).parent
 ONCE_PLANS = {"synthesize": "synthesize", "characterize.xrd": "measure_xrd"}
 WORKERS = {"w-lab": ["robot-1", "xrd"], "w-robot": ["robot-2"], "w-digital": ["echo"]}
-SETTLED = {*TERMINAL_STATES, TaskState.needs_review}
+LIVE_ORDER = [TaskState.pending, TaskState.ready, TaskState.assigned, TaskState.running, TaskState.needs_review]
 
 
 @dataclass
@@ -102,6 +102,7 @@ class Campaign:
     to_send: list[list[dict[str, Any]]] = field(default_factory=list)
     states: dict[str, TaskState] = field(default_factory=dict)
     running_on: set[str | None] = field(default_factory=set)
+    quiet_rounds: int = 0
     followed: set[str] = field(default_factory=set)
     synth_launched: int = 0
     echo_launched: int = 0
@@ -125,17 +126,24 @@ class Campaign:
                     raise
             self.accepted.update(s["id"] for s in batch)
             self.to_send.pop(0)
-        tasks = client.tasks(campaign="soak", limit=100_000)
-        self.states = {t.id: t.state for t in tasks}
-        self.running_on = {t.backend for t in tasks if t.state is TaskState.running}
-        for tid, state in self.states.items():
-            if tid.startswith("syn-") and state is TaskState.succeeded and tid not in self.followed:
+        # Only what is still live, listed in the order tasks move (a task moving on is seen in a later
+        # list), and the succeeded syntheses: a light poll, as a campaign would do it.
+        live = [t for st in LIVE_ORDER for t in client.tasks(state=st.value, campaign="soak", limit=100_000)]
+        ended = {t.id for t in client.tasks(state="succeeded", campaign="soak", capability="synthesize",
+                                            limit=100_000)}
+        self.states = {t: TaskState.succeeded for t in ended} | {t.id: t.state for t in live}
+        busy = [t for t in live if t.state is not TaskState.needs_review]
+        self.quiet_rounds = self.quiet_rounds + 1 if not busy else 0
+        self.running_on = {t.backend for t in live if t.state is TaskState.running}
+        for tid in ended:
+            if tid.startswith("syn-") and tid not in self.followed:
                 res = client.result(tid)
                 assert res is not None, tid
                 self.queue([{"id": "xrd-" + tid[4:], "capability": "characterize.xrd", "campaign": "soak",
                              "inputs": {"sample_id": res.outputs["sample_id"]}, "max_attempts": 1}])
                 self.followed.add(tid)
-        in_flight = sum(1 for t in self.accepted if t.startswith("syn-") and self.states.get(t) not in SETTLED)
+        live_ids = {t.id for t in live}
+        in_flight = sum(1 for t in self.accepted if t.startswith("syn-") and t in live_ids)
         while in_flight < 4 and self.synth_launched < self.plan.syntheses:
             i = self.synth_launched
             recipe = self.pool[i].model_dump(mode="json")
@@ -152,8 +160,11 @@ class Campaign:
 
     def finished(self) -> bool:
         # step() follows up every succeeded synthesis in the round that sees it, so nothing is unsent here
+        # nothing live but what waits for a person, two rounds running (a task moving back, as a requeue
+        # does, could hide from one round's lists)
+        waiting = all(s is TaskState.needs_review for s in self.states.values() if s not in TERMINAL_STATES)
         return (not self.to_send and self.synth_launched == self.plan.syntheses
-                and self.echo_launched == self.plan.echo and all(self.states.get(t) in SETTLED for t in self.accepted))
+                and self.echo_launched == self.plan.echo and waiting and self.quiet_rounds >= 2)
 
 
 def _lab(tmp: Path, port: int, seed: int) -> Path:
@@ -247,7 +258,7 @@ def soak(tmp: Path, plan: SoakPlan) -> dict[str, Any]:
                 break
             time.sleep(0.3)
         # the operator decides what went to review (here: fail it), so that every task ends
-        reviewed = [tid for tid, s in campaign.states.items() if s is TaskState.needs_review]
+        reviewed = [r["task_id"] for r in client.reviews()]
         for tid in reviewed:
             client.review(tid, "fail", reason="soak: decided by the operator")
         ids = sorted(campaign.accepted)

@@ -86,6 +86,8 @@ async def _stall_probe(counters: Any, period: float = 0.05) -> None:
         late_ms = int((time.perf_counter() - t0 - period) * 1000)
         if late_ms > counters["loop_stall_max_ms"]:
             counters["loop_stall_max_ms"] = late_ms
+        if late_ms >= 250:  # a stall this long risks the workers' heartbeats: say so (with the CPU time it took)
+            log.warning("the orchestrator's loop stalled %d ms (process CPU time %.1f s)", late_ms, time.process_time())
 
 
 @contextlib.contextmanager
