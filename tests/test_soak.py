@@ -142,8 +142,8 @@ class Campaign:
                 self.queue([{"id": "xrd-" + tid[4:], "capability": "characterize.xrd", "campaign": "soak",
                              "inputs": {"sample_id": res.outputs["sample_id"]}, "max_attempts": 1}])
                 self.followed.add(tid)
-        live_ids = {t.id for t in live}
-        in_flight = sum(1 for t in self.accepted if t.startswith("syn-") and t in live_ids)
+        busy_ids = {t.id for t in live if t.state is not TaskState.needs_review}  # review frees the robot
+        in_flight = sum(1 for t in self.accepted if t.startswith("syn-") and t in busy_ids)
         while in_flight < 4 and self.synth_launched < self.plan.syntheses:
             i = self.synth_launched
             recipe = self.pool[i].model_dump(mode="json")
