@@ -7,9 +7,22 @@ run again (retries=2); synthesis and characterisation are ``once`` work (consume
 the world) and never retried here (retries=0; the orchestrator sends an interrupted one to review).
 
 The flow talks to the lab only through the PPU client (an EmbeddedLab over loopback ZMQ for the
-simulated lab). Prefect runs locally in ephemeral mode with ``PREFECT_HOME`` under the run folder,
-so nothing is written to ``~/.prefect`` and nothing needs the network; ``main`` sets that up before
-Prefect is imported (it re-executes itself once with the environment in place).
+simulated lab).
+
+Stopping early: the flow's ``on_cancellation`` and ``on_crashed`` hooks wind the campaign down
+(:func:`ppu.campaign.handover.wind_down`): every live task of the campaign is cancelled (running
+plans are aborted by their workers), tasks waiting for a person are handed over, and
+``summary.json`` says what was done and what is left. Prefect calls the hooks itself when a
+runner or worker enforces the cancellation (deployments) and when the run crashes (SIGTERM,
+Ctrl-C); the hook then reaches the lab's store offline, through the same client. A flow run
+started directly (``python -m ppu.flows.campaign``) has no such monitor (Prefect documents that
+cancellation needs one), so the flow watches its own state and, when ``prefect flow-run cancel``
+moves it to Cancelling, runs the same ``on_cancellation`` hooks while the lab is still up, stops
+the loop and ends Cancelled. ``flow_run.json`` in the run folder names the flow run to cancel.
+
+Prefect runs locally in ephemeral mode with ``PREFECT_HOME`` under the run folder, so nothing is
+written to ``~/.prefect`` and nothing needs the network; ``main`` sets that up before Prefect is
+imported (it re-executes itself once with the environment in place).
 """
 
 from __future__ import annotations
@@ -54,17 +67,27 @@ if "prefect" not in sys.modules:
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
 from typing import Any  # noqa: E402
 
 from prefect import flow, tags, task  # noqa: E402
 from prefect.artifacts import acreate_markdown_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.client.schemas.objects import FlowRun, State  # noqa: E402
+from prefect.context import FlowRunContext  # noqa: E402
+from prefect.states import Cancelled  # noqa: E402
 
 from ppu.campaign.config import CampaignConfig, load_campaign  # noqa: E402
+from ppu.campaign.handover import wind_down  # noqa: E402
 from ppu.campaign.optimizer import Decision  # noqa: E402
 from ppu.campaign.report import summary_table, write_report  # noqa: E402
-from ppu.campaign.runner import CampaignLoop, run_campaign  # noqa: E402
+from ppu.campaign.runner import CampaignLoop, lab_config, run_campaign  # noqa: E402
+from ppu.errors import PPUError  # noqa: E402
 from ppu.models import Task  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 
 @task(name="screen", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
@@ -92,6 +115,10 @@ async def learn(loop: CampaignLoop) -> None:
 class FlowLoop(CampaignLoop):
     """The campaign loop with every step run as a Prefect task (same order, same client)."""
 
+    def __init__(self, client: Any, cfg: Any, pool: Any, run_dir: Path, on_progress: Any):
+        super().__init__(client, cfg, pool, run_dir, on_progress)
+        _LOOPS[str(Path(run_dir).resolve())] = self  # so that a cancellation can stop it
+
     async def do_screen(self, capability: str) -> tuple[list[float], str]:
         return await screen(self, capability)
 
@@ -109,6 +136,11 @@ class FlowLoop(CampaignLoop):
 # Progress callbacks of whoever runs the flow in this process (the CLI's progress bar). They are
 # not flow parameters: Prefect validates and records parameters, and a callback is neither.
 _HOOKS: dict[str, Any] = {}
+# The address of each campaign lab running in this process, by run folder: the hooks wind a live
+# lab down through it; without one they open the lab's store offline.
+_LIVE: dict[str, str] = {}
+_LOOPS: dict[str, CampaignLoop] = {}
+CANCEL_POLL_S = 1.0  # how often a directly started flow run looks whether it was cancelled
 
 
 def summary_markdown(summary: dict[str, Any], run_dir: Path) -> str:
@@ -120,24 +152,119 @@ def summary_markdown(summary: dict[str, Any], run_dir: Path) -> str:
                       "Plots in " + str(run_dir.resolve()) + ": " + ", ".join(plots)])
 
 
-@flow(name="closed-loop-campaign", log_prints=False, persist_result=True)
+async def wind_down_hook(flow: Any, flow_run: FlowRun, state: State) -> None:
+    """``on_cancellation`` / ``on_crashed``: cancel or hand over the campaign's tasks; write summary.json."""
+    params = flow_run.parameters or {}
+    cfg = (CampaignConfig.model_validate(params["campaign"]) if params.get("campaign")
+           else load_campaign(params.get("config_path", "campaigns/demo.yaml")))
+    out = Path(params.get("run_dir", "runs/campaign")).resolve()
+    reason = f"Prefect flow run {flow_run.name} {(state.name or state.type.value).lower()}"
+    from ppu.transport.client import AsyncPPUClient
+
+    report: dict[str, Any]
+    try:
+        address = _LIVE.get(str(out))
+        if address is not None:  # the lab is up in this process: running plans are aborted now
+            async with AsyncPPUClient(address, timeout=30) as client:
+                report = await wind_down(client, cfg.name, reason)
+        else:  # the lab went down with the run: its store, offline, through the same client
+            from ppu.transport.serve import private_orchestrator
+
+            lab = lab_config(cfg, out)
+            grace = lab.orchestrator.restart_grace_s + 2 * lab.orchestrator.heartbeat_s * \
+                lab.orchestrator.missed_heartbeats
+            with private_orchestrator(lab) as address:
+                async with AsyncPPUClient(address, timeout=30) as client:
+                    report = await wind_down(client, cfg.name, reason, wait_s=grace + 5)
+    except PPUError as exc:
+        report = {"reason": reason, "error": f"{exc}" + (f" ({exc.hint})" if exc.hint else "")}
+    summary = {"campaign": cfg.name, "ended": state.name, "flow_run": str(flow_run.id), **report}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    log.warning("campaign %s wound down (%s): %d task(s) cancelled, %d handed over; see %s", cfg.name,
+                reason, len(report.get("cancelled", [])), len(report.get("handed_over", [])), out / "summary.json")
+
+
+async def _cancel_requested(flow_run_id: Any) -> State:
+    """Returns once the flow run is Cancelling (``prefect flow-run cancel``) or Cancelled."""
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        while True:
+            await asyncio.sleep(CANCEL_POLL_S)
+            try:
+                state = (await client.read_flow_run(flow_run_id)).state
+            except Exception:  # the API is busy or restarting: look again
+                continue
+            if state is not None and (state.is_cancelling() or state.is_cancelled()):
+                return state
+
+
+@flow(name="closed-loop-campaign", log_prints=False, persist_result=True, on_cancellation=[wind_down_hook],
+      on_crashed=[wind_down_hook])
 async def closed_loop(config_path: str = "campaigns/demo.yaml", run_dir: str = "runs/campaign",
-                      campaign: CampaignConfig | None = None) -> dict[str, Any]:
+                      campaign: CampaignConfig | None = None) -> Any:
     """Run a campaign; returns the summary (also in ``run_dir/summary.json`` and a markdown artifact).
 
     ``campaign``: the campaign itself (a typed form with every field described); when given, it is
-    run instead of the file at ``config_path``. Task runs are tagged ``campaign:NAME``.
+    run instead of the file at ``config_path``. Task runs are tagged ``campaign:NAME``. Cancelling the
+    flow run (or a crash) winds the campaign down: see :func:`wind_down_hook`.
     """
     cfg = campaign or load_campaign(config_path)
-    out = Path(run_dir)
+    out = Path(run_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    with tags("ppu", f"campaign:{cfg.name}"):
-        result = await run_campaign(cfg, out, loop_class=FlowLoop, on_progress=_HOOKS.get("progress"),
-                                    on_stage=_HOOKS.get("stage"), on_lab=_HOOKS.get("lab"))
-    summary = write_report(result, out)
-    await acreate_markdown_artifact(markdown=summary_markdown(summary, out), key=f"campaign-{cfg.name.lower()}"
-                                    .replace("_", "-").replace(".", "-"), description=f"campaign {cfg.name}")
-    return summary
+    ctx = FlowRunContext.get()
+    flow_run = ctx.flow_run if ctx is not None else None
+    if flow_run is not None:
+        (out / "flow_run.json").write_text(json.dumps({"id": str(flow_run.id), "name": flow_run.name}))
+
+    def on_lab(address: str) -> None:
+        _LIVE[str(out)] = address
+        if _HOOKS.get("lab"):
+            _HOOKS["lab"](address)
+
+    async def run() -> Any:
+        with tags("ppu", f"campaign:{cfg.name}"):
+            return await run_campaign(cfg, out, loop_class=FlowLoop, on_progress=_HOOKS.get("progress"),
+                                      on_stage=_HOOKS.get("stage"), on_lab=on_lab)
+
+    work = asyncio.ensure_future(run())
+    watch = asyncio.ensure_future(_cancel_requested(flow_run.id)) if flow_run is not None else None
+    try:
+        await asyncio.wait([w for w in (work, watch) if w is not None], return_when=asyncio.FIRST_COMPLETED)
+        if work.done() or watch is None:
+            summary = write_report(await work, out)
+            await acreate_markdown_artifact(markdown=summary_markdown(summary, out),
+                                            key=f"campaign-{cfg.name.lower()}".replace("_", "-").replace(".", "-"),
+                                            description=f"campaign {cfg.name}")
+            return summary
+        # Cancelled through the API with no runner to enforce it: do what Prefect does on Cancelling
+        # (its on_cancellation hooks) while the lab is still up. The loop starts nothing new; what is
+        # in flight ends (its tasks cancelled), and the partial campaign's report joins the summary.
+        state = watch.result()
+        assert flow_run is not None
+        loop = _LOOPS.get(str(out))
+        async with loop.lab_in_use if loop is not None else contextlib.nullcontext():  # the lab stays up meanwhile
+            if loop is not None:
+                loop.stopping = True
+            for hook in closed_loop.on_cancellation_hooks:
+                result = hook(closed_loop, flow_run, state)
+                if asyncio.iscoroutine(result):
+                    await result
+        done, _ = await asyncio.wait([work], timeout=120)
+        if work in done and work.exception() is None:
+            wound = json.loads((out / "summary.json").read_text())
+            report = write_report(work.result(), out)
+            (out / "summary.json").write_text(json.dumps({**report, **wound}, indent=2, default=str))
+        return Cancelled(message="cancelled through the Prefect API; the campaign was wound down (summary.json)")
+    finally:
+        for w in (watch, work):
+            if w is not None and not w.done():
+                w.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await w
+        _LIVE.pop(str(out), None)
+        _LOOPS.pop(str(out), None)
 
 
 def run_with_progress(config_path: str | Path, run_dir: str | Path, console: Any = None,
@@ -159,11 +286,18 @@ def run_with_progress(config_path: str | Path, run_dir: str | Path, console: Any
         if live is not None:
             _HOOKS["lab"] = live
         try:
-            summary: dict[str, Any] = asyncio.run(closed_loop(str(config_path), str(run_dir)))
+            state: State = asyncio.run(closed_loop(str(config_path), str(run_dir), return_state=True))  # type: ignore[arg-type]
         finally:
             _HOOKS.clear()
             if live is not None:
                 live.stop()
+    if not state.is_completed():
+        ended = json.loads((Path(run_dir) / "summary.json").read_text()) if (Path(run_dir) / "summary.json").exists() \
+            else {}
+        raise PPUError(f"the campaign's flow run ended {state.name}: {len(ended.get('cancelled', []))} task(s) "
+                       f"cancelled, {len(ended.get('handed_over', []))} handed over",
+                       hint=f"see {Path(run_dir) / 'summary.json'} (ppu review lists what waits for a person)")
+    summary: dict[str, Any] = state.result()
     console.print(summary_table(summary))
     console.print(f"run folder: {run_dir}  (decisions.jsonl, summary.json, best_vs_experiments.png, gantt.png, "
                   "parity.png)")
@@ -175,7 +309,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("config", help="campaign YAML, e.g. campaigns/demo.yaml")
     ap.add_argument("--run-dir", default="runs/campaign", help="run folder (store, plots, decisions, Prefect home)")
     args = ap.parse_args(argv)
-    run_with_progress(args.config, Path(args.run_dir).resolve())
+    from prefect.exceptions import TerminationSignal
+
+    try:
+        run_with_progress(args.config, Path(args.run_dir).resolve())
+    except PPUError as exc:
+        print(f"error: {exc}" + (f"\n  hint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
+        return 1
+    except TerminationSignal as exc:  # SIGTERM: Prefect ran the on_crashed hook (the wind-down) already
+        print(f"error: stopped by signal {exc.signal}; the campaign was wound down "
+              f"(see {Path(args.run_dir).resolve() / 'summary.json'})", file=sys.stderr)
+        return 128 + int(exc.signal)
     return 0
 
 

@@ -547,6 +547,9 @@ class Orchestrator:
         link = self.links.pop(ins.backend, None)
         if ins.expired:
             self.specs.pop(ins.backend, None)
+            boots: dict[str, str] = dict(self.store.get_meta("worker_boots", {}) or {})
+            if boots.pop(ins.backend, None) is not None:  # a forgotten backend keeps nothing, on disk either
+                self.store.set_meta("worker_boots", boots)
         else:
             self.store.add_audit(AuditEntry(actor="orchestrator", action="backend_lost", target=ins.backend,
                                             detail={"why": ins.reason}))
@@ -928,7 +931,10 @@ class Orchestrator:
                 self._waiters.setdefault(tid, []).append(f)
             futs.append(f)
         try:
-            return list(await asyncio.wait_for(asyncio.gather(*futs), timeout))
+            gathered = asyncio.gather(*futs)
+            # close() cancels waiters; a gather nobody awaits any more must not log "never retrieved"
+            gathered.add_done_callback(lambda g: g.cancelled() or g.exception())
+            return list(await asyncio.wait_for(gathered, timeout))
         finally:  # a timed-out or cancelled wait leaves no future behind
             for tid, f in zip(task_ids, futs, strict=True):
                 waiting = self._waiters.get(tid)

@@ -4,18 +4,28 @@
 ``[name, doc]`` pair a line; ``StoreSink`` puts them in the orchestrator's store
 (:meth:`ppu.store.Store.add_documents`). A lab that runs Tiled or databroker implements
 :class:`DocumentSink` (two methods) around its client.
+
+Documents are streamed: a :class:`DocumentStream` hands each document to the sink the moment the
+RunEngine emits it (a sink's ``write`` is called once per document), and ``JsonlSink`` flushes
+every line to the operating system before it returns and fsyncs a run at its stop document. So a
+worker killed mid-plan (SIGKILL, a crash) leaves the partial run on disk, start, descriptors and
+every event so far, with no stop document, for the person who reviews the interrupted task
+(:meth:`JsonlSink.runs_for` finds a task's runs).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 Document = tuple[str, dict[str, Any]]
+log = logging.getLogger(__name__)
 
 
 def jsonable(obj: Any) -> Any:
@@ -54,18 +64,44 @@ class JsonlSink:
         return self.folder / f"{run_uid}.jsonl"
 
     def write(self, run_uid: str, task_id: str | None, docs: list[Document]) -> str:
+        """Append to the run's file; flushed to the OS before returning (a killed process loses nothing
+        written), fsynced at the run's stop document (a power cut loses at most an unfinished run's tail)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.path(run_uid)
         with path.open("a") as fh:
             for name, doc in docs:
                 fh.write(json.dumps([name, jsonable(doc)]) + "\n")
+            fh.flush()
+            if any(name == "stop" for name, _ in docs):
+                os.fsync(fh.fileno())
         return str(path)
 
     def read(self, run_uid: str) -> list[Document]:
         path = self.path(run_uid)
         if not path.exists():
             return []
-        return [tuple(json.loads(line)) for line in path.read_text().splitlines() if line]  # type: ignore[misc]
+        out: list[Document] = []
+        for line in path.read_text().splitlines():
+            try:
+                name, doc = json.loads(line)
+            except ValueError:  # the half-written last line of a run whose writer was killed
+                continue
+            out.append((name, doc))
+        return out
+
+    def runs_for(self, task_id: str) -> list[str]:
+        """Run uids of a task (its start documents say which), finished or not, oldest first."""
+        found: list[tuple[float, str]] = []
+        for path in self.folder.glob("*.jsonl") if self.folder.is_dir() else []:
+            with path.open() as fh:
+                first = fh.readline()
+            try:
+                name, doc = json.loads(first)
+            except ValueError:
+                continue
+            if name == "start" and doc.get("task_id") == task_id:
+                found.append((float(doc.get("time", 0.0)), str(doc["uid"])))
+        return [uid for _, uid in sorted(found)]
 
 
 class StoreSink:
@@ -93,31 +129,45 @@ class TiledSink:
         self.uri = uri.rstrip("/")
         self.client = from_uri(self.uri, api_key=api_key)
         self.writer = TiledWriter(self.client, batch_size=1)
+        self._arrays: dict[str, set[str]] = {}  # descriptor uid -> its array-valued data keys
+        self._streams: dict[str, str] = {}  # descriptor uid -> stream name
+        self._runs_of: dict[str, str] = {}  # descriptor uid -> run uid
+        self._values: dict[str, dict[tuple[str, str], list[Any]]] = {}  # run uid -> (stream, key) -> rows
 
     def write(self, run_uid: str, task_id: str | None, docs: list[Document]) -> str:
         # Array readings (a pattern, a chromatogram) do not fit a table's cell in every Tiled storage (a SQL
         # table keeps them as text), so they go beside the stream's table as array nodes keyed by the data
-        # key, one row per event: where Bluesky's layout puts a detector's external arrays.
-        arrays: dict[str, set[str]] = {}  # descriptor uid -> its array-valued data keys
-        streams: dict[str, str] = {}  # descriptor uid -> stream name
-        values: dict[tuple[str, str], list[Any]] = {}
+        # key, one row per event: where Bluesky's layout puts a detector's external arrays. Documents come
+        # one at a time (streamed); a run's arrays are written when its stop document arrives (the JSONL
+        # copy has them as they come).
         for name, doc in docs:
             doc = jsonable(doc)
             if name == "descriptor":
-                streams[doc["uid"]] = doc.get("name", "primary")
-                arrays[doc["uid"]] = {k for k, v in doc["data_keys"].items() if v.get("shape")}
-            elif name == "event" and arrays.get(doc["descriptor"]):
-                keys = arrays[doc["descriptor"]]
+                self._streams[doc["uid"]] = doc.get("name", "primary")
+                self._arrays[doc["uid"]] = {k for k, v in doc["data_keys"].items() if v.get("shape")}
+                self._runs_of[doc["uid"]] = run_uid
+            elif name == "event" and self._arrays.get(doc["descriptor"]):
+                keys = self._arrays[doc["descriptor"]]
+                rows = self._values.setdefault(run_uid, {})
                 for k in keys:
-                    values.setdefault((streams[doc["descriptor"]], k), []).append(doc["data"].get(k))
+                    rows.setdefault((self._streams[doc["descriptor"]], k), []).append(doc["data"].get(k))
                 doc = {**doc, "data": {k: v for k, v in doc["data"].items() if k not in keys},
                        "timestamps": {k: v for k, v in doc["timestamps"].items() if k not in keys}}
             self.writer(name, doc)
+            if name == "stop":
+                self._write_arrays(run_uid)
+        return f"{self.uri}/api/v1/metadata/{run_uid}"
+
+    def _write_arrays(self, run_uid: str) -> None:
+        values = self._values.pop(run_uid, {})
         if values:
             run = self.client[run_uid]
             for (stream, key), rows in values.items():
                 run[stream].write_array(np.asarray(rows, dtype=float), key=key)
-        return f"{self.uri}/api/v1/metadata/{run_uid}"
+        for desc in [d for d, s in self._runs_of.items() if s == run_uid]:
+            self._arrays.pop(desc, None)
+            self._streams.pop(desc, None)
+            self._runs_of.pop(desc, None)
 
     def read(self, run_uid: str) -> list[Document]:
         md = self.client[run_uid].metadata
@@ -145,22 +195,50 @@ class FanOut:
                 sink.close()
 
 
+class DocumentStream:
+    """Hands one plan's documents to a sink as the RunEngine emits them (one ``write`` per document).
+
+    Called on the RunEngine's thread. A sink that fails is logged and left alone for the rest of
+    the plan: keeping documents must never fail the physical work they describe.
+    """
+
+    def __init__(self, sink: DocumentSink, task_id: str | None):
+        self.sink = sink
+        self.task_id = task_id
+        self.where: dict[str, str] = {}  # run uid -> where its documents are
+        self.error: str | None = None
+        self._run_of_descriptor: dict[str, str] = {}
+
+    def __call__(self, name: str, doc: dict[str, Any]) -> None:
+        if self.error is not None:
+            return
+        uid = _run_uid(name, doc, self._run_of_descriptor)
+        if not uid:
+            return
+        try:
+            self.where[uid] = self.sink.write(uid, self.task_id, [(name, doc)])
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.error("documents of task %s could not be kept (%s); the plan goes on", self.task_id, self.error)
+
+
+def _run_uid(name: str, doc: dict[str, Any], by_descriptor: dict[str, str]) -> str:
+    if name == "start":
+        return str(doc["uid"])
+    if name in ("stop", "descriptor"):
+        uid = str(doc["run_start"])
+        if name == "descriptor":
+            by_descriptor[doc["uid"]] = uid
+        return uid
+    if name in ("event", "event_page"):
+        return by_descriptor.get(doc.get("descriptor", ""), "")
+    return str(doc.get("run_start", ""))
+
+
 def split_by_run(docs: list[Document]) -> dict[str, list[Document]]:
     """Group a plan's documents by run start uid (a composed plan makes several runs)."""
     out: dict[str, list[Document]] = {}
     by_descriptor: dict[str, str] = {}
     for name, doc in docs:
-        if name == "start":
-            uid = doc["uid"]
-        elif name in ("stop", "descriptor"):
-            uid = doc["run_start"]
-            if name == "descriptor":
-                by_descriptor[doc["uid"]] = uid
-        elif name == "event":
-            uid = by_descriptor.get(doc.get("descriptor", ""), "")
-        elif name == "event_page":
-            uid = by_descriptor.get(doc.get("descriptor", ""), "")
-        else:
-            uid = doc.get("run_start", "")
-        out.setdefault(uid, []).append((name, doc))
+        out.setdefault(_run_uid(name, doc, by_descriptor), []).append((name, doc))
     return out

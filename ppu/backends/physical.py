@@ -30,7 +30,15 @@ from pydantic import Field
 
 from ppu import capabilities
 from ppu.backends.base import Backend, BackendConfig, ProgressFn, TaskRun
-from ppu.backends.documents import Document, DocumentSink, FanOut, JsonlSink, TiledSink, split_by_run
+from ppu.backends.documents import (
+    Document,
+    DocumentSink,
+    DocumentStream,
+    FanOut,
+    JsonlSink,
+    TiledSink,
+    split_by_run,
+)
 from ppu.backends.runengine import LabScanIds, PlanOutcome, RunEngineHost
 from ppu.backends.suspenders import SuspenderConfig, build_suspenders, signal_of
 from ppu.backends.user_plans import AllowedPlans, PlanRefused
@@ -250,7 +258,8 @@ class PhysicalBackend(Backend):
         except PlanRefused as exc:
             return self.fail(run, f"{exc} (nothing moved)", started, retryable=False)
         await _report(progress, run.task_id, 0.0, f"submitted to the RunEngine of {self.name}")
-        fut = self.host.submit(run.task_id, plan)
+        stream = DocumentStream(self.sink, run.task_id)  # each document kept as it comes, not at the end
+        fut = self.host.submit(run.task_id, plan, on_document=stream)
         watch = asyncio.create_task(self._report_plan_state(run.task_id, progress))
         try:
             outcome: PlanOutcome = await asyncio.wrap_future(fut)
@@ -259,7 +268,7 @@ class PhysicalBackend(Backend):
             raise
         finally:
             watch.cancel()
-        prov = self._keep_documents(run, outcome)
+        prov = self._provenance(outcome, stream)
         if not outcome.ok:
             why = outcome.error or f"run ended with exit status {outcome.exit_status}"
             return self.fail(run, f"{self.capability} on {self.name} interrupted: {why}", started,
@@ -297,11 +306,8 @@ class PhysicalBackend(Backend):
         return {"plan": inputs["plan"], "run_uids": outcome.run_uids, "exit_status": outcome.exit_status,
                 "events": events}
 
-    def _keep_documents(self, run: TaskRun, outcome: PlanOutcome) -> dict[str, Any]:
-        where = []
-        for uid, docs in split_by_run(outcome.documents).items():
-            if uid:
-                where.append(self.sink.write(uid, run.task_id, docs))
+    def _provenance(self, outcome: PlanOutcome, stream: DocumentStream) -> dict[str, Any]:
+        where = [stream.where[uid] for uid in outcome.run_uids if uid in stream.where]
         return {"run_uids": outcome.run_uids, "documents": ";".join(where) or None,
                 "device": "simulated" if self.cfg.simulated else self.cfg.epics_prefix or None}
 

@@ -19,6 +19,7 @@ to the RE thread, which waits for it while the RunEngine is paused.
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import os
 import queue
 import threading
@@ -32,6 +33,7 @@ from bluesky.suspenders import SuspenderBase
 from bluesky.utils import DuringTask, Msg, RunEngineInterrupted
 
 Document = tuple[str, dict[str, Any]]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,6 +59,7 @@ class _Job:
     future: concurrent.futures.Future[PlanOutcome]
     docs: list[Document] = field(default_factory=list)
     aborted: str | None = None
+    on_document: Callable[[str, dict[str, Any]], None] | None = None  # streams each document as it comes
 
 
 class LabScanIds:
@@ -123,6 +126,7 @@ class RunEngineHost:
         self._jobs.put(None)
         self._thread.join(timeout)
         if self.RE is not None:  # stop and close the RunEngine's own loop, or it leaks sockets
+            self.RE.log.logger.removeFilter(self._quiet_requested_abort)
             loop = self.RE.loop
             loop.call_soon_threadsafe(loop.stop)
             self.RE._th.join(timeout)
@@ -144,6 +148,7 @@ class RunEngineHost:
             self.RE.subscribe(self._on_document)
             for sus in self._suspenders:
                 self.RE.install_suspender(sus)
+            self.RE.log.logger.addFilter(self._quiet_requested_abort)
         except BaseException as exc:  # reported by start()
             self._startup_error = exc
             self._ready.set()
@@ -156,10 +161,24 @@ class RunEngineHost:
             if job.future.set_running_or_notify_cancel():
                 self._execute(job)
 
+    def _quiet_requested_abort(self, record: logging.LogRecord) -> bool:
+        """An abort we asked for is no error: Bluesky's "Run aborted" traceback becomes one info line."""
+        job = self._current
+        if (getattr(record, "RE", None) is self.RE and record.getMessage() == "Run aborted"
+                and job is not None and job.aborted is not None):
+            log.info("plan of %s aborted on %s: %s", job.key, self.name, job.aborted)
+            return False
+        return True
+
     def _on_document(self, name: str, doc: dict[str, Any]) -> None:
         job = self._current
         if job is not None:
             job.docs.append((name, doc))
+            if job.on_document is not None:
+                try:
+                    job.on_document(name, doc)
+                except Exception:  # keeping documents never fails the plan (the stream logs its own)
+                    pass
 
     def _execute(self, job: _Job) -> None:
         assert self.RE is not None
@@ -227,12 +246,18 @@ class RunEngineHost:
 
     # ---- the caller's side (any thread) -----------------------------------------------------
 
-    def submit(self, key: str, plan: Callable[[], Iterable[Msg]]) -> concurrent.futures.Future[PlanOutcome]:
-        """Queue ``plan()`` (built on the RE thread) under ``key`` (the task id)."""
+    def submit(self, key: str, plan: Callable[[], Iterable[Msg]],
+               on_document: Callable[[str, dict[str, Any]], None] | None = None,
+               ) -> concurrent.futures.Future[PlanOutcome]:
+        """Queue ``plan()`` (built on the RE thread) under ``key`` (the task id).
+
+        ``on_document(name, doc)`` is called on the RunEngine's thread for every document as it is
+        emitted (a :class:`~ppu.backends.documents.DocumentStream`), so a crash mid-plan leaves the
+        partial run wherever it streams to."""
         if not self._thread.is_alive():
             raise RuntimeError(f"RunEngine thread of {self.name} is not running (start() it first)")
         fut: concurrent.futures.Future[PlanOutcome] = concurrent.futures.Future()
-        self._jobs.put(_Job(key=key, plan=plan, future=fut))
+        self._jobs.put(_Job(key=key, plan=plan, future=fut, on_document=on_document))
         return fut
 
     def running(self) -> str | None:

@@ -140,6 +140,8 @@ class CampaignLoop:
         self.model_versions: list[str] = []
         self.t0 = time.time()
         self.opt: PoolOptimizer
+        self.stopping = False  # set when the campaign is wound down: nothing new starts, what runs ends
+        self.lab_in_use = asyncio.Lock()  # held by whoever still needs the lab (a wind-down): it closes after
 
     def lab_elapsed_h(self) -> float:
         return (time.time() - self.t0) * self.cfg.time_scale / 3600.0
@@ -210,6 +212,8 @@ class CampaignLoop:
 
         async def run_step(step: Step, inputs: dict[str, Any], on_review: Callable[[], None] | None
                            ) -> tuple[str, dict[str, Any]]:
+            if self.stopping and exp.tasks:  # wound down: what runs ends, the next step never starts
+                return "stopped", {"error": "the campaign was stopped"}
             task, out = await self.do_step(step.name, step.capability, inputs, on_review, step.attempts)
             exp.tasks.append(task.id)
             return task.state.value, out
@@ -230,7 +234,7 @@ class CampaignLoop:
             self.on_progress(len(self.best_curve), self.best_curve[-1])
         n_up = sum(1 for e in self.experiments if e.uptake is not None)
         if exp.uptake is not None and n_up >= 3 and n_up % self.cfg.parallel.learn_every == 0 \
-                and len(self.train_ids) < self.cfg.budget.rounds:
+                and len(self.train_ids) < self.cfg.budget.rounds and not self.stopping:
             await self.do_learn()
 
     async def learn(self) -> None:
@@ -256,9 +260,12 @@ class CampaignLoop:
             free.set()
 
         while len(self.experiments) < b.max_syntheses and self.lab_elapsed_h() < b.instrument_hours:
+            if self.stopping:
+                break
             if synthesising >= robots:
                 free.clear()
-                await free.wait()
+                with contextlib.suppress(TimeoutError):  # looks at `stopping` now and then
+                    await asyncio.wait_for(free.wait(), 1.0)
                 continue
             pending = [e.candidate_id for e in self.experiments if e.status == "pending"]
             try:
@@ -343,6 +350,8 @@ async def run_campaign(cfg: CampaignConfig, run_dir: Path, *,
             loop.decisions.close()
         wall = time.time() - loop.t0
         intervals = await _intervals(client, loop.task_ids, loop.t0, cfg.time_scale)
+        async with loop.lab_in_use:
+            pass
     lab_s = max([iv["end"] for iv in intervals], default=wall * cfg.time_scale)
     return CampaignResult(config=cfg, pool=pool, experiments=loop.experiments, completed=loop.completed,
                           best_curve=loop.best_curve, intervals=intervals, wall_s=time.time() - t_wall,

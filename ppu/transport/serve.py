@@ -59,11 +59,13 @@ async def serve_orchestrator(lab: LabConfig, bind: str | None = None, insecure: 
         address = await server.start()
         store.announce_writer(address)
         announce(f"orchestrator of lab {lab.name} serving on {address} (store {lab.store_url()})")
+        probe = asyncio.ensure_future(_stall_probe(orch.counters))
         stop = asyncio.ensure_future(_stop_event().wait())
         failed = asyncio.ensure_future(orch.failed.wait())
         await asyncio.wait([stop, failed], return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()
         failed.cancel()
+        probe.cancel()
         if orch.failed.is_set():
             await asyncio.sleep(0.2)  # let the error replies of the failed burst leave
             raise orch._fatal or JournalFailed("the journal could not be written")
@@ -73,6 +75,19 @@ async def serve_orchestrator(lab: LabConfig, bind: str | None = None, insecure: 
             await server.close()
         await orch.close()
         store.close()
+
+
+async def _stall_probe(counters: Any, period: float = 0.05) -> None:
+    """The loop's worst stall since start, in ms (``ppu status`` counters: ``loop_stall_max_ms``):
+    how much later than asked a short sleep wakes up. No request may hold the loop for long."""
+    while True:
+        t0 = time.perf_counter()
+        await asyncio.sleep(period)
+        late_ms = int((time.perf_counter() - t0 - period) * 1000)
+        if late_ms > counters["loop_stall_max_ms"]:
+            counters["loop_stall_max_ms"] = late_ms
+        if late_ms >= 250:  # a stall this long risks the workers' heartbeats: say so (with the CPU time it took)
+            log.warning("the orchestrator's loop stalled %d ms (process CPU time %.1f s)", late_ms, time.process_time())
 
 
 @contextlib.contextmanager
