@@ -10,9 +10,17 @@ twin's prior data; random search is run ``--random-runs`` times (it is cheap).
 
     python benchmarks/campaign.py [--world sweet-spots --world mof74 | --world my-world.yaml] [--seeds 5]
 
-A world YAML holds a campaign's ``world:`` fields, e.g. ``{csv: path/to/table.csv, pool_size: 300}``.
+A world YAML holds a campaign's ``world:`` fields, e.g. ``{kind: mof74, pool_size: 300}``, or is a
+*replay world* (``ppu.campaign.replay``: ``csv`` + ``problem``, any column names): the pool is the
+table's own rows and a measurement returns the recorded value. For a replay world the strategies are
+ours (BoTorch over the pool), random (simulated, with the exact expectation (N+1)/(k+1) beside it)
+and Sobol; "reached" = measured one of the top k candidates (``top_fraction``, default 1 %), and
+the table gives median and IQR over seeds. A replay has no digital twin, so there is no "without
+the twin" row.
+
 Last line: one JSON object keyed by world name, each with ``ours``, ``random``, ``no_screening``
-(median experiments) and ``seeds``.
+(MOF worlds) or ``ours``, ``random``, ``random_exact``, ``sobol`` and their ``*_iqr`` (replay
+worlds): median experiments, and ``seeds``.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,9 +37,13 @@ import numpy as np
 import yaml
 
 from ppu.campaign.config import CampaignConfig, WorldSpec
+from ppu.campaign.loop import make_generator, run_replay
+from ppu.campaign.replay import ReplayWorld, expected_random, load_replay
 from ppu.campaign.runner import build_world
 from ppu.campaign.screening import constrained_values, screen_locally
 from ppu.campaign.simclock import simulate
+from ppu.config import parse_model
+from ppu.errors import ConfigError, PPUError
 from ppu.simulators.mof.world import DEMO_CSV
 
 SHIPPED: dict[str, dict[str, Any]] = {
@@ -49,13 +62,71 @@ def experiments_to(done: list[tuple[str, bool]], index: dict[str, int], values: 
     return None
 
 
-def world_spec(name: str) -> tuple[str, WorldSpec]:
+def world_spec(name: str) -> tuple[str, WorldSpec | ReplayWorld]:
     if name in SHIPPED:
         return name, WorldSpec.model_validate(SHIPPED[name])
     path = Path(name)
     if not path.is_file():
-        raise SystemExit(f"--world {name!r}: not a shipped world ({', '.join(SHIPPED)}) nor a YAML file")
-    return path.stem, WorldSpec.model_validate(yaml.safe_load(path.read_text()) or {})
+        raise ConfigError(f"--world {name!r}: not a shipped world ({', '.join(SHIPPED)}) nor a YAML file",
+                          field="--world")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if isinstance(raw, dict) and "problem" in raw:
+        return path.stem, load_replay(path)
+    return path.stem, parse_model(raw, WorldSpec, str(path), "world")
+
+
+def _iqr(v: list[float]) -> float:
+    q1, q3 = np.percentile(v, [25, 75])
+    return float(q3 - q1)
+
+
+def bench_replay(name: str, world: ReplayWorld, seeds: int, cap: int, random_runs: int,
+                 in_flight: int = 1) -> dict[str, Any]:
+    top, threshold = world.top()
+    n, k = len(world.pool), len(top)
+    exact = expected_random(n, k)
+    strategies = [("ours", "botorch"), ("random", "random"), ("sobol", "sobol")]
+    if world.twin_column is not None:  # the same optimiser with the twin off
+        strategies.insert(1, ("no_twin", "botorch"))
+    rows: dict[str, list[float]] = {key: [] for key, _ in strategies}
+    censored = dict.fromkeys(rows, 0)
+    t0 = time.time()
+    for key, gen_name in strategies:
+        runs = random_runs if key == "random" else seeds
+        budget = min(cap, n) if gen_name == "botorch" else n  # the baselines may go through the whole pool
+        for s in range(runs):
+            gen = make_generator(gen_name, world, seed=s, twin=key != "no_twin")
+            got = run_replay(world, gen, budget=budget, seed=s, in_flight=in_flight, stop=top).experiments_to(top)
+            if got is None:
+                censored[key] += 1
+                got = budget + 1
+            rows[key].append(float(got))
+        print(f"  {name}: {key:8s} {runs:4d} runs, done at {time.time() - t0:6.1f} s", flush=True)
+    obj = world.rank_by
+    print(f"\nreplay world {name!r}: {len(world.rows)} rows, pool N = {n} distinct candidates, "
+          f"top k = {k} ({obj} {world.problem.objectives[obj]}, threshold {world.problem.sign(obj) * threshold:g}"
+          f"{', constrained' if world.problem.constraints else ''}), replicates: {world.spec.replicates}")
+    print(f"{'strategy':10s}{'runs':>6s}{'median':>8s}{'IQR':>8s}{'mean':>8s}{'censored':>10s}   expected")
+    for key, v in rows.items():
+        expect = f"exact (N+1)/(k+1) = {exact:.1f}" if key == "random" else ""
+        print(f"{key:10s}{len(v):6d}{np.median(v):8.1f}{_iqr(v):8.1f}{np.mean(v):8.1f}{censored[key]:10d}   {expect}")
+    ours, rnd, sob = (float(np.median(rows[key])) for key in ("ours", "random", "sobol"))
+    extra: dict[str, Any] = {}
+    if "no_twin" in rows:
+        no_twin = float(np.median(rows["no_twin"]))
+        cost = world.spec.twin.cost * n if world.spec.twin else 0.0
+        print(f"ours / random = {ours / rnd:.2f}, ours / exact random = {ours / exact:.2f} (target <= 0.33); "
+              f"no_twin / ours = {no_twin / ours:.2f} (the twin {world.twin_column!r} screened all {n} candidates "
+              f"for {cost:g} cost units)\n")
+        extra = {"no_twin": no_twin, "no_twin_iqr": _iqr(rows["no_twin"]), "censored_no_twin": censored["no_twin"],
+                 "twin_cost": cost}
+    else:
+        print(f"ours / random = {ours / rnd:.2f}, ours / exact random = {ours / exact:.2f} (target <= 0.33); "
+              f"the table declares no twin (twin: {{column: ...}}), so no 'without the twin' row\n")
+    return extra | {"ours": ours, "random": rnd, "random_exact": exact, "sobol": sob, "ours_iqr": _iqr(rows["ours"]),
+            "random_iqr": _iqr(rows["random"]), "sobol_iqr": _iqr(rows["sobol"]), "pool": n, "top_k": k,
+            "seeds": seeds, "random_runs": random_runs, "cap": cap, "censored_ours": censored["ours"],
+            "censored_sobol": censored["sobol"]}
 
 
 def bench_world(name: str, spec: WorldSpec, seeds: int, cap: int, random_runs: int) -> dict[str, Any]:
@@ -102,11 +173,19 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5, help="seeds per BO strategy (>= 5 for the issue's figures)")
     ap.add_argument("--cap", type=int, default=60, help="most experiments per BO run (a miss counts cap + 1)")
     ap.add_argument("--random-runs", type=int, default=200, help="random-search runs per world")
+    ap.add_argument("--in-flight", type=int, default=1, help="replay worlds: experiments running at once")
     args = ap.parse_args()
     out = {}
-    for name in args.world or list(SHIPPED):
-        label, spec = world_spec(name)
-        out[label] = bench_world(label, spec, args.seeds, args.cap, args.random_runs)
+    try:
+        for name in args.world or list(SHIPPED):
+            label, spec = world_spec(name)
+            if isinstance(spec, ReplayWorld):
+                out[label] = bench_replay(label, spec, args.seeds, args.cap, args.random_runs, args.in_flight)
+            else:
+                out[label] = bench_world(label, spec, args.seeds, args.cap, args.random_runs)
+    except PPUError as exc:  # a config error names its field; no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(json.dumps(out))
 
 

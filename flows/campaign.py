@@ -72,13 +72,14 @@ import json  # noqa: E402
 import logging  # noqa: E402
 from typing import Any  # noqa: E402
 
-from prefect import flow, task  # noqa: E402
+from prefect import flow, tags, task  # noqa: E402
+from prefect.artifacts import acreate_markdown_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.client.schemas.objects import FlowRun, State  # noqa: E402
 from prefect.context import FlowRunContext  # noqa: E402
 from prefect.states import Cancelled  # noqa: E402
 
-from ppu.campaign.config import load_campaign  # noqa: E402
+from ppu.campaign.config import CampaignConfig, load_campaign  # noqa: E402
 from ppu.campaign.handover import wind_down  # noqa: E402
 from ppu.campaign.optimizer import Decision  # noqa: E402
 from ppu.campaign.report import summary_table, write_report  # noqa: E402
@@ -99,14 +100,11 @@ async def propose(loop: CampaignLoop, pending: list[str]) -> Decision:
     return await CampaignLoop.do_propose(loop, pending)
 
 
-@task(name="synthesise", retries=0, cache_policy=NO_CACHE)
-async def synthesise(loop: CampaignLoop, candidate_id: str, on_review: Any = None) -> tuple[Task, dict[str, Any]]:
-    return await CampaignLoop.do_synthesise(loop, candidate_id, on_review)
-
-
-@task(name="characterise", retries=0, cache_policy=NO_CACHE)
-async def characterise(loop: CampaignLoop, capability: str, sample_id: str) -> tuple[Task, dict[str, Any]]:
-    return await CampaignLoop.do_characterise(loop, capability, sample_id)
+@task(name="workflow-step", task_run_name="{step}", retries=0, cache_policy=NO_CACHE)
+async def workflow_step(loop: CampaignLoop, step: str, capability: str, inputs: dict[str, Any],
+                        on_review: Any = None, attempts: int = 1) -> tuple[Task, dict[str, Any]]:
+    """One declared workflow step (physical ones consume material: never retried by Prefect)."""
+    return await CampaignLoop.do_step(loop, step, capability, inputs, on_review, attempts)
 
 
 @task(name="learn", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
@@ -127,11 +125,9 @@ class FlowLoop(CampaignLoop):
     async def do_propose(self, pending: list[str]) -> Decision:
         return await propose(self, pending)
 
-    async def do_synthesise(self, candidate_id: str, on_review: Any = None) -> tuple[Task, dict[str, Any]]:
-        return await synthesise(self, candidate_id, on_review)
-
-    async def do_characterise(self, capability: str, sample_id: str) -> tuple[Task, dict[str, Any]]:
-        return await characterise(self, capability, sample_id)
+    async def do_step(self, step: str, capability: str, inputs: dict[str, Any], on_review: Any = None,
+                      attempts: int = 1) -> tuple[Task, dict[str, Any]]:
+        return await workflow_step(self, step, capability, inputs, on_review, attempts)
 
     async def do_learn(self) -> None:
         await learn(self)
@@ -150,7 +146,8 @@ CANCEL_POLL_S = 1.0  # how often a directly started flow run looks whether it wa
 async def wind_down_hook(flow: Any, flow_run: FlowRun, state: State) -> None:
     """``on_cancellation`` / ``on_crashed``: cancel or hand over the campaign's tasks; write summary.json."""
     params = flow_run.parameters or {}
-    cfg = load_campaign(params.get("config_path", "campaigns/demo.yaml"))
+    cfg = (CampaignConfig.model_validate(params["campaign"]) if params.get("campaign")
+           else load_campaign(params.get("config_path", "campaigns/demo.yaml")))
     out = Path(params.get("run_dir", "runs/campaign")).resolve()
     reason = f"Prefect flow run {flow_run.name} {(state.name or state.type.value).lower()}"
     from ppu.transport.client import AsyncPPUClient
@@ -194,10 +191,25 @@ async def _cancel_requested(flow_run_id: Any) -> State:
                 return state
 
 
-@flow(name="closed-loop-campaign", log_prints=False, on_cancellation=[wind_down_hook], on_crashed=[wind_down_hook])
-async def closed_loop(config_path: str = "campaigns/demo.yaml", run_dir: str = "runs/campaign") -> Any:
-    """Run the campaign in ``config_path``; returns the summary (also in ``run_dir/summary.json``)."""
-    cfg = load_campaign(config_path)
+def summary_markdown(summary: dict[str, Any], run_dir: Path) -> str:
+    """The summary as a markdown table, with the plots' paths (a Prefect artifact)."""
+    rows = [f"| {k.replace('_', ' ')} | {v:.4g} |" if isinstance(v, float) else f"| {k.replace('_', ' ')} | {v} |"
+            for k, v in summary.items() if isinstance(v, int | float | str) and not isinstance(v, bool)]
+    plots = sorted(p.name for p in run_dir.glob("*.png"))
+    return "\n".join([f"# Campaign {summary.get('campaign')}", "", "| figure | value |", "|---|---|", *rows, "",
+                      "Plots in " + str(run_dir.resolve()) + ": " + ", ".join(plots)])
+
+
+@flow(name="closed-loop-campaign", log_prints=False, persist_result=True, on_cancellation=[wind_down_hook],
+      on_crashed=[wind_down_hook])
+async def closed_loop(config_path: str = "campaigns/demo.yaml", run_dir: str = "runs/campaign",
+                      campaign: CampaignConfig | None = None) -> Any:
+    """Run a campaign; returns the summary (also in ``run_dir/summary.json`` and a markdown artifact).
+
+    ``campaign``: the campaign itself (a typed form with every field described); when given, it is
+    run instead of the file at ``config_path``. Task runs are tagged ``campaign:NAME``.
+    """
+    cfg = campaign or load_campaign(config_path)
     out = Path(run_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     ctx = FlowRunContext.get()
@@ -210,13 +222,21 @@ async def closed_loop(config_path: str = "campaigns/demo.yaml", run_dir: str = "
         if _HOOKS.get("lab"):
             _HOOKS["lab"](address)
 
-    work = asyncio.ensure_future(run_campaign(cfg, out, loop_class=FlowLoop, on_progress=_HOOKS.get("progress"),
-                                              on_stage=_HOOKS.get("stage"), on_lab=on_lab))
+    async def campaign_run() -> dict[str, Any]:
+        with tags("ppu", f"campaign:{cfg.name}"):
+            result = await run_campaign(cfg, out, loop_class=FlowLoop, on_progress=_HOOKS.get("progress"),
+                                        on_stage=_HOOKS.get("stage"), on_lab=on_lab)
+        summary = write_report(result, out)
+        await acreate_markdown_artifact(markdown=summary_markdown(summary, out), key=f"campaign-{cfg.name.lower()}"
+                                        .replace("_", "-").replace(".", "-"), description=f"campaign {cfg.name}")
+        return summary
+
+    work = asyncio.ensure_future(campaign_run())
     watch = asyncio.ensure_future(_cancel_requested(flow_run.id)) if flow_run is not None else None
     try:
         await asyncio.wait([w for w in (work, watch) if w is not None], return_when=asyncio.FIRST_COMPLETED)
         if work.done() or watch is None:
-            return write_report(await work, out)
+            return await work
         # Cancelled through the API with no runner to enforce it: do what Prefect does on Cancelling
         # (its on_cancellation hooks) while the lab is still up. The loop starts nothing new; what is
         # in flight ends (its tasks cancelled), and the partial campaign's report joins the summary.
@@ -231,10 +251,9 @@ async def closed_loop(config_path: str = "campaigns/demo.yaml", run_dir: str = "
                 if asyncio.iscoroutine(result):
                     await result
         done, _ = await asyncio.wait([work], timeout=120)
-        if work in done and work.exception() is None:
-            wound = json.loads((out / "summary.json").read_text())
-            report = write_report(work.result(), out)
-            (out / "summary.json").write_text(json.dumps({**report, **wound}, indent=2, default=str))
+        if work in done and work.exception() is None:  # the partial campaign's report, and the wind-down
+            wound = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+            (out / "summary.json").write_text(json.dumps({**work.result(), **wound}, indent=2, default=str))
         return Cancelled(message="cancelled through the Prefect API; the campaign was wound down (summary.json)")
     finally:
         for w in (watch, work):

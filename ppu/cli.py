@@ -74,7 +74,7 @@ def _act(lab: LabConfig, connect: str | None, remote: Callable[[Any], T]) -> T:
     """
     from ppu.errors import StoreHeld
     from ppu.transport.client import PPUClient
-    from ppu.transport.serve import connect_client, private_orchestrator
+    from ppu.transport.serve import cli_actor, connect_client, private_orchestrator
 
     try:
         client = connect_client(lab, connect)
@@ -88,7 +88,7 @@ def _act(lab: LabConfig, connect: str | None, remote: Callable[[Any], T]) -> T:
         if connect is not None:
             _fail(PPUError(f"no orchestrator answers at {connect}",
                            hint="start it with `ppu orchestrator --config lab.yaml`"))
-        with private_orchestrator(lab) as private, PPUClient(private, actor=os.environ.get("USER")) as offline:
+        with private_orchestrator(lab) as private, PPUClient(private, actor=cli_actor()) as offline:
             return remote(offline)
     except StoreHeld as exc:
         curve = " and that your key ($PPU_KEY) is listed in security.clients or security.admins" \
@@ -132,6 +132,16 @@ def _print_status(st: dict[str, Any]) -> None:
         t.add_row(b["name"], b["kind"], b["state"] + (" (held)" if b.get("held") else ""), str(b["slots"]),
                   str(b["used"]), f"{b.get('utilisation', 0):.0%}", ", ".join(b["capabilities"]))
     console.print(t)
+    if st.get("running"):
+        r = Table(title="running")
+        for col in ("task", "capability", "backend", "plan"):
+            r.add_column(col, overflow="fold")
+        for row in st["running"]:
+            last = (row.get("progress") or {}).get("message") or "running"
+            if row.get("held"):
+                last += " (lab stopped: this backend takes nothing new)"
+            r.add_row(row["task_id"], row["capability"], row.get("backend") or "", last)
+        console.print(r)
     q = Table(title="queues (live tasks by state)")
     q.add_column("capability")
     q.add_column("states")
@@ -596,7 +606,7 @@ def _campaign_runner(config: Path) -> Callable[..., Any] | None:
     path = reg.packs[str(name)].campaign_runner
     if path is None:
         raise ConfigError(f"pack {name!r} brings no campaign loop of its own", field="pack",
-                          hint="leave `pack:` out to run the MOF campaign loop")
+                          hint="leave `pack:` out to run the default campaign loop")
     return packs.resolve(path, "campaign runner")  # type: ignore[no-any-return]
 
 

@@ -7,10 +7,10 @@ rebuilt through :mod:`ppu.backends.registry`, where each type validates its own 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from ppu.errors import ConfigError
 from ppu.models import Autonomy, Strict
@@ -50,16 +50,46 @@ class SecurityConfig(Strict):
         default_factory=dict, description="worker public key (z85) -> backend names it may register")
 
 
+Durability = Literal["power", "process"]
+
+
+class StoreConfig(Strict):
+    """Where the journal lives and what a commit survives. ``store: URL`` is short for ``store: {url: URL}``."""
+
+    url: str | None = Field(None, description="SQLAlchemy URL (sqlite:///... or postgresql+psycopg://...); "
+                            "default: SQLite under run_dir")
+    durability: Durability = Field(
+        "power", description="what an acknowledged task survives. 'power' (default): a power cut or an "
+        "operating-system crash; every commit is fsynced (SQLite WAL, synchronous=FULL). 'process': the "
+        "death of any process, SIGKILL included, but not a power cut or an OS crash: SQLite WAL with "
+        "synchronous=NORMAL, a commit is in the operating system's page cache, fsynced at checkpoints "
+        "(a lab bench, CI, a laptop; several times faster per task). SQLite only: on PostgreSQL the "
+        "server's own synchronous_commit decides")
+
+    @model_validator(mode="after")
+    def _dialect(self) -> StoreConfig:
+        if self.durability == "process" and self.url and not self.url.startswith("sqlite"):
+            raise ValueError("durability 'process' applies to SQLite only; on PostgreSQL leave it at 'power' "
+                             "and set synchronous_commit on the server")
+        return self
+
+
 class LabConfig(Strict):
     name: str = Field("lab", description="a name for this lab")
     run_dir: str = Field("runs", description="folder for the store, documents, plots")
-    store: str | None = Field(None, description="SQLAlchemy URL; default sqlite under run_dir")
+    store: StoreConfig | None = Field(None, description="the store: a SQLAlchemy URL, or {url: ..., durability: "
+                                      "power|process}; default SQLite under run_dir, durability power")
     packs: list[str] | None = Field(None, description="packs this lab loads (ppu packs lists the installed ones); "
                                     "default: every installed pack. The core pack is always loaded.")
     orchestrator: OrchestratorConfig = Field(default_factory=OrchestratorConfig)
     autonomy: AutonomyConfig = Field(default_factory=AutonomyConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     backends: list[dict[str, Any]] = Field(default_factory=list, description="{type: ..., name: ..., ...}")
+
+    @field_validator("store", mode="before")
+    @classmethod
+    def _store_url(cls, v: Any) -> Any:
+        return {"url": v} if isinstance(v, str) else v
 
     @field_validator("backends")
     @classmethod
@@ -75,9 +105,12 @@ class LabConfig(Strict):
         return load_packs(self.packs)
 
     def store_url(self) -> str:
-        if self.store:
-            return self.store
+        if self.store is not None and self.store.url:
+            return self.store.url
         return f"sqlite:///{(Path(self.run_dir) / 'ppu.sqlite').resolve()}"
+
+    def store_durability(self) -> Durability:
+        return self.store.durability if self.store is not None else "power"
 
     def backend_entry(self, name: str) -> dict[str, Any]:
         for b in self.backends:

@@ -74,6 +74,7 @@ from ppu.host import BackendHost
 from ppu.models import (
     MAX_NAME,
     TERMINAL_STATES,
+    ActionClass,
     ApprovalState,
     AuditEntry,
     BackendKind,
@@ -95,6 +96,7 @@ from ppu.scheduler import Scheduler, SchedulerConfig
 from ppu.store import Rows, Store
 
 log = logging.getLogger(__name__)
+MAX_RUNNING_SHOWN = 200  # running tasks listed by status (a lab runs far fewer; a digital flood is counted, not listed)
 
 
 def made_sample(cap: capabilities.Capability, task_id: str, inputs: dict[str, Any], campaign: str | None,
@@ -129,6 +131,29 @@ class _Group:
 
 def _worth_journaling(steps: list[Step], audits: list[AuditEntry], samples: list[Sample]) -> bool:
     return bool(audits or samples or any(s.transitions or s.results or s.changed for s in steps))
+
+
+# A change that nothing waits on and that a restart can do without: the start of a `repeatable`
+# attempt (assigned -> running). It is written with the next commit (the attempt's result, the next
+# submission, or the clock's group after DEFER_MAX_S), not in an fsync of its own. Lost in a crash,
+# the task is rebuilt as `assigned` on the same backend, which a restart treats exactly like
+# `running` (the worker says whether it still holds it; if not, repeatable work is retried). The
+# start of `once` work is journaled at once: a reviewer must see that it ran.
+DEFER_MAX_S = 0.25
+CHECKPOINT_EVERY = 256  # inline commits (durability process) between two WAL checkpoints
+
+
+def _deferrable(steps: list[Step], audits: list[AuditEntry], samples: list[Sample]) -> bool:
+    if audits or samples:
+        return False
+    for s in steps:
+        if s.results or len(s.changed) > len(s.transitions):
+            return False
+        for tr in s.transitions:
+            rec = s.records.get(tr.task_id)
+            if tr.dst is not TaskState.running or rec is None or rec.action is not ActionClass.repeatable:
+                return False
+    return True
 
 
 class WorkerLink(Protocol):
@@ -170,12 +195,19 @@ class Orchestrator:
         self._subscribers: list[asyncio.Queue[dict[str, Any]]] = []
         self._known_processes: set[str] = set()  # approval keys of what made a sample successfully
         self._rearm = asyncio.Event()
+        self._timers_seen = -1
         self._timer: asyncio.Task[None] | None = None
         self._open: _Group | None = None  # the group that _apply adds to (inside grouped())
         self._pending = 0  # groups closed but not yet durable; while > 0 every change queues behind
         self._commit_lock = asyncio.Lock()  # FIFO: groups reach the disk in the order they closed
         self._commits: set[asyncio.Task[None]] = set()
         self._journal_thread: ThreadPoolExecutor | None = None
+        self._deferred: list[Step] = []  # journaled with the next commit (see _deferrable)
+        # durability process: groups are written on the loop (no fsync per commit); see _close
+        self._inline_writes = store.durability == "process"
+        self._since_checkpoint = 0
+        self._checkpoint: concurrent.futures.Future[None] | None = None
+        self._deferred_at = 0.0
         self._fatal: JournalFailed | None = None
         self._poisoned = False  # set on the journal thread when a write failed
         self.failed = asyncio.Event()  # set when a commit failed: the process must end (crash-only)
@@ -218,6 +250,11 @@ class Orchestrator:
                 f.cancel()
         if self._commits:  # let every closed group reach the disk (or fail) before letting go
             await asyncio.wait(list(self._commits))
+        if self._deferred and self._journal_thread is not None and self._fatal is None:
+            try:
+                self._journal_thread.submit(self._write, self._rows([], [], [])).result()
+            except Exception:
+                log.exception("could not journal the last deferred starts (a restart rebuilds them as assigned)")
         if self._journal_thread is not None:
             self._journal_thread.shutdown(wait=True)
             self._journal_thread = None
@@ -263,24 +300,27 @@ class Orchestrator:
         samples = list(samples) + self._sample_changes(steps)
         if self._open is not None:  # inside grouped(): journaled and carried out at its end
             self._open.add(steps, audits, samples)
+        elif not _worth_journaling(steps, audits, samples):
+            self._carry_out_all(steps)
+        elif _deferrable(steps, audits, samples):
+            self._defer(steps)
+            self._carry_out_all(steps)
         elif self._pending:
             # A direct caller (in-process API) while groups are on their way to disk: its return is
             # its acknowledgement, so it waits for its own write, queued behind theirs on the journal
             # thread (rare and short: the transport and the clock use grouped()).
-            if _worth_journaling(steps, audits, samples):
-                assert self._journal_thread is not None
-                try:
-                    self._journal_thread.submit(self._write, self.store.prepare(steps, audits, samples)).result()
-                except Exception as exc:
-                    raise self._die(exc) from exc
+            assert self._journal_thread is not None
+            try:
+                self._journal_thread.submit(self._write, self._rows(steps, audits, samples)).result()
+            except Exception as exc:
+                raise self._die(exc) from exc
             self._carry_out_all(steps)
         else:
-            if _worth_journaling(steps, audits, samples):
-                # Durable first: nothing below (assignments, answers, waiters) happens before this.
-                try:
-                    self.store.apply(steps, audits, samples)
-                except Exception as exc:
-                    raise self._die(exc) from exc
+            # Durable first: nothing below (assignments, answers, waiters) happens before this.
+            try:
+                self.store.write(self._rows(steps, audits, samples))
+            except Exception as exc:
+                raise self._die(exc) from exc
             self._carry_out_all(steps)
         if error is not None:
             raise error
@@ -316,14 +356,31 @@ class Orchestrator:
 
     def _close(self, group: _Group) -> None:
         """No more changes join this group: snapshot its rows now, write them behind the earlier ones."""
+        inline = False  # durable once this returns: nothing ahead of it, and no fsync to wait for
         try:
-            if _worth_journaling(group.steps, group.audits, group.samples):
+            worth = _worth_journaling(group.steps, group.audits, group.samples)
+            if worth and _deferrable(group.steps, group.audits, group.samples) and not self._deferred_due():
+                self._defer(group.steps)  # no write of its own: it rides with the next commit
+                inline = not self._pending
+            elif worth or self._deferred_due():  # the clock's group writes a start deferred for long enough
                 assert self._journal_thread is not None, "start() the orchestrator first"
-                # Queued now, so the journal thread writes groups in the order they closed.
-                group.write = self._journal_thread.submit(
-                    self._write, self.store.prepare(group.steps, group.audits, group.samples))
+                rows = self._rows(group.steps, group.audits, group.samples)
+                if self._inline_writes and not self._pending:
+                    # durability process: a commit is a write to the page cache (tens of microseconds),
+                    # cheaper than two thread switches; the fsyncs (checkpoints) stay on the journal thread.
+                    self._write(rows)
+                    inline = True
+                    self._checkpoint_now()
+                else:  # queued now, so the journal thread writes groups in the order they closed
+                    group.write = self._journal_thread.submit(self._write, rows)
+            else:
+                inline = not self._pending
         except Exception as exc:
             group.durable.set_exception(self._die(exc))
+            return
+        if inline:
+            self._carry_out_all(group.steps)
+            group.durable.set_result(None)
             return
         self._pending += 1
         task = asyncio.get_running_loop().create_task(self._commit(group))
@@ -348,6 +405,29 @@ class Orchestrator:
             self._pending -= 1
             self._carry_out_all(group.steps)
             group.durable.set_result(None)
+
+    def _checkpoint_now(self) -> None:
+        """Every CHECKPOINT_EVERY inline commits, fold the WAL into the database on the journal thread."""
+        self._since_checkpoint += 1
+        if self._since_checkpoint < CHECKPOINT_EVERY or (self._checkpoint and not self._checkpoint.done()):
+            return
+        self._since_checkpoint = 0
+        assert self._journal_thread is not None
+        self._checkpoint = self._journal_thread.submit(self.store.checkpoint)
+
+    def _defer(self, steps: list[Step]) -> None:
+        if not self._deferred:
+            self._deferred_at = time.monotonic()
+        self._deferred.extend(steps)
+
+    def _deferred_due(self) -> bool:
+        return bool(self._deferred) and time.monotonic() - self._deferred_at >= DEFER_MAX_S
+
+    def _rows(self, steps: list[Step], audits: list[AuditEntry], samples: list[Sample]) -> Rows:
+        """The rows of the next commit, on the loop: the deferred steps first, then these (in order)."""
+        if self._deferred:
+            steps, self._deferred = [*self._deferred, *steps], []
+        return self.store.prepare(steps, audits, samples)
 
     def _write(self, rows: Rows) -> None:
         """On the journal thread: once one write failed, none after it may land (memory went on)."""
@@ -379,7 +459,9 @@ class Orchestrator:
             except Exception:
                 self.counters["carry_out_errors"] += 1
                 log.exception("could not carry out a journaled step")
-        self._rearm.set()
+        if self.sched.timers != self._timers_seen:  # the clock may have to wake sooner
+            self._timers_seen = self.sched.timers
+            self._rearm.set()
 
     def _carry_out(self, step: Step) -> None:
         loop = asyncio.get_running_loop()
@@ -387,13 +469,14 @@ class Orchestrator:
             if isinstance(ins, Assign):
                 runs = []
                 for tid, attempt in ins.tasks:
-                    if self.sched.state_of(tid) is not TaskState.assigned or self.sched.task(tid).attempts != attempt:
+                    now_assigned = self.sched.assignment(tid, attempt)
+                    if now_assigned is None:
                         # It moved on while its group was on the way to disk: this assignment is stale.
                         self.counters["stale_assignments"] += 1
                         continue
-                    t = self.sched.task(tid)
-                    runs.append(TaskRun(task_id=tid, attempt=attempt, capability=t.capability, inputs=t.inputs,
-                                        campaign=t.campaign, sample_id=t.sample_id))
+                    cap, inputs, campaign, sample_id = now_assigned
+                    runs.append(TaskRun.model_construct(task_id=tid, attempt=attempt, capability=cap, inputs=inputs,
+                                                        campaign=campaign, sample_id=sample_id))
                 link = self.links.get(ins.backend)
                 if not runs:
                     continue
@@ -416,11 +499,12 @@ class Orchestrator:
             in_flight = (TaskState.assigned, TaskState.running)
             if tr.src in in_flight and tr.dst not in in_flight and rec is not None:  # left the backend
                 self._close_busy(rec.backend, rec.batch_id or tr.task_id, tr.at)
-            event = {"type": "transition", "task_id": tr.task_id, "src": tr.src.value if tr.src else None,
-                     "dst": tr.dst.value, "at": tr.at, "reason": tr.reason,
-                     "backend": getattr(rec, "backend", None), "capability": getattr(rec, "capability", None),
-                     "campaign": getattr(rec, "campaign", None)}
-            self._publish(event)
+            if self._subscribers:  # no event built for nobody (this runs for every transition)
+                self._publish({"type": "transition", "task_id": tr.task_id,
+                               "src": tr.src.value if tr.src else None, "dst": tr.dst.value, "at": tr.at,
+                               "reason": tr.reason, "backend": getattr(rec, "backend", None),
+                               "capability": getattr(rec, "capability", None),
+                               "campaign": getattr(rec, "campaign", None)})
             if tr.dst in TERMINAL_STATES:
                 self.progress_of.pop(tr.task_id, None)
             if tr.dst in TERMINAL_STATES or tr.dst is TaskState.needs_review:
@@ -932,8 +1016,11 @@ class Orchestrator:
         backends = self.sched.backends()
         for row in backends:
             row["utilisation"] = min(1.0, busy.get(row["name"], 0.0) / span / max(1, row["slots"]))
+        running = [{"task_id": t.id, "capability": t.capability, "backend": t.backend,
+                    "held": bool(t.backend and self._holds.get(t.backend)), "progress": self.progress_of.get(t.id)}
+                   for t in self.sched.live_tasks() if t.state is TaskState.running][:MAX_RUNNING_SHOWN]
         return {"backends": backends, "queues": self.sched.queue_depths(), "counters": dict(self.counters),
-                "tasks": self.store.count_tasks(), "uptime_s": span}
+                "tasks": self.store.count_tasks(), "uptime_s": span, "running": running}
 
 
 class LocalWorker:

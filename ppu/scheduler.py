@@ -15,7 +15,9 @@ Data layout, chosen for 1,000 backends x 100,000 queued tasks (see benchmarks/sc
 
 from __future__ import annotations
 
+import functools
 import heapq
+import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -73,6 +75,7 @@ TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
 _IN_FLIGHT = (S.assigned, S.running)
 _ACCEPTING = (BackendState.online, BackendState.busy)
 _SKIP_LIMIT = 64  # heads a freed slot may pass over (pinned elsewhere, avoided, limits) per pull
+_dumps = functools.partial(json.dumps, separators=(",", ":"), allow_nan=False)
 
 
 class _T:
@@ -117,6 +120,20 @@ class _T:
 
     def key(self) -> tuple[int, float, int]:
         return (-self.priority, self.deadline if self.deadline is not None else math.inf, self.seq)
+
+    def body_json(self) -> str:
+        """The task as the store keeps it: the JSON of :meth:`to_task`, without building the model
+        (this runs for every change of every task; tests check both forms agree)."""
+        return _dumps({
+            "id": self.id, "capability": self.capability, "inputs": self.inputs, "action": self.action.value,
+            "priority": self.priority, "campaign": self.campaign, "depends_on": list(self.depends_on),
+            "deadline": self.deadline, "pin_backend": self.pin, "min_fidelity": self.min_fidelity,
+            "max_attempts": self.max_attempts, "sample_id": self.sample_id, "seq": self.seq,
+            "state": self.state.value, "approval": self.approval.value, "attempts": self.attempts,
+            "backend": self.backend, "submitted_at": self.submitted_at, "submitted_by": self.submitted_by,
+            "submitter_key": self.submitter_key, "not_before": self.not_before, "avoid": list(self.avoid),
+            "cancel_requested": self.cancel_requested, "error": self.error, "batch_id": self.batch_id,
+        })
 
     def to_task(self) -> Task:
         return Task.model_construct(
@@ -189,6 +206,9 @@ class Scheduler:
         self._terminal: dict[str, _T] = {}  # tasks that ended during the current step
         self._now = 0.0
         self._last_tick = 0.0
+        # Counts changes that may bring next_wake() earlier (a batch flush, a retry's backoff, a
+        # registration's liveness): the shell re-arms its clock only when this moved.
+        self.timers = 0
 
     # ---- public surface ------------------------------------------------------------------
 
@@ -281,6 +301,13 @@ class Scheduler:
         b = self._backends.get(name)
         return b is not None and b.registered and b.alive_until >= now
 
+    def assignment(self, task_id: str, attempt: int) -> tuple[str, dict[str, Any], str | None, str | None] | None:
+        """(capability, inputs, campaign, sample id) of ``task_id`` while ``attempt`` is assigned; else None."""
+        t = self._tasks.get(task_id)
+        if t is None or t.state is not S.assigned or t.attempts != attempt:
+            return None
+        return t.capability, t.inputs, t.campaign, t.sample_id
+
     def holder(self, task_id: str) -> tuple[str | None, int] | None:
         """(backend, attempt) of a live task's current attempt; None for an ended or unknown task."""
         t = self._tasks.get(task_id)
@@ -335,6 +362,7 @@ class Scheduler:
                 b.batches.setdefault(t.batch_id or t.id, []).append(t.id)
                 if t.sample_id:
                     self._sample_holder[t.sample_id] = t.id
+        self.timers += 1
         self._step = Step()
 
     # ---- events ----------------------------------------------------------------------------
@@ -365,6 +393,7 @@ class Scheduler:
         self._maybe_ready(t)
 
     def _on_register(self, ev: RegisterBackend) -> None:
+        self.timers += 1
         spec = ev.spec
         old = self._backends.get(spec.name)
         b = _B(spec=spec, state=spec.state, alive_until=ev.at + ev.liveness_s, liveness_s=ev.liveness_s,
@@ -666,6 +695,7 @@ class Scheduler:
         t.not_before = self._now + delay
         self._move(t, S.pending, f"retry {t.attempts + 1}/{t.max_attempts} in {delay:g}s: {why}")
         heapq.heappush(self._delayed, (t.not_before, t.id))
+        self.timers += 1
 
     def _requeue(self, t: _T, why: str) -> None:
         """Back to the queue: the attempt provably never reached a worker (nothing ran)."""
@@ -797,6 +827,10 @@ class Scheduler:
         heaps = [h for minf, h in self._ready.get(cap, {}).items() if minf <= fid]
         if b.name in self._pinned:
             heaps.append(self._pinned[b.name])
+        if self._flush_at.get(b.name, 0.0) > self._now and sum(map(len, heaps)) < b.spec.batch_size:
+            # A partial batch already waits for its flush time, and even every queued entry would not
+            # fill it: nothing changes (without this, each task of a burst re-scanned the whole queue).
+            return False
         taken: list[tuple[list[Any], tuple[Any, int, str]]] = []
         aside: list[tuple[list[Any], tuple[Any, int, str]]] = []
         while len(taken) < b.spec.batch_size and len(aside) < _SKIP_LIMIT:
@@ -824,6 +858,7 @@ class Scheduler:
                 for h, e in taken:
                     heapq.heappush(h, e)
                 self._flush_at[b.name] = min(flush, self._flush_at.get(b.name, math.inf))
+                self.timers += 1
                 return False
         self._flush_at.pop(b.name, None)
         self._assign(b, [self._tasks[e[2]] for _, e in taken])

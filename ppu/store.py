@@ -14,9 +14,11 @@ SIGKILL, so a restart never waits for an expiry. A second orchestrator refuses t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -116,27 +118,48 @@ class Rows:
 WRITER_KEY = "writer"  # meta row: who holds the writer lease (pid, host, address), for messages
 
 
-def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    # FULL: a commit survives power loss, not only a killed process. The orchestrator groups
-    # a burst of events into one transaction, so the fsync is paid per burst, not per task.
-    cur.execute("PRAGMA synchronous=FULL")
-    cur.execute("PRAGMA busy_timeout=10000")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.close()
+# What a commit survives (the lab file's store.durability, see ppu.config.StoreConfig):
+# power:   synchronous=FULL, every commit fsyncs the WAL: a power cut or an OS crash loses nothing.
+#          The orchestrator groups a burst of events into one transaction, so the fsync is paid per
+#          burst, not per task.
+# process: synchronous=NORMAL, a commit reaches the operating system (the WAL file) but is fsynced
+#          only at checkpoints: any process may die, SIGKILL included, and nothing committed is lost
+#          (the OS writes its page cache out); a power cut or an OS crash may lose the last commits.
+SQLITE_SYNCHRONOUS = {"power": "FULL", "process": "NORMAL"}
+
+
+def _sqlite_pragmas(synchronous: str) -> Any:
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={synchronous}")
+        if synchronous == SQLITE_SYNCHRONOUS["process"]:
+            # A checkpoint fsyncs: never inside a commit (the orchestrator commits on its loop in this
+            # mode); the orchestrator runs Store.checkpoint on its journal thread instead.
+            cur.execute("PRAGMA wal_autocheckpoint=0")
+        cur.execute("PRAGMA busy_timeout=10000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+    return on_connect
 
 
 class Store:
-    def __init__(self, url: str):
+    def __init__(self, url: str, durability: str = "power"):
         self.url = url
+        if durability not in SQLITE_SYNCHRONOUS:
+            raise StoreError(f"unknown store durability {durability!r}", field="store.durability",
+                             hint="use power (the default) or process")
+        if durability != "power" and not url.startswith("sqlite"):
+            raise StoreError(f"store durability {durability!r} applies to SQLite only", field="store.durability",
+                             hint="on PostgreSQL leave it at power and set synchronous_commit on the server")
+        self.durability = durability
         try:
             if url.startswith("sqlite"):
                 path = url.split("///", 1)[-1]
                 if path and path != ":memory:":
                     Path(path).parent.mkdir(parents=True, exist_ok=True)
                 self.engine: Engine = sa.create_engine(url, connect_args={"check_same_thread": False})
-                sa.event.listen(self.engine, "connect", _on_sqlite_connect)
+                sa.event.listen(self.engine, "connect", _sqlite_pragmas(SQLITE_SYNCHRONOUS[durability]))
             else:
                 self.engine = sa.create_engine(url, pool_pre_ping=True)
             metadata.create_all(self.engine)
@@ -156,9 +179,31 @@ class Store:
             index_elements=[samples.c.id],
             set_={"state": ups.excluded.state, "updated_at": ups.excluded.updated_at,
                   "body": ups.excluded.body, "campaign": ups.excluded.campaign})
+        # The ON CONFLICT statements have no SQLAlchemy cache key: executed as they are, each write would
+        # compile them again (about half a millisecond). Compiled once here, run as driver SQL.
+        self._upsert_task_sql = self._compiled(self._upsert_task, [c.name for c in tasks.c])
+        self._insert_result_sql = self._compiled(self._insert_result, [c.name for c in results.c])
+        self._upsert_sample_sql = self._compiled(self._upsert_sample, [c.name for c in samples.c])
+        self._journal_sql = self._compiled(journal.insert(), ["at", "task_id", "src", "dst", "reason"])
+        self._audit_sql = self._compiled(audit.insert(), ["at", "actor", "action", "target", "detail"])
+        # SQLite: write() runs on one dedicated driver connection (a commit then costs what SQLite
+        # costs, not a pool checkout and SQLAlchemy's bookkeeping); the lock keeps writers in turn.
+        self._sqlite = self.engine.dialect.name == "sqlite"
+        self._writer_conn: Any = None
+        self._writer_lock = threading.Lock()
         self._lock_fd: int | None = None
         self._lock_conn: Connection | None = None
         self.writer_owner: str | None = None
+
+    def _compiled(self, stmt: Any, keys: list[str]) -> tuple[str, tuple[str, ...] | None]:
+        """(SQL, parameter order) of a statement for this database's driver; order None: named parameters."""
+        c = stmt.compile(dialect=self.engine.dialect, column_keys=keys)
+        return str(c), (tuple(c.positiontup) if c.positional and c.positiontup else None)
+
+    @staticmethod
+    def _run(conn: Connection, compiled: tuple[str, tuple[str, ...] | None], rows: list[dict[str, Any]]) -> None:
+        sql, order = compiled
+        conn.exec_driver_sql(sql, [tuple(r[k] for k in order) for r in rows] if order else rows)
 
     def _dialect_insert(self) -> Any:
         # Both dialects have INSERT ... ON CONFLICT, with the same API.
@@ -173,6 +218,10 @@ class Store:
 
     def close(self) -> None:
         self.release_writer()
+        with self._writer_lock:
+            if self._writer_conn is not None:
+                self._writer_conn.close()
+                self._writer_conn = None
         self.engine.dispose()
 
     # ---- the single-writer lease -------------------------------------------------------------
@@ -273,9 +322,9 @@ class Store:
             rows.moves += [{"at": tr.at, "task_id": tr.task_id, "src": tr.src.value if tr.src else None,
                             "dst": tr.dst.value, "reason": tr.reason} for tr in step.transitions]
             rows.results += [self._result_row(r, now) for r in step.results]
-            for t in step.tasks():
+            for t in step.records.values():  # the scheduler's records (their body_json is the Task's JSON)
                 task_rows[t.id] = {"id": t.id, "seq": t.seq, "state": t.state.value, "capability": t.capability,
-                                   "campaign": t.campaign, "updated_at": now, "body": t.model_dump_json()}
+                                   "campaign": t.campaign, "updated_at": now, "body": t.body_json()}
         rows.tasks = list(task_rows.values())
         rows.audits = [self._audit_row(e) for e in audits]
         rows.samples = [{"id": s.id, "campaign": s.campaign, "state": s.state.value, "updated_at": now,
@@ -286,18 +335,45 @@ class Store:
         """Write prepared rows in one transaction: one executemany per table. Safe off the loop."""
         if not rows:
             return
+        if self._sqlite:
+            self._write_sqlite(rows)
+            return
         with self.engine.begin() as conn:
             if rows.moves:
                 conn.execute(journal.insert(), rows.moves)
             if rows.results:
                 # Recorded exactly once per (task, attempt): a re-sent result is a no-op.
-                conn.execute(self._insert_result, rows.results)
+                self._run(conn, self._insert_result_sql, rows.results)
             if rows.tasks:
-                conn.execute(self._upsert_task, rows.tasks)  # executemany, one cached statement
+                self._run(conn, self._upsert_task_sql, rows.tasks)  # executemany, one compiled statement
             if rows.audits:
                 conn.execute(audit.insert(), rows.audits)
             if rows.samples:
-                conn.execute(self._upsert_sample, rows.samples)
+                self._run(conn, self._upsert_sample_sql, rows.samples)
+
+    def _write_sqlite(self, rows: Rows) -> None:
+        with self._writer_lock:
+            if self._writer_conn is None:
+                self._writer_conn = self.engine.raw_connection()  # held for the store's life (pragmas applied)
+            con = self._writer_conn.driver_connection
+            cur = con.cursor()
+            try:
+                cur.execute("BEGIN")
+                for compiled, items in ((self._journal_sql, rows.moves), (self._insert_result_sql, rows.results),
+                                        (self._upsert_task_sql, rows.tasks), (self._audit_sql, rows.audits),
+                                        (self._upsert_sample_sql, rows.samples)):
+                    if items:
+                        sql, order = compiled
+                        cur.executemany(sql, [tuple(r[k] for k in order) for r in items] if order else items)
+                con.commit()
+            except BaseException as exc:
+                with contextlib.suppress(Exception):
+                    con.rollback()
+                if isinstance(exc, Exception):
+                    raise StoreError(f"the journal write failed: {exc}") from exc
+                raise
+            finally:
+                cur.close()
 
     @staticmethod
     def _result_row(r: Result, now: float) -> dict[str, Any]:
@@ -308,6 +384,14 @@ class Store:
     def _audit_row(e: AuditEntry) -> dict[str, Any]:
         return {"at": e.at, "actor": e.actor, "action": e.action, "target": e.target,
                 "detail": json.dumps(e.detail, default=str)}
+
+    def checkpoint(self) -> None:
+        """Fold SQLite's WAL into the database file (PASSIVE: writers go on meanwhile); a no-op elsewhere.
+
+        With durability ``process`` nothing checkpoints inside a commit, so the writer calls this off its loop."""
+        if self.engine.dialect.name == "sqlite":
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
     def add_audit(self, entry: AuditEntry) -> None:
         self.apply([], [entry])

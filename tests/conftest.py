@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
+
+import pytest
 
 
 def _free_port(kind: int) -> int:
@@ -21,3 +24,25 @@ os.environ.update({
     "EPICS_CAS_BEACON_ADDR_LIST": "127.0.0.1",
     "EPICS_CA_SERVER_PORT": str(_port), "EPICS_CA_REPEATER_PORT": str(_free_port(socket.SOCK_DGRAM)),
 })
+
+
+def _restore_packs() -> Iterator[None]:
+    from ppu import packs
+
+    before = packs.loaded()
+    yield
+    if packs.loaded() is not before:
+        packs.load(None if before is None else [n for n in before.names if n != "core"])
+
+
+@pytest.fixture(autouse=True)
+def _packs_as_before() -> Iterator[None]:
+    """A test that loads a lab file's packs (``packs: [flowchem]``) changes this process's packs;
+    the next test gets the packs it had before, so no test depends on the order tests run in."""
+    yield from _restore_packs()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _packs_as_before_module() -> Iterator[None]:
+    """The same for a module whose fixtures load packs (e.g. one lab served for all its tests)."""
+    yield from _restore_packs()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -27,6 +28,25 @@ def test_flow_runs_cleanly_under_prefect(tmp_path: Path) -> None:
     assert "ERROR" not in proc.stderr, proc.stderr[-3000:]
     assert (run_dir / "summary.json").exists() and (run_dir / "prefect-home").is_dir()
     assert not (tmp_path / "home" / ".prefect").exists()
+    # what a user of Prefect looks for: the summary as a markdown artifact, task runs tagged with the
+    # campaign and named after the workflow's steps, the flow's result persisted
+    probe = ("import asyncio, json\nfrom prefect.client.orchestration import get_client\n"
+             "async def main():\n    async with get_client() as c:\n"
+             "        arts = await c.read_artifacts()\n        runs = await c.read_task_runs()\n"
+             "        flows = await c.read_flow_runs()\n"
+             "        print(json.dumps({'arts': [[a.key, a.type, str(a.data)] for a in arts],\n"
+             "                          'tags': sorted({t for r in runs for t in r.tags}),\n"
+             "                          'names': sorted({r.name for r in runs}),\n"
+             "                          'persisted': [f.state.data is not None for f in flows]}))\n"
+             "asyncio.run(main())\n")
+    env.update({"PREFECT_HOME": str(run_dir / "prefect-home"), "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE": "true",
+                "PREFECT_LOGGING_LEVEL": "ERROR"})
+    seen = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env)
+    assert seen.returncode == 0, seen.stderr[-2000:]
+    got = json.loads(seen.stdout.strip().splitlines()[-1])
+    assert any(k == "campaign-flowtest" and t == "markdown" and "| best found |" in d for k, t, d in got["arts"])
+    assert "campaign:flowtest" in got["tags"]
+    assert {"synthesise", "xrd"} <= set(got["names"]) and all(got["persisted"])
 
 
 def test_only_repeatable_steps_are_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -34,7 +54,7 @@ def test_only_repeatable_steps_are_retried(tmp_path: Path, monkeypatch: pytest.M
     import importlib
 
     flow_mod = importlib.import_module("ppu.flows.campaign")
-    assert flow_mod.synthesise.retries == 0 and flow_mod.characterise.retries == 0  # once: never re-run
+    assert flow_mod.workflow_step.retries == 0  # declared workflow steps are physical: never re-run
     assert flow_mod.screen.retries > 0 and flow_mod.learn.retries > 0 and flow_mod.propose.retries > 0
     assert flow_mod.closed_loop.name == "closed-loop-campaign"
     assert issubclass(flow_mod.FlowLoop, flow_mod.CampaignLoop)

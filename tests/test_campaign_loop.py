@@ -71,7 +71,9 @@ def test_interrupted_synthesis_frees_the_robot_and_waits_for_a_person(tmp_path: 
             loop = CampaignLoop(client, cfg, pool, tmp_path, None)
             loop.review_poll_s = 0.2
             freed = asyncio.Event()
-            job = asyncio.create_task(loop.do_synthesise(pool[0].id or "", freed.set))
+            first = cfg.workflow.steps[0]  # type: ignore[union-attr]
+            job = asyncio.create_task(loop.do_step(first.name, first.capability,
+                                                   {"recipe": pool[0].model_dump(mode="json")}, freed.set))
             await asyncio.wait_for(freed.wait(), 20)  # the robot slot is handed back while a person decides
             assert not job.done()
             (waiting,) = await client.reviews()
@@ -95,6 +97,12 @@ def test_every_shipped_campaign_file_validates_and_builds_its_world(path: Path) 
     from ppu.campaign.runner import build_world
 
     cfg = load_campaign(path)
+    if cfg.world.replay is not None:  # a replay campaign: the pool is the table's rows
+        from ppu.campaign.replay import ReplaySpec, ReplayWorld
+
+        spec = ReplaySpec(**cfg.world.replay.model_dump(), problem=cfg.problem.model_dump(mode="json"))  # type: ignore[union-attr]
+        assert ReplayWorld(spec, base=path.parent).pool
+        return
     world, pool = build_world(cfg)
     assert len(pool) == cfg.world.pool_size
     expected = "table" if cfg.world.csv else {"sweet-spots": "analytic", "mof74": "mof74"}[cfg.world.kind]

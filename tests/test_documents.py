@@ -148,8 +148,16 @@ def test_runs_are_read_back_from_tiled(tmp_path: Path, tiled_server: str, monkey
     table = run["primary"].read()
     # the event stream is a Tiled table with the instrument's data keys, one row per event; its units and
     # shapes travel in the table's metadata (the data keys of the descriptor)
-    assert {"xrd_intensity", "xrd_two_theta", "seq_num", "time"} <= set(table.data_vars)
+    assert {"seq_num", "time"} <= set(table.data_vars)
     assert table.sizes[next(iter(table.sizes))] == 1
     keys = run["primary"].metadata["data_keys"]
     assert keys["xrd_two_theta"]["units"] == "deg" and keys["xrd_intensity"]["shape"][0] > 100
+    # array readings are Tiled arrays beside the table (one row per event), numbers as measured, equal to
+    # the JSONL copy of the same run
+    intensity = run["primary"]["xrd_intensity"].read()
+    assert intensity.dtype.kind == "f" and intensity.shape == (1, keys["xrd_intensity"]["shape"][0])
+    [jsonl] = [p for p in str(res.provenance.documents).split(";") if not p.startswith("http")
+               and run.metadata["start"]["uid"] in p]
+    [event] = [d for n, d in (json.loads(line) for line in Path(jsonl).read_text().splitlines()) if n == "event"]
+    assert intensity[0].tolist() == event["data"]["xrd_intensity"]
     client.context.close()

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 from conformance import no_progress
+from ioc_helpers import serving_iocs
 
 from ppu.backends.base import TaskRun
 from ppu.backends.devices import AcquisitionFailed
@@ -52,32 +50,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     raw = {"name": "ioc-lab", "run_dir": str(tmp / "run"), "backends": backends}
     path = tmp / "lab.yaml"
     path.write_text(yaml.safe_dump(raw))
-    log = (tmp / "ioc.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "ppu.cli", "ioc", "-c", str(path)], stdout=log,
-                            stderr=subprocess.STDOUT, env=os.environ.copy())
-    try:
-        _wait_for_pv("T1:XRDH:Acquire", proc, tmp / "ioc.log")
-        yield {"tmp": tmp, "backends": {b["name"]: b for b in backends}, "proc": proc, "log": tmp / "ioc.log"}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-
-
-def _wait_for_pv(pv: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    from ophyd import EpicsSignalRO
-
-    for _ in range(300):
-        if proc.poll() is not None:
-            raise RuntimeError(f"ppu ioc exited {proc.returncode}: {log.read_text()}")
-        if "IOCs of lab" in log.read_text():
-            EpicsSignalRO(pv, name="probe").wait_for_connection(timeout=20)
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"IOC did not start: {log.read_text()}")
+    with serving_iocs(path, "T1:XRDH:Acquire") as proc:
+        yield {"tmp": tmp, "backends": {b["name"]: b for b in backends}, "proc": proc,
+               "log": path.with_suffix(".ioc.log")}
 
 
 def run(coro: Any, timeout: float = 60.0) -> Any:

@@ -7,6 +7,9 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from lab_helpers import phys as _phys
+from lab_helpers import until as _until
+
 from ppu.backends import build_backend
 from ppu.config import AutonomyConfig, OrchestratorConfig
 from ppu.models import ApprovalState, TaskSpec, TaskState
@@ -15,21 +18,8 @@ from ppu.simulators.mof.world import candidate_pool
 from ppu.store import Store, sqlite_url
 
 
-def _phys(tmp_path: Path, type_: str, name: str, **kw: Any) -> dict[str, Any]:
-    return {"type": type_, "name": name, "simulated": True, "time_scale": 1e4, "run_dir": str(tmp_path / "run"),
-            "lab": "humans", "world": {"seed": 5}, "seed": 1, **kw}
-
-
 def _recipe(i: int = 3, **over: Any) -> dict[str, Any]:
     return {**candidate_pool(40, seed=2)[i].model_dump(mode="json"), **over}
-
-
-async def _until(cond: Any, timeout: float = 10.0) -> None:
-    t0 = asyncio.get_running_loop().time()
-    while not cond():
-        if asyncio.get_running_loop().time() - t0 > timeout:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 class Lab:
@@ -103,6 +93,10 @@ def test_stop_pauses_a_measurement_at_a_checkpoint_and_resume_finishes_it(tmp_pa
             await _until(lambda: gas.host.state == "paused")  # type: ignore[attr-defined]
             await asyncio.sleep(0.3)
             assert lab.state(m) is TaskState.running
+            # ppu status says the running plan is paused, and why nothing new starts there
+            await _until(lambda: any(r["task_id"] == m and (r["progress"] or {}).get("message") ==
+                                     "paused at a checkpoint" for r in lab.orch.status()["running"]))
+            assert [r["held"] for r in lab.orch.status()["running"] if r["task_id"] == m] == [True]
             await lab.orch.resume("gas", actor="dan")
             (tm,) = await lab.orch.wait([m], timeout=30)
             assert tm.state is TaskState.succeeded, tm.error
@@ -170,4 +164,23 @@ def test_interrupted_measurement_goes_to_review_and_a_manual_result_enters_like_
             assert [x["task_id"] for x in detail["measurements"]] == [m]
             assert detail["measurements"][0]["entered_by"] == "alice"
             assert ("alice", "review_result") in [(e.actor, e.action) for e in lab.store.audit_entries()]
+    asyncio.run(body())
+
+
+def test_cancelling_a_running_synthesis_stops_the_robot_so_no_sample_appears_after(tmp_path: Path):
+    """Bluesky's abort stops only what a plan moved; a triggered synthesis would run on and make a
+    sample the store never hears of. The backend stops its instrument when it aborts a plan under way."""
+    async def body() -> None:
+        async with Lab(tmp_path, [_phys(tmp_path, "synthesis_robot", "robot")]) as lab:
+            robot = lab.backends[0]
+            (t,) = lab.orch.submit([TaskSpec(capability="synthesize",
+                                             inputs={"recipe": _recipe(3, anneal_time_h=12.0)})])
+            await _until(lambda: lab.state(t) is TaskState.running)
+            await asyncio.sleep(0.5)  # the anneal is under way (4.5 s of wall time at this time scale)
+            lab.orch.cancel(t, "erin", "wrong recipe")
+            (tt,) = await lab.orch.wait([t], timeout=20)
+            assert tt.state is TaskState.cancelled
+            await asyncio.sleep(6.0)  # past the end the synthesis would have had
+            assert robot.lab.known_samples() == []  # type: ignore[attr-defined]
+            assert lab.store.list_samples() == []
     asyncio.run(body())

@@ -43,7 +43,7 @@ def test_every_deployment_names_the_flow_with_parameters_it_takes(monkeypatch: p
     # (no Jinja filters): a template it cannot parse would reach a worker verbatim.
     assert text.count("{{") == len(find_placeholders(text)), "prefect.yaml has a template Prefect cannot resolve"
     names = [d["name"] for d in _deployments()]
-    assert names == ["simulated-campaign", "real-lab-campaign"]
+    assert names == ["simulated-campaign", "mof74-campaign", "real-lab-campaign"]
     for dep in _deployments():
         path, func = dep["entrypoint"].split(":")
         assert (ROOT / path).is_file(), dep["entrypoint"]
@@ -53,7 +53,7 @@ def test_every_deployment_names_the_flow_with_parameters_it_takes(monkeypatch: p
         accepted = set(inspect.signature(flow.fn).parameters)
         assert set(dep["parameters"]) <= accepted, (dep["name"], set(dep["parameters"]) - accepted)
         cfg = load_campaign(ROOT / dep["parameters"]["config_path"])  # the file exists and validates
-        assert cfg.simulated is (dep["name"] == "simulated-campaign")
+        assert cfg.simulated is (dep["name"] != "real-lab-campaign")
         assert dep["work_pool"]["name"]
 
 

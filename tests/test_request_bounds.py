@@ -91,13 +91,13 @@ def _many_tasks_through_the_client(tmp_path: Path, n: int) -> None:
             # Record what each request asked of the orchestrator (a spy; the real methods run).
             submit, wait = orch.submit, orch.wait
 
-            def spy_submit(specs: Any, actor: str = "local") -> list[str]:
+            def spy_submit(specs: Any, *args: Any, **kwargs: Any) -> list[str]:
                 sizes["submit"].append(len(specs))
-                return submit(specs, actor)
+                return submit(specs, *args, **kwargs)
 
-            async def spy_wait(ids: list[str], timeout: float | None = None) -> Any:
+            async def spy_wait(ids: list[str], *args: Any, **kwargs: Any) -> Any:
                 sizes["wait"].append(len(ids))
-                return await wait(ids, timeout)
+                return await wait(ids, *args, **kwargs)
             orch.submit, orch.wait = spy_submit, spy_wait  # type: ignore[method-assign]
 
             worst = 0.0

@@ -3,13 +3,16 @@
 Each class declares its signals once, on EPICS PVs: setpoints are ``EpicsSignal`` (kind
 ``config``), read-backs ``EpicsSignalRO``. The *EPICS build* is the class itself under a PV prefix;
 ``trigger()`` puts 1 to ``<prefix>Acquire`` and completes on the put-callback (the areaDetector
-convention), with a timeout. Plans stage the device; unstaging it while an acquisition is still
-running (the run was aborted) stops the acquisition. The *simulated build* is the same class through
+convention), checked against ``Status_RBV``, its alarm and ``Counter_RBV`` and with a timeout (the
+core's :class:`~ppu.backends.devices.EpicsAcquisition`), so a refused or stale acquisition fails.
+Plans stage the device; unstaging it while an acquisition is still running (the run was aborted)
+stops the acquisition. The *simulated build* is the same class through
 :func:`ophyd.sim.make_fake_device`: every PV becomes a soft signal with the same name and kind,
 read-backs stay read-only (a ``put`` raises ``ReadOnlyError``), and ``trigger()`` is handed to a
 *simulator hook*, an object the caller passes in (``ppu.simulators.flowchem`` provides them), which
 fills the read-backs with ``sim_put`` when the acquisition is over. Drivers never import
-simulators: the hook is duck-typed (:class:`SimulatorHook`).
+simulators: the hook is duck-typed (:class:`SimulatorHook`). ``ppu ioc`` serves a simulated build as
+an IOC under its EPICS build's PV names (``epics_class``).
 
 Units travel in ``describe()`` in both builds: from the PV's EGU field when the IOC gives one,
 otherwise from the class's ``UNITS`` table.
@@ -24,6 +27,8 @@ from ophyd import Device, EpicsSignal, EpicsSignalRO
 from ophyd.sim import make_fake_device
 from ophyd.status import StatusBase
 
+from ppu.backends.devices import EpicsAcquisition
+
 
 class SimulatorHook(Protocol):
     """What a simulated build delegates to: start an acquisition, stop all of them."""
@@ -33,14 +38,18 @@ class SimulatorHook(Protocol):
     def stop(self) -> None: ...
 
 
-class FlowDevice(Device):
-    """Shared behaviour: trigger by put-completion or through the simulator hook; units in describe()."""
+class FlowDevice(EpicsAcquisition):
+    """Shared behaviour: the EPICS build triggers as :class:`~ppu.backends.devices.EpicsAcquisition`
+    (put-completion on ``Acquire``, checked against ``Status_RBV``, its alarm and ``Counter_RBV``, with a
+    timeout, so a refused or stale acquisition fails); the simulated build through the simulator hook.
+    Units in describe()."""
 
-    acquire = Cpt(EpicsSignal, "Acquire", kind="omitted", put_complete=True)
     UNITS: ClassVar[dict[str, str]] = {}
-    acquire_timeout_s: ClassVar[float] = 3600.0
+    ARRAY_LENGTHS: ClassVar[dict[str, int]] = {}  # the longest array read-backs (the IOC sizes its waveforms)
+    default_acquire_timeout_s: ClassVar[float] = 3600.0
 
     def __init__(self, prefix: str = "", *, name: str, simulator: SimulatorHook | None = None, **kw: Any):
+        kw.setdefault("acquire_timeout_s", self.default_acquire_timeout_s)
         super().__init__(prefix, name=name, **kw)
         self.simulator = simulator
         self._in_flight: StatusBase | None = None
@@ -50,10 +59,7 @@ class FlowDevice(Device):
         return self.simulator is not None
 
     def trigger(self) -> StatusBase:
-        if self.simulator is not None:
-            status = self.simulator.trigger(self)
-        else:
-            status = self.acquire.set(1, timeout=self.acquire_timeout_s)
+        status = self.simulator.trigger(self) if self.simulator is not None else super().trigger()
         self._in_flight = status
         return status
 
@@ -67,9 +73,9 @@ class FlowDevice(Device):
     def stop(self, *, success: bool = False) -> None:
         if self.simulator is not None:
             self.simulator.stop()
-        elif self._in_flight is not None and not self._in_flight.done:
-            self.acquire.put(0, use_complete=False)  # areaDetector convention: Acquire=0 stops
-        super().stop(success=success)
+            Device.stop(self, success=success)
+        else:
+            super().stop(success=success)  # fails pending acquisitions, puts Acquire=0
 
     def _units(self, desc: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         prefix = f"{self.name}_"
@@ -111,7 +117,7 @@ class FlowReactor(FlowDevice):
     UNITS: ClassVar[dict[str, str]] = {
         "temperature_c": "degC", "residence_time_min": "min", "equivalents_b": "eq", "concentration_m": "mol/L",
         "collect_volume_ml": "mL", "volume_ml": "mL", "coil_temperature_c": "degC", "pressure_bar": "bar"}
-    acquire_timeout_s: ClassVar[float] = 6 * 3600.0
+    default_acquire_timeout_s: ClassVar[float] = 6 * 3600.0
 
 
 class HPLC(FlowDevice):
@@ -126,7 +132,8 @@ class HPLC(FlowDevice):
 
     UNITS: ClassVar[dict[str, str]] = {"run_time_min": "min", "sample_rate_hz": "Hz", "injection_ul": "uL",
                                        "time_min": "min", "absorbance": "mAU"}
-    acquire_timeout_s: ClassVar[float] = 3600.0
+    ARRAY_LENGTHS: ClassVar[dict[str, int]] = {"time_min": 360_000, "absorbance": 360_000}  # 60 min at 100 Hz
+    default_acquire_timeout_s: ClassVar[float] = 3600.0
 
 
 REACTOR_DEFAULTS: dict[str, Any] = {"ligand": "PPh3", "temperature_c": 25.0, "residence_time_min": 10.0,
@@ -146,6 +153,7 @@ def _build(cls: type[FlowDevice], defaults: dict[str, Any], name: str, prefix: s
     dev = make_fake_device(cls)(prefix or f"SIM:{name}:", name=name, simulator=simulator)
     for attr, value in defaults.items():
         getattr(dev, attr).sim_put(value)
+    dev.epics_class = cls  # `ppu ioc` serves this twin under the PV names of its EPICS build
     return dev
 
 

@@ -131,8 +131,28 @@ class TiledSink:
         self.writer = TiledWriter(self.client, batch_size=1)
 
     def write(self, run_uid: str, task_id: str | None, docs: list[Document]) -> str:
+        # Array readings (a pattern, a chromatogram) do not fit a table's cell in every Tiled storage (a SQL
+        # table keeps them as text), so they go beside the stream's table as array nodes keyed by the data
+        # key, one row per event: where Bluesky's layout puts a detector's external arrays.
+        arrays: dict[str, set[str]] = {}  # descriptor uid -> its array-valued data keys
+        streams: dict[str, str] = {}  # descriptor uid -> stream name
+        values: dict[tuple[str, str], list[Any]] = {}
         for name, doc in docs:
-            self.writer(name, jsonable(doc))  # lists, not numpy arrays: Arrow infers list<double> columns
+            doc = jsonable(doc)
+            if name == "descriptor":
+                streams[doc["uid"]] = doc.get("name", "primary")
+                arrays[doc["uid"]] = {k for k, v in doc["data_keys"].items() if v.get("shape")}
+            elif name == "event" and arrays.get(doc["descriptor"]):
+                keys = arrays[doc["descriptor"]]
+                for k in keys:
+                    values.setdefault((streams[doc["descriptor"]], k), []).append(doc["data"].get(k))
+                doc = {**doc, "data": {k: v for k, v in doc["data"].items() if k not in keys},
+                       "timestamps": {k: v for k, v in doc["timestamps"].items() if k not in keys}}
+            self.writer(name, doc)
+        if values:
+            run = self.client[run_uid]
+            for (stream, key), rows in values.items():
+                run[stream].write_array(np.asarray(rows, dtype=float), key=key)
         return f"{self.uri}/api/v1/metadata/{run_uid}"
 
     def read(self, run_uid: str) -> list[Document]:

@@ -126,14 +126,17 @@ def _to_wire(value: Any) -> Any:
     return value
 
 
-def _channel(value: Any, *, writable: bool, units: str) -> ChannelData:
-    """A channel for a simulated signal's current value: strings as CHAR waveforms, numbers, arrays."""
+def _channel(value: Any, *, writable: bool, units: str, length: int = 0) -> ChannelData:
+    """A channel for a simulated signal's current value: strings as CHAR waveforms, numbers, arrays
+    (``length``: the longest array the instrument may give, when more than :data:`ARRAY_MIN`)."""
+    if isinstance(value, list | tuple):
+        value = np.asarray(value, dtype=float)
     if isinstance(value, str):
         cls: type[ChannelData] = _SetpointChar if writable else _ReadbackChar
         return cls(value=value, max_length=STRING_MAX, string_encoding="latin-1")
     if isinstance(value, np.ndarray):
         cls = _SetpointDouble if writable else _ReadbackDouble
-        return cls(value=_to_wire(value), max_length=max(ARRAY_MIN, value.size), units=units, precision=4)
+        return cls(value=_to_wire(value), max_length=max(ARRAY_MIN, value.size, length), units=units, precision=4)
     if isinstance(value, bool | int | np.integer) and not isinstance(value, float):
         cls = _SetpointInteger if writable else _ReadbackInteger
         return cls(value=int(value), units=units)
@@ -220,15 +223,16 @@ def twin_pvdb(device: Device, epics_cls: type[Device], prefix: str, *, timeout_s
         read_only = issubclass(cpt.cls, EpicsSignalRO)
         write_pv = cpt.kwargs.get("write_pv")
         value = twin.get()
-        unit = units.get(attr, getattr(twin, "units", ""))
-        read = _channel(value, writable=not read_only and not write_pv, units=unit)
+        unit = units.get(attr, getattr(twin, "units", "") or getattr(epics_cls, "UNITS", {}).get(attr, ""))
+        length = int(getattr(epics_cls, "ARRAY_LENGTHS", {}).get(attr, 0))
+        read = _channel(value, writable=not read_only and not write_pv, units=unit, length=length)
         if isinstance(read, _Setpoint):
             read.twin = twin
         else:
             wiring.readbacks[attr] = (read, twin)
         db[prefix + cpt.suffix] = read
         if write_pv:
-            setpoint = _channel(value, writable=True, units=unit)
+            setpoint = _channel(value, writable=True, units=unit, length=length)
             setpoint.twin = twin  # type: ignore[attr-defined]
             setpoint.mirror = read  # type: ignore[attr-defined]
             db[prefix + write_pv] = setpoint

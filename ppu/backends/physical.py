@@ -40,6 +40,7 @@ from ppu.backends.documents import (
     split_by_run,
 )
 from ppu.backends.runengine import LabScanIds, PlanOutcome, RunEngineHost
+from ppu.backends.suspenders import SuspenderConfig, build_suspenders, signal_of
 from ppu.backends.user_plans import AllowedPlans, PlanRefused
 from ppu.errors import ConfigError, ValidationFailed
 from ppu.models import BackendKind, BackendSpec, CapabilityOffer, Limit, Result, Strict, limit_violations
@@ -68,6 +69,8 @@ class PhysicalConfig(BackendConfig):
                                      "at start for every PV of its devices to connect")
     acquire_timeout_s: float = Field(3600.0, gt=0, le=7 * 86400, description="real mode: an acquisition that "
                                      "has not completed after this many seconds fails (once work goes to review)")
+    suspenders: list[SuspenderConfig] = Field(default_factory=list, max_length=50, description="Bluesky "
+                                              "suspenders: plans wait while an interlock or a beam is not ready")
     ioc_fault: Literal["stale", "hang"] | None = Field(None, description="`ppu ioc` only: make this twin's IOC "
                                                        "misbehave (stale read-backs, or an acquisition that "
                                                        "never ends) to test a driver's safety checks")
@@ -94,9 +97,11 @@ class PhysicalBackend(Backend):
         assert isinstance(config, PhysicalConfig)
         self.cfg = config
         self.sink: DocumentSink = sink or self._sinks(config)
-        self.host = RunEngineHost(config.name, md={**config.metadata, "backend": config.name},
-                                  scan_ids=LabScanIds(Path(config.run_dir) / "scan_id"))
         self.devices = self.build_devices()
+        self.suspenders = build_suspenders(config.suspenders, self.devices, simulated=config.simulated,
+                                           name=config.name)
+        self.host = RunEngineHost(config.name, md={**config.metadata, "backend": config.name},
+                                  scan_ids=LabScanIds(Path(config.run_dir) / "scan_id"), suspenders=self.suspenders)
         try:
             self.allowed_plans = AllowedPlans(config.plans)
         except PlanRefused as exc:
@@ -182,10 +187,18 @@ class PhysicalBackend(Backend):
             except TimeoutError as exc:
                 raise ConfigError(f"backend {self.name}: {exc}", field="epics_prefix",
                                   hint="is the instrument's IOC running and reachable (EPICS_CA_ADDR_LIST)?") from None
+        for sus in self.suspenders:  # an interlock nobody can read would never suspend anything
+            sig = signal_of(sus)
+            try:
+                sig.wait_for_connection(timeout=self.cfg.connect_timeout_s)
+            except TimeoutError as exc:
+                raise ConfigError(f"backend {self.name}: suspender PV {sig.name} does not connect ({exc})",
+                                  field="suspenders.pv", hint="check the PV name and that its IOC is reachable; "
+                                  "no plan runs here until every interlock is readable") from None
 
     async def close(self) -> None:
-        for dev in self.devices.values():
-            if hasattr(dev, "_timers"):  # simulated: no acquisition may finish after the loop is gone
+        if self.cfg.simulated:  # no simulated acquisition may finish after the loop is gone
+            for dev in self.devices.values():
                 dev.stop()
         await asyncio.to_thread(self.host.close)
         if hasattr(self.sink, "close"):  # e.g. a Tiled client's connections
@@ -198,7 +211,17 @@ class PhysicalBackend(Backend):
         return await asyncio.to_thread(self.host.resume)
 
     async def abort(self, task_id: str) -> None:
-        await asyncio.to_thread(self.host.abort, task_id, "aborted by the orchestrator")
+        await asyncio.to_thread(self._abort, task_id, "aborted by the orchestrator")
+
+    def _abort(self, task_id: str, reason: str) -> None:
+        """Abort the task's plan and, if it was under way, stop the instrument: Bluesky stops only what
+        a plan moved (``set``), and an acquisition it triggered (making a sample, a long scan) would otherwise
+        run on and make or measure a sample nobody asked for any more."""
+        under_way = self.host.running() == task_id
+        self.host.abort(task_id, reason)
+        if under_way:
+            for dev in self.devices.values():
+                dev.stop()
 
     def check(self, run: TaskRun) -> dict[str, Any]:
         """Everything that can refuse a task before it moves anything; returns the normalised inputs."""
@@ -237,11 +260,14 @@ class PhysicalBackend(Backend):
         await _report(progress, run.task_id, 0.0, f"submitted to the RunEngine of {self.name}")
         stream = DocumentStream(self.sink, run.task_id)  # each document kept as it comes, not at the end
         fut = self.host.submit(run.task_id, plan, on_document=stream)
+        watch = asyncio.create_task(self._report_plan_state(run.task_id, progress))
         try:
             outcome: PlanOutcome = await asyncio.wrap_future(fut)
         except asyncio.CancelledError:
-            await asyncio.to_thread(self.host.abort, run.task_id, "task cancelled")
+            await asyncio.to_thread(self._abort, run.task_id, "task cancelled")
             raise
+        finally:
+            watch.cancel()
         prov = self._provenance(outcome, stream)
         if not outcome.ok:
             why = outcome.error or f"run ended with exit status {outcome.exit_status}"
@@ -255,6 +281,20 @@ class PhysicalBackend(Backend):
             return self.fail(run, f"{self.capability} on {self.name}: {exc}", started, retryable=False, **prov)
         await _report(progress, run.task_id, 1.0, "done")
         return self.ok(run, outputs, started, **prov)
+
+    async def _report_plan_state(self, task_id: str, progress: ProgressFn, every_s: float = 0.1) -> None:
+        """Tell the orchestrator when this task's plan pauses (a lab stop, at its next checkpoint), is
+        suspended (a tripped suspender, with why) and goes on, so ``ppu status`` says so. Bluesky
+        changes these from its own loop and from signal callbacks, so they are read, not pushed."""
+        said = "running"
+        while True:
+            tripped = self.host.suspension()
+            now = (f"suspended: {'; '.join(tripped)}" if tripped
+                   else "paused at a checkpoint" if self.host.state == "paused" else "running")
+            if now != said:
+                await _report(progress, task_id, 0.0, now if now != "running" else f"running again (was {said})")
+                said = now
+            await asyncio.sleep(every_s)
 
     def user_plan(self, inputs: dict[str, Any], md: dict[str, Any]) -> PlanFactory:
         return self.allowed_plans.bind(inputs["plan"], inputs["args"], self.devices,

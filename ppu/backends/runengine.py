@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bluesky import RunEngine
+from bluesky.suspenders import SuspenderBase
 from bluesky.utils import DuringTask, Msg, RunEngineInterrupted
 
 Document = tuple[str, dict[str, Any]]
@@ -88,8 +89,10 @@ class LabScanIds:
 
 class RunEngineHost:
     def __init__(self, name: str, *, md: dict[str, Any] | None = None,
-                 scan_ids: Callable[[dict[str, Any]], int] | None = None):
+                 scan_ids: Callable[[dict[str, Any]], int] | None = None,
+                 suspenders: Iterable[SuspenderBase] = ()):
         self.name = name
+        self._suspenders = list(suspenders)
         self._md = md or {}
         self._scan_ids = scan_ids
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
@@ -144,6 +147,8 @@ class RunEngineHost:
             self.RE.msg_hook = count  # type: ignore[assignment]
             self.RE.subscribe(self._on_document)
             self.RE.log.logger.addFilter(self._quiet_requested_abort)
+            for sus in self._suspenders:
+                self.RE.install_suspender(sus)
         except BaseException as exc:  # reported by start()
             self._startup_error = exc
             self._ready.set()
@@ -254,6 +259,15 @@ class RunEngineHost:
         fut: concurrent.futures.Future[PlanOutcome] = concurrent.futures.Future()
         self._jobs.put(_Job(key=key, plan=plan, future=fut, on_document=on_document))
         return fut
+
+    def running(self) -> str | None:
+        """The key of the plan the RunEngine is on now (None: idle)."""
+        with self._lock:
+            return self._current.key if self._current is not None else None
+
+    def suspension(self) -> list[str]:
+        """Why plans here wait: the messages of the suspenders tripped now (empty: none is)."""
+        return [str(s._tripped_message or s) for s in self._suspenders if s.tripped]
 
     @property
     def state(self) -> str:

@@ -25,6 +25,7 @@ import numpy as np
 from ppu.campaign.config import CampaignConfig
 from ppu.campaign.optimizer import Decision, PoolOptimizer
 from ppu.campaign.screening import publish_screening_models
+from ppu.campaign.workflow import Step, run_workflow
 from ppu.config import LabConfig
 from ppu.drivers.mof.capabilities import Candidate
 from ppu.errors import ConfigError
@@ -46,6 +47,7 @@ class Experiment:
     uptake: float | None = None
     status: str = "pending"
     tasks: list[str] = field(default_factory=list)
+    cost: float = 0.0  # summed declared step costs
 
 
 @dataclass
@@ -190,13 +192,10 @@ class CampaignLoop:
     async def do_propose(self, pending: list[str]) -> Decision:
         return await asyncio.to_thread(self.opt.propose, pending)  # a GP fit must not stall the loop
 
-    async def do_synthesise(self, candidate_id: str, on_review: Callable[[], None] | None = None
-                            ) -> tuple[Task, dict[str, Any]]:
-        recipe = self.by_id[candidate_id].model_dump(mode="json")
-        return await self.run_task(SYNTH, {"recipe": recipe}, on_review=on_review, max_attempts=1)
-
-    async def do_characterise(self, capability: str, sample_id: str) -> tuple[Task, dict[str, Any]]:
-        return await self.run_task(capability, {"sample_id": sample_id}, max_attempts=1)
+    async def do_step(self, step: str, capability: str, inputs: dict[str, Any],
+                      on_review: Callable[[], None] | None = None, attempts: int = 1) -> tuple[Task, dict[str, Any]]:
+        """One declared workflow step as one task (``step`` names it for a Prefect task run)."""
+        return await self.run_task(capability, inputs, on_review=on_review, max_attempts=attempts)
 
     async def do_learn(self) -> None:
         await self.learn()
@@ -207,37 +206,26 @@ class CampaignLoop:
         self.decisions.flush()
 
     async def pipeline(self, exp: Experiment, synth_done: Callable[[], None]) -> None:
-        """Synthesise, XRD, and the isotherm only for a pure sample. Physical tasks are never retried."""
-        released = False
+        """The declared workflow for one candidate (default: synthesise, XRD, the isotherm only for a
+        pure sample). Physical tasks are never retried; the robot is handed back when its step ends."""
+        assert self.cfg.workflow is not None
 
-        def release() -> None:  # once: when the synthesis ends, or when it waits for review
-            nonlocal released
-            if not released:
-                released = True
-                synth_done()  # the robot is free: the loop proposes the next candidate now
+        async def run_step(step: Step, inputs: dict[str, Any], on_review: Callable[[], None] | None
+                           ) -> tuple[str, dict[str, Any]]:
+            if self.stopping:  # wound down: no next step is submitted
+                return TaskState.cancelled.value, {}
+            task, out = await self.do_step(step.name, step.capability, inputs, on_review, step.attempts)
+            exp.tasks.append(task.id)
+            return task.state.value, out
 
-        try:
-            task, out = await self.do_synthesise(exp.candidate_id, release)
-        finally:
-            release()
-        if task.state is not TaskState.succeeded:
-            exp.status, exp.purity = "synthesis failed", 0.0
-        elif self.stopping:
-            exp.status = "stopped"
-        else:
-            sid = out["sample_id"]
-            task, out = await self.do_characterise(XRD, sid)
-            exp.purity = float(out.get("purity", 0.0)) if task.state is TaskState.succeeded else 0.0
-            if exp.purity < self.cfg.objective.purity_min:
-                exp.status = "impure"
-            elif self.stopping:
-                exp.status = "stopped"
-            else:
-                task, out = await self.do_characterise(UPTAKE, sid)
-                if task.state is TaskState.succeeded:
-                    exp.uptake, exp.status = float(out["uptake_mmol_g"]), "measured"
-                else:
-                    exp.status = "uptake failed"
+        cand = self.by_id[exp.candidate_id].model_dump(mode="json")
+        run = await run_workflow(self.cfg.workflow, cand, run_step, synth_done)
+        purity, uptake = run.outputs.get("purity"), run.outputs.get("co2_uptake")
+        exp.purity = float(purity) if purity is not None else 0.0
+        exp.uptake = float(uptake) if uptake is not None else None
+        exp.cost = run.cost
+        exp.status = "measured" if exp.uptake is not None else next(
+            (f"{name}: {state}" for name, state in run.states.items() if state != "succeeded"), "not measured")
         self.opt.observe(exp.candidate_id, exp.purity or 0.0, exp.uptake)
         self.completed.append(exp)
         best = self.opt.best()
@@ -323,8 +311,7 @@ async def run_campaign(cfg: CampaignConfig, run_dir: Path, *,
     from ppu.transport.serve import ioc_process
 
     if not cfg.simulated:
-        raise ConfigError("campaigns on a real lab are not wired yet (simulated: false)", field="simulated",
-                          hint="run a simulated campaign, or drive CampaignLoop with your lab's client")
+        return await run_on_lab(cfg, run_dir, on_progress=on_progress, on_stage=on_stage, loop_class=loop_class)
     run_dir.mkdir(parents=True, exist_ok=True)
     world, pool = build_world(cfg)
     if on_stage:
@@ -371,3 +358,67 @@ async def run_campaign(cfg: CampaignConfig, run_dir: Path, *,
                           lab_s=lab_s, screen=screen,
                           decisions_path=run_dir / "decisions.jsonl", model_versions=loop.model_versions,
                           optimizer=loop.opt)
+
+
+async def run_on_lab(cfg: CampaignConfig, run_dir: Path, *,
+                     on_progress: Callable[[int, float], None] | None = None,
+                     on_stage: Callable[[str], None] | None = None,
+                     loop_class: type[CampaignLoop] | None = None) -> CampaignResult:
+    """The same loop on a lab that is already running (an orchestrator and workers, anywhere), through
+    its client. Nothing here reads a simulated truth: the pool comes from ``world``'s grid only, the
+    twin is whatever the lab serves (screening is skipped when it serves none)."""
+    import os
+
+    from ppu.config import load_lab
+    from ppu.transport.client import AsyncPPUClient
+    from ppu.transport.security import peer_keys
+    from ppu.transport.serve import nobody_listens
+
+    assert cfg.lab_config is not None and cfg.workflow is not None
+    lab = load_lab(cfg.lab_config)
+    address = cfg.connect or lab.orchestrator.bind
+    if nobody_listens(address):
+        raise ConfigError(f"no orchestrator answers at {address}", field="connect" if cfg.connect else "lab_config",
+                          hint=f"start the lab first: ppu orchestrator -c {cfg.lab_config}; "
+                               f"ppu worker -c {cfg.lab_config} (on each instrument PC)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _, pool = build_world(cfg)
+    curve = peer_keys(lab.security, os.environ.get("PPU_KEY", "client")) if lab.security.curve else None
+    t_wall = time.time()
+    async with AsyncPPUClient(address, timeout=30.0, curve=curve, actor=os.environ.get("USER")) as client:
+        offered = {c for b in (await client.status())["backends"] for c in b.get("capabilities", [])}
+        for k, step in enumerate(cfg.workflow.steps):
+            if step.capability not in offered:
+                raise ConfigError(f"no backend of the lab at {address} offers {step.capability!r}",
+                                  field=f"workflow.steps.{k}.capability",
+                                  hint="start the worker that hosts it, or change the workflow")
+        loop = (loop_class or CampaignLoop)(client, cfg, pool, run_dir, on_progress)
+        screen: list[float] | None = None
+        screen_purity: list[float] | None = None
+        version = ""
+        if cfg.screening.enabled and PREDICT in offered:
+            if on_stage:
+                on_stage(f"screening {len(pool)} candidates on the lab's digital twin")
+            screen, version = await loop.do_screen(PREDICT)
+            if PREDICT_PURITY in offered:
+                screen_purity, _ = await loop.do_screen(PREDICT_PURITY)
+        elif on_stage:
+            on_stage("no screening: the lab serves no digital twin" if cfg.screening.enabled else "no screening")
+        loop.opt = PoolOptimizer(pool, purity_min=cfg.objective.purity_min, seed=cfg.seed, n_init=cfg.parallel.n_init,
+                                 screen=screen, screen_purity=screen_purity,
+                                 top_k=cfg.screening.top_k if screen else None, screen_version=version,
+                                 outside_weight=cfg.screening.outside_weight)
+        if on_stage:
+            on_stage(f"closed loop on the lab at {address}")
+        loop.t0 = time.time()
+        try:
+            await loop.run()
+        finally:
+            loop.decisions.close()
+        wall = time.time() - loop.t0
+        intervals = await _intervals(client, loop.task_ids, loop.t0, cfg.time_scale)
+    lab_s = max([iv["end"] for iv in intervals], default=wall * cfg.time_scale)
+    return CampaignResult(config=cfg, pool=pool, experiments=loop.experiments, completed=loop.completed,
+                          best_curve=loop.best_curve, intervals=intervals, wall_s=time.time() - t_wall, lab_s=lab_s,
+                          screen=screen, decisions_path=run_dir / "decisions.jsonl",
+                          model_versions=loop.model_versions, optimizer=loop.opt)

@@ -17,6 +17,7 @@ from ppu.models import Result, Sample, Task
 LIVE = ("pending", "ready", "assigned", "running", "needs_review")
 RUNNING = ("assigned", "running")
 FAULTY = ("faulted", "offline", "maintenance")
+WAITING = ("suspended", "paused")  # how a physical plan's progress message begins while it waits (ppu status too)
 
 
 @dataclass
@@ -123,10 +124,13 @@ class LabView:
 
     def _backends(self, raw: Raw, running: list[Task], share: dict[str, float]) -> list[dict[str, Any]]:
         out = []
+        said = {r["task_id"]: str((r.get("progress") or {}).get("message") or "")
+                for r in raw.status.get("running", [])}
         for b in raw.status.get("backends", []):
             current = [{"task_id": t.id, "capability": t.capability, "state": t.state.value,
                         "campaign": t.campaign, "inputs_short": _short(t.capability, t.inputs),
-                        "progress": raw.progress.get(t.id, self.progress.get(t.id))}
+                        "progress": raw.progress.get(t.id, self.progress.get(t.id)),
+                        "waiting": said[t.id] if said.get(t.id, "").startswith(WAITING) else None}
                        for t in running if t.backend == b["name"]]
             fault = b["state"] if b["state"] in FAULTY else ("held" if b.get("held") else None)
             out.append({**b, "current": current, "fault": fault, "failures": self.failures.get(b["name"], 0),
@@ -208,7 +212,9 @@ class LabView:
                         "slot": s.location.slot if s.location else None, "made_by": s.made_by,
                         "measurements": len(s.measurements), "made_with": _short(None, s.made_with, 40)}
                        for s in raw.samples if s.campaign == name]
-            objective = sorted({f"{c}.{o}" for c, o in self.objectives.items()})
+            # The objectives this campaign measured (a lab's packs may declare several).
+            ran = {t.capability for t, _ in raw.measured if t.campaign == name} & set(self.objectives)
+            objective = sorted(f"{c}.{self.objectives[c]}" for c in (ran or self.objectives))
             out.append({"name": name, "objective": ", ".join(objective), "maximize": self.maximize,
                         "points": points, "best": best, "in_flight": in_flight, "samples": samples[-60:]})
         return out

@@ -21,7 +21,7 @@ import zmq.asyncio
 
 from ppu import errors
 from ppu import protocol as p
-from ppu.models import AuditEntry, Result, Sample, Task, TaskSpec
+from ppu.models import AuditEntry, Result, Sample, Task, TaskSpec, new_id
 from ppu.transport.security import CurveKeys
 
 SpecLike = TaskSpec | dict[str, Any]
@@ -394,7 +394,26 @@ class AsyncPPUClient:
         return out
 
     async def run(self, specs: SpecLike | list[SpecLike], timeout: float | None = None) -> list[Task]:
-        return await self.wait(await self.submit(specs), timeout)
+        """Submit and wait. A submission of one request sends its wait right behind it (ids chosen
+        here), so that both travel in one round trip; the submission's error, if any, is raised."""
+        items = _specs(specs)
+        if len(items) > min(p.MAX_SUBMIT_TASKS, p.MAX_WAIT_IDS):
+            return await self.wait(await self.submit(list[SpecLike](items)), timeout)
+        items = [s if s.id else s.model_copy(update={"id": new_id()}) for s in items]
+        ids = [s.id for s in items if s.id]
+        loop = asyncio.get_running_loop()
+        # Tasks start in the order they were made, so the submit leaves first (DEALER keeps order).
+        submitted = loop.create_task(self.request(p.Submit(tasks=items)))
+        waited = loop.create_task(self.request(p.Wait(task_ids=ids, timeout=timeout),
+                                               1e9 if timeout is None else timeout + self.timeout))
+        try:
+            await submitted
+        except BaseException:
+            waited.cancel()
+            with contextlib.suppress(BaseException):
+                await waited
+            raise
+        return list(_unpack("wait", await waited))
 
     async def cancel(self, task_id: str, reason: str = "") -> None:
         await self.request(p.Cancel(task_id=task_id, reason=reason))

@@ -50,7 +50,7 @@ async def serve_orchestrator(lab: LabConfig, bind: str | None = None, insecure: 
                              announce: Callable[[str], None] = print) -> None:
     """Serve until SIGINT/SIGTERM; raises JournalFailed (the CLI exits non-zero) when a commit failed."""
     announce(f"packs: {', '.join(lab.load_packs().names)}")
-    store = Store(lab.store_url())
+    store = Store(lab.store_url(), lab.store_durability())
     orch = Orchestrator(store, lab.orchestrator, lab.autonomy)
     server: OrchestratorServer | None = None
     try:
@@ -106,7 +106,7 @@ def private_orchestrator(lab: LabConfig) -> Iterator[str]:
     state: dict[str, Any] = {}
 
     async def main() -> None:
-        store = Store(lab.store_url())
+        store = Store(lab.store_url(), lab.store_durability())
         orch = Orchestrator(store, lab.orchestrator.model_copy(update={"bind": address}), lab.autonomy)
         server: OrchestratorServer | None = None
         try:
@@ -241,6 +241,12 @@ def nobody_listens(address: str) -> bool:
         return True
 
 
+def cli_actor() -> str:
+    """Who a command line acts as, in the audit log and the task's ``submitted_by``: the login
+    name where the shell has one, else ``cli``."""
+    return os.environ.get("USER") or "cli"
+
+
 def connect_client(lab: LabConfig, connect: str | None, timeout: float = 10.0,
                    probe_s: float = 1.0) -> PPUClient | None:
     """A client of the orchestrator at ``connect`` (default: the lab's bind), or None if none answers."""
@@ -248,7 +254,7 @@ def connect_client(lab: LabConfig, connect: str | None, timeout: float = 10.0,
     if nobody_listens(address):
         return None
     curve = peer_keys(lab.security, os.environ.get("PPU_KEY", "client")) if lab.security.curve else None
-    client = PPUClient(address, timeout=timeout, curve=curve, actor=os.environ.get("USER"))
+    client = PPUClient(address, timeout=timeout, curve=curve, actor=cli_actor())
     if client.ping(probe_s):
         return client
     client.close()

@@ -180,11 +180,20 @@ class Worker:
             assert sock is not None
             timeout = max(0.0, next_beat - time.monotonic())
             if await sock.poll(timeout * 1000):
-                frames = await sock.recv_multipart()
-                try:
-                    self._on_message(p.decode(frames))
-                except p.ProtocolError as exc:
-                    log.warning("ignored a malformed message from the orchestrator: %s", exc)
+                # Everything already queued is handled in one go (acks come one per result): a message
+                # costs a decode, not two trips through the event loop.
+                for _ in range(256):
+                    ready: Any = sock.recv_multipart(flags=zmq.NOBLOCK)  # a future, resolved at once
+                    try:
+                        frames = ready.result()
+                    except zmq.Again:
+                        break
+                    try:
+                        self._on_message(p.decode(frames))
+                    except p.ProtocolError as exc:
+                        log.warning("ignored a malformed message from the orchestrator: %s", exc)
+                    if self._sock is not sock or not int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                        break  # replaced (a new connection), or nothing more waiting
                 continue
             now = time.monotonic()
             next_beat = now + tick

@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from ppu.campaign.workflow import Step, Workflow, run_workflow
 from ppu.config import LabConfig, load_lab, load_yaml_model
 from ppu.drivers.flowchem.models import FlowRecipe
 from ppu.errors import ConfigError, PPUError
@@ -62,6 +63,16 @@ class OptimiserSpec(Strict):
     screen_size: int = Field(256, ge=0, le=100_000, description="random recipes scored on the twin first (0: none)")
 
 
+def default_workflow() -> Workflow:
+    """React, then the online HPLC on what came out; costs in lab hours (typical run, one injection)."""
+    return Workflow.model_validate({
+        "steps": [
+            {"name": "react", "capability": REACT, "inputs": {"recipe": "$candidate"}, "cost": 0.5},
+            {"name": "hplc", "capability": HPLC, "inputs": {"sample_id": "$react.sample_id"}, "cost": 0.2},
+        ],
+        "outputs": {"sample_id": "react.sample_id", "yield": "hplc.product_yield", "impurity": "hplc.impurity"}})
+
+
 class FlowCampaignConfig(Strict):
     """A flow-chemistry campaign (``campaigns/flowchem.yaml``)."""
 
@@ -75,6 +86,16 @@ class FlowCampaignConfig(Strict):
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
     parallel: ParallelSpec = Field(default_factory=ParallelSpec)
     optimiser: OptimiserSpec = Field(default_factory=OptimiserSpec)
+    workflow: Workflow = Field(default_factory=default_workflow, description="per experiment: steps, wiring, "
+                               "gates, costs; the loop reads yield, impurity and sample_id from its outputs")
+
+    @field_validator("workflow")
+    @classmethod
+    def _outputs(cls, wf: Workflow) -> Workflow:
+        missing = [o for o in ("yield", "impurity") if o not in wf.outputs]
+        if missing:
+            raise ValueError(f"outputs lacks {missing}: the loop reads them (e.g. yield: hplc.product_yield)")
+        return wf
 
 
 def load_flow_campaign(path: str | Path) -> FlowCampaignConfig:
@@ -192,18 +213,22 @@ class FlowCampaignLoop:
         self.opt.set_screen(recipes, scores)
 
     async def experiment(self, index: int, proposal: Proposal) -> Experiment:
+        """The declared workflow for one recipe (default: react, then HPLC)."""
         exp = Experiment(index=index, recipe=proposal.recipe, why=proposal.why, predicted=proposal.mean)
-        state, out = await self.task(REACT, {"recipe": proposal.recipe.model_dump(mode="json")}, exp)
-        if state == "succeeded":
-            exp.sample_id = out["sample_id"]
-            state, out = await self.task(HPLC, {"sample_id": exp.sample_id}, exp)
-            if state == "succeeded":
-                exp.status, exp.product_yield, exp.impurity = "measured", out["product_yield"], out["impurity"]
-        elif "clogged" in str(out.get("error", "")):
+
+        async def run_step(step: Step, inputs: dict[str, Any], on_review: Any) -> tuple[str, dict[str, Any]]:
+            return await self.task(step.capability, inputs, exp)
+
+        run = await run_workflow(self.cfg.workflow, proposal.recipe.model_dump(mode="json"), run_step)
+        exp.sample_id = run.outputs.get("sample_id")
+        if run.outputs.get("yield") is not None:
+            exp.status, exp.product_yield, exp.impurity = "measured", run.outputs["yield"], run.outputs["impurity"]
+        elif any("clogged" in e for e in run.errors.values()):
             exp.status, exp.product_yield, exp.impurity = "clogged", 0.0, 0.0  # a result: this recipe gives nothing
         if exp.status in ("pending", "waiting_for_review"):
             exp.status = "failed"
-            exp.error = str(out.get("error"))
+            exp.error = next(iter(run.errors.values()), None) or "; ".join(
+                f"{k}: {v}" for k, v in run.states.items() if v != "succeeded")
         return exp
 
     def finish(self, exp: Experiment) -> None:

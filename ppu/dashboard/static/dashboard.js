@@ -56,7 +56,8 @@
       const cur = (b.current || []).map((t) =>
         `<div><span class="st-${esc(t.state)}">●</span> ${esc(t.capability)} <span class="mono">${short(t.task_id)}</span>` +
         (t.campaign ? ` <span class="meta">${esc(t.campaign)}</span>` : "") +
-        (t.progress != null ? ` <b>${pct(t.progress)}</b>` : "") + "</div>").join("") ||
+        (t.progress != null ? ` <b>${pct(t.progress)}</b>` : "") +
+        (t.waiting ? ` <span class="pill warn">${esc(t.waiting)}</span>` : "") + "</div>").join("") ||
         '<span class="idle">idle</span>';
       const fault = b.fault ? `<span class="pill ${esc(b.fault)}">${esc(b.fault)}</span>` : "";
       const fails = b.failures ? `<span class="pill bad" title="failed tasks seen">${b.failures} failed</span>` : "";
