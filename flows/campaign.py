@@ -250,9 +250,10 @@ async def closed_loop(config_path: str = "campaigns/demo.yaml", run_dir: str = "
                 result = hook(closed_loop, flow_run, state)
                 if asyncio.iscoroutine(result):
                     await result
+        # what the hooks wrote, read before the loop's own report (written when it ends) replaces it
+        wound = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
         done, _ = await asyncio.wait([work], timeout=120)
         if work in done and work.exception() is None:  # the partial campaign's report, and the wind-down
-            wound = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
             (out / "summary.json").write_text(json.dumps({**work.result(), **wound}, indent=2, default=str))
         return Cancelled(message="cancelled through the Prefect API; the campaign was wound down (summary.json)")
     finally:
