@@ -143,15 +143,6 @@ _LOOPS: dict[str, CampaignLoop] = {}
 CANCEL_POLL_S = 1.0  # how often a directly started flow run looks whether it was cancelled
 
 
-def summary_markdown(summary: dict[str, Any], run_dir: Path) -> str:
-    """The summary as a markdown table, with the plots' paths (a Prefect artifact)."""
-    rows = [f"| {k.replace('_', ' ')} | {v:.4g} |" if isinstance(v, float) else f"| {k.replace('_', ' ')} | {v} |"
-            for k, v in summary.items() if isinstance(v, int | float | str) and not isinstance(v, bool)]
-    plots = sorted(p.name for p in run_dir.glob("*.png"))
-    return "\n".join([f"# Campaign {summary.get('campaign')}", "", "| figure | value |", "|---|---|", *rows, "",
-                      "Plots in " + str(run_dir.resolve()) + ": " + ", ".join(plots)])
-
-
 async def wind_down_hook(flow: Any, flow_run: FlowRun, state: State) -> None:
     """``on_cancellation`` / ``on_crashed``: cancel or hand over the campaign's tasks; write summary.json."""
     params = flow_run.parameters or {}
@@ -200,6 +191,15 @@ async def _cancel_requested(flow_run_id: Any) -> State:
                 return state
 
 
+def summary_markdown(summary: dict[str, Any], run_dir: Path) -> str:
+    """The summary as a markdown table, with the plots' paths (a Prefect artifact)."""
+    rows = [f"| {k.replace('_', ' ')} | {v:.4g} |" if isinstance(v, float) else f"| {k.replace('_', ' ')} | {v} |"
+            for k, v in summary.items() if isinstance(v, int | float | str) and not isinstance(v, bool)]
+    plots = sorted(p.name for p in run_dir.glob("*.png"))
+    return "\n".join([f"# Campaign {summary.get('campaign')}", "", "| figure | value |", "|---|---|", *rows, "",
+                      "Plots in " + str(run_dir.resolve()) + ": " + ", ".join(plots)])
+
+
 @flow(name="closed-loop-campaign", log_prints=False, persist_result=True, on_cancellation=[wind_down_hook],
       on_crashed=[wind_down_hook])
 async def closed_loop(config_path: str = "campaigns/demo.yaml", run_dir: str = "runs/campaign",
@@ -207,8 +207,7 @@ async def closed_loop(config_path: str = "campaigns/demo.yaml", run_dir: str = "
     """Run a campaign; returns the summary (also in ``run_dir/summary.json`` and a markdown artifact).
 
     ``campaign``: the campaign itself (a typed form with every field described); when given, it is
-    run instead of the file at ``config_path``. Task runs are tagged ``campaign:NAME``. Cancelling the
-    flow run (or a crash) winds the campaign down: see :func:`wind_down_hook`.
+    run instead of the file at ``config_path``. Task runs are tagged ``campaign:NAME``.
     """
     cfg = campaign or load_campaign(config_path)
     out = Path(run_dir).resolve()
@@ -223,21 +222,21 @@ async def closed_loop(config_path: str = "campaigns/demo.yaml", run_dir: str = "
         if _HOOKS.get("lab"):
             _HOOKS["lab"](address)
 
-    async def run() -> Any:
+    async def campaign_run() -> dict[str, Any]:
         with tags("ppu", f"campaign:{cfg.name}"):
-            return await run_campaign(cfg, out, loop_class=FlowLoop, on_progress=_HOOKS.get("progress"),
-                                      on_stage=_HOOKS.get("stage"), on_lab=on_lab)
+            result = await run_campaign(cfg, out, loop_class=FlowLoop, on_progress=_HOOKS.get("progress"),
+                                        on_stage=_HOOKS.get("stage"), on_lab=on_lab)
+        summary = write_report(result, out)
+        await acreate_markdown_artifact(markdown=summary_markdown(summary, out), key=f"campaign-{cfg.name.lower()}"
+                                        .replace("_", "-").replace(".", "-"), description=f"campaign {cfg.name}")
+        return summary
 
-    work = asyncio.ensure_future(run())
+    work = asyncio.ensure_future(campaign_run())
     watch = asyncio.ensure_future(_cancel_requested(flow_run.id)) if flow_run is not None else None
     try:
         await asyncio.wait([w for w in (work, watch) if w is not None], return_when=asyncio.FIRST_COMPLETED)
         if work.done() or watch is None:
-            summary = write_report(await work, out)
-            await acreate_markdown_artifact(markdown=summary_markdown(summary, out),
-                                            key=f"campaign-{cfg.name.lower()}".replace("_", "-").replace(".", "-"),
-                                            description=f"campaign {cfg.name}")
-            return summary
+            return await work
         # Cancelled through the API with no runner to enforce it: do what Prefect does on Cancelling
         # (its on_cancellation hooks) while the lab is still up. The loop starts nothing new; what is
         # in flight ends (its tasks cancelled), and the partial campaign's report joins the summary.
@@ -251,11 +250,11 @@ async def closed_loop(config_path: str = "campaigns/demo.yaml", run_dir: str = "
                 result = hook(closed_loop, flow_run, state)
                 if asyncio.iscoroutine(result):
                     await result
+        # what the hooks wrote, read before the loop's own report (written when it ends) replaces it
+        wound = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
         done, _ = await asyncio.wait([work], timeout=120)
-        if work in done and work.exception() is None:
-            wound = json.loads((out / "summary.json").read_text())
-            report = write_report(work.result(), out)
-            (out / "summary.json").write_text(json.dumps({**report, **wound}, indent=2, default=str))
+        if work in done and work.exception() is None:  # the partial campaign's report, and the wind-down
+            (out / "summary.json").write_text(json.dumps({**work.result(), **wound}, indent=2, default=str))
         return Cancelled(message="cancelled through the Prefect API; the campaign was wound down (summary.json)")
     finally:
         for w in (watch, work):

@@ -146,9 +146,9 @@ class RunEngineHost:
 
             self.RE.msg_hook = count  # type: ignore[assignment]
             self.RE.subscribe(self._on_document)
+            self.RE.log.logger.addFilter(self._quiet_requested_abort)
             for sus in self._suspenders:
                 self.RE.install_suspender(sus)
-            self.RE.log.logger.addFilter(self._quiet_requested_abort)
         except BaseException as exc:  # reported by start()
             self._startup_error = exc
             self._ready.set()

@@ -212,8 +212,8 @@ class CampaignLoop:
 
         async def run_step(step: Step, inputs: dict[str, Any], on_review: Callable[[], None] | None
                            ) -> tuple[str, dict[str, Any]]:
-            if self.stopping and exp.tasks:  # wound down: what runs ends, the next step never starts
-                return "stopped", {"error": "the campaign was stopped"}
+            if self.stopping:  # wound down: no next step is submitted
+                return TaskState.cancelled.value, {}
             task, out = await self.do_step(step.name, step.capability, inputs, on_review, step.attempts)
             exp.tasks.append(task.id)
             return task.state.value, out
