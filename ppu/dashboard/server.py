@@ -16,7 +16,7 @@ import uvicorn
 
 from ppu.config import LabConfig
 from ppu.dashboard.app import create_app
-from ppu.dashboard.settings import DashboardSettings, checked
+from ppu.dashboard.settings import DashboardSettings, checked, settings_from
 from ppu.errors import ConfigError
 from ppu.transport.client import AsyncPPUClient
 from ppu.transport.security import CurveKeys, peer_keys
@@ -130,7 +130,7 @@ def serve(lab: LabConfig | None = None, *, connect: str | None = None, host: str
     lab = lab or LabConfig()
     overrides: dict[str, Any] = {k: v for k, v in {"host": host, "port": port, "token": token, "user": user}.items()
                  if v is not None}
-    settings, generated = checked(DashboardSettings(**overrides))
+    settings, generated = checked(settings_from(**overrides))
     address = connect or lab.orchestrator.bind
     curve = peer_keys(lab.security, os.environ.get("PPU_KEY", "client")) if lab.security.curve else None
     try:
