@@ -23,7 +23,7 @@ from ppu.transport.client import AsyncPPUClient
 from ppu.transport.security import CurveKeys, peer_keys
 
 # Longer than the client's timeout (5 s): an action in flight when the server stops still gets its answer.
-GRACE_S = 10.0
+GRACE_S = 10
 
 
 class _Server(uvicorn.Server):
