@@ -57,6 +57,9 @@ _PREFECT_ENV = {
     "PREFECT_TELEMETRY_ENABLE_RESOURCE_METRICS": "false",
     "PREFECT_LOGGING_LEVEL": "WARNING",
     "PREFECT_UI_ENABLED": "false",
+    # The ephemeral server is a subprocess; Prefect waits 20 s for it by default, which a loaded machine
+    # (CI, a laptop building torch) can miss: `make demo` then failed before the campaign began.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
 }
 if "prefect" not in sys.modules:
     # Only when we are first to load Prefect (the CLI entry, tests): a deployment's worker has

@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ppu import capabilities
-from ppu.config import LabConfig, load_lab
+from ppu.config import LabConfig, check_address, load_lab
 from ppu.errors import ConfigError, PPUError
 from ppu.models import TaskSpec
 
@@ -37,23 +39,32 @@ ConnectOpt = Annotated[str | None, typer.Option(
 # CLI-READY
 
 
-def _lab(config: Path | None) -> LabConfig:
-    path = config or (Path(os.environ["PPU_CONFIG"]) if os.environ.get("PPU_CONFIG") else Path("lab.yaml"))
+def _lab(config: Path | None, *, backends: bool = False) -> LabConfig:
+    """The lab named by --config, else $PPU_CONFIG, else ./lab.yaml; defaults only when none is named
+    and ./lab.yaml does not exist. ``backends``: also validate every backend entry against its type
+    (the commands that host or serve the lab; it imports the backend classes)."""
+    env = os.environ.get("PPU_CONFIG")
+    path = config or (Path(env) if env else Path("lab.yaml"))
+    named = config is not None or bool(env)
     try:
-        lab = load_lab(path) if path.exists() or config is not None else LabConfig()  # explicit + missing: error
+        lab = load_lab(path) if path.exists() or named else LabConfig()  # named + missing: error
         lab.load_packs()  # the lab's packs, so that this command knows what its orchestrator knows
+        if backends:
+            lab.check_backends()
         return lab
     except PPUError as exc:
+        if named and config is None and not exc.field:
+            exc.hint = f"$PPU_CONFIG names {env}; point it at a lab YAML file or unset it"
         _fail(exc)
         raise AssertionError("unreachable") from None
 
 
 def _fail(exc: PPUError) -> None:
-    err.print(f"[bold red]error:[/] {exc.message}")
+    err.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)  # escape: text like [postgres]
     if exc.field:
-        err.print(f"  field: {exc.field}")
+        err.print(f"  field: {escape(exc.field)}", highlight=False)
     if exc.hint:
-        err.print(f"  [yellow]what to do:[/] {exc.hint}")
+        err.print(f"  [yellow]what to do:[/] {escape(exc.hint)}", highlight=False)
     raise typer.Exit(2)
 
 
@@ -77,6 +88,8 @@ def _act(lab: LabConfig, connect: str | None, remote: Callable[[Any], T]) -> T:
     from ppu.transport.serve import cli_actor, connect_client, private_orchestrator
 
     try:
+        if connect is not None:
+            check_address(connect, "--connect")
         client = connect_client(lab, connect)
     except PPUError as exc:
         _fail(exc)
@@ -104,13 +117,41 @@ def _act(lab: LabConfig, connect: str | None, remote: Callable[[Any], T]) -> T:
 def _parse_json(text: str, what: str) -> Any:
     if text.startswith("@"):
         p = Path(text[1:])
-        if not p.exists():
-            raise PPUError(f"{what} file {p} does not exist", hint=f"pass {what} as JSON or @path/to/file.json")
-        text = p.read_text()
+        hint = f"pass {what} as JSON or @path/to/file.json"
+        if not p.is_file():
+            raise PPUError(f"{what} file {p} " + ("is a folder" if p.is_dir() else "does not exist"),
+                           field=what, hint=hint)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PPUError(f"{what} file {p} cannot be read as text: {exc}", field=what, hint=hint) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise PPUError(f"{what} is not valid JSON: {exc}", hint="example: --input '{\"x\": 1}'") from None
+        raise PPUError(f"{what} is not valid JSON: {exc}", field=what,
+                       hint="example: --input '{\"x\": 1}'") from None
+
+
+def _option_error(exc: ValidationError, options: dict[str, str]) -> PPUError:
+    """A model's validation error as a CLI error naming the option the bad value came from."""
+    e = exc.errors()[0]
+    name = str(e["loc"][0]) if e["loc"] else ""
+    where = options.get(name, name)
+    rest = ".".join(str(x) for x in e["loc"][1:])
+    return PPUError(f"{where}{'.' + rest if rest else ''}: {e['msg'].removeprefix('Value error, ')}", field=where,
+                    hint="see --help for what each option takes")
+
+
+def _writable(folder: Path, option: str) -> None:
+    """Fail now, naming ``option``, when ``folder`` cannot be made or written (before any work starts)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".ppu-write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        _fail(PPUError(f"cannot write the folder {folder}: {exc.strerror}", field=option,
+                       hint=f"pass {option} a folder you can write"))
 
 
 # ---- commands ----------------------------------------------------------------------------------
@@ -158,7 +199,7 @@ def tasks(
     config: ConfigOpt = None,
     state: Annotated[str | None, typer.Option(help="only tasks in this state")] = None,
     campaign: Annotated[str | None, typer.Option(help="only tasks of this campaign")] = None,
-    limit: int = 50,
+    limit: Annotated[int, typer.Option(min=1, help="the newest this many")] = 50,
     connect: ConnectOpt = None,
 ) -> None:
     """List tasks, newest first."""
@@ -183,7 +224,7 @@ def submit(
     capability: str,
     input: Annotated[str, typer.Option("--input", "-i", help="inputs as JSON or @file.json")] = "{}",
     config: ConfigOpt = None,
-    priority: int = 0,
+    priority: Annotated[int, typer.Option(min=-1000, max=1000, help="higher goes first (-1000 to 1000)")] = 0,
     campaign: str | None = None,
     depends_on: Annotated[list[str] | None, typer.Option(help="task id this one waits for")] = None,
     backend: Annotated[str | None, typer.Option(help="run it on this backend only (e.g. a bluesky.plan task)")] = None,
@@ -196,6 +237,9 @@ def submit(
                         campaign=campaign, depends_on=depends_on or [], pin_backend=backend)
     except PPUError as exc:
         _fail(exc)
+    except ValidationError as exc:
+        _fail(_option_error(exc, {"capability": "CAPABILITY", "inputs": "--input", "priority": "--priority",
+                                  "campaign": "--campaign", "depends_on": "--depends-on", "pin_backend": "--backend"}))
     ids = _act(lab, connect, lambda c: c.submit([spec]))
     console.print(ids[0])
 
@@ -351,7 +395,7 @@ def samples_show(sample_id: str, config: ConfigOpt = None, connect: ConnectOpt =
 @app.command()
 def audit(
     config: ConfigOpt = None,
-    since: Annotated[float, typer.Option(help="only entries after this many hours ago (0: all)")] = 0.0,
+    since: Annotated[float, typer.Option(min=0, help="only entries after this many hours ago (0: all)")] = 0.0,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the entries as JSON lines here")] = None,
     connect: ConnectOpt = None,
 ) -> None:
@@ -369,7 +413,11 @@ def audit(
         t.add_row(when, a.actor, a.action, a.target or "", json.dumps(a.detail)[:80])
     console.print(t)
     if json_out is not None:
-        json_out.write_text("".join(a.model_dump_json() + "\n" for a in rows))
+        try:
+            json_out.write_text("".join(a.model_dump_json() + "\n" for a in rows))
+        except OSError as exc:
+            _fail(PPUError(f"cannot write {json_out}: {exc.strerror}", field="--json",
+                           hint="pass a file in a folder you can write"))
         console.print(f"wrote {len(rows)} entries to {json_out}")
 
 
@@ -429,12 +477,13 @@ def autonomy(
 
 @app.command()
 def demo(
-    tasks_n: Annotated[int, typer.Option("--tasks", help="how many tasks to run")] = 300,
+    tasks_n: Annotated[int, typer.Option("--tasks", min=1, help="how many tasks to run")] = 300,
     run_dir: Annotated[Path, typer.Option(help="folder for the store")] = Path("runs/demo-core"),
 ) -> None:
     """Run the orchestrator in-process with simulated digital backends and show what happened."""
     from ppu.demo import run_core_demo
 
+    _writable(run_dir, "--run-dir")
     try:
         run_core_demo(tasks_n, run_dir, console)
     except PPUError as exc:
@@ -453,7 +502,12 @@ def orchestrator(
     """Run the orchestrator: serve clients and workers until Ctrl-C / SIGTERM."""
     from ppu.transport.serve import serve_orchestrator
 
-    lab = _lab(config)
+    lab = _lab(config, backends=True)
+    if bind is not None:
+        try:
+            check_address(bind, "--bind")
+        except PPUError as exc:
+            _fail(exc)
     _serve(lambda: serve_orchestrator(lab, bind, insecure, announce=lambda s: console.print(s, highlight=False)))
 
 
@@ -469,7 +523,12 @@ def worker(
     """Run a worker hosting backends of the lab, connected to the orchestrator."""
     from ppu.transport.serve import serve_worker
 
-    lab = _lab(config)
+    lab = _lab(config, backends=True)
+    if connect is not None:
+        try:
+            check_address(connect, "--connect")
+        except PPUError as exc:
+            _fail(exc)
     _serve(lambda: serve_worker(lab, connect, backend or [], key,
                                 announce=lambda s: console.print(s, highlight=False)))
 
@@ -505,7 +564,7 @@ def ioc(
     """Serve the simulated twin of every real-mode instrument (simulated: false, epics_prefix) as an EPICS IOC."""
     from ppu.transport.serve import serve_iocs
 
-    lab = _lab(config)
+    lab = _lab(config, backends=True)
     try:
         _serve(lambda: serve_iocs(lab, interface or None, announce=lambda s: console.print(s, highlight=False)))
     except PPUError as exc:
@@ -546,7 +605,8 @@ def keys_generate(
 def dashboard(
     config: ConfigOpt = None,
     connect: ConnectOpt = None,
-    port: Annotated[int | None, typer.Option(help="web port (default 8765; 0: any free port)")] = None,
+    port: Annotated[int | None, typer.Option(min=0, max=65535, help="web port (default 8765; 0: any free port)")
+                    ] = None,
     host: Annotated[str | None, typer.Option(help="address to bind (default 127.0.0.1; others need a token)")] = None,
     token: Annotated[str | None, typer.Option(help="token for acting (default $PPU_DASHBOARD_TOKEN, else generated)")
                      ] = None,
@@ -575,8 +635,10 @@ def campaign_run(
                                             help="serve the live dashboard while it runs")] = True,
 ) -> None:
     """Run a campaign: progress bar, summary table, plots and decisions.jsonl in the run folder."""
-    if not config.exists():
-        _fail(PPUError(f"campaign file {config} does not exist", hint="try campaigns/demo.yaml"))
+    if not config.is_file():
+        _fail(PPUError(f"campaign file {config} " + ("is a folder" if config.is_dir() else "does not exist"),
+                       hint="try campaigns/demo.yaml"))
+    _writable(run_dir, "--run-dir")
     try:
         runner = _campaign_runner(config)
         if runner is not None:  # a campaign file that names its pack runs that pack's loop

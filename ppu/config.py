@@ -6,6 +6,7 @@ rebuilt through :mod:`ppu.backends.registry`, where each type validates its own 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -17,9 +18,34 @@ from ppu.models import Autonomy, Strict
 from ppu.packs import PackRegistry
 from ppu.packs import load as load_packs
 
+_TCP = re.compile(r"^tcp://(\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+(;[A-Za-z0-9_.\-]+)?):(\*|\d{1,5})$")
+ADDRESS_HINT = "use tcp://HOST:PORT (e.g. tcp://127.0.0.1:5555), ipc:///path/to/socket or inproc://name"
+
+
+def address_problem(address: str) -> str | None:
+    """Why ``address`` is not a ZMQ endpoint PPU can bind or connect to, or None when it is one."""
+    if address.startswith(("ipc://", "inproc://")):
+        return None if address.split("://", 1)[1] else "it names no path"
+    m = _TCP.match(address)
+    if m is None:
+        return "it is not of the form tcp://HOST:PORT, ipc://PATH or inproc://NAME"
+    port = m.group(3)
+    if port != "*" and int(port) > 65535:
+        return f"port {port} is above 65535"
+    return None
+
+
+def check_address(address: str, field: str) -> str:
+    """``address`` itself, or a ConfigError naming ``field`` (an option or a lab-file key)."""
+    why = address_problem(address)
+    if why is not None:
+        raise ConfigError(f"{address!r} is not a valid address: {why}", field=field, hint=ADDRESS_HINT)
+    return address
+
 
 class OrchestratorConfig(Strict):
-    bind: str = Field("tcp://127.0.0.1:5555", description="address the orchestrator's ROUTER binds")
+    bind: str = Field("tcp://127.0.0.1:5555", max_length=1024,
+                      description="address the orchestrator's ROUTER binds (tcp://HOST:PORT, ipc://PATH)")
     heartbeat_s: float = Field(1.0, gt=0, le=60, description="heartbeat interval both ways")
     missed_heartbeats: int = Field(3, ge=1, le=100, description="a peer missing this many is dead")
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024, le=1024**3)
@@ -27,6 +53,14 @@ class OrchestratorConfig(Strict):
     backoff_max_s: float = Field(300.0, ge=0, le=86400)
     restart_grace_s: float = Field(10.0, ge=0, le=3600,
                                    description="after a restart, how long workers have to come back")
+
+    @field_validator("bind")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        why = address_problem(v)
+        if why is not None:
+            raise ValueError(f"{v!r} is not a valid address: {why}; {ADDRESS_HINT}")
+        return v
 
 
 class AutonomyConfig(Strict):
@@ -94,11 +128,27 @@ class LabConfig(Strict):
     @field_validator("backends")
     @classmethod
     def _names(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for i, b in enumerate(v):
+            for key in ("type", "name"):
+                if not isinstance(b.get(key), str) or not b[key]:
+                    raise ValueError(f"backend entry {i + 1} needs a {key!r} (a non-empty string): "
+                                     "each entry reads {type: ..., name: ..., ...}")
         names = [str(b.get("name")) for b in v]
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
             raise ValueError(f"backend names must be unique: {sorted(dupes)}")
         return v
+
+    def check_backends(self) -> None:
+        """Validate every backend entry against its type's fields, building nothing.
+
+        Imports each entry's backend class (a few seconds for types that bring torch or botorch),
+        so the processes that host or serve the lab call it, not every client command.
+        """
+        from ppu.backends.registry import check_entry
+
+        for b in self.backends:
+            check_entry(b)
 
     def load_packs(self) -> PackRegistry:
         """Load this lab's packs into this process (every process of the lab does the same)."""
@@ -128,10 +178,20 @@ def load_yaml_model(path: str | Path, model: type[M], what: str, hint: str) -> M
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"{what} {p} does not exist", hint=hint)
+    if p.is_dir():
+        raise ConfigError(f"{what} {p} is a folder, not a file", hint=hint)
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {p} is not a text file (not UTF-8)", hint=hint) from None
+    except OSError as exc:
+        raise ConfigError(f"{what} {p} cannot be read: {exc.strerror}", hint=hint) from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{p} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{p} is not valid YAML: {exc}", hint=hint) from None
+    if raw is None:
+        raise ConfigError(f"{what} {p} is empty", hint=f"write the {what} into it, or {hint}")
     return parse_model(raw, model, str(p), what)
 
 
@@ -143,7 +203,10 @@ def parse_model(raw: Any, model: type[M], source: str, what: str) -> M:
     except ValidationError as exc:
         e = exc.errors()[0]
         loc = ".".join(str(x) for x in e["loc"])
-        raise ConfigError(f"{source}: {loc}: {e['msg']}", field=loc) from None
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg += f" (a {what} has no key {loc!r}: check its spelling)"
+        raise ConfigError(f"{source}: {loc}: {msg}", field=loc) from None
 
 
 def load_lab(path: str | Path) -> LabConfig:

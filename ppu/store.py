@@ -165,7 +165,16 @@ class Store:
             metadata.create_all(self.engine)
         except sa.exc.SQLAlchemyError as exc:
             raise StoreError(f"cannot open the store at {url}: {exc}",
-                             hint="check the store URL in the lab config (store: ...)") from exc
+                             hint="check the store URL in the lab config (store: ...)"
+                                  + (" and that its folder is writable" if url.startswith("sqlite") else
+                                     " and that the database server runs")) from exc
+        except OSError as exc:  # the store's folder cannot be made (run_dir on a read-only or missing path)
+            raise StoreError(f"cannot create the store's folder for {url}: {exc.strerror} ({exc.filename})",
+                             field="run_dir", hint="point run_dir (or store:) at a folder you can write") from None
+        except ImportError as exc:  # the database driver is an optional extra
+            raise StoreError(f"the store {url} needs a database driver that is not installed ({exc.name})",
+                             field="store", hint="pip install 'ppu[postgres]' for postgresql+psycopg:// "
+                                                 "(or use the default SQLite store)") from None
         self._insert = self._dialect_insert()
         # Built once: SQLAlchemy caches the compiled form, so a write costs a bind, not a compile.
         up = self._insert(tasks)
@@ -261,6 +270,9 @@ class Store:
                 self._lock_conn = conn
         except sa.exc.SQLAlchemyError as exc:
             raise StoreError(f"cannot take the writer lease of {self.url}: {exc}") from exc
+        except OSError as exc:  # the lock file beside the database cannot be made
+            raise StoreError(f"cannot take the writer lease of {self.url}: {exc.strerror} ({exc.filename})",
+                             field="run_dir", hint="the store's folder must be writable") from None
         self.writer_owner = owner
         self.announce_writer(address)
 

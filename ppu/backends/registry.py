@@ -45,14 +45,22 @@ def backend_class(type_name: str) -> type[Backend]:
     return cls
 
 
-def build_backend(raw: dict[str, Any]) -> Backend:
+def check_entry(raw: dict[str, Any]) -> tuple[type[Backend], Any]:
+    """The backend class of a lab-file entry and its validated config; ConfigError naming the field."""
     if "type" not in raw:
         raise ConfigError("a backend entry needs a 'type'", field="backends", hint=f"entry: {raw}")
     cls = backend_class(raw["type"])
     try:
-        cfg = cls.Config.model_validate(raw)
+        return cls, cls.Config.model_validate(raw)
     except ValidationError as exc:
         e = exc.errors()[0]
         loc = ".".join(str(p) for p in e["loc"])
-        raise ConfigError(f"backend {raw.get('name', '?')}: {loc}: {e['msg']}", field=f"backends.{loc}") from None
+        hint = f"{cls.__name__} has no field {loc!r}; see its Config for the fields it takes" \
+            if e["type"] == "extra_forbidden" else None
+        raise ConfigError(f"backend {raw.get('name', '?')}: {loc}: {e['msg']}", field=f"backends.{loc}",
+                          hint=hint) from None
+
+
+def build_backend(raw: dict[str, Any]) -> Backend:
+    cls, cfg = check_entry(raw)
     return cls(cfg)

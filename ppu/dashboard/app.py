@@ -6,8 +6,10 @@ gathers a snapshot after every burst of events (and at least every ``refresh_s``
 every open page as an SSE ``state`` message; each orchestrator event also goes out as ``task``.
 
 Reads are open on loopback; acting (approve, reject, review) needs the token, sent as the
-``ppu_token`` cookie (set by visiting ``/?token=...``) or an ``Authorization: Bearer`` header,
-and a JSON body (a cross-site form cannot forge one). The audit log records ``dashboard:<user>``.
+``ppu_token`` cookie (set by visiting ``/?token=...``, which redirects to ``/`` so the token leaves
+the address bar) or an ``Authorization: Bearer`` header, a body of exactly ``Content-Type:
+application/json``, and, from a browser, an ``Origin`` that is the dashboard's own address (a
+cross-site page can forge neither). The audit log records ``dashboard:<user>``.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class Hub:
     def __init__(self) -> None:
         self.queues: set[asyncio.Queue[tuple[str, Any] | None]] = set()
         self.latest: dict[str, Any] | None = None
+        self.closed = False
 
     def publish(self, kind: str, data: Any) -> None:
         if kind == "state":
@@ -64,11 +67,15 @@ class Hub:
             q.put_nowait((kind, data))
 
     def close(self) -> None:
+        """End every open stream, and every one opened from now on (the server is shutting down)."""
+        self.closed = True
         for q in self.queues:
             q.put_nowait(None)
 
     async def stream(self, request: Request) -> AsyncIterator[str]:
         q: asyncio.Queue[tuple[str, Any] | None] = asyncio.Queue()
+        if self.closed:  # a page reconnecting while the server shuts down: end at once
+            q.put_nowait(None)
         self.queues.add(q)
         try:
             yield "retry: 2000\n\n"
@@ -213,6 +220,29 @@ def _refuse(who: str | None) -> JSONResponse:
     return JSONResponse({"code": "forbidden", "message": "that token is not valid for this dashboard"}, 403)
 
 
+def _is_json(content_type: str) -> bool:
+    """Exactly ``application/json`` (``; charset=utf-8`` allowed): a cross-site form can send neither,
+    and ``text/plain; charset=application/json`` is not JSON."""
+    media, *params = [x.strip().lower() for x in content_type.split(";")]
+    return media == "application/json" and all(x in ("", "charset=utf-8") for x in params)
+
+
+def _cross_site(request: Request) -> str | None:
+    """Why an action comes from another site, or None. A browser sends ``Origin`` with every POST;
+    it must be the address this page was served from (the ``Host`` the request came to, which on
+    loopback TrustedHostMiddleware already limits to loopback names). A client without a browser
+    sends no Origin and is judged by its token alone."""
+    origin = request.headers.get("origin")
+    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        return f"cross-site request refused (Sec-Fetch-Site: {request.headers['sec-fetch-site']})"
+    if origin is None:
+        return None
+    served = f"{request.url.scheme}://{request.headers.get('host', '')}".lower()
+    if origin.lower() != served:
+        return f"request from {origin} refused: this dashboard is served at {served}"
+    return None
+
+
 # ---- routes ----------------------------------------------------------------------------------
 
 
@@ -262,8 +292,13 @@ async def act(request: Request) -> Response:
     who = _user(request)
     if not who:
         return _refuse(who)
-    if "application/json" not in request.headers.get("content-type", ""):
-        return JSONResponse({"code": "bad_request", "message": "send a JSON body"}, 415)
+    refused = _cross_site(request)
+    if refused is not None:
+        return JSONResponse({"code": "forbidden", "message": refused,
+                             "hint": "act from the dashboard's own page, or without an Origin header"}, 403)
+    if not _is_json(request.headers.get("content-type", "")):
+        return JSONResponse({"code": "bad_request", "message": "send a JSON body with Content-Type: application/json",
+                             "field": "content-type"}, 415)
     action, task_id = request.path_params["action"], request.path_params["task_id"]
     if action not in ACTIONS:
         return JSONResponse({"code": "bad_request", "message": f"unknown action {action!r}",

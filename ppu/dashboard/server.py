@@ -13,13 +13,31 @@ import threading
 from typing import Any
 
 import uvicorn
+from starlette.applications import Starlette
 
 from ppu.config import LabConfig
-from ppu.dashboard.app import create_app
-from ppu.dashboard.settings import DashboardSettings, checked
+from ppu.dashboard.app import Hub, create_app
+from ppu.dashboard.settings import DashboardSettings, checked, settings_from
 from ppu.errors import ConfigError
 from ppu.transport.client import AsyncPPUClient
 from ppu.transport.security import CurveKeys, peer_keys
+
+# Longer than the client's timeout (5 s): an action in flight when the server stops still gets its answer.
+GRACE_S = 10
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, ending the dashboard's event streams first when it shuts down (Ctrl-C, the end of a
+    campaign): an open page would otherwise hold its connection past the graceful timeout, and
+    uvicorn would cancel it with a CancelledError traceback."""
+
+    def __init__(self, app: Starlette):
+        super().__init__(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=GRACE_S))
+        self.hub: Hub = app.state.hub
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.hub.close()
+        await super().shutdown(sockets)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -83,8 +101,7 @@ class DashboardThread:
             self._loop = asyncio.get_running_loop()
             client = AsyncPPUClient(self.address, curve=self.curve, timeout=5.0)
             self._app = create_app(client, self.settings, self.lab_name)
-            config = uvicorn.Config(self._app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
-            self._server = uvicorn.Server(config)
+            self._server = _Server(self._app)
             serving = asyncio.ensure_future(self._server.serve(sockets=[self._sock]))  # type: ignore[list-item]
             while not self._server.started and not serving.done():
                 await asyncio.sleep(0.01)
@@ -100,9 +117,8 @@ class DashboardThread:
     def stop(self) -> None:
         if self._loop is not None and self._server is not None and self._thread is not None:
             def shut() -> None:
-                self._app.state.hub.close()  # end the SSE streams so the server need not wait on them
                 assert self._server is not None
-                self._server.should_exit = True
+                self._server.should_exit = True  # its shutdown ends the event streams first
             self._loop.call_soon_threadsafe(shut)
             self._thread.join(30)
         self._thread = None
@@ -130,7 +146,7 @@ def serve(lab: LabConfig | None = None, *, connect: str | None = None, host: str
     lab = lab or LabConfig()
     overrides: dict[str, Any] = {k: v for k, v in {"host": host, "port": port, "token": token, "user": user}.items()
                  if v is not None}
-    settings, generated = checked(DashboardSettings(**overrides))
+    settings, generated = checked(settings_from(**overrides))
     address = connect or lab.orchestrator.bind
     curve = peer_keys(lab.security, os.environ.get("PPU_KEY", "client")) if lab.security.curve else None
     try:
@@ -145,9 +161,7 @@ def serve(lab: LabConfig | None = None, *, connect: str | None = None, host: str
 
     async def main() -> None:
         client = AsyncPPUClient(address, curve=curve, timeout=5.0)
-        app = create_app(client, settings, lab.name)
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2))
-        await server.serve(sockets=[sock])
+        await _Server(create_app(client, settings, lab.name)).serve(sockets=[sock])
 
     try:
         asyncio.run(main())

@@ -5,8 +5,9 @@ from __future__ import annotations
 import getpass
 import ipaddress
 import secrets
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ppu import packs
@@ -41,6 +42,23 @@ class DashboardSettings(BaseSettings):
     maximize: bool = Field(True, description="best-so-far is the largest value (False: the smallest)")
     refresh_s: float = Field(1.0, gt=0.05, le=60, description="longest time between two pushed snapshots")
     gantt_window_s: float = Field(600.0, gt=1, le=7 * 86400, description="how much history the timeline shows")
+
+
+_OPTIONS = {"host": "--host", "port": "--port", "token": "--token", "user": "PPU_DASHBOARD_USER"}
+
+
+def settings_from(**overrides: Any) -> DashboardSettings:
+    """Settings from ``PPU_DASHBOARD_*`` and ``overrides`` (the CLI's options); a bad value is a
+    ConfigError naming the option (or variable) and what it takes."""
+    try:
+        return DashboardSettings(**overrides)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        name = str(e["loc"][0]) if e["loc"] else "settings"
+        where = _OPTIONS.get(name, name) if name in overrides else f"PPU_DASHBOARD_{name.upper()}"
+        info = DashboardSettings.model_fields.get(name)
+        what = f" ({info.description})" if info is not None and info.description else ""
+        raise ConfigError(f"{where}: {e['msg']}", field=where, hint=f"give {where} a valid value{what}") from None
 
 
 def is_loopback(host: str) -> bool:

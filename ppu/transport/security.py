@@ -43,9 +43,13 @@ def generate_keys(name: str, keys_dir: str | Path = "keys") -> tuple[Path, Path]
         raise ConfigError(f"bad key name {name!r}",
                           hint="use a plain name such as 'orchestrator' or 'instrument-pc'")
     d = Path(keys_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    pub, sec = zmq.auth.create_certificates(str(d), name)
-    Path(sec).chmod(0o600)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        pub, sec = zmq.auth.create_certificates(str(d), name)
+        Path(sec).chmod(0o600)
+    except OSError as exc:
+        raise ConfigError(f"cannot write keys into {d}: {exc.strerror}", field="--dir",
+                          hint="pass --dir a folder you can write (it is created when missing)") from None
     return Path(pub), Path(sec)
 
 
@@ -54,9 +58,14 @@ def load_keypair(keys_dir: str | Path, name: str) -> tuple[bytes, bytes]:
     if not path.exists():
         raise ConfigError(f"no secret key {path}",
                           hint=f"make one with: ppu keys generate {name} --dir {keys_dir}")
-    public, secret = zmq.auth.load_certificate(str(path))
+    try:
+        public, secret = zmq.auth.load_certificate(str(path))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the key pair {path}: {exc}",
+                          hint=f"make a new one with: ppu keys generate {name} --dir {keys_dir}") from None
     if secret is None:
-        raise ConfigError(f"{path} holds no secret key")
+        raise ConfigError(f"{path} holds no secret key",
+                          hint=f"make a new one with: ppu keys generate {name} --dir {keys_dir}")
     return public, secret
 
 

@@ -105,27 +105,31 @@ class OrchestratorServer:
 
     async def start(self) -> str:
         """Bind and start serving; returns the bound address (a tcp port 0 becomes the real one)."""
+        # The key pair first: a missing key must fail here, before a ZAP authenticator or a socket
+        # exists that would keep the process alive (it used to hang with no output).
+        keys = load_keypair(self.security.keys_dir, self.security.server_key) if self.security.curve else None
         self._ctx = ctx = zmq.asyncio.Context()
-        sock = ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        # Messages a little over the limit get a typed error from decode(); far over it, ZMQ drops them.
-        sock.setsockopt(zmq.MAXMSGSIZE, 2 * self.cfg.max_message_bytes + 4096)
-        if self.security.curve:
-            self._zap = AsyncioAuthenticator(ctx)
-            self._zap.start()
-            self._zap.configure_curve_callback("*", credentials_provider=self.auth)
-            public, secret = load_keypair(self.security.keys_dir, self.security.server_key)
-            sock.curve_server = True
-            sock.curve_publickey = public
-            sock.curve_secretkey = secret
-        self._sock = sock
         try:
-            sock.bind(self.bind_to)
-        except zmq.ZMQError as exc:
+            sock = ctx.socket(zmq.ROUTER)
+            self._sock = sock
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            # Messages a little over the limit get a typed error from decode(); far over it, ZMQ drops them.
+            sock.setsockopt(zmq.MAXMSGSIZE, 2 * self.cfg.max_message_bytes + 4096)
+            if keys is not None:
+                self._zap = AsyncioAuthenticator(ctx)
+                self._zap.start()
+                self._zap.configure_curve_callback("*", credentials_provider=self.auth)
+                sock.curve_server = True
+                sock.curve_publickey, sock.curve_secretkey = keys
+            try:
+                sock.bind(self.bind_to)
+            except zmq.ZMQError as exc:
+                raise PPUError(f"cannot bind {self.bind_to}: {exc}",
+                               hint="is another orchestrator running? choose another port with --bind") from None
+        except BaseException:
             await self.close()
-            raise PPUError(f"cannot bind {self.bind_to}: {exc}",
-                           hint="is another orchestrator running? choose another port with --bind") from None
+            raise
         self.address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         loop = asyncio.get_running_loop()
         self._main = [loop.create_task(self._serve()), loop.create_task(self._liveness())]
