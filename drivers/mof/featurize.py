@@ -188,11 +188,16 @@ def features_from_columns(columns: Mapping[str, np.ndarray]) -> np.ndarray:
         raise ValidationFailed(f"composition fractions are all zero in row(s) {_bad_rows(total <= 0)}",
                                field="columns.composition")
     frac = comp / total[:, None]
-    present = frac > 0
-    en = frac @ _EN_ARR
-    rad = frac @ _RAD_ARR
-    en_std = np.sqrt(np.maximum(0.0, (frac * (_EN_ARR[None, :] - en[:, None]) ** 2).sum(axis=1)))
-    rad_std = np.sqrt(np.maximum(0.0, (frac * (_RAD_ARR[None, :] - rad[:, None]) ** 2).sum(axis=1)))
+    # A candidate has a few elements of the vocabulary: the descriptors are sums over its nonzero
+    # fractions only (bincount over (row, element) pairs), not over every column of every row.
+    rows, els = np.nonzero(frac)
+    f = frac[rows, els]
+    e_el, r_el = _EN_ARR[els], _RAD_ARR[els]
+    en = np.bincount(rows, weights=f * e_el, minlength=n)
+    rad = np.bincount(rows, weights=f * r_el, minlength=n)
+    en_std = np.sqrt(np.maximum(0.0, np.bincount(rows, weights=f * (e_el - en[rows]) ** 2, minlength=n)))
+    rad_std = np.sqrt(np.maximum(0.0, np.bincount(rows, weights=f * (r_el - rad[rows]) ** 2, minlength=n)))
+    n_present = np.bincount(rows, minlength=n)
     out = np.empty((n, N_FEATURES))
     v = len(VOCABULARY)
     out[:, :v] = frac
@@ -200,7 +205,7 @@ def features_from_columns(columns: Mapping[str, np.ndarray]) -> np.ndarray:
     out[:, v + 1] = (en_std - _EN_STD[0]) / _EN_STD[1]
     out[:, v + 2] = (rad - _RADIUS[0]) / _RADIUS[1]
     out[:, v + 3] = (rad_std - _RADIUS_STD[0]) / _RADIUS_STD[1]
-    out[:, v + 4] = (present.sum(axis=1) - 1) / 4.0
+    out[:, v + 4] = (n_present - 1) / 4.0
     out[:, v + 5] = temp / _T_MAX_C
     out[:, v + 6] = np.log1p(hours) / _T_LOG_MAX
     return out
