@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml constraints.txt
 	@# pip's chatter goes to a log; it is shown only when a step fails.
 	@$(PIP) install --upgrade pip > $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
 	@$(PIP) install "$(TORCH_SPEC)" >> $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
-	@$(PIP) install -c constraints.txt -e '.[test,epics,tiled]' >> $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
-	@$(PY) -c "import torch, ppu, bluesky, ophyd, prefect, botorch, zmq, caproto, tiled.client" || (echo "install incomplete; see $(VENV)/install.log" && exit 1)
+	@$(PIP) install -c constraints.txt -e '.[test,epics,tiled,ray]' >> $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
+	@$(PY) -c "import torch, ppu, bluesky, ophyd, prefect, botorch, zmq, caproto, tiled.client, ray" || (echo "install incomplete; see $(VENV)/install.log" && exit 1)
 	@touch $(STAMP)
 	@echo "-> $(VENV) ready"
 

@@ -134,7 +134,8 @@ def main() -> None:
         print(f"{name:<48} {bs:>7} {ips:>11.0f} {ips / best:>8.2f}")
     print(f"best direct batch size: {best_bs}; dynamic mean forward batch: {mean_batch:.1f}")
     print(f"target: ppu >= 80 % of the best batched throughput; now {dyn / best:.0%}")
-    print(json.dumps({"device": str(device), "best_batched_per_s": round(best, 1), "ppu_per_s": round(dyn, 1),
+    print(json.dumps({"device": str(device), "rows": args.n, "best_batched_per_s": round(best, 1),
+                      "ppu_per_s": round(dyn, 1),
                       "naive_per_s": round(one, 1), "efficiency": round(dyn / best, 3),
                       "best_batch_size": best_bs, "mean_forward_batch": round(mean_batch, 1)}))
 

@@ -49,6 +49,8 @@ class OrchestratorConfig(Strict):
     heartbeat_s: float = Field(1.0, gt=0, le=60, description="heartbeat interval both ways")
     missed_heartbeats: int = Field(3, ge=1, le=100, description="a peer missing this many is dead")
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024, le=1024**3)
+    max_blob_bytes: int = Field(512 * 1024 * 1024, ge=0, le=8 * 1024**3,
+                                description="most bytes of binary frames (block columns) in one message")
     backoff_base_s: float = Field(1.0, ge=0, le=3600, description="first retry delay of a repeatable task")
     backoff_max_s: float = Field(300.0, ge=0, le=86400)
     restart_grace_s: float = Field(10.0, ge=0, le=3600,

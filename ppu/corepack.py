@@ -2,12 +2,14 @@
 
 ``echo`` (a trivial digital capability for tests, demos and dispatch benchmarks), ``bluesky.plan`` (a
 scientist's own plan on an instrument that allows it, see :mod:`ppu.backends.user_plans`), the ``echo``
-backend that offers it, and ``torch``, the generic served-model backend (its encoder and decoder
-come from the capability or the lab file, see :mod:`ppu.digital.torch_backend`).
+backend that offers it, ``torch``, the generic served-model backend (its encoder and decoder
+come from the capability or the lab file, see :mod:`ppu.digital.torch_backend`), and ``ray``, the
+same models on Ray actors (:mod:`ppu.digital.ray_backend`, needs the ``ppu[ray]`` extra).
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +33,10 @@ def pack() -> Pack:
                        summary=["plan"], example={"plan": "count", "args": {"detectors": ["det"], "num": 1}},
                        cost=1.0, duration_s=600.0),
         ),
-        backend_types={"echo": "ppu.backends.echo:EchoBackend", "torch": "ppu.digital.torch_backend:TorchBackend"},
-        conformance={"echo": "ppu.corepack:EchoCase", "torch": "ppu.corepack:TorchEchoCase"},
+        backend_types={"echo": "ppu.backends.echo:EchoBackend", "torch": "ppu.digital.torch_backend:TorchBackend",
+                       "ray": "ppu.digital.ray_backend:RayBackend"},
+        conformance={"echo": "ppu.corepack:EchoCase", "torch": "ppu.corepack:TorchEchoCase",
+                     "ray": "ppu.corepack:RayEchoCase"},
     )
 
 
@@ -54,6 +58,22 @@ def doubler() -> Any:
     with torch.no_grad():
         m.weight.fill_(2.0)
     return m
+
+
+def slow_doubler(delay_s: float = 1.0) -> Any:
+    """:func:`doubler` that takes ``delay_s`` per forward pass (fault tests kill it mid-pass)."""
+    import torch
+
+    class Slow(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = doubler()
+
+        def forward(self, x: Any) -> Any:
+            time.sleep(delay_s)
+            return self.inner(x)
+
+    return Slow()
 
 
 class EchoCase(ConformanceCase):
@@ -81,3 +101,14 @@ class TorchEchoCase(ConformanceCase):
 
     def bad_run(self) -> TaskRun:
         return TaskRun(task_id="bad", attempt=1, capability="echo", inputs={"x": "not a number"})
+
+
+class RayEchoCase(TorchEchoCase):
+    """The same model on a Ray actor (a local Ray of 2 CPUs when none is running)."""
+
+    requires = ("ray",)
+
+    def config(self, tmp_path: Path, *, slow: bool = False) -> dict[str, Any]:
+        return {"type": "ray", "name": "ray-echo", "batch_size": 4, "actors": 1, "local_cpus": 2,
+                "models": {"echo": {"factory": "ppu.corepack:doubler", "encoder": "ppu.corepack:encode_echo",
+                                    "decoder": "ppu.corepack:decode_echo", "version": "1"}}}

@@ -57,6 +57,12 @@ class UnknownTaskError(PPUError):
     code = "unknown_task"
 
 
+class NotFound(PPUError):
+    """Something asked for by name or checksum is not there (an artifact)."""
+
+    code = "not_found"
+
+
 class UnknownBackendError(PPUError):
     code = "unknown_backend"
 

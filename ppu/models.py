@@ -12,7 +12,7 @@ import uuid
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 # Bounds on strings and lists at the door (docs/protocol.md, Limits; ppu.protocol re-exports them).
 MAX_NAME = 128  # capability, backend, worker and campaign names; task, sample and batch ids
@@ -203,6 +203,30 @@ def limit_violations(limits: dict[str, Limit], inputs: dict[str, Any]) -> list[s
     return out
 
 
+MAX_BLOCK_ROWS = 100_000_000  # rows of one columnar block
+MAX_BLOCK_COLUMNS = 1024
+
+
+class Artifact(Strict):
+    """A columnar block in the run's artifact store: an npz file named by its sha256.
+
+    A task's ``block`` (its input rows) and a result's ``artifact`` (its output rows) are these.
+    In a submitted TaskSpec only ``rows`` and ``columns`` are given: the orchestrator stores the
+    columns that came with the submission and fills in ``sha256`` and ``bytes``."""
+
+    rows: int = Field(ge=1, le=MAX_BLOCK_ROWS, description="rows (candidates) in the block")
+    columns: list[Name] = Field(min_length=1, max_length=MAX_BLOCK_COLUMNS, description="column names, in order")
+    sha256: str = Field("", pattern=r"^([0-9a-f]{64})?$", description="sha256 of the npz file (set by the store)")
+    bytes: int = Field(0, ge=0, description="size of the npz file")
+
+    @field_validator("columns")
+    @classmethod
+    def _unique_columns(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("column names must be unique")
+        return v
+
+
 class TaskSpec(Strict):
     """What a client submits. The orchestrator validates it and turns it into a Task."""
 
@@ -219,6 +243,8 @@ class TaskSpec(Strict):
     min_fidelity: float = Field(0.0, ge=0.0, le=1.0, description="only backends offering at least this fidelity")
     max_attempts: int = Field(3, ge=1, le=100, description="runs before it fails (a `once` task: always 1)")
     sample_id: str | None = Field(None, max_length=MAX_NAME, description="the physical sample this task works on")
+    block: Artifact | None = Field(None, description="a columnar task: its rows travel as binary frames "
+                                   "(docs/protocol.md, Blocks); inputs then stay empty")
 
 
 class Task(Strict):
@@ -236,6 +262,7 @@ class Task(Strict):
     min_fidelity: float = 0.0
     max_attempts: int = 3
     sample_id: str | None = None
+    block: Artifact | None = Field(None, description="a columnar task's input rows in the artifact store")
     seq: int = Field(0, description="submission order (FIFO among equal priority and deadline)")
     state: TaskState = TaskState.pending
     approval: ApprovalState = ApprovalState.not_required
@@ -317,6 +344,16 @@ class Result(Strict):
     started_at: float | None = None
     finished_at: float | None = None
     provenance: Provenance | None = None
+    artifact: Artifact | None = Field(None, description="a columnar task's output rows in the artifact store")
+    # A columnar result's rows on their way from the backend to the artifact store (never serialised).
+    _columns: dict[str, Any] | None = PrivateAttr(None)
+
+    def with_columns(self, columns: dict[str, Any]) -> Result:
+        self._columns = columns
+        return self
+
+    def columns(self) -> dict[str, Any] | None:
+        return self._columns
 
 
 class AuditEntry(Strict):

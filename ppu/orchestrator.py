@@ -474,9 +474,9 @@ class Orchestrator:
                         # It moved on while its group was on the way to disk: this assignment is stale.
                         self.counters["stale_assignments"] += 1
                         continue
-                    cap, inputs, campaign, sample_id = now_assigned
+                    cap, inputs, campaign, sample_id, block = now_assigned
                     runs.append(TaskRun.model_construct(task_id=tid, attempt=attempt, capability=cap, inputs=inputs,
-                                                        campaign=campaign, sample_id=sample_id))
+                                                        campaign=campaign, sample_id=sample_id, block=block))
                 link = self.links.get(ins.backend)
                 if not runs:
                     continue
@@ -682,7 +682,8 @@ class Orchestrator:
         if result.status is ResultStatus.succeeded:
             state = self.sched.state_of(result.task_id)
             live = state is not None and state not in TERMINAL_STATES
-            if live:
+            block_result = result.artifact is not None and live and self.sched.task(result.task_id).block is not None
+            if live and not block_result:  # a block result's rows are in its artifact, its outputs a summary
                 cap = self.sched.task(result.task_id).capability
                 try:
                     outputs = capabilities.validate_outputs(cap, result.outputs)
@@ -729,7 +730,17 @@ class Orchestrator:
 
         ``actor`` and ``key`` (the submitter's CURVE public key) are recorded on the task."""
         cap = capabilities.get(spec.capability)
-        inputs = capabilities.validate_inputs(spec.capability, spec.inputs)
+        if spec.block is not None:  # a columnar task: its rows were checked (dtype, shape) at the door
+            if cap.action.value != "repeatable":
+                raise ValidationFailed(f"{spec.capability} is a physical ({cap.action.value}) capability: it takes "
+                                       "no columnar blocks", field="block", hint="submit one task per sample")
+            if spec.inputs:
+                raise ValidationFailed("a columnar task's rows are in its block; leave inputs empty",
+                                       field="inputs")
+            if not spec.block.sha256:
+                raise ValidationFailed("the block's rows are not stored", field="block",
+                                       hint="submit blocks through the client's submit_block or screen")
+        inputs = {} if spec.block is not None else capabilities.validate_inputs(spec.capability, spec.inputs)
         used = cap.samples_used(inputs)
         sample_id = spec.sample_id or (used[0] if used else None)
         for name in cap.sample_inputs:  # every sample the capability declares it works on must be known
@@ -769,6 +780,7 @@ class Orchestrator:
                     deadline=spec.deadline, pin_backend=spec.pin_backend, min_fidelity=spec.min_fidelity,
                     max_attempts=spec.max_attempts if cap.action.value == "repeatable" else 1,
                     sample_id=sample_id, submitted_at=self.clock(), submitted_by=actor, submitter_key=key,
+                    block=spec.block,
                     approval=ApprovalState.waiting if reason else ApprovalState.not_required)
         return task, reason
 

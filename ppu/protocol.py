@@ -1,7 +1,10 @@
 """The wire protocol in one small module (STYLE.md §5, after zguide's Majordomo).
 
 Every message is two frames from a DEALER: ``[PROTOCOL_VERSION, json]``; the orchestrator's
-ROUTER prepends the peer's identity. The json is one of the pydantic models below, told apart by
+ROUTER prepends the peer's identity. A message that carries columnar rows (a submit of block
+tasks, an assignment of them, a block result, the reply to ``get_artifact``) adds one binary
+frame per array, each described in the json's ``blobs`` (name, dtype, shape) and checked
+against it at the door (:func:`decode`). The json is one of the pydantic models below, told apart by
 its ``type`` field and decoded through the one module-level :data:`ADAPTER`. Requests from clients
 (and the register of a worker) carry ``req``, a request id the answer (:class:`Reply` or
 :class:`Error`) echoes. :func:`decode` turns every kind of bad input into a
@@ -16,7 +19,8 @@ import math
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, TypeAdapter, ValidationError
+import numpy as np
+from pydantic import Field, PrivateAttr, TypeAdapter, ValidationError
 
 from ppu.backends.base import TaskRun
 from ppu.errors import PPUError, ProtocolError
@@ -41,6 +45,8 @@ MAX_REQ = 64  # characters of a request id
 MAX_SUBMIT_TASKS = 1000  # task specs per submit
 MAX_WAIT_IDS = 1000  # task ids per wait
 MAX_LIST_ROWS = 1000  # rows per tasks / samples / audit reply
+MAX_BLOBS = 4096  # binary frames after the json (columns of blocks)
+MAX_BLOB_BYTES = 512 * 1024 * 1024  # default bound on a message's binary frames together (orchestrator.max_blob_bytes)
 
 Name = Annotated[str, Field(max_length=MAX_NAME)]
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
@@ -79,11 +85,54 @@ BAD_JSON = "bad_json"
 UNKNOWN_TYPE = "unknown_type"
 BAD_PAYLOAD = "bad_payload"
 BAD_NUMBER = "bad_number"
-REASONS = (BAD_FRAMES, BAD_VERSION, OVERSIZE, BAD_JSON, UNKNOWN_TYPE, BAD_PAYLOAD, BAD_NUMBER)
+BAD_BLOB = "bad_blob"
+REASONS = (BAD_FRAMES, BAD_VERSION, OVERSIZE, BAD_JSON, UNKNOWN_TYPE, BAD_PAYLOAD, BAD_NUMBER, BAD_BLOB)
 
 
 class _Msg(Strict):
     pass
+
+
+BlobDtype = Literal["float32", "float64", "int32", "int64", "uint8", "bool"]
+
+
+class Blob(Strict):
+    """One binary frame after the json: a C-ordered, little-endian 1-d array of ``shape[0]`` items."""
+
+    name: str = Field(min_length=1, max_length=2 * MAX_NAME + 1, description="'<task id or index>:<column>'")
+    dtype: BlobDtype
+    shape: list[int] = Field(min_length=1, max_length=1, description="[rows]")
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.dtype(self.dtype).itemsize) * self.shape[0]
+
+
+class _Carrier(_Msg):
+    """A message that may carry arrays in binary frames after its json."""
+
+    blobs: list[Blob] = Field(default_factory=list, max_length=MAX_BLOBS,
+                              description="the binary frames that follow the json, in order")
+    _data: dict[str, np.ndarray] = PrivateAttr(default_factory=dict)
+
+    def carrying(self, arrays: dict[str, np.ndarray]) -> Any:
+        """This message with ``arrays`` as its binary frames (1-d; converted to little-endian)."""
+        data: dict[str, np.ndarray] = {}
+        specs = []
+        for name, a in arrays.items():
+            a = np.ascontiguousarray(a)
+            if a.ndim != 1:
+                raise ValueError(f"array {name!r} must be 1-d")
+            if a.dtype.byteorder == ">":
+                a = a.astype(a.dtype.newbyteorder("<"))
+            specs.append(Blob(name=name, dtype=a.dtype.name, shape=[len(a)]))  # type: ignore[arg-type]
+            data[name] = a
+        self.blobs = specs
+        self._data = data
+        return self
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return self._data
 
 
 class _Req(_Msg):
@@ -138,7 +187,7 @@ class Progress(_Msg):
     message: str = Field("", max_length=4096)
 
 
-class ResultMsg(_Msg):
+class ResultMsg(_Carrier):
     type: Literal["result"] = "result"
     backend: str
     result: Result
@@ -162,7 +211,7 @@ class RegisterOk(_Msg):
     heartbeat_s: float
 
 
-class Assign(_Msg):
+class Assign(_Carrier):
     """Each run carries its (task id, attempt): the worker runs an attempt at most once."""
 
     type: Literal["assign"] = "assign"
@@ -203,7 +252,7 @@ class Ack(_Msg):
 # ---- client -> orchestrator -------------------------------------------------------------------
 
 
-class Submit(_Req):
+class Submit(_Req, _Carrier):
     """New tasks, accepted all together or not at all; the reply is their ids in order."""
 
     type: Literal["submit"] = "submit"
@@ -306,6 +355,16 @@ class GetResult(_Req):
     task_id: Name
 
 
+class GetArtifact(_Req):
+    """The npz file of a block or a block result (its sha256 from the task or the result).
+
+    The reply's data is the :class:`~ppu.models.Artifact`'s sha256 and size; the file comes as one
+    uint8 binary frame named ``npz``. Check its sha256 before use."""
+
+    type: Literal["get_artifact"] = "get_artifact"
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
 class Wait(_Req):
     type: Literal["wait"] = "wait"
     task_ids: list[Name] = Field(min_length=1, max_length=MAX_WAIT_IDS)
@@ -335,7 +394,7 @@ class Audit(_Req):
 # ---- orchestrator -> client -------------------------------------------------------------------
 
 
-class Reply(_Msg):
+class Reply(_Carrier):
     type: Literal["reply"] = "reply"
     req: str = ""
     ok: bool = True
@@ -388,7 +447,7 @@ class ProgressEvent(Strict):
 Message = Annotated[
     Register | Heartbeat | Started | Progress | ResultMsg | Done
     | RegisterOk | Assign | Abort | Pause | Resume | Ack
-    | Submit | Cancel | Approve | Reject | Review | Hold | Status | Tasks | GetTask | GetResult | Wait
+    | Submit | Cancel | Approve | Reject | Review | Hold | Status | Tasks | GetTask | GetResult | GetArtifact | Wait
     | Subscribe | Unsubscribe | Samples | Audit | Approvals | Reviews | SampleShow | SetAutonomy | BusyLog
     | Reply | Error | Event,
     Field(discriminator="type"),
@@ -397,14 +456,19 @@ ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
 TYPES: frozenset[str] = frozenset(ADAPTER.json_schema()["discriminator"]["mapping"])
 
 WORKER_MESSAGES = (Register, Heartbeat, Started, Progress, ResultMsg, Done)
-CLIENT_REQUESTS = (Submit, Cancel, Approve, Reject, Review, Hold, Status, Tasks, GetTask, GetResult, Wait,
+CLIENT_REQUESTS = (Submit, Cancel, Approve, Reject, Review, Hold, Status, Tasks, GetTask, GetResult, GetArtifact,
+                   Wait,
                    Subscribe, Unsubscribe, Samples, Audit, Approvals, Reviews, SampleShow, SetAutonomy,
                    BusyLog)
 
 
 
-def encode(msg: _Msg) -> list[bytes]:
-    return [PROTOCOL_VERSION, msg.model_dump_json(exclude_none=False).encode()]
+def encode(msg: _Msg) -> list[Any]:
+    """Frames of a message: version, json, then one buffer per blob (zero-copy memoryviews)."""
+    frames: list[Any] = [PROTOCOL_VERSION, msg.model_dump_json(exclude_none=False).encode()]
+    if isinstance(msg, _Carrier) and msg.blobs:
+        frames.extend(memoryview(msg._data[b.name]).cast("B") for b in msg.blobs)  # type: ignore[arg-type]
+    return frames
 
 
 def _bad(reason: str, message: str, field: str | None = None, hint: str | None = None) -> ProtocolError:
@@ -458,12 +522,54 @@ def _is_finite_error(e: Any) -> bool:
     return bool(e["type"] == "finite_number" or (e["type"] == "value_error" and "not a finite number" in e["msg"]))
 
 
-def decode(frames: list[bytes], max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
-    """Frames after the identity -> a message; every failure is a ProtocolError naming its reason."""
-    if len(frames) != 2:
-        raise _bad(BAD_FRAMES, f"expected 2 frames [version, json], got {len(frames)}",
-                   hint="send [b'PPU1', json] from a DEALER socket")
-    version, body = frames
+def decode(frames: list[Any], max_bytes: int = MAX_MESSAGE_BYTES, max_blob_bytes: int = MAX_BLOB_BYTES) -> Message:
+    """Frames after the identity -> a message; every failure is a ProtocolError naming its reason.
+
+    Frames after the second are binary arrays: at most :data:`MAX_BLOBS` of them and
+    ``max_blob_bytes`` together, each matching (dtype, shape) the blob the json declares for it."""
+    if len(frames) < 2 or len(frames) > 2 + MAX_BLOBS:
+        raise _bad(BAD_FRAMES, f"expected 2 frames [version, json] (and binary frames its blobs declare), "
+                   f"got {len(frames)}", hint="send [b'PPU1', json] from a DEALER socket")
+    version, body = frames[0], frames[1]
+    extra = frames[2:]
+    if extra and b'"blobs"' not in bytes(body[:max_bytes + 1]):
+        raise _bad(BAD_FRAMES, f"expected 2 frames [version, json], got {len(frames)}: the json declares no "
+                   "blobs for the binary frames", hint="send [b'PPU1', json] from a DEALER socket")
+    if extra:
+        blob_bytes = sum(len(f) for f in extra)
+        if blob_bytes > max_blob_bytes:
+            raise _bad(OVERSIZE, f"binary frames of {blob_bytes} bytes are above the limit of {max_blob_bytes}",
+                       field="blobs", hint="send fewer rows per block or raise orchestrator.max_blob_bytes")
+    msg = _decode_json(version, body, max_bytes)
+    _attach(msg, extra)
+    return msg
+
+
+def _attach(msg: Message, extra: list[Any]) -> None:
+    """Check the binary frames against the blobs the json declares and attach them as arrays."""
+    specs: list[Blob] = msg.blobs if isinstance(msg, _Carrier) else []
+    if len(specs) != len(extra):
+        raise _bad(BAD_FRAMES, f"the message declares {len(specs)} blob(s) and carries {len(extra)} binary "
+                   "frame(s)", field="blobs", hint="send one binary frame per entry of blobs, in order")
+    if not specs:
+        return
+    assert isinstance(msg, _Carrier)
+    data: dict[str, np.ndarray] = {}
+    for i, (spec, frame) in enumerate(zip(specs, extra, strict=True)):
+        if spec.shape[0] < 0:
+            raise _bad(BAD_BLOB, f"blob {spec.name!r} has a negative shape", field=f"blobs.{i}.shape")
+        if len(frame) != spec.nbytes:
+            raise _bad(BAD_BLOB, f"blob {spec.name!r} declares {spec.shape[0]} x {spec.dtype} "
+                       f"({spec.nbytes} bytes) but its frame has {len(frame)} bytes", field=f"blobs.{i}",
+                       hint="the frame must hold exactly shape[0] little-endian items of dtype")
+        if spec.name in data:
+            raise _bad(BAD_BLOB, f"blob name {spec.name!r} is used twice", field=f"blobs.{i}.name")
+        data[spec.name] = np.frombuffer(frame, dtype=np.dtype(spec.dtype).newbyteorder("<"))
+    msg._data = data
+
+
+def _decode_json(version: Any, body: Any, max_bytes: int) -> Message:
+    body = bytes(body)
     if version != PROTOCOL_VERSION:
         raise _bad(BAD_VERSION, f"unsupported protocol version {bytes(version[:16])!r}",
                    hint=f"this orchestrator speaks {PROTOCOL_VERSION.decode()}")

@@ -50,6 +50,7 @@ from ppu.events import (
 from ppu.models import (
     ActionClass,
     ApprovalState,
+    Artifact,
     BackendSpec,
     BackendState,
     Result,
@@ -82,7 +83,7 @@ class _T:
     """The scheduler's compact record of a live task (about 300 bytes; Task is the boundary form)."""
 
     __slots__ = (
-        "action", "approval", "attempts", "avoid", "backend", "batch_id", "campaign", "cancel_requested",
+        "action", "approval", "attempts", "avoid", "backend", "batch_id", "block", "campaign", "cancel_requested",
         "capability", "deadline", "depends_on", "deps_left", "error", "id", "inputs", "max_attempts",
         "min_fidelity", "not_before", "pin", "priority", "qver", "ready_at", "sample_id", "seq", "state",
         "submitted_at", "submitted_by", "submitter_key",
@@ -92,6 +93,7 @@ class _T:
         self.id = t.id
         self.capability = t.capability
         self.inputs = t.inputs
+        self.block = t.block
         self.action = t.action
         self.priority = t.priority
         self.campaign = t.campaign
@@ -128,7 +130,8 @@ class _T:
             "id": self.id, "capability": self.capability, "inputs": self.inputs, "action": self.action.value,
             "priority": self.priority, "campaign": self.campaign, "depends_on": list(self.depends_on),
             "deadline": self.deadline, "pin_backend": self.pin, "min_fidelity": self.min_fidelity,
-            "max_attempts": self.max_attempts, "sample_id": self.sample_id, "seq": self.seq,
+            "max_attempts": self.max_attempts, "sample_id": self.sample_id,
+            "block": None if self.block is None else self.block.model_dump(mode="json"), "seq": self.seq,
             "state": self.state.value, "approval": self.approval.value, "attempts": self.attempts,
             "backend": self.backend, "submitted_at": self.submitted_at, "submitted_by": self.submitted_by,
             "submitter_key": self.submitter_key, "not_before": self.not_before, "avoid": list(self.avoid),
@@ -137,7 +140,7 @@ class _T:
 
     def to_task(self) -> Task:
         return Task.model_construct(
-            id=self.id, capability=self.capability, inputs=self.inputs, action=self.action,
+            id=self.id, capability=self.capability, inputs=self.inputs, block=self.block, action=self.action,
             priority=self.priority, campaign=self.campaign, depends_on=list(self.depends_on),
             deadline=self.deadline, pin_backend=self.pin, min_fidelity=self.min_fidelity,
             max_attempts=self.max_attempts, sample_id=self.sample_id, seq=self.seq, state=self.state,
@@ -301,12 +304,13 @@ class Scheduler:
         b = self._backends.get(name)
         return b is not None and b.registered and b.alive_until >= now
 
-    def assignment(self, task_id: str, attempt: int) -> tuple[str, dict[str, Any], str | None, str | None] | None:
-        """(capability, inputs, campaign, sample id) of ``task_id`` while ``attempt`` is assigned; else None."""
+    def assignment(self, task_id: str, attempt: int) -> tuple[str, dict[str, Any], str | None, str | None,
+                                                              Artifact | None] | None:
+        """(capability, inputs, campaign, sample id, block) of ``task_id`` while ``attempt`` is assigned; else None."""
         t = self._tasks.get(task_id)
         if t is None or t.state is not S.assigned or t.attempts != attempt:
             return None
-        return t.capability, t.inputs, t.campaign, t.sample_id
+        return t.capability, t.inputs, t.campaign, t.sample_id, t.block
 
     def holder(self, task_id: str) -> tuple[str | None, int] | None:
         """(backend, attempt) of a live task's current attempt; None for an ended or unknown task."""

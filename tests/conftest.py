@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -46,3 +48,24 @@ def _packs_as_before() -> Iterator[None]:
 def _packs_as_before_module() -> Iterator[None]:
     """The same for a module whose fixtures load packs (e.g. one lab served for all its tests)."""
     yield from _restore_packs()
+
+
+# ---- one local Ray for the whole session (the ray backend's tests and its conformance case) ----
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[Any]:
+    """A local Ray of 2 CPUs, no dashboard; a backend with no ``address`` uses it."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ray_shutdown_at_the_end() -> Iterator[None]:
+    """Whoever started Ray in this session (a fixture or a backend), it stops once, at the end."""
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()

@@ -15,9 +15,10 @@ model trained on another layout. Extending the table means a new version string.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from ppu.drivers.mof.capabilities import Candidate
@@ -107,6 +108,127 @@ def encode_prediction_input(inputs: Mapping[str, Any]) -> list[float]:
 
 
 encode_prediction_input.version = FEATURIZER_VERSION  # type: ignore[attr-defined]
+
+
+# ---- the columnar (vectorised) encoder: a block of candidates as columns, features as one matrix ----
+
+COMPOSITION_PREFIX = "composition."
+PROCESS_COLUMNS = ("anneal_temperature_c", "anneal_time_h")
+_INDEX = {el: j for j, el in enumerate(VOCABULARY)}
+_EN_ARR = np.array([ELEMENTS[el][0] for el in VOCABULARY])
+_RAD_ARR = np.array([ELEMENTS[el][1] for el in VOCABULARY])
+
+
+def column_names() -> list[str]:
+    """The input columns of a block of candidates: one fraction per element, then the process."""
+    return [COMPOSITION_PREFIX + el for el in VOCABULARY] + list(PROCESS_COLUMNS)
+
+
+def candidate_columns(candidates: Sequence[Candidate | Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """Candidates (already validated at the door) as float64 columns; unknown elements are refused."""
+    n = len(candidates)
+    comp = np.zeros((n, len(VOCABULARY)))
+    temp = np.empty(n)
+    hours = np.empty(n)
+    for i, c in enumerate(candidates):
+        if isinstance(c, Candidate):
+            composition, t, h = c.composition, c.anneal_temperature_c, c.anneal_time_h
+        else:
+            composition = c["composition"]
+            t, h = c.get("anneal_temperature_c", 400.0), c.get("anneal_time_h", 4.0)
+        for el, x in composition.items():
+            j = _INDEX.get(el)
+            if j is None:
+                raise ValidationFailed(
+                    f"element {el} of candidate {i} is not in the featuriser vocabulary {FEATURIZER_VERSION}",
+                    field=f"inputs.candidate.composition.{el}", hint=f"known elements: {', '.join(VOCABULARY)}")
+            comp[i, j] = x
+        temp[i], hours[i] = t, h
+    cols = {COMPOSITION_PREFIX + el: comp[:, j] for j, el in enumerate(VOCABULARY)}
+    cols["anneal_temperature_c"], cols["anneal_time_h"] = temp, hours
+    return cols
+
+
+def _bad_rows(mask: np.ndarray) -> str:
+    rows = np.flatnonzero(mask)
+    return ", ".join(str(int(r)) for r in rows[:5]) + (f" (and {len(rows) - 5} more)" if len(rows) > 5 else "")
+
+
+def features_from_columns(columns: Mapping[str, np.ndarray]) -> np.ndarray:
+    """A block's columns as an ``(n, N_FEATURES)`` float64 matrix, in :func:`feature_names` order.
+
+    The same numbers as :func:`featurize_one` row by row, computed with whole-column arithmetic.
+    Element columns that are absent are zero; an unknown column, a missing process column, a
+    negative or non-finite value, or a row whose fractions are all zero is refused, naming it."""
+    unknown = sorted(k for k in columns if k not in _KNOWN_COLUMNS)
+    if unknown:
+        raise ValidationFailed(f"unknown column(s) {', '.join(unknown[:5])}", field=f"columns.{unknown[0]}",
+                               hint=f"columns are {COMPOSITION_PREFIX}<element> ({', '.join(VOCABULARY)}) and "
+                               f"{', '.join(PROCESS_COLUMNS)}")
+    for name in PROCESS_COLUMNS:
+        if name not in columns:
+            raise ValidationFailed(f"the block has no column {name}", field=f"columns.{name}")
+    n = len(columns[PROCESS_COLUMNS[0]])
+    comp = np.zeros((n, len(VOCABULARY)))
+    for j, el in enumerate(VOCABULARY):
+        col = columns.get(COMPOSITION_PREFIX + el)
+        if col is not None:
+            comp[:, j] = col
+    temp = np.asarray(columns["anneal_temperature_c"], dtype=np.float64)
+    hours = np.asarray(columns["anneal_time_h"], dtype=np.float64)
+    for name, values in (("composition", comp), ("anneal_temperature_c", temp), ("anneal_time_h", hours)):
+        bad = ~np.isfinite(values) | ((values < 0) if name != "anneal_temperature_c" else (values < -273.15))
+        if bad.ndim == 2:
+            bad = bad.any(axis=1)
+        if bad.any():
+            raise ValidationFailed(f"{name}: negative or non-finite values in row(s) {_bad_rows(bad)}",
+                                   field=f"columns.{name}")
+    total = comp.sum(axis=1)
+    if (total <= 0).any():
+        raise ValidationFailed(f"composition fractions are all zero in row(s) {_bad_rows(total <= 0)}",
+                               field="columns.composition")
+    frac = comp / total[:, None]
+    # A candidate has a few elements of the vocabulary: the descriptors are sums over its nonzero
+    # fractions only (bincount over (row, element) pairs), not over every column of every row.
+    rows, els = np.nonzero(frac)
+    f = frac[rows, els]
+    e_el, r_el = _EN_ARR[els], _RAD_ARR[els]
+    en = np.bincount(rows, weights=f * e_el, minlength=n)
+    rad = np.bincount(rows, weights=f * r_el, minlength=n)
+    en_std = np.sqrt(np.maximum(0.0, np.bincount(rows, weights=f * (e_el - en[rows]) ** 2, minlength=n)))
+    rad_std = np.sqrt(np.maximum(0.0, np.bincount(rows, weights=f * (r_el - rad[rows]) ** 2, minlength=n)))
+    n_present = np.bincount(rows, minlength=n)
+    out = np.empty((n, N_FEATURES))
+    v = len(VOCABULARY)
+    out[:, :v] = frac
+    out[:, v] = (en - _EN[0]) / _EN[1]
+    out[:, v + 1] = (en_std - _EN_STD[0]) / _EN_STD[1]
+    out[:, v + 2] = (rad - _RADIUS[0]) / _RADIUS[1]
+    out[:, v + 3] = (rad_std - _RADIUS_STD[0]) / _RADIUS_STD[1]
+    out[:, v + 4] = (n_present - 1) / 4.0
+    out[:, v + 5] = temp / _T_MAX_C
+    out[:, v + 6] = np.log1p(hours) / _T_LOG_MAX
+    return out
+
+
+_KNOWN_COLUMNS = frozenset(column_names())
+
+
+def encode_prediction_batch(inputs: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """Many ``predict.*`` inputs at once (validated at the door): one feature matrix."""
+    return features_from_columns(candidate_columns([i["candidate"] for i in inputs]))
+
+
+def prediction_columns(inputs: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """Many ``predict.*`` inputs as the columns of one block (what a screening client sends)."""
+    return candidate_columns([i["candidate"] for i in inputs])
+
+
+# what a server finds on the encoder (ppu.digital.torch_backend.Coding): vectorised and columnar forms
+encode_prediction_input.batch = encode_prediction_batch  # type: ignore[attr-defined]
+encode_prediction_input.block = features_from_columns  # type: ignore[attr-defined]
+encode_prediction_input.columns = prediction_columns  # type: ignore[attr-defined]
+encode_prediction_input.feature_names = feature_names  # type: ignore[attr-defined]
 
 
 def decode_prediction(mean: float, std: float, model_version: str | None) -> dict[str, Any]:

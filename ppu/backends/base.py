@@ -17,9 +17,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from ppu.models import (
+    Artifact,
     BackendKind,
     BackendSpec,
     CapabilityOffer,
@@ -40,9 +41,21 @@ class TaskRun(Strict):
     task_id: str
     attempt: int = Field(ge=1)
     capability: str
-    inputs: dict[str, Any]
+    inputs: dict[str, Any] = Field(default_factory=dict)
     campaign: str | None = None
     sample_id: str | None = None
+    block: Artifact | None = Field(None, description="a columnar task: its rows are in columns()")
+    _columns: dict[str, Any] | None = PrivateAttr(None)  # the block's arrays, carried beside the message
+
+    def with_columns(self, columns: dict[str, Any]) -> TaskRun:
+        self._columns = columns
+        return self
+
+    def columns(self) -> dict[str, Any]:
+        """A columnar task's arrays (name -> 1-d numpy array of ``block.rows``)."""
+        if self.block is None or self._columns is None:
+            raise ValueError(f"task {self.task_id} carries no block of rows")
+        return self._columns
 
 
 class BackendConfig(Strict):

@@ -171,18 +171,21 @@ class CampaignLoop:
         return task, outputs
 
     async def screen(self, capability: str = PREDICT) -> tuple[list[float], str]:
-        specs = [{"capability": capability, "inputs": {"candidate": c.model_dump(mode="json")},
-                  "campaign": self.cfg.name} for c in self.pool]
-        ids = await self.client.submit(specs)
-        await self.client.wait(ids, timeout=600)
-        means, version = [], ""
-        for tid in ids:
-            res = await self.client.result(tid)
-            means.append(float(res.outputs["mean"]) if res is not None and res.outputs else float("nan"))
-            if res is not None and res.outputs.get("model_version"):
-                version = str(res.outputs["model_version"])
-        fill = float(np.nanmin(means)) if not all(np.isnan(means)) else 0.0
-        return [fill if np.isnan(m) else m for m in means], version
+        """The whole pool through the digital twin as columnar tasks (blocks), not one task per candidate."""
+        from ppu.digital.torch_backend import Coding
+
+        coding = Coding.of(capability)
+        if coding.columns is None:
+            raise ConfigError(f"the encoder of {capability} has no columnar form (encode.columns)",
+                              hint="screening sends the pool as blocks: give the encoder .columns and .block")
+        cols = coding.columns([{"candidate": c} for c in self.pool])
+        out, results = await self.client.screen(capability, cols, campaign=self.cfg.name, timeout=600)
+        means = np.asarray(out["mean"], dtype=float)
+        version = next((str(r.outputs["model_version"]) for r in reversed(results)
+                        if r.outputs.get("model_version")), "")
+        bad = ~np.isfinite(means)
+        fill = float(np.min(means[~bad])) if not bad.all() else 0.0
+        return [fill if b else float(m) for m, b in zip(means, bad, strict=True)], version
 
     # ---- the steps (a flow overrides these to run them as Prefect tasks) -------------------------
 

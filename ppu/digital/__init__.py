@@ -16,11 +16,17 @@ A lab file serves predictions and trains new versions like this (paths relative 
                              encoder: "mypkg.features:encode"}  # default: the capability's encoder
 
 A pack's trainer backend (the MOF pack's ``surrogate_trainer``) publishes the registry versions.
+
+Columnar tasks (a block of rows as one task, see docs/protocol.md "Blocks") run through the same
+backends: the encoder's ``.block`` form turns the block's columns into one feature matrix. The
+``ray`` backend type (:mod:`ppu.digital.ray_backend`, ``ppu[ray]``) serves the same models on Ray
+actors; it is imported only when a lab names it.
 """
 
 from ppu.digital.batcher import MicroBatcher
 from ppu.digital.model_registry import ModelRegistry, ModelVersion, file_sha256
 from ppu.digital.torch_backend import (
+    Coding,
     LoadedModel,
     ModelSpec,
     TorchBackend,
@@ -30,6 +36,6 @@ from ppu.digital.torch_backend import (
 )
 
 __all__ = [
-    "LoadedModel", "MicroBatcher", "ModelRegistry", "ModelSpec", "ModelVersion", "TorchBackend", "TorchConfig",
-    "file_sha256", "load_model", "select_device",
+    "Coding", "LoadedModel", "MicroBatcher", "ModelRegistry", "ModelSpec", "ModelVersion", "TorchBackend",
+    "TorchConfig", "file_sha256", "load_model", "select_device",
 ]

@@ -25,6 +25,16 @@ the capability declares (its pack brings them) and a lab file may override per m
 A model maps features ``x[B, F]`` to ``[B, 2]`` (mean, std), a ``(mean, std)`` pair, or ``[B]`` /
 ``[B, 1]`` (mean only; std reported as 0). An encoder with a ``version`` attribute refuses registry
 models trained on another feature layout.
+
+The serving path has no per-row Python beyond the task itself: a :class:`Coding` bundles the
+encoder's vectorised forms, found as attributes of the encoder function (``.batch``: many inputs
+-> one feature matrix; ``.block``: a block's columns -> one feature matrix; ``.columns``: many
+inputs -> a block's columns). Single-row tasks are queued as raw inputs and encoded a whole
+forward batch at a time on the torch thread (a batch that fails to encode is re-encoded row by
+row, so only the bad row fails). A *columnar* task (``TaskRun.block``) is encoded as one matrix,
+cut into forward passes of ``block_batch`` rows, reported as progress, and answered with output
+columns (``mean``, ``std``, or the decoder's ``.block`` form) that the worker ships to the
+artifact store: one Result per block, not per row.
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from pydantic import Field, field_validator, model_validator
 from torch import nn
@@ -51,7 +62,7 @@ from ppu.backends.base import Backend, BackendConfig, ProgressFn, TaskRun
 from ppu.digital.batcher import MicroBatcher
 from ppu.digital.model_registry import ModelRegistry, file_sha256
 from ppu.errors import BackendError, ConfigError, PPUError
-from ppu.models import BackendKind, CapabilityOffer, Result, Strict
+from ppu.models import BackendKind, CapabilityOffer, Provenance, Result, ResultStatus, Strict
 from ppu.packs import resolve
 
 log = logging.getLogger(__name__)
@@ -106,6 +117,8 @@ class TorchConfig(BackendConfig):
     max_wait_ms: float = Field(5.0, ge=0, le=60_000, description="longest a row waits for its batch to fill")
     warmup: bool = Field(True, description="run one forward pass per model at start")
     reload_check_s: float = Field(0.0, ge=0, description="min s between registry checks; 0: every batch")
+    block_batch: int | None = Field(None, ge=1, le=1_000_000,
+                                    description="rows per forward pass of a columnar task; default max_batch")
     fidelity: float = Field(0.5, ge=0, le=1)
     duration_s: float = Field(0.01, gt=0, description="expected lab seconds per batch")
 
@@ -133,17 +146,83 @@ class LoadedModel:
     registry_number: int | None = None
 
 
-@dataclass
-class _Row:
-    x: list[float]  # made into one tensor per batch, on the torch thread
+_Out = tuple[float, float, LoadedModel, int]  # mean, std, the model that made it, forward batch size
 
 
-@dataclass
-class _Out:
-    mean: float
-    std: float
-    model: LoadedModel
-    batch: int
+def _rows(encode: Callable[[dict[str, Any]], list[float]]) -> Callable[[list[dict[str, Any]]], np.ndarray]:
+    def encode_batch(inputs: list[dict[str, Any]]) -> np.ndarray:
+        return np.asarray([encode(i) for i in inputs], dtype=np.float64)
+    return encode_batch
+
+
+def _mean_std_block(mean: np.ndarray, std: np.ndarray, version: str | None) -> dict[str, np.ndarray]:
+    return {"mean": mean, "std": std}
+
+
+@dataclass(frozen=True)
+class Coding:
+    """How a capability's inputs become model features and the model's (mean, std) its outputs.
+
+    Shared by every digital backend type (``torch``, ``ray``). Built from the encoder and decoder
+    names (the capability's, or a lab file's override); the vectorised and columnar forms are
+    attributes of those functions (``encode.batch``, ``encode.block``, ``encode.columns``,
+    ``decode.block``); without them rows are encoded one by one and blocks are refused."""
+
+    capability: str
+    encode: Callable[[dict[str, Any]], list[float]]
+    encode_batch: Callable[[list[dict[str, Any]]], np.ndarray]
+    block: Callable[[dict[str, np.ndarray]], np.ndarray] | None
+    columns: Callable[[list[dict[str, Any]]], dict[str, np.ndarray]] | None
+    decode: Callable[[float, float, str | None], dict[str, Any]]
+    decode_block: Callable[[np.ndarray, np.ndarray, str | None], dict[str, np.ndarray]]
+    features: str | None
+    feature_names: list[str] | None
+    example: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, capability: str, encoder: str | None = None, decoder: str | None = None) -> Coding:
+        cap = caps.get(capability)
+        enc = resolve(encoder or cap.encoder or "", "encoder")
+        dec_name = decoder or cap.decoder
+        dec = resolve(dec_name, "decoder") if dec_name else _mean_std
+        names = getattr(enc, "feature_names", None)
+        return cls(capability=capability, encode=enc, encode_batch=getattr(enc, "batch", None) or _rows(enc),
+                   block=getattr(enc, "block", None), columns=getattr(enc, "columns", None), decode=dec,
+                   decode_block=getattr(dec, "block", None) or _mean_std_block,
+                   features=getattr(enc, "version", None), feature_names=names() if callable(names) else None,
+                   example=cap.example)
+
+    def encode_many(self, inputs: list[dict[str, Any]]) -> list[np.ndarray | Exception]:
+        """Feature rows of many inputs: vectorised; when that fails, row by row so only bad rows fail."""
+        try:
+            x = np.asarray(self.encode_batch(inputs), dtype=np.float64)
+            if x.ndim == 2 and x.shape[0] == len(inputs):
+                return list(x)
+        except Exception:
+            pass
+        out: list[np.ndarray | Exception] = []
+        for i in inputs:
+            try:
+                out.append(np.asarray(self.encode(i), dtype=np.float64))
+            except Exception as exc:
+                out.append(exc)
+        return out
+
+    def encode_block(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        if self.block is None:
+            raise BackendError(f"the encoder of {self.capability} has no columnar form (encode.block)",
+                               hint="give the encoder function a .block attribute: columns -> feature matrix")
+        x = np.asarray(self.block(columns), dtype=np.float64)
+        if x.ndim != 2:
+            raise BackendError(f"the columnar encoder of {self.capability} returned shape {x.shape}, not (rows, F)")
+        return x
+
+
+class _EncodeError(Exception):
+    """One row's inputs could not be encoded (its task fails alone, not retried)."""
+
+
+_PENDING = _EncodeError("not encoded")  # placeholder, replaced for every row that encoded
 
 
 def _import(path: str) -> Any:
@@ -224,18 +303,28 @@ def load_registry_version(path: Path, device: torch.device, half: bool = False,
     return _finish(module, device, half, name or meta.get("name", ver.target), ver.version, sha, ver.number)
 
 
-def _split_output(out: Any, n: int) -> tuple[list[float], list[float]]:
+def _mean_std(mean: float, std: float, version: str | None) -> dict[str, Any]:
+    return {"mean": mean, "std": std, "model_version": version}
+
+
+def split_arrays(out: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A model's output as float64 (mean, std) arrays of ``n`` (std 0 when it gives the mean only)."""
     if isinstance(out, tuple | list):
         mean, std = out[0], out[1]
     elif out.dim() == 2 and out.shape[-1] == 2:
         mean, std = out[:, 0], out[:, 1]
     else:
         mean, std = out.reshape(n), torch.zeros(n)
-    return mean.reshape(n).float().cpu().tolist(), std.reshape(n).float().cpu().tolist()
+    return (mean.reshape(n).detach().double().cpu().numpy(), std.reshape(n).detach().double().cpu().numpy())
 
 
-def _mean_std(mean: float, std: float, version: str | None) -> dict[str, Any]:
-    return {"mean": mean, "std": std, "model_version": version}
+def block_outcome(coding: Coding, mean: np.ndarray, std: np.ndarray,
+                  version: str | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A block's output columns and the Result's summary outputs (rows, bad rows, model version)."""
+    bad = ~(np.isfinite(mean) & np.isfinite(std) & (std >= 0))
+    cols = {k: np.asarray(v) for k, v in coding.decode_block(mean, std, version).items()}
+    return cols, {"rows": len(mean), "columns": list(cols), "non_finite_rows": int(bad.sum()),
+                  "model_version": version}
 
 
 class _Served:
@@ -247,14 +336,10 @@ class _Served:
         self.model: LoadedModel | None = None
         self.last_check = -math.inf
         self.broken: int | None = None  # a registry version that failed to load: not retried
-        self.batcher: MicroBatcher[_Row, _Out]
-        cap = caps.get(capability)
-        self.example = cap.example
-        self.encode: Callable[[dict[str, Any]], list[float]] = resolve(spec.encoder or cap.encoder or "", "encoder")
-        self.features: str | None = getattr(self.encode, "version", None)
-        dec = spec.decoder or cap.decoder
-        self.decode: Callable[[float, float, str | None], dict[str, Any]] = (
-            resolve(dec, "decoder") if dec else _mean_std)
+        self.batcher: MicroBatcher[dict[str, Any], _Out | Exception]
+        self.coding = Coding.of(capability, spec.encoder, spec.decoder)
+        self.example = self.coding.example
+        self.features = self.coding.features
 
 
 class TorchBackend(Backend):
@@ -268,6 +353,7 @@ class TorchBackend(Backend):
         self.device = select_device(config.device)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ppu-torch-{config.name}")
         max_batch = config.max_batch or config.batch_size * config.slots
+        self.block_batch = config.block_batch or max(max_batch, 256)  # the model's best batch, for blocks
         self.served: dict[str, _Served] = {}
         for cap, spec in config.models.items():
             s = _Served(cap, spec)
@@ -290,7 +376,7 @@ class TorchBackend(Backend):
             if s.model is None:
                 log.info("%s: no trained version of %s yet in %s", self.name, s.capability, s.spec.registry)
             elif self.cfg.warmup and s.example is not None:  # warm-up on the capability's example
-                x = torch.tensor([s.encode(s.example)] * 2)
+                x = torch.from_numpy(s.coding.encode_batch([s.example] * 2))
                 self._forward_model(s.model, x)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -312,19 +398,46 @@ class TorchBackend(Backend):
             log.exception("%s: cannot load %s; still serving %s", self.name, latest.path,
                           s.model.version if s.model else "nothing")
 
-    def _forward_model(self, m: LoadedModel, x: torch.Tensor) -> tuple[list[float], list[float]]:
+    def _forward_model(self, m: LoadedModel, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
-            out = m.module(x.to(self.device, m.dtype))
-        return _split_output(out, x.shape[0])
+            out = m.module(x.to(self.device, m.dtype, non_blocking=True))
+        return split_arrays(out, x.shape[0])
 
-    def _forward(self, s: _Served, rows: list[_Row]) -> list[_Out]:
+    def _current(self, s: _Served) -> LoadedModel:
         self._maybe_swap(s)
-        m = s.model
-        if m is None:
+        if s.model is None:
             raise BackendError(f"no trained model for {s.capability} yet in {s.spec.registry}",
                                hint="run train.surrogate first")
-        means, stds = self._forward_model(m, torch.tensor([r.x for r in rows], dtype=torch.float64))
-        return [_Out(mu, sd, m, len(rows)) for mu, sd in zip(means, stds, strict=True)]
+        return s.model
+
+    def _forward(self, s: _Served, inputs: list[dict[str, Any]]) -> list[_Out | Exception]:
+        """One forward pass for a batch of single-row tasks, encoded here as one matrix."""
+        m = self._current(s)
+        rows = s.coding.encode_many(inputs)
+        good = [i for i, r in enumerate(rows) if not isinstance(r, Exception)]
+        out: list[_Out | Exception] = [_EncodeError(str(r)) if isinstance(r, Exception) else _PENDING for r in rows]
+        if good:
+            x = np.stack([rows[i] for i in good])  # type: ignore[misc]
+            means, stds = self._forward_model(m, torch.from_numpy(x))
+            n = len(good)
+            for j, i in enumerate(good):
+                out[i] = (float(means[j]), float(stds[j]), m, n)
+        return out
+
+    def _forward_block(self, s: _Served, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, LoadedModel]:
+        """Forward passes of ``block_batch`` rows over part of a columnar task (one model throughout)."""
+        m = self._current(s)
+        step = self.block_batch
+        if self.device.type == "cuda":  # one pinned copy, then non-blocking transfers per pass
+            xt = torch.from_numpy(x).to(m.dtype).pin_memory()
+        else:
+            xt = torch.from_numpy(x)
+        means, stds = [], []
+        for lo in range(0, len(x), step):
+            mu, sd = self._forward_model(m, xt[lo:lo + step])
+            means.append(mu)
+            stds.append(sd)
+        return np.concatenate(means), np.concatenate(stds), m
 
     # ---- on the event loop ------------------------------------------------------------------
 
@@ -339,6 +452,12 @@ class TorchBackend(Backend):
             await s.batcher.close()
         self._executor.shutdown(wait=True)
 
+    def _provenance(self, m: LoadedModel, batch: int) -> Provenance:
+        return Provenance.model_construct(
+            backend=self.name, kind=self.kind, model_name=m.name, model_version=m.version,
+            weights_sha256=m.weights_sha256, device=str(self.device), run_uids=[], documents=None, entered_by=None,
+            extra={"forward_batch": batch, "dtype": str(m.dtype).removeprefix("torch.")})
+
     async def run(self, batch: list[TaskRun], progress: ProgressFn) -> list[Result]:
         if not self._started:
             await self.start()
@@ -350,15 +469,11 @@ class TorchBackend(Backend):
             if s is None:
                 results[i] = self.fail(run, f"{self.name} does not serve {run.capability}", started,
                                        retryable=False)
-                continue
-            try:
-                row = _Row(s.encode(run.inputs))
-            except Exception as exc:  # one bad payload fails only its own task
-                results[i] = self.fail(run, f"cannot encode the inputs: {exc}", started,
-                                       retryable=False)
-                continue
-            waits.append((i, s.batcher.put(row)))
-        outs: list[_Out | BaseException] = []
+            elif run.block is not None:
+                results[i] = await self._run_block(s, run, progress, started)
+            else:
+                waits.append((i, s.batcher.put(run.inputs)))
+        outs: list[Any] = []
         if len(waits) == 1:  # the common case at high rates: one task per run call, no gather needed
             try:
                 outs = [await waits[0][1]]
@@ -367,21 +482,56 @@ class TorchBackend(Backend):
         elif waits:
             outs = await asyncio.gather(*(w for _, w in waits), return_exceptions=True)
         dev = str(self.device)
+        provs: dict[tuple[int, int], Provenance] = {}  # one per forward batch, shared by its rows
         for (i, _), out in zip(waits, outs, strict=True):
             run = batch[i]
             if isinstance(out, BaseException):
                 if isinstance(out, asyncio.CancelledError):
                     raise out
-                results[i] = self.fail(run, f"forward pass failed: {out}", started, device=dev)
-            elif not (math.isfinite(out.mean) and math.isfinite(out.std) and out.std >= 0):
-                results[i] = self.fail(run, f"model returned mean={out.mean}, std={out.std}", started,
-                                       retryable=False, model_name=out.model.name,
-                                       model_version=out.model.version, device=dev)
-            else:
-                m = out.model
-                extra = {"forward_batch": out.batch, "dtype": str(m.dtype).removeprefix("torch.")}
-                results[i] = self.ok(run, self.served[run.capability].decode(out.mean, out.std, m.version), started,
-                                     model_name=m.name,
-                                     model_version=m.version, weights_sha256=m.weights_sha256, device=dev,
-                                     extra=extra)
+                if isinstance(out, _EncodeError):
+                    results[i] = self.fail(run, f"cannot encode the inputs: {out}", started, retryable=False)
+                else:
+                    results[i] = self.fail(run, f"forward pass failed: {out}", started, device=dev)
+                continue
+            mean, std, m, n = out
+            if not (math.isfinite(mean) and math.isfinite(std) and std >= 0):
+                results[i] = self.fail(run, f"model returned mean={mean}, std={std}", started,
+                                       retryable=False, model_name=m.name, model_version=m.version, device=dev)
+                continue
+            prov = provs.get((id(m), n))
+            if prov is None:
+                prov = provs[(id(m), n)] = self._provenance(m, n)
+            # outputs come from the decoder of a validated model: built without re-validation per row
+            results[i] = Result.model_construct(
+                task_id=run.task_id, attempt=run.attempt, status=ResultStatus.succeeded,
+                outputs=self.served[run.capability].coding.decode(mean, std, m.version), error=None,
+                retryable=True, interrupted=False, started_at=started, finished_at=time.time(), provenance=prov,
+                artifact=None)
         return [r for r in results if r is not None]
+
+    async def _run_block(self, s: _Served, run: TaskRun, progress: ProgressFn, started: float) -> Result:
+        """A columnar task: encode the block, forward it in parts (progress after each), answer with columns."""
+        loop = asyncio.get_running_loop()
+        try:
+            x = await asyncio.to_thread(s.coding.encode_block, run.columns())
+        except Exception as exc:
+            return self.fail(run, f"cannot encode the block: {exc}", started, retryable=False)
+        n = len(x)
+        part = max(self.block_batch, min(65_536, n // 8 or 1))  # a handful of progress reports per block
+        means, stds = [], []
+        m: LoadedModel | None = None
+        try:
+            for lo in range(0, n, part):
+                mu, sd, m = await loop.run_in_executor(self._executor, self._forward_block, s, x[lo:lo + part])
+                means.append(mu)
+                stds.append(sd)
+                done = min(n, lo + part)
+                r = progress(run.task_id, done / n, f"{done}/{n} rows")
+                if asyncio.iscoroutine(r):
+                    await r
+        except Exception as exc:
+            return self.fail(run, f"forward pass failed: {exc}", started, device=str(self.device))
+        assert m is not None
+        cols, summary = block_outcome(s.coding, np.concatenate(means), np.concatenate(stds), m.version)
+        prov = self._provenance(m, min(self.block_batch, n))
+        return self.ok(run, summary, started, **prov.model_dump(exclude={"backend", "kind"})).with_columns(cols)

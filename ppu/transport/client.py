@@ -16,12 +16,14 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import numpy as np
 import zmq
 import zmq.asyncio
 
 from ppu import errors
 from ppu import protocol as p
-from ppu.models import AuditEntry, Result, Sample, Task, TaskSpec, new_id
+from ppu.artifacts import check_columns, load_npz, verify
+from ppu.models import Artifact, AuditEntry, Result, Sample, Task, TaskSpec, new_id
 from ppu.transport.security import CurveKeys
 
 SpecLike = TaskSpec | dict[str, Any]
@@ -58,6 +60,40 @@ def _submits(specs: SpecLike | list[SpecLike]) -> list[p.Submit]:
     items = _specs(specs)
     n = p.MAX_SUBMIT_TASKS
     return [p.Submit(tasks=items[i:i + n]) for i in range(0, len(items), n)] or [p.Submit(tasks=items)]
+
+
+DEFAULT_BLOCK_ROWS = 131_072  # rows per columnar task: big enough to amortise a task, small enough to overlap
+
+
+def _block_submits(capability: str, columns: dict[str, np.ndarray], block_rows: int,
+                   spec: dict[str, Any]) -> list[p.Submit]:
+    """Columns as columnar tasks of at most ``block_rows`` rows, one submit (and its blobs) each."""
+    rows = check_columns(columns, "columns")
+    if block_rows < 1:
+        raise errors.ValidationFailed("block_rows must be >= 1", field="block_rows")
+    out = []
+    for lo in range(0, rows, block_rows):
+        part = {name: col[lo:lo + block_rows] for name, col in columns.items()}
+        n = len(next(iter(part.values())))
+        task = TaskSpec.model_validate({**spec, "capability": capability,
+                                        "block": {"rows": n, "columns": list(part)}})
+        out.append(p.Submit(tasks=[task]).carrying({f"0:{name}": col for name, col in part.items()}))
+    return out
+
+
+def _artifact_columns(reply: p.Reply, sha: str) -> dict[str, np.ndarray]:
+    data = reply.arrays().get("npz")
+    if data is None:
+        raise errors.PPUError("the orchestrator's get_artifact reply carried no file")
+    raw = data.tobytes()
+    verify(raw, sha)
+    return load_npz(raw)
+
+
+def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if not parts:
+        return {}
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
 def _wait_chunks(task_ids: str | list[str]) -> list[list[str]]:
@@ -141,7 +177,8 @@ class PPUClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def request(self, msg: Any, timeout: float | None = None) -> Any:
+    def request(self, msg: Any, timeout: float | None = None, *, whole: bool = False) -> Any:
+        """The reply's data (``whole``: the Reply itself, with any arrays it carries)."""
         msg.req = msg.req or p.new_req()
         if self.actor and getattr(msg, "actor", "x") is None:
             msg.actor = self.actor
@@ -160,7 +197,7 @@ class PPUClient:
             elif isinstance(reply, p.Error) and reply.req in (msg.req, ""):
                 raise error_from(reply)
             elif isinstance(reply, p.Reply) and reply.req == msg.req:
-                return reply.data
+                return reply if whole else reply.data
 
     def ping(self, timeout: float = 1.0) -> bool:
         """Does an orchestrator answer at this address?"""
@@ -184,6 +221,16 @@ class PPUClient:
         return ids
 
     submit_many = submit
+
+    def submit_block(self, capability: str, columns: dict[str, np.ndarray], *,
+                     block_rows: int = DEFAULT_BLOCK_ROWS, **spec: Any) -> list[str]:
+        """Submit rows as columnar tasks (binary frames) of at most ``block_rows`` rows each."""
+        return [tid for msg in _block_submits(capability, columns, block_rows, spec) for tid in self.request(msg)]
+
+    def artifact(self, ref: Artifact | str) -> dict[str, np.ndarray]:
+        """The columns of a block or block result, fetched and checked against its sha256."""
+        sha = ref if isinstance(ref, str) else ref.sha256
+        return _artifact_columns(self.request(p.GetArtifact(sha256=sha), whole=True), sha)
 
     def wait(self, task_ids: str | list[str], timeout: float | None = None) -> list[Task]:
         """Wait for tasks to end (``timeout`` in seconds for all of them); any number, in requests of
@@ -344,7 +391,8 @@ class AsyncPPUClient:
                 if fut is not None and not fut.done():
                     fut.set_result(msg)
 
-    async def request(self, msg: Any, timeout: float | None = None) -> Any:
+    async def request(self, msg: Any, timeout: float | None = None, *, whole: bool = False) -> Any:
+        """The reply's data (``whole``: the Reply itself, with any arrays it carries)."""
         self._ensure()
         msg.req = msg.req or p.new_req()
         if self.actor and getattr(msg, "actor", "x") is None:
@@ -361,7 +409,7 @@ class AsyncPPUClient:
             raise _not_answering(self.address, t) from None
         if isinstance(reply, p.Error):
             raise error_from(reply)
-        return reply.data
+        return reply if whole else reply.data
 
     async def ping(self, timeout: float = 1.0) -> bool:
         try:
@@ -383,6 +431,41 @@ class AsyncPPUClient:
         return ids
 
     submit_many = submit
+
+    async def submit_block(self, capability: str, columns: dict[str, np.ndarray], *,
+                           block_rows: int = DEFAULT_BLOCK_ROWS, **spec: Any) -> list[str]:
+        """Submit rows as columnar tasks (binary frames) of at most ``block_rows`` rows each."""
+        ids: list[str] = []
+        for msg in _block_submits(capability, columns, block_rows, spec):
+            ids += await self.request(msg, max(self.timeout, 60.0))
+        return ids
+
+    async def artifact(self, ref: Artifact | str) -> dict[str, np.ndarray]:
+        """The columns of a block or block result, fetched and checked against its sha256."""
+        sha = ref if isinstance(ref, str) else ref.sha256
+        return _artifact_columns(await self.request(p.GetArtifact(sha256=sha), max(self.timeout, 60.0),
+                                                    whole=True), sha)
+
+    async def screen(self, capability: str, columns: dict[str, np.ndarray], *,
+                     block_rows: int = DEFAULT_BLOCK_ROWS, timeout: float | None = None,
+                     **spec: Any) -> tuple[dict[str, np.ndarray], list[Result]]:
+        """Run rows through a capability as columnar tasks: (output columns in row order, one result per block).
+
+        Blocks are fetched as each one ends, so fetching overlaps the blocks still running. A block
+        that failed raises :class:`~ppu.errors.BackendError` naming it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        ids = await self.submit_block(capability, columns, block_rows=block_rows, **spec)
+        parts, results = [], []
+        for tid in ids:
+            [task] = await self.wait([tid], _left(deadline))
+            res = await self.result(tid)
+            if res is None or res.artifact is None:
+                why = res.error if res is not None else task.state.value
+                raise errors.BackendError(f"columnar task {tid} ({capability}) ended {task.state.value}: {why}",
+                                          hint=f"ppu task {tid} shows its attempts")
+            parts.append(await self.artifact(res.artifact))
+            results.append(res)
+        return _concat(parts), results
 
     async def wait(self, task_ids: str | list[str], timeout: float | None = None) -> list[Task]:
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -117,6 +117,7 @@ _RANK = {Role.client: 1, Role.operator: 2, Role.admin: 3}
 
 # request type -> the least role that may send it; anything not listed needs a client.
 NEEDS: dict[str, Role] = {
+    "get_artifact": Role.client,  # a block or block result, like any other read
     "approve": Role.operator, "reject": Role.operator, "review": Role.operator, "hold": Role.operator,
     "set_autonomy": Role.admin,
 }

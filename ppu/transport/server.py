@@ -25,17 +25,20 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import zmq
 import zmq.asyncio
 from zmq.auth.asyncio import AsyncioAuthenticator
 
 from ppu import protocol as p
+from ppu.artifacts import ArtifactStore
 from ppu.backends.base import TaskRun
 from ppu.config import SecurityConfig
-from ppu.errors import JournalFailed, NotAllowed, PPUError, UnknownTaskError
-from ppu.models import AuditEntry
+from ppu.errors import ConfigError, JournalFailed, NotAllowed, PPUError, UnknownTaskError, ValidationFailed
+from ppu.models import AuditEntry, TaskSpec
 from ppu.orchestrator import Orchestrator
 from ppu.transport.security import OWN_ONLY, Authorizer, authorise, check_bind, load_keypair
 
@@ -60,8 +63,10 @@ class RemoteLink:
         self.server = server
 
     async def assign(self, backend: str, batch_id: str, runs: list[TaskRun], reg: str = "", seq: int = 0) -> None:
-        await self.server.send_to_backend(backend, p.Assign(backend=backend, batch_id=batch_id, runs=runs,
-                                                            reg=reg, seq=seq))
+        msg = p.Assign(backend=backend, batch_id=batch_id, runs=runs, reg=reg, seq=seq)
+        if any(r.block is not None for r in runs):  # columnar tasks: their rows go along as binary frames
+            msg.carrying(await self.server.block_arrays(runs))
+        await self.server.send_to_backend(backend, msg)
 
     async def abort(self, backend: str, task_id: str, attempt: int = 0) -> None:
         await self.server.send_to_backend(backend, p.Abort(backend=backend, task_id=task_id, attempt=attempt))
@@ -78,8 +83,12 @@ class RemoteLink:
 
 class OrchestratorServer:
     def __init__(self, orch: Orchestrator, bind: str | None = None, security: SecurityConfig | None = None,
-                 *, insecure: bool = False):
+                 *, insecure: bool = False, artifacts: ArtifactStore | str | Path | None = None):
         self.orch = orch
+        # columnar blocks and block results; default: next to a SQLite journal, else none (blocks refused)
+        if artifacts is None and orch.store.url.startswith("sqlite:///") and ":memory:" not in orch.store.url:
+            artifacts = Path(orch.store.url.split("///", 1)[1]).parent / "artifacts"
+        self.artifacts = artifacts if isinstance(artifacts, ArtifactStore | None) else ArtifactStore(artifacts)
         self.cfg = orch.cfg
         self.bind_to = bind or orch.cfg.bind
         self.security = security or SecurityConfig()
@@ -115,7 +124,7 @@ class OrchestratorServer:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             # Messages a little over the limit get a typed error from decode(); far over it, ZMQ drops them.
-            sock.setsockopt(zmq.MAXMSGSIZE, 2 * self.cfg.max_message_bytes + 4096)
+            sock.setsockopt(zmq.MAXMSGSIZE, 2 * self.cfg.max_message_bytes + self.cfg.max_blob_bytes + 4096)
             if keys is not None:
                 self._zap = AsyncioAuthenticator(ctx)
                 self._zap.start()
@@ -248,9 +257,9 @@ class OrchestratorServer:
         if self.security.curve:
             with contextlib.suppress(Exception):
                 key = str(frames[-1].get("User-Id"))
-        body = [f.bytes for f in frames[1:]]
+        body: list[Any] = [f.bytes for f in frames[1:3]] + [f.buffer for f in frames[3:]]  # arrays: no copy
         try:
-            msg = p.decode(body, self.cfg.max_message_bytes)
+            msg = p.decode(body, self.cfg.max_message_bytes, self.cfg.max_blob_bytes)
         except p.ProtocolError as exc:
             reason = str(exc.data.get("reason", "bad"))
             self.orch.counters["protocol_" + reason] += 1
@@ -325,6 +334,8 @@ class OrchestratorServer:
     async def _result(self, identity: bytes, key: str | None, msg: p.ResultMsg) -> None:
         backend, result = msg.backend, msg.result
         try:
+            if msg.blobs:  # a block result: its rows go to the artifact store, the journal keeps the reference
+                result = result.model_copy(update={"artifact": await self._store_columns(msg.arrays(), "blobs")})
             self.orch.finished(result, backend)  # journals before it returns
         except NotAllowed:
             raise
@@ -416,9 +427,13 @@ class OrchestratorServer:
         actor = msg.actor or "client"
         if key:
             actor = f"{actor}[{key[:8]}]"
-        if isinstance(msg, p.Wait | p.Hold):
-            # These await workers or results: served off the receive loop so it never blocks.
-            coro = self._wait(identity, msg) if isinstance(msg, p.Wait) else self._hold(identity, msg, actor)
+        if isinstance(msg, p.Wait | p.Hold | p.GetArtifact) or (
+                isinstance(msg, p.Submit) and any(t.block is not None for t in msg.tasks)):
+            # These await workers, results or the disk: served off the receive loop so it never blocks.
+            coro = (self._wait(identity, msg) if isinstance(msg, p.Wait)
+                    else self._get_artifact(identity, msg) if isinstance(msg, p.GetArtifact)
+                    else self._submit(identity, msg, actor, key) if isinstance(msg, p.Submit)
+                    else self._hold(identity, msg, actor))
             t = asyncio.get_running_loop().create_task(coro)
             self._tasks.add(t)
             t.add_done_callback(self._tasks.discard)
@@ -436,10 +451,83 @@ class OrchestratorServer:
                             hint="see the orchestrator's log")
         await self.send(identity, reply)
 
+    # ---- columnar blocks --------------------------------------------------------------------
+
+    def _store(self) -> ArtifactStore:
+        if self.artifacts is None:
+            raise ConfigError("this orchestrator has no artifact store, so it takes no columnar blocks",
+                              field="blobs", hint="run it with a SQLite store under a run_dir, or give it artifacts=")
+        return self.artifacts
+
+    async def _store_columns(self, columns: dict[str, np.ndarray], field: str) -> Any:
+        store = self._store()
+        return await asyncio.to_thread(store.put, columns)  # hashing and fsync off the loop
+
+    async def block_arrays(self, runs: list[TaskRun]) -> dict[str, np.ndarray]:
+        """The binary frames of an assignment: ``<task id>:<column>`` for each columnar run."""
+        out: dict[str, np.ndarray] = {}
+        for r in runs:
+            if r.block is not None:
+                cols = await asyncio.to_thread(self._store().load, r.block.sha256)
+                out.update({f"{r.task_id}:{name}": col for name, col in cols.items()})
+        return out
+
+    async def _submit_blocks(self, msg: p.Submit) -> list[TaskSpec]:
+        """Store each columnar task's rows (blobs named ``<index>:<column>``) and point its block at them."""
+        arrays = msg.arrays()
+        used: set[str] = set()
+        tasks = list(msg.tasks)
+        for i, spec in enumerate(tasks):
+            if spec.block is None:
+                continue
+            cols: dict[str, np.ndarray] = {}
+            for name in spec.block.columns:
+                key = f"{i}:{name}"
+                if key not in arrays:
+                    raise ValidationFailed(f"task {i} declares column {name!r} but no blob {key!r} came with it",
+                                           field=f"tasks.{i}.block.columns", hint="send one blob per column")
+                cols[name] = arrays[key]
+                used.add(key)
+            bad = [n for n, c in cols.items() if len(c) != spec.block.rows]
+            if bad:
+                raise ValidationFailed(f"task {i}: column {bad[0]!r} has {len(cols[bad[0]])} rows, the block "
+                                       f"declares {spec.block.rows}", field=f"tasks.{i}.block.rows")
+            stored = await self._store_columns(cols, f"tasks.{i}.block")
+            tasks[i] = spec.model_copy(update={"block": stored})
+        extra = sorted(set(arrays) - used)
+        if extra:
+            raise ValidationFailed(f"blob {extra[0]!r} belongs to no column of a block task", field="blobs",
+                                   hint="name blobs '<task index>:<column>' after a task's block.columns")
+        return tasks
+
+    async def _get_artifact(self, identity: bytes, msg: p.GetArtifact) -> None:
+        try:
+            data = await asyncio.to_thread(self._store().read_bytes, msg.sha256)
+            reply: Any = p.Reply(req=msg.req, data={"sha256": msg.sha256, "bytes": len(data)}).carrying(
+                {"npz": np.frombuffer(data, dtype=np.uint8)})
+        except PPUError as exc:
+            self.orch.counters["error_" + exc.code] += 1
+            reply = p.Error.of(exc, msg.req)
+        await self.send(identity, reply)
+
+    async def _submit(self, identity: bytes, msg: p.Submit, actor: str, key: str | None) -> None:
+        """A submit that carries blocks: stored off the loop, then accepted in one durable group."""
+        try:
+            tasks = await self._submit_blocks(msg)
+            async with self.orch.grouped():
+                ids = self.orch.submit(tasks, actor=actor, key=key)
+            reply: Any = p.Reply(req=msg.req, data=ids)
+        except PPUError as exc:
+            self.orch.counters["error_" + exc.code] += 1
+            reply = p.Error.of(exc, msg.req)
+        await self.send(identity, reply)
+
     def _call(self, identity: bytes, msg: Any, actor: str, key: str | None = None) -> Any:
         o = self.orch
         match msg:
             case p.Submit():
+                if any(t.block is not None for t in msg.tasks):
+                    raise ValidationFailed("columnar tasks are submitted with their blobs", field="tasks.block")
                 return o.submit(msg.tasks, actor=actor, key=key)
             case p.Cancel():
                 o.cancel(msg.task_id, actor, msg.reason)

@@ -164,10 +164,13 @@ class Worker:
                                       fraction=min(1.0, max(0.0, float(payload["fraction"]))),
                                       message=str(payload["message"])[:4096]))
             elif kind == "result":
-                r = Result.model_validate(payload)
+                # the host keeps the Result object (with a block result's columns) until it is acked
+                r = self.hosts[backend].unacked.get((payload["task_id"], payload["attempt"]))
+                if r is None:
+                    r = Result.model_validate(payload)
                 hb = self.heartbeat_s
                 self._resend_at[(r.task_id, r.attempt)] = (time.monotonic() + hb, hb)
-                self._send(p.ResultMsg(backend=backend, result=r))
+                self._send(_result_msg(backend, r))
         return report
 
     # ---- the loop --------------------------------------------------------------------------
@@ -229,7 +232,7 @@ class Worker:
                 key = (r.task_id, r.attempt)
                 when, backoff = self._resend_at.get(key, (now, self.heartbeat_s))
                 if when <= now:
-                    self._send(p.ResultMsg(backend=name, result=r))
+                    self._send(_result_msg(name, r))
                     backoff = min(backoff * 2, self.resend_max_s)
                     self._resend_at[key] = (now + backoff, backoff)
 
@@ -250,7 +253,11 @@ class Worker:
                 if host is not None:
                     if msg.reg == self._register_req:
                         self._seq[msg.backend] = max(self._seq.get(msg.backend, 0), msg.seq)
-                    host.assign(msg.batch_id, msg.runs)
+                    arrays = msg.arrays()
+                    runs = [r if r.block is None else r.with_columns(
+                        {c: arrays[f"{r.task_id}:{c}"] for c in r.block.columns if f"{r.task_id}:{c}" in arrays})
+                        for r in msg.runs]
+                    host.assign(msg.batch_id, runs)
             case p.Ack():
                 host = self.hosts.get(msg.backend)
                 if host is not None:
@@ -295,3 +302,10 @@ class Worker:
         t = asyncio.get_running_loop().create_task(coro)
         self._side.add(t)
         t.add_done_callback(self._side.discard)
+
+
+def _result_msg(backend: str, r: Result) -> p.ResultMsg:
+    """A result, with a block result's columns as binary frames (the orchestrator stores them)."""
+    msg = p.ResultMsg(backend=backend, result=r)
+    cols = r.columns()
+    return msg.carrying(cols) if cols else msg

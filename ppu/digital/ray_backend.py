@@ -1,0 +1,345 @@
+"""``ray``: served models on Ray actors, for digital work that outgrows one node.
+
+PPU stays the one scheduler and journal (DESIGN.md "Scale"): this backend is one entry in the
+lab file, its ``slots`` are its capacity, and the scheduler assigns it tasks like any other
+backend. Behind it, ``actors`` Ray actors each hold the models (on their own GPU when
+``gpus_per_actor`` > 0 and the cluster has one, else on CPU) and run forward passes::
+
+    backends:
+      - type: ray
+        name: screening-cluster
+        address: auto                    # or ray://head:10001; omitted: a local Ray is started
+        actors: 8
+        gpus_per_actor: 1
+        models:
+          predict.co2_uptake: {registry: /shared/runs/models}
+
+Rows are encoded on the actors with the capability's :class:`~ppu.digital.torch_backend.Coding`
+(the same encoders and decoders as ``torch``). A batch of single-row tasks goes to one actor as
+one list; a columnar task (block) is cut into parts of ``part_rows`` rows spread over the
+actors, progress reported as parts finish, and answered with output columns like ``torch``.
+
+Failure is a failed attempt, never a lost task: an actor that dies mid-batch (or a Ray cluster
+that goes away) fails the runs it held as *retryable*, so the scheduler re-queues them (digital
+work is repeatable), and the actor is replaced before its next use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import Field, field_validator, model_validator
+
+from ppu.backends.base import Backend, BackendConfig, ProgressFn, TaskRun
+from ppu.digital.torch_backend import Coding, ModelSpec, block_outcome
+from ppu.errors import ConfigError
+from ppu.models import BackendKind, CapabilityOffer, Result
+
+log = logging.getLogger(__name__)
+
+
+class RayConfig(BackendConfig):
+    models: dict[str, ModelSpec] = Field(min_length=1, description="capability -> model spec (as for torch)")
+    address: str | None = Field(None, description="'auto', 'ray://host:port', or omitted: start a local Ray")
+    local_cpus: int | None = Field(None, ge=1, le=4096, description="CPUs of a local Ray started for you")
+    actors: int = Field(1, ge=1, le=10_000, description="Ray actors, each holding every model")
+    cpus_per_actor: float = Field(1.0, gt=0, le=1024)
+    gpus_per_actor: float = Field(0.0, ge=0, le=64, description="> 0: each actor on its GPU (cuda)")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="inside an actor; auto: cuda if any")
+    half: bool = Field(False, description="float16 weights and inputs on cuda")
+    max_batch: int = Field(512, ge=1, le=1_000_000, description="rows per forward pass on an actor")
+    part_rows: int = Field(65_536, ge=1, le=10_000_000, description="rows of a block sent to one actor at a time")
+    reload_check_s: float = Field(0.0, ge=0, description="min s between registry checks on an actor")
+    fidelity: float = Field(0.5, ge=0, le=1)
+    duration_s: float = Field(0.01, gt=0, description="expected lab seconds per batch")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        if v is not None and v != "auto" and not v.startswith("ray://") and ":" not in v:
+            raise ValueError("address is 'auto', 'ray://host:port' or 'host:port' (omit it for a local Ray)")
+        return v
+
+    @model_validator(mode="after")
+    def _capacity(self) -> RayConfig:
+        if "slots" not in self.model_fields_set:  # two runs in flight per actor keep every actor fed
+            self.slots = 2 * self.actors
+        return self
+
+
+class ModelActor:
+    """What one Ray actor holds: the models and their codings. Runs in the actor's process."""
+
+    def __init__(self, models: dict[str, dict[str, Any]], device: str, half: bool, max_batch: int,
+                 reload_check_s: float):
+        import torch
+
+        from ppu.digital.torch_backend import select_device
+
+        torch.set_grad_enabled(False)
+        self.device = select_device(device)
+        self.half = half
+        self.max_batch = max_batch
+        self.reload_check_s = reload_check_s
+        self.specs = {cap: ModelSpec.model_validate(spec) for cap, spec in models.items()}
+        self.codings = {cap: Coding.of(cap, spec.encoder, spec.decoder) for cap, spec in self.specs.items()}
+        self.models: dict[str, Any] = {}
+        self.checked: dict[str, float] = {}
+        for cap in self.specs:
+            self._load(cap)
+
+    def _load(self, cap: str) -> Any:
+        from ppu.digital.torch_backend import load_model
+
+        spec = self.specs[cap]
+        now = time.monotonic()
+        if cap not in self.models or (spec.registry and now - self.checked.get(cap, -math.inf) >= self.reload_check_s):
+            self.checked[cap] = now
+            m = load_model(spec, cap, self.device, self.half, self.codings[cap].features)
+            if m is not None:
+                self.models[cap] = m
+        m = self.models.get(cap)
+        if m is None:
+            raise RuntimeError(f"no trained model for {cap} yet in {spec.registry}")
+        return m
+
+    def _forward(self, m: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        from ppu.digital.torch_backend import split_arrays
+
+        xt = torch.from_numpy(x)
+        means, stds = [], []
+        with torch.inference_mode():
+            for lo in range(0, len(x), self.max_batch):
+                part = xt[lo:lo + self.max_batch]
+                mu, sd = split_arrays(m.module(part.to(self.device, m.dtype)), part.shape[0])
+                means.append(mu)
+                stds.append(sd)
+        return np.concatenate(means), np.concatenate(stds)
+
+    def _about(self, m: Any) -> dict[str, Any]:
+        return {"model_name": m.name, "model_version": m.version, "weights_sha256": m.weights_sha256,
+                "device": str(self.device), "dtype": str(m.dtype).removeprefix("torch.")}
+
+    def rows(self, cap: str, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        """Single-row tasks: one feature matrix, one forward pass; bad rows come back as errors."""
+        m = self._load(cap)
+        rows = self.codings[cap].encode_many(inputs)
+        good = [i for i, r in enumerate(rows) if not isinstance(r, Exception)]
+        mean = np.full(len(rows), np.nan)
+        std = np.full(len(rows), np.nan)
+        if good:
+            mu, sd = self._forward(m, np.stack([rows[i] for i in good]))  # type: ignore[misc]
+            mean[good], std[good] = mu, sd
+        errors = {i: str(r) for i, r in enumerate(rows) if isinstance(r, Exception)}
+        return {"mean": mean, "std": std, "errors": errors, "batch": len(good), **self._about(m)}
+
+    def block(self, cap: str, columns: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Part of a columnar task: encoded as one matrix, forward passes of ``max_batch`` rows."""
+        m = self._load(cap)
+        mean, std = self._forward(m, self.codings[cap].encode_block(columns))
+        return {"mean": mean, "std": std, **self._about(m)}
+
+    def ping(self) -> str:
+        return str(self.device)
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("the ray backend needs Ray", field="type",
+                          hint="pip install 'ppu[ray]' (or choose type: torch)") from None
+    return ray
+
+
+def _lost(exc: BaseException) -> bool:
+    """An actor or the cluster went away (retry elsewhere), as opposed to a bug in the model or inputs."""
+    ray = _ray()
+    lost = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
+            ray.exceptions.RaySystemError, ray.exceptions.ObjectLostError, ConnectionError)
+    return isinstance(exc, lost)
+
+
+def _absolute(spec: dict[str, Any]) -> dict[str, Any]:
+    """Paths as the lab file meant them (relative to this process), whatever an actor's working folder is."""
+    from pathlib import Path
+
+    for key in ("weights", "exported", "torchscript", "registry"):
+        if spec.get(key):
+            spec[key] = str(Path(spec[key]).resolve())
+    return spec
+
+
+class RayBackend(Backend):
+    kind = BackendKind.digital
+    Config: ClassVar[type[BackendConfig]] = RayConfig
+
+    def __init__(self, config: BackendConfig):
+        super().__init__(config)
+        assert isinstance(config, RayConfig)
+        self.cfg = config
+        self.codings = {cap: Coding.of(cap, spec.encoder, spec.decoder) for cap, spec in config.models.items()}
+        self.actors: list[Any] = []
+        self.load: list[int] = []  # calls in flight per actor
+        self._started_ray = False
+        self._start_lock = asyncio.Lock()
+        self._ready = False
+
+    def default_offers(self) -> list[CapabilityOffer]:
+        return [CapabilityOffer(name=c, fidelity=self.cfg.fidelity, duration_s=self.cfg.duration_s, cost=0.0)
+                for c in self.cfg.models]
+
+    # ---- actors ------------------------------------------------------------------------------
+
+    def _new_actor(self) -> Any:
+        ray = _ray()
+        cls = ray.remote(num_cpus=self.cfg.cpus_per_actor, num_gpus=self.cfg.gpus_per_actor)(ModelActor)
+        models = {cap: _absolute(spec.model_dump(exclude_none=True)) for cap, spec in self.cfg.models.items()}
+        device = "cuda" if self.cfg.gpus_per_actor > 0 and self.cfg.device == "auto" else self.cfg.device
+        return cls.remote(models, device, self.cfg.half, self.cfg.max_batch, self.cfg.reload_check_s)
+
+    async def start(self) -> None:
+        async with self._start_lock:
+            if self._ready:
+                return
+            ray = _ray()
+            if not ray.is_initialized():
+                kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+                if self.cfg.address is None:
+                    kw["num_cpus"] = self.cfg.local_cpus
+                    self._started_ray = True
+                # On this thread, not a helper one: a local Ray's processes die with the thread that
+                # started them (PR_SET_PDEATHSIG), and start() runs once, before the first task.
+                ray.init(address=self.cfg.address, **kw)
+            self.actors = [self._new_actor() for _ in range(self.cfg.actors)]
+            self.load = [0] * len(self.actors)
+            await asyncio.gather(*(a.ping.remote() for a in self.actors))  # models loaded, or the error now
+            self._ready = True
+
+    async def close(self) -> None:
+        if self.actors:
+            ray = _ray()
+            for a in self.actors:
+                try:
+                    ray.kill(a)
+                except Exception:  # already gone with its cluster
+                    pass
+            self.actors = []
+        self._ready = False
+
+    def _pick(self) -> int:
+        return min(range(len(self.actors)), key=lambda i: self.load[i])
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        """One call on the least loaded actor; a dead actor is replaced and the error raised."""
+        i = self._pick()
+        actor = self.actors[i]
+        self.load[i] += 1
+        try:
+            return await getattr(actor, method).remote(*args)
+        except BaseException as exc:
+            if isinstance(exc, Exception) and _lost(exc) and i < len(self.actors) and self.actors[i] is actor:
+                log.warning("%s: Ray actor %d lost (%s); replacing it", self.name, i, type(exc).__name__)
+                try:
+                    self.actors[i] = self._new_actor()
+                except Exception:  # the cluster itself is gone: the next start() tries again
+                    self._ready = False
+            raise
+        finally:
+            self.load[i] = max(0, self.load[i] - 1)
+
+    # ---- runs --------------------------------------------------------------------------------
+
+    def _lost_result(self, run: TaskRun, exc: BaseException, started: float) -> Result:
+        return self.fail(run, f"Ray lost the work ({type(exc).__name__}: {str(exc)[:300]}); retryable",
+                         started, retryable=True)
+
+    async def run(self, batch: list[TaskRun], progress: ProgressFn) -> list[Result]:
+        started = time.time()
+        try:
+            await self.start()
+        except Exception as exc:
+            return [self.fail(r, f"cannot reach Ray: {exc}", started, retryable=True) for r in batch]
+        results: list[Result | None] = [None] * len(batch)
+        by_cap: dict[str, list[int]] = {}
+        blocks: list[Awaitable[None]] = []
+
+        async def one_block(i: int) -> None:
+            results[i] = await self._run_block(batch[i], progress, started)
+
+        for i, run in enumerate(batch):
+            if run.capability not in self.codings:
+                results[i] = self.fail(run, f"{self.name} does not serve {run.capability}", started, retryable=False)
+            elif run.block is not None:
+                blocks.append(one_block(i))
+            else:
+                by_cap.setdefault(run.capability, []).append(i)
+        await asyncio.gather(*blocks, *(self._run_rows(cap, idx, batch, results, started)
+                                         for cap, idx in by_cap.items()))
+        return [r for r in results if r is not None]
+
+    async def _run_rows(self, cap: str, idx: list[int], batch: list[TaskRun], results: list[Result | None],
+                        started: float) -> None:
+        try:
+            out = await self._call("rows", cap, [batch[i].inputs for i in idx])
+        except Exception as exc:
+            for i in idx:
+                results[i] = (self._lost_result(batch[i], exc, started) if _lost(exc)
+                              else self.fail(batch[i], f"forward pass failed: {exc}", started))
+            return
+        prov = {k: out[k] for k in ("model_name", "model_version", "weights_sha256", "device")}
+        extra = {"forward_batch": out["batch"], "dtype": out["dtype"], "ray_actors": len(self.actors)}
+        decode = self.codings[cap].decode
+        for j, i in enumerate(idx):
+            run = batch[i]
+            mean, std = float(out["mean"][j]), float(out["std"][j])
+            if j in out["errors"]:
+                results[i] = self.fail(run, f"cannot encode the inputs: {out['errors'][j]}", started,
+                                       retryable=False)
+            elif not (math.isfinite(mean) and math.isfinite(std) and std >= 0):
+                results[i] = self.fail(run, f"model returned mean={mean}, std={std}", started, retryable=False,
+                                       **prov)
+            else:
+                results[i] = self.ok(run, decode(mean, std, out["model_version"]), started, extra=extra, **prov)
+
+    async def _run_block(self, run: TaskRun, progress: ProgressFn, started: float) -> Result:
+        try:
+            cols = run.columns()
+        except ValueError as exc:
+            return self.fail(run, str(exc), started, retryable=False)
+        n = run.block.rows if run.block is not None else 0
+        step = self.cfg.part_rows
+        done = 0
+        lock = asyncio.Lock()
+
+        async def part(lo: int) -> dict[str, Any]:
+            nonlocal done
+            out = await self._call("block", run.capability, {k: v[lo:lo + step] for k, v in cols.items()})
+            async with lock:  # progress never goes back, whichever part ends first
+                done += len(out["mean"])
+                r = progress(run.task_id, done / n, f"{done}/{n} rows")
+                if asyncio.iscoroutine(r):
+                    await r
+            return dict(out)
+
+        try:
+            parts = await asyncio.gather(*(part(lo) for lo in range(0, n, step)))
+        except Exception as exc:
+            if _lost(exc):
+                return self._lost_result(run, exc, started)
+            return self.fail(run, f"cannot run the block: {exc}", started, retryable=False)
+        last = parts[-1]
+        cols_out, summary = block_outcome(self.codings[run.capability], np.concatenate([p["mean"] for p in parts]),
+                                          np.concatenate([p["std"] for p in parts]), last["model_version"])
+        prov = {k: last[k] for k in ("model_name", "model_version", "weights_sha256", "device")}
+        extra = {"forward_batch": self.cfg.max_batch, "dtype": last["dtype"], "ray_actors": len(self.actors),
+                 "parts": len(parts)}
+        return self.ok(run, summary, started, extra=extra, **prov).with_columns(cols_out)
