@@ -28,26 +28,16 @@ os.environ.update({
 })
 
 
-def _restore_packs() -> Iterator[None]:
+@pytest.fixture(autouse=True)
+def _every_pack_loaded() -> None:
+    """Each test starts with every installed pack loaded, whatever an earlier test (or a lab thread it
+    left behind) loaded last: a lab file's ``packs: [flowchem]`` changes this process's packs, and no
+    test may depend on the order tests run in. A test that wants fewer loads them itself."""
     from ppu import packs
 
-    before = packs.loaded()
-    yield
-    if packs.loaded() is not before:
-        packs.load(None if before is None else [n for n in before.names if n != "core"])
-
-
-@pytest.fixture(autouse=True)
-def _packs_as_before() -> Iterator[None]:
-    """A test that loads a lab file's packs (``packs: [flowchem]``) changes this process's packs;
-    the next test gets the packs it had before, so no test depends on the order tests run in."""
-    yield from _restore_packs()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _packs_as_before_module() -> Iterator[None]:
-    """The same for a module whose fixtures load packs (e.g. one lab served for all its tests)."""
-    yield from _restore_packs()
+    reg = packs.loaded()
+    if reg is None or set(reg.names) != set(packs.installed()):
+        packs.load(None)
 
 
 # ---- one local Ray for the whole session (the ray backend's tests and its conformance case) ----

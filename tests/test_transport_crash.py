@@ -33,7 +33,7 @@ RECIPE = {"recipe": {"composition": {"Cu": 0.5, "O": 0.5}}}
 
 def _write_lab(tmp: Path, port: int, backends: list[dict[str, Any]], store: str | None = None) -> Path:
     raw = {"name": "crash", "run_dir": str(tmp), "store": store or f"sqlite:///{tmp / 'ppu.sqlite'}",
-           "orchestrator": {"bind": f"tcp://127.0.0.1:{port}", "heartbeat_s": HB, "missed_heartbeats": 3,
+           "orchestrator": {"bind": f"tcp://127.0.0.1:{port}", "heartbeat_s": HB, "missed_heartbeats": 6,
                             "backoff_base_s": 0.0, "restart_grace_s": 2.0},
            "backends": backends}
     path = tmp / "lab.yaml"
