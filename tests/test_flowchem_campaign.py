@@ -111,3 +111,21 @@ def test_device_fault_waits_for_a_person_and_is_never_rerun(tmp_path: Path) -> N
     assert failed.tasks == decided and failed.error  # only the reaction: no HPLC, no second reaction
     assert failed.product_yield is None  # left out of the data, never re-run
     assert len(result.experiments) == 4
+
+
+def test_the_optimiser_proposes_without_a_gp_while_every_result_is_alike() -> None:
+    """All-equal results (every recipe so far clogged: yield 0) give a GP nothing to learn and made BoTorch
+    warn (an error under pytest); the optimiser keeps proposing from the screen or at random instead."""
+    import warnings
+
+    from ppu.simulators.flowchem.optimizer import MixedBoxOptimizer
+
+    opt = MixedBoxOptimizer(seed=1, n_init=2)
+    for recipe in opt.random_recipes(4):
+        opt.observe(recipe, 0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        proposal = opt.propose()
+    assert "all 4 results equal" in proposal.why
+    opt.observe(proposal.recipe, 0.4)  # one that differs: the GP proposes again
+    assert opt.propose().why == "GP qLogNEI"

@@ -17,6 +17,7 @@ baseline a campaign is measured against).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -110,6 +111,9 @@ class MixedBoxOptimizer:
             return Proposal(self.random_recipes(1)[0], "random")
         if len(self.y) + len(pending) < self.n_init or len(self.y) < 2:
             return self._from_screen(pending)
+        if float(np.ptp(self.y)) == 0.0:  # every result alike (e.g. all clogged): a GP learns nothing from it
+            proposal = self._from_screen(pending)
+            return dataclasses.replace(proposal, why=f"{proposal.why}; all {len(self.y)} results equal, no GP yet")
         return self._from_gp(pending)
 
     def _from_screen(self, pending: Sequence[FlowRecipe]) -> Proposal:
