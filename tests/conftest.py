@@ -6,6 +6,7 @@ import os
 import socket
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -59,3 +60,34 @@ def _ray_shutdown_at_the_end() -> Iterator[None]:
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         ray.shutdown()
+
+
+# ---- one local Tiled server for the session (document sinks, user plans) ----
+
+
+@pytest.fixture(scope="session")
+def tiled_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A local Tiled server on a temporary SQLite catalog, as its own process (API key ``secret``)."""
+    import subprocess
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    log = (tmp_path_factory.mktemp("tiled") / "tiled.log").open("w")
+    tiled_exe = str(Path(sys.executable).parent / "tiled")
+    proc = subprocess.Popen([tiled_exe, "serve", "catalog", "--temp", "--api-key", "secret", "--host", "127.0.0.1",
+                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(300):
+            assert proc.poll() is None, "tiled serve exited"
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        log.close()

@@ -6,18 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conformance import no_progress
 from event_model import DocumentNames, schema_validators
-from transport_helpers import free_port
 
 from ppu.backends.base import TaskRun
 from ppu.backends.physical import PhysicalBackend
@@ -83,30 +77,6 @@ def test_start_documents_say_what_a_reader_needs(tmp_path: Path) -> None:
         assert doc["campaign"] == "c9"
     synth = [d for d in starts if d["plan_name"] == "synthesize"]
     assert synth and all(d["sample_id"] for d in synth)
-
-
-@pytest.fixture(scope="module")
-def tiled_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A local Tiled server on a temporary SQLite catalog, as its own process."""
-    port = free_port()
-    log = (tmp_path_factory.mktemp("tiled") / "tiled.log").open("w")
-    tiled_exe = str(Path(sys.executable).parent / "tiled")
-    proc = subprocess.Popen([tiled_exe, "serve", "catalog", "--temp", "--api-key", "secret", "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            assert proc.poll() is None, "tiled serve exited"
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                time.sleep(0.1)
-        yield uri
-    finally:
-        proc.terminate()
-        proc.wait(20)
-        log.close()
 
 
 def test_runs_are_read_back_from_tiled(tmp_path: Path, tiled_server: str, monkeypatch: pytest.MonkeyPatch) -> None:

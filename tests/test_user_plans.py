@@ -23,7 +23,8 @@ TESTS = Path(__file__).parent
 
 
 def _env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+                PPU_TEST_TILED_KEY="secret")  # the worker's key for the lab's Tiled server
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -32,7 +33,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def lab(tmp_path: Path) -> Iterator[dict[str, Any]]:
+def lab(tmp_path: Path, tiled_server: str) -> Iterator[dict[str, Any]]:
     port = free_port()
     phys = {"simulated": True, "time_scale": 1e5, "lab": "plans-lab", "run_dir": str(tmp_path / "run"),
             "world": {"seed": 5}, "seed": 1}
@@ -41,7 +42,8 @@ def lab(tmp_path: Path) -> Iterator[dict[str, Any]]:
            "autonomy": {"default": "autonomous", "capabilities": {"bluesky.plan": "manual"}},
            "backends": [{"type": "synthesis_robot", "name": "robot", **phys},
                         {"type": "xrd", "name": "xrd", **phys, "metadata": {"beamline": "test-bench"},
-                         "plans": ["count", "user_plans:repeat_pattern"]}]}
+                         "plans": ["count", "user_plans:repeat_pattern"],
+                         "tiled": {"uri": tiled_server, "api_key_env": "PPU_TEST_TILED_KEY"}}]}
     path = tmp_path / "lab.yaml"
     path.write_text(yaml.safe_dump(raw))
     procs = [subprocess.Popen([sys.executable, "-m", "ppu.cli", *a, "-c", str(path)], env=_env(),
@@ -49,7 +51,8 @@ def lab(tmp_path: Path) -> Iterator[dict[str, Any]]:
              for a in (["orchestrator"], ["worker"])]
     try:
         _until_registered(f"tcp://127.0.0.1:{port}", {"robot", "xrd"})
-        yield {"path": path, "address": f"tcp://127.0.0.1:{port}", "docs": tmp_path / "run" / "documents"}
+        yield {"path": path, "address": f"tcp://127.0.0.1:{port}", "docs": tmp_path / "run" / "documents",
+               "tiled": tiled_server}
     finally:
         for p in procs:
             p.terminate()
@@ -104,6 +107,19 @@ def test_a_user_plan_is_submitted_approved_run_and_its_documents_kept(lab: dict[
         assert start["plan_name"] == "count" and start["sample_id"] == sample
         assert start["task_id"] == task_id and start["beamline"] == "test-bench"
         assert sum(1 for n, _ in docs if n == "event") == 3
+    # ... and the same run read back from the lab's Tiled server
+    from tiled.client import from_uri
+
+    tiled = from_uri(lab["tiled"], api_key="secret")
+    try:
+        [uid] = res.outputs["run_uids"]
+        run = tiled[uid]
+        assert run.metadata["start"]["task_id"] == task_id and run.metadata["start"]["sample_id"] == sample
+        assert run.metadata["stop"]["exit_status"] == "success"
+        pattern = run["primary"]["xrd_intensity"].read()  # three patterns, as numbers
+        assert pattern.shape[0] == 3 and pattern.dtype.kind == "f"
+    finally:
+        tiled.context.close()
 
 
 def test_a_plan_or_device_the_lab_does_not_allow_is_refused_before_anything_moves(lab: dict[str, Any]) -> None:
