@@ -68,8 +68,8 @@ def _socket(ctx: zmq.Context[Any], address: str, curve: CurveKeys | None) -> Any
     return sock
 
 
-class PPUClient:
-    """Blocking client (CLI, notebooks, Prefect tasks). Not thread-safe: one per thread."""
+class _Client:
+    """What both clients hold (the address, timeouts, keys, actor) and how they stamp a request."""
 
     def __init__(self, address: str, *, timeout: float = 10.0, curve: CurveKeys | None = None,
                  actor: str | None = None):
@@ -77,8 +77,25 @@ class PPUClient:
         self.timeout = timeout
         self.curve = curve
         self.actor = actor
+        self._open()
+
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    def _stamp(self, msg: Any, timeout: float | None) -> float:
+        """Give ``msg`` a request id (and this client's actor where it names none); its timeout."""
+        msg.req = msg.req or p.new_req()
+        if self.actor and getattr(msg, "actor", "x") is None:
+            msg.actor = self.actor
+        return self.timeout if timeout is None else timeout
+
+
+class PPUClient(_Client):
+    """Blocking client (CLI, notebooks, Prefect tasks). Not thread-safe: one per thread."""
+
+    def _open(self) -> None:
         self._ctx: zmq.Context[Any] = zmq.Context()
-        self._sock = _socket(self._ctx, address, curve)
+        self._sock = _socket(self._ctx, self.address, self.curve)
         self._events: collections.deque[dict[str, Any]] = collections.deque()
 
     def close(self) -> None:
@@ -93,10 +110,7 @@ class PPUClient:
 
     def request(self, msg: Any, timeout: float | None = None, *, whole: bool = False) -> Any:
         """The reply's data (``whole``: the Reply itself, with any arrays it carries)."""
-        msg.req = msg.req or p.new_req()
-        if self.actor and getattr(msg, "actor", "x") is None:
-            msg.actor = self.actor
-        t = self.timeout if timeout is None else timeout
+        t = self._stamp(msg, timeout)
         self._sock.send_multipart(p.encode(msg))
         deadline = time.monotonic() + t
         while True:
@@ -230,15 +244,10 @@ class PPUClient:
                 self.request(p.Unsubscribe(), 1.0)
 
 
-class AsyncPPUClient:
+class AsyncPPUClient(_Client):
     """The same API for asyncio code (flows, the embedded lab, tests); every call is a coroutine."""
 
-    def __init__(self, address: str, *, timeout: float = 10.0, curve: CurveKeys | None = None,
-                 actor: str | None = None):
-        self.address = address
-        self.timeout = timeout
-        self.curve = curve
-        self.actor = actor
+    def _open(self) -> None:
         self._ctx = zmq.asyncio.Context()
         self._sock: Any = None
         self._reader: asyncio.Task[None] | None = None
@@ -290,10 +299,7 @@ class AsyncPPUClient:
     async def request(self, msg: Any, timeout: float | None = None, *, whole: bool = False) -> Any:
         """The reply's data (``whole``: the Reply itself, with any arrays it carries)."""
         self._ensure()
-        msg.req = msg.req or p.new_req()
-        if self.actor and getattr(msg, "actor", "x") is None:
-            msg.actor = self.actor
-        t = self.timeout if timeout is None else timeout
+        t = self._stamp(msg, timeout)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._futs[msg.req] = fut
         await self._sock.send_multipart(p.encode(msg))
