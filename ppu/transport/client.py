@@ -51,6 +51,9 @@ def error_from(msg: p.Error) -> errors.PPUError:
     return exc
 
 
+_POLL_SLICE_S = 3600.0
+
+
 def _not_answering(address: str, timeout: float) -> p.NotAnswering:
     return p.NotAnswering(f"the orchestrator at {address} did not answer within {timeout:g}s",
                           hint="start it with `ppu orchestrator --config lab.yaml` (or check --connect)")
@@ -115,10 +118,12 @@ class PPUClient(_Client):
         deadline = time.monotonic() + t
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not self._sock.poll(left * 1000, zmq.POLLIN):
+            if left <= 0:
                 self._sock.close(linger=0)
                 self._sock = _socket(self._ctx, self.address, self.curve)
                 raise _not_answering(self.address, t)
+            if not self._sock.poll(min(left, _POLL_SLICE_S) * 1000, zmq.POLLIN):
+                continue  # zmq polls at most 2**31 ms at once: a wait without timeout asks for 1e9 s
             reply = p.decode(self._sock.recv_multipart())
             if isinstance(reply, p.Event):
                 self._events.append(reply.event)
