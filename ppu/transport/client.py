@@ -322,12 +322,15 @@ class AsyncPPUClient(_Client):
         """Run an operation to its end (the async twin of :func:`ppu.transport.ops.drive`)."""
         answer: Any = None
         error: BaseException | None = None
-        while (at := ops.step(op, answer, error)).call is not None:
-            try:
-                answer, error = await self.request(at.call.msg, at.call.timeout, whole=at.call.whole), None
-            except BaseException as exc:  # the operation may catch it, as drive does
-                answer, error = None, exc
-        return cast(T, at.value)
+        try:
+            while (at := ops.step(op, answer, error)).call is not None:
+                try:
+                    answer, error = await self.request(at.call.msg, at.call.timeout, whole=at.call.whole), None
+                except BaseException as exc:  # the operation may catch it, as drive does
+                    answer, error = None, exc
+            return cast(T, at.value)
+        finally:
+            error = None  # no reference cycle through an error that gets out
 
     async def ping(self, timeout: float = 1.0) -> bool:
         return await self._drive(ops.ping(timeout))

@@ -55,18 +55,23 @@ def step(op: Op[Any], answer: Any, error: BaseException | None) -> Step:
         return Step(op.send(answer) if error is None else op.throw(error))
     except StopIteration as stop:
         return Step(None, stop.value)
+    finally:
+        error = None  # an error that gets out holds this frame in its traceback: no cycle through it
 
 
 def drive(op: Op[T], carry: Callable[[Call], Any]) -> T:
     """Run an operation to its end, carrying each call with ``carry`` (a blocking request)."""
     answer: Any = None
     error: BaseException | None = None
-    while (at := step(op, answer, error)).call is not None:
-        try:
-            answer, error = carry(at.call), None
-        except BaseException as exc:  # the operation may catch it (a split submit names what got in)
-            answer, error = None, exc
-    return cast(T, at.value)
+    try:
+        while (at := step(op, answer, error)).call is not None:
+            try:
+                answer, error = carry(at.call), None
+            except BaseException as exc:  # the operation may catch it (a split submit names what got in)
+                answer, error = None, exc
+        return cast(T, at.value)
+    finally:
+        error = None  # as in step: no reference cycle through an error that gets out
 
 
 def ask(msg: Any, read: Callable[[Any], T], timeout: float | None = None, whole: bool = False) -> Op[T]:
