@@ -26,9 +26,9 @@ from ppu.drivers.mof.featurize import (
     features_from_columns,
     featurize_one,
 )
-from ppu.errors import NotFound, ValidationFailed
+from ppu.errors import BackendError, NotFound, ValidationFailed
 from ppu.models import ResultStatus
-from ppu.transport.lab import EmbeddedLab
+from ppu.transport.lab import EmbeddedLab, LabThread
 
 ELEMENTS = ["Mg", "Zn", "Cu", "Co", "Ni", "Fe", "Mn", "Al", "Ti", "Zr"]
 CAP = "predict.co2_uptake"
@@ -239,6 +239,25 @@ def test_screen_end_to_end_through_the_lab(tmp_path: Path, weights: Path) -> Non
     assert task.block is not None and task.inputs == {} and task.campaign == "scr"
     store = ArtifactStore(tmp_path / "artifacts")
     assert store.has(task.block.sha256) and all(store.has(r.artifact.sha256) for r in results)  # type: ignore[union-attr]
+    model = mlp(N_FEATURES, hidden=32, seed=3)
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    with torch.inference_mode():
+        want = model(torch.from_numpy(features_from_columns(cols)).float()).numpy()
+    np.testing.assert_allclose(out["mean"], want[:, 0], rtol=1e-5, atol=1e-6)
+
+
+def test_the_blocking_client_screens_like_the_async_one(tmp_path: Path, weights: Path) -> None:
+    """PPUClient.screen runs the same operation as AsyncPPUClient.screen: the same columns, and a
+    block that failed raised as a BackendError naming its task."""
+    cands = candidates(300, seed=5)
+    cols = candidate_columns(cands)
+    lab = lab_config(tmp_path, [torch_entry(weights)])
+    with LabThread(lab) as lt, lt.client() as client:
+        out, results = client.screen(CAP, cols, block_rows=200, campaign="scr")
+        broken = {name: col for name, col in cols.items() if name != "anneal_time_h"}
+        with pytest.raises(BackendError, match=r"columnar task \S+ \(predict.co2_uptake\) ended failed"):
+            client.screen(CAP, broken, block_rows=200)
+    assert [r.artifact.rows for r in results] == [200, 100]  # type: ignore[union-attr]
     model = mlp(N_FEATURES, hidden=32, seed=3)
     model.load_state_dict(torch.load(weights, weights_only=True))
     with torch.inference_mode():

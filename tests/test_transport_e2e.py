@@ -79,6 +79,19 @@ def test_sync_client_from_a_thread(tmp_path: Path):
     run(body())
 
 
+def test_sync_client_waits_without_a_timeout(tmp_path: Path):
+    """A wait with no timeout asks the socket for 1e9 s: more than zmq's poll takes in one call
+    (2**31 ms), which raised OverflowError before the blocking client polled in slices."""
+    async def body() -> None:
+        async with EmbeddedLab(lab_config(tmp_path)) as client:
+            def sync() -> list:
+                with PPUClient(client.address, timeout=5) as c:
+                    return c.run([{"capability": "echo", "inputs": {"x": 3}}])
+            [t] = await asyncio.to_thread(sync)
+            assert t.state is TaskState.succeeded and t.inputs["x"] == 3
+    run(body())
+
+
 def test_client_says_who_to_start_when_nobody_answers():
     with PPUClient("tcp://127.0.0.1:1", timeout=0.2) as c:
         with pytest.raises(NotAnswering) as e:

@@ -14,7 +14,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import zmq
@@ -22,11 +22,12 @@ import zmq.asyncio
 
 from ppu import errors
 from ppu import protocol as p
-from ppu.artifacts import check_columns, load_npz, verify
-from ppu.models import Artifact, AuditEntry, Result, Sample, Task, TaskSpec, new_id
+from ppu.models import Artifact, AuditEntry, Result, Sample, Task, new_id
+from ppu.transport import ops
+from ppu.transport.ops import DEFAULT_BLOCK_ROWS, SpecLike
 from ppu.transport.security import CurveKeys
 
-SpecLike = TaskSpec | dict[str, Any]
+T = TypeVar("T")
 
 
 def _error_classes() -> dict[str, type[errors.PPUError]]:
@@ -50,76 +51,7 @@ def error_from(msg: p.Error) -> errors.PPUError:
     return exc
 
 
-def _specs(specs: SpecLike | list[SpecLike]) -> list[TaskSpec]:
-    items = specs if isinstance(specs, list) else [specs]
-    return [s if isinstance(s, TaskSpec) else TaskSpec.model_validate(s) for s in items]
-
-
-def _submits(specs: SpecLike | list[SpecLike]) -> list[p.Submit]:
-    """A submission as requests of at most MAX_SUBMIT_TASKS specs (each accepted all or none)."""
-    items = _specs(specs)
-    n = p.MAX_SUBMIT_TASKS
-    return [p.Submit(tasks=items[i:i + n]) for i in range(0, len(items), n)] or [p.Submit(tasks=items)]
-
-
-DEFAULT_BLOCK_ROWS = 131_072  # rows per columnar task: big enough to amortise a task, small enough to overlap
-
-
-def _block_submits(capability: str, columns: dict[str, np.ndarray], block_rows: int,
-                   spec: dict[str, Any]) -> list[p.Submit]:
-    """Columns as columnar tasks of at most ``block_rows`` rows, one submit (and its blobs) each."""
-    rows = check_columns(columns, "columns")
-    if block_rows < 1:
-        raise errors.ValidationFailed("block_rows must be >= 1", field="block_rows")
-    out = []
-    for lo in range(0, rows, block_rows):
-        part = {name: col[lo:lo + block_rows] for name, col in columns.items()}
-        n = len(next(iter(part.values())))
-        task = TaskSpec.model_validate({**spec, "capability": capability,
-                                        "block": {"rows": n, "columns": list(part)}})
-        out.append(p.Submit(tasks=[task]).carrying({f"0:{name}": col for name, col in part.items()}))
-    return out
-
-
-def _artifact_columns(reply: p.Reply, sha: str) -> dict[str, np.ndarray]:
-    data = reply.arrays().get("npz")
-    if data is None:
-        raise errors.PPUError("the orchestrator's get_artifact reply carried no file")
-    raw = data.tobytes()
-    verify(raw, sha)
-    return load_npz(raw)
-
-
-def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    if not parts:
-        return {}
-    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
-
-
-def _wait_chunks(task_ids: str | list[str]) -> list[list[str]]:
-    ids = [task_ids] if isinstance(task_ids, str) else list(task_ids)
-    n = p.MAX_WAIT_IDS
-    return [ids[i:i + n] for i in range(0, len(ids), n)] or [ids]
-
-
-def _task_pages(state: str | None, campaign: str | None, capability: str | None, limit: int) -> Iterator[p.Tasks]:
-    """Requests for the newest ``limit`` tasks, a page of at most MAX_LIST_ROWS each."""
-    for offset in range(0, limit, p.MAX_LIST_ROWS):
-        yield p.Tasks(state=state, campaign=campaign, capability=capability,
-                      limit=min(p.MAX_LIST_ROWS, limit - offset), offset=offset)
-
-
-def _left(deadline: float | None) -> float | None:
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
-
-
-def _partly_accepted(exc: errors.PPUError, accepted: list[str], total: int) -> errors.PPUError:
-    """A later request of a split submission failed: say which tasks the earlier ones made real."""
-    if accepted:
-        exc.message += (f" (the submission of {total} tasks went out in requests of {p.MAX_SUBMIT_TASKS}; "
-                        f"the first {len(accepted)} were accepted and will run)")
-        exc.data["accepted"] = list(accepted)
-    return exc
+_POLL_SLICE_S = 3600.0
 
 
 def _not_answering(address: str, timeout: float) -> p.NotAnswering:
@@ -139,23 +71,8 @@ def _socket(ctx: zmq.Context[Any], address: str, curve: CurveKeys | None) -> Any
     return sock
 
 
-def _unpack(name: str, data: Any) -> Any:
-    """Turn reply data into models, by request."""
-    if name in ("wait", "tasks"):
-        return [Task.model_validate(t) for t in data]
-    if name == "task":
-        return Task.model_validate(data)
-    if name == "result":
-        return Result.model_validate(data) if data is not None else None
-    if name == "samples":
-        return [Sample.model_validate(s) for s in data]
-    if name == "audit":
-        return [AuditEntry.model_validate(a) for a in data]
-    return data
-
-
-class PPUClient:
-    """Blocking client (CLI, notebooks, Prefect tasks). Not thread-safe: one per thread."""
+class _Client:
+    """What both clients hold (the address, timeouts, keys, actor) and how they stamp a request."""
 
     def __init__(self, address: str, *, timeout: float = 10.0, curve: CurveKeys | None = None,
                  actor: str | None = None):
@@ -163,8 +80,25 @@ class PPUClient:
         self.timeout = timeout
         self.curve = curve
         self.actor = actor
+        self._open()
+
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    def _stamp(self, msg: Any, timeout: float | None) -> float:
+        """Give ``msg`` a request id (and this client's actor where it names none); its timeout."""
+        msg.req = msg.req or p.new_req()
+        if self.actor and getattr(msg, "actor", "x") is None:
+            msg.actor = self.actor
+        return self.timeout if timeout is None else timeout
+
+
+class PPUClient(_Client):
+    """Blocking client (CLI, notebooks, Prefect tasks). Not thread-safe: one per thread."""
+
+    def _open(self) -> None:
         self._ctx: zmq.Context[Any] = zmq.Context()
-        self._sock = _socket(self._ctx, address, curve)
+        self._sock = _socket(self._ctx, self.address, self.curve)
         self._events: collections.deque[dict[str, Any]] = collections.deque()
 
     def close(self) -> None:
@@ -179,18 +113,17 @@ class PPUClient:
 
     def request(self, msg: Any, timeout: float | None = None, *, whole: bool = False) -> Any:
         """The reply's data (``whole``: the Reply itself, with any arrays it carries)."""
-        msg.req = msg.req or p.new_req()
-        if self.actor and getattr(msg, "actor", "x") is None:
-            msg.actor = self.actor
-        t = self.timeout if timeout is None else timeout
+        t = self._stamp(msg, timeout)
         self._sock.send_multipart(p.encode(msg))
         deadline = time.monotonic() + t
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not self._sock.poll(left * 1000, zmq.POLLIN):
+            if left <= 0:
                 self._sock.close(linger=0)
                 self._sock = _socket(self._ctx, self.address, self.curve)
                 raise _not_answering(self.address, t)
+            if not self._sock.poll(min(left, _POLL_SLICE_S) * 1000, zmq.POLLIN):
+                continue  # zmq polls at most 2**31 ms at once: a wait without timeout asks for 1e9 s
             reply = p.decode(self._sock.recv_multipart())
             if isinstance(reply, p.Event):
                 self._events.append(reply.event)
@@ -199,72 +132,63 @@ class PPUClient:
             elif isinstance(reply, p.Reply) and reply.req == msg.req:
                 return reply if whole else reply.data
 
+    def _drive(self, op: ops.Op[T]) -> T:
+        return ops.drive(op, lambda call: self.request(call.msg, call.timeout, whole=call.whole))
+
     def ping(self, timeout: float = 1.0) -> bool:
         """Does an orchestrator answer at this address?"""
-        try:
-            self.request(p.Status(), timeout)
-            return True
-        except p.NotAnswering:
-            return False
+        return self._drive(ops.ping(timeout))
 
-    # ---- the API ---------------------------------------------------------------------------
+    # ---- the API (each call's messages and replies are in ppu.transport.ops) ----------------
 
     def submit(self, specs: SpecLike | list[SpecLike]) -> list[str]:
         """Submit specs; more than ``MAX_SUBMIT_TASKS`` go out as several requests, in order."""
-        ids: list[str] = []
-        msgs = _submits(specs)
-        for msg in msgs:
-            try:
-                ids += self.request(msg)
-            except errors.PPUError as exc:
-                raise _partly_accepted(exc, ids, sum(len(m.tasks) for m in msgs)) from None
-        return ids
+        return self._drive(ops.submit(specs))
 
     submit_many = submit
 
     def submit_block(self, capability: str, columns: dict[str, np.ndarray], *,
                      block_rows: int = DEFAULT_BLOCK_ROWS, **spec: Any) -> list[str]:
         """Submit rows as columnar tasks (binary frames) of at most ``block_rows`` rows each."""
-        return [tid for msg in _block_submits(capability, columns, block_rows, spec) for tid in self.request(msg)]
+        return self._drive(ops.submit_block(capability, columns, block_rows, spec, None))
 
     def artifact(self, ref: Artifact | str) -> dict[str, np.ndarray]:
         """The columns of a block or block result, fetched and checked against its sha256."""
-        sha = ref if isinstance(ref, str) else ref.sha256
-        return _artifact_columns(self.request(p.GetArtifact(sha256=sha), whole=True), sha)
+        return self._drive(ops.artifact(ref, None))
+
+    def screen(self, capability: str, columns: dict[str, np.ndarray], *,
+               block_rows: int = DEFAULT_BLOCK_ROWS, timeout: float | None = None,
+               **spec: Any) -> tuple[dict[str, np.ndarray], list[Result]]:
+        """Run rows through a capability as columnar tasks: (output columns in row order, one result per block).
+
+        A block that failed raises :class:`~ppu.errors.BackendError` naming it."""
+        return self._drive(ops.screen(capability, columns, block_rows, timeout, spec, self.timeout, None))
 
     def wait(self, task_ids: str | list[str], timeout: float | None = None) -> list[Task]:
         """Wait for tasks to end (``timeout`` in seconds for all of them); any number, in requests of
         at most ``MAX_WAIT_IDS``."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        out: list[Task] = []
-        for chunk in _wait_chunks(task_ids):
-            left = _left(deadline)
-            out += _unpack("wait", self.request(p.Wait(task_ids=chunk, timeout=left),
-                                                1e9 if left is None else left + self.timeout))
-        return out
+        return self._drive(ops.wait(task_ids, timeout, self.timeout))
 
     def run(self, specs: SpecLike | list[SpecLike], timeout: float | None = None) -> list[Task]:
         """Submit and wait."""
-        return self.wait(self.submit(specs), timeout)
+        return self._drive(ops.run(specs, timeout, self.timeout))
 
     def cancel(self, task_id: str, reason: str = "") -> None:
-        self.request(p.Cancel(task_id=task_id, reason=reason))
+        return self._drive(ops.cancel(task_id, reason))
 
     def approve(self, task_id: str, note: str = "") -> None:
-        self.request(p.Approve(task_id=task_id, note=note))
+        return self._drive(ops.approve(task_id, note))
 
     def reject(self, task_id: str, reason: str = "") -> None:
-        self.request(p.Reject(task_id=task_id, reason=reason))
+        return self._drive(ops.reject(task_id, reason))
 
     def review(self, task_id: str, decision: str, reason: str = "",
                outputs: dict[str, Any] | None = None) -> None:
-        self.request(p.Review(task_id=task_id, decision=decision, reason=reason,  # type: ignore[arg-type]
-                              outputs=outputs))
+        return self._drive(ops.review(task_id, decision, reason, outputs))
 
     def hold(self, backend: str | None = None, held: bool = True, now: bool = False) -> dict[str, str]:
         """Stop (held) or resume; returns each backend's state in words."""
-        states: dict[str, str] = self.request(p.Hold(backend=backend, held=held, now=now))
-        return states
+        return self._drive(ops.hold(backend, held, now))
 
     def stop(self, backend: str | None = None, now: bool = False) -> dict[str, str]:
         return self.hold(backend, True, now)
@@ -273,49 +197,40 @@ class PPUClient:
         return self.hold(backend, False)
 
     def approvals(self) -> list[dict[str, Any]]:
-        return list(self.request(p.Approvals()))
+        return self._drive(ops.approvals())
 
     def reviews(self) -> list[dict[str, Any]]:
-        return list(self.request(p.Reviews()))
+        return self._drive(ops.reviews())
 
     def busy(self, since: float = 0.0) -> list[dict[str, Any]]:
         """Closed busy intervals {backend, start, end, batch} ending at or after ``since``."""
-        return list(self.request(p.BusyLog(since=since)))
+        return self._drive(ops.busy(since))
 
     def sample(self, sample_id: str) -> dict[str, Any]:
-        return dict(self.request(p.SampleShow(sample_id=sample_id)))
+        return self._drive(ops.sample(sample_id))
 
     def set_autonomy(self, level: str, backend: str | None = None, capability: str | None = None) -> None:
-        self.request(p.SetAutonomy(level=level, backend=backend, capability=capability))  # type: ignore[arg-type]
+        return self._drive(ops.set_autonomy(level, backend, capability))
 
     def status(self) -> dict[str, Any]:
-        st: dict[str, Any] = self.request(p.Status())
-        return st
+        return self._drive(ops.status())
 
     def tasks(self, state: str | None = None, campaign: str | None = None, capability: str | None = None,
               limit: int = 1000) -> list[Task]:
         """The newest ``limit`` tasks, newest first (paged in requests of at most MAX_LIST_ROWS)."""
-        out: list[Task] = []
-        for page in _task_pages(state, campaign, capability, limit):
-            rows = _unpack("tasks", self.request(page))
-            out += rows
-            if len(rows) < page.limit:
-                break
-        return out
+        return self._drive(ops.tasks(state, campaign, capability, limit))
 
     def task(self, task_id: str) -> Task:
-        t: Task = _unpack("task", self.request(p.GetTask(task_id=task_id)))
-        return t
+        return self._drive(ops.task(task_id))
 
     def result(self, task_id: str) -> Result | None:
-        r: Result | None = _unpack("result", self.request(p.GetResult(task_id=task_id)))
-        return r
+        return self._drive(ops.result(task_id))
 
     def samples(self, campaign: str | None = None) -> list[Sample]:
-        return list(_unpack("samples", self.request(p.Samples(campaign=campaign))))
+        return self._drive(ops.samples(campaign))
 
     def audit(self, since: float = 0.0) -> list[AuditEntry]:
-        return list(_unpack("audit", self.request(p.Audit(since=since))))
+        return self._drive(ops.audit(since))
 
     def events(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """Subscribe and yield events (transitions, progress); stops after ``timeout`` s of silence."""
@@ -334,15 +249,10 @@ class PPUClient:
                 self.request(p.Unsubscribe(), 1.0)
 
 
-class AsyncPPUClient:
+class AsyncPPUClient(_Client):
     """The same API for asyncio code (flows, the embedded lab, tests); every call is a coroutine."""
 
-    def __init__(self, address: str, *, timeout: float = 10.0, curve: CurveKeys | None = None,
-                 actor: str | None = None):
-        self.address = address
-        self.timeout = timeout
-        self.curve = curve
-        self.actor = actor
+    def _open(self) -> None:
         self._ctx = zmq.asyncio.Context()
         self._sock: Any = None
         self._reader: asyncio.Task[None] | None = None
@@ -394,10 +304,7 @@ class AsyncPPUClient:
     async def request(self, msg: Any, timeout: float | None = None, *, whole: bool = False) -> Any:
         """The reply's data (``whole``: the Reply itself, with any arrays it carries)."""
         self._ensure()
-        msg.req = msg.req or p.new_req()
-        if self.actor and getattr(msg, "actor", "x") is None:
-            msg.actor = self.actor
-        t = self.timeout if timeout is None else timeout
+        t = self._stamp(msg, timeout)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._futs[msg.req] = fut
         await self._sock.send_multipart(p.encode(msg))
@@ -411,75 +318,59 @@ class AsyncPPUClient:
             raise error_from(reply)
         return reply if whole else reply.data
 
-    async def ping(self, timeout: float = 1.0) -> bool:
+    async def _drive(self, op: ops.Op[T]) -> T:
+        """Run an operation to its end (the async twin of :func:`ppu.transport.ops.drive`)."""
+        answer: Any = None
+        error: BaseException | None = None
         try:
-            await self.request(p.Status(), timeout)
-            return True
-        except p.NotAnswering:
-            return False
+            while (at := ops.step(op, answer, error)).call is not None:
+                try:
+                    answer, error = await self.request(at.call.msg, at.call.timeout, whole=at.call.whole), None
+                except BaseException as exc:  # the operation may catch it, as drive does
+                    answer, error = None, exc
+            return cast(T, at.value)
+        finally:
+            error = None  # no reference cycle through an error that gets out
 
-    # ---- the API ---------------------------------------------------------------------------
+    async def ping(self, timeout: float = 1.0) -> bool:
+        return await self._drive(ops.ping(timeout))
+
+    # ---- the API (each call's messages and replies are in ppu.transport.ops) ----------------
 
     async def submit(self, specs: SpecLike | list[SpecLike]) -> list[str]:
-        ids: list[str] = []
-        msgs = _submits(specs)
-        for msg in msgs:
-            try:
-                ids += await self.request(msg)
-            except errors.PPUError as exc:
-                raise _partly_accepted(exc, ids, sum(len(m.tasks) for m in msgs)) from None
-        return ids
+        """Submit specs; more than ``MAX_SUBMIT_TASKS`` go out as several requests, in order."""
+        return await self._drive(ops.submit(specs))
 
     submit_many = submit
 
     async def submit_block(self, capability: str, columns: dict[str, np.ndarray], *,
-                           block_rows: int = DEFAULT_BLOCK_ROWS, **spec: Any) -> list[str]:
+                     block_rows: int = DEFAULT_BLOCK_ROWS, **spec: Any) -> list[str]:
         """Submit rows as columnar tasks (binary frames) of at most ``block_rows`` rows each."""
-        ids: list[str] = []
-        for msg in _block_submits(capability, columns, block_rows, spec):
-            ids += await self.request(msg, max(self.timeout, 60.0))
-        return ids
+        return await self._drive(ops.submit_block(capability, columns, block_rows, spec, max(self.timeout, ops.BIG)))
 
     async def artifact(self, ref: Artifact | str) -> dict[str, np.ndarray]:
         """The columns of a block or block result, fetched and checked against its sha256."""
-        sha = ref if isinstance(ref, str) else ref.sha256
-        return _artifact_columns(await self.request(p.GetArtifact(sha256=sha), max(self.timeout, 60.0),
-                                                    whole=True), sha)
+        return await self._drive(ops.artifact(ref, max(self.timeout, ops.BIG)))
 
     async def screen(self, capability: str, columns: dict[str, np.ndarray], *,
-                     block_rows: int = DEFAULT_BLOCK_ROWS, timeout: float | None = None,
-                     **spec: Any) -> tuple[dict[str, np.ndarray], list[Result]]:
+               block_rows: int = DEFAULT_BLOCK_ROWS, timeout: float | None = None,
+               **spec: Any) -> tuple[dict[str, np.ndarray], list[Result]]:
         """Run rows through a capability as columnar tasks: (output columns in row order, one result per block).
 
         Blocks are fetched as each one ends, so fetching overlaps the blocks still running. A block
         that failed raises :class:`~ppu.errors.BackendError` naming it."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        ids = await self.submit_block(capability, columns, block_rows=block_rows, **spec)
-        parts, results = [], []
-        for tid in ids:
-            [task] = await self.wait([tid], _left(deadline))
-            res = await self.result(tid)
-            if res is None or res.artifact is None:
-                why = res.error if res is not None else task.state.value
-                raise errors.BackendError(f"columnar task {tid} ({capability}) ended {task.state.value}: {why}",
-                                          hint=f"ppu task {tid} shows its attempts")
-            parts.append(await self.artifact(res.artifact))
-            results.append(res)
-        return _concat(parts), results
+        return await self._drive(ops.screen(capability, columns, block_rows, timeout, spec, self.timeout,
+                                            max(self.timeout, ops.BIG)))
 
     async def wait(self, task_ids: str | list[str], timeout: float | None = None) -> list[Task]:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        out: list[Task] = []
-        for chunk in _wait_chunks(task_ids):
-            left = _left(deadline)
-            out += _unpack("wait", await self.request(p.Wait(task_ids=chunk, timeout=left),
-                                                      1e9 if left is None else left + self.timeout))
-        return out
+        """Wait for tasks to end (``timeout`` in seconds for all of them); any number, in requests of
+        at most ``MAX_WAIT_IDS``."""
+        return await self._drive(ops.wait(task_ids, timeout, self.timeout))
 
     async def run(self, specs: SpecLike | list[SpecLike], timeout: float | None = None) -> list[Task]:
         """Submit and wait. A submission of one request sends its wait right behind it (ids chosen
         here), so that both travel in one round trip; the submission's error, if any, is raised."""
-        items = _specs(specs)
+        items = ops.specs_of(specs)
         if len(items) > min(p.MAX_SUBMIT_TASKS, p.MAX_WAIT_IDS):
             return await self.wait(await self.submit(list[SpecLike](items)), timeout)
         items = [s if s.id else s.model_copy(update={"id": new_id()}) for s in items]
@@ -488,7 +379,7 @@ class AsyncPPUClient:
         # Tasks start in the order they were made, so the submit leaves first (DEALER keeps order).
         submitted = loop.create_task(self.request(p.Submit(tasks=items)))
         waited = loop.create_task(self.request(p.Wait(task_ids=ids, timeout=timeout),
-                                               1e9 if timeout is None else timeout + self.timeout))
+                                               ops.wait_timeout(timeout, self.timeout)))
         try:
             await submitted
         except BaseException:
@@ -496,25 +387,24 @@ class AsyncPPUClient:
             with contextlib.suppress(BaseException):
                 await waited
             raise
-        return list(_unpack("wait", await waited))
+        return ops.read_tasks(await waited)
 
     async def cancel(self, task_id: str, reason: str = "") -> None:
-        await self.request(p.Cancel(task_id=task_id, reason=reason))
+        return await self._drive(ops.cancel(task_id, reason))
 
     async def approve(self, task_id: str, note: str = "") -> None:
-        await self.request(p.Approve(task_id=task_id, note=note))
+        return await self._drive(ops.approve(task_id, note))
 
     async def reject(self, task_id: str, reason: str = "") -> None:
-        await self.request(p.Reject(task_id=task_id, reason=reason))
+        return await self._drive(ops.reject(task_id, reason))
 
     async def review(self, task_id: str, decision: str, reason: str = "",
-                     outputs: dict[str, Any] | None = None) -> None:
-        await self.request(p.Review(task_id=task_id, decision=decision, reason=reason,  # type: ignore[arg-type]
-                                    outputs=outputs))
+               outputs: dict[str, Any] | None = None) -> None:
+        return await self._drive(ops.review(task_id, decision, reason, outputs))
 
     async def hold(self, backend: str | None = None, held: bool = True, now: bool = False) -> dict[str, str]:
-        states: dict[str, str] = await self.request(p.Hold(backend=backend, held=held, now=now))
-        return states
+        """Stop (held) or resume; returns each backend's state in words."""
+        return await self._drive(ops.hold(backend, held, now))
 
     async def stop(self, backend: str | None = None, now: bool = False) -> dict[str, str]:
         return await self.hold(backend, True, now)
@@ -523,47 +413,40 @@ class AsyncPPUClient:
         return await self.hold(backend, False)
 
     async def approvals(self) -> list[dict[str, Any]]:
-        return list(await self.request(p.Approvals()))
+        return await self._drive(ops.approvals())
 
     async def reviews(self) -> list[dict[str, Any]]:
-        return list(await self.request(p.Reviews()))
+        return await self._drive(ops.reviews())
 
     async def busy(self, since: float = 0.0) -> list[dict[str, Any]]:
-        return list(await self.request(p.BusyLog(since=since)))
+        """Closed busy intervals {backend, start, end, batch} ending at or after ``since``."""
+        return await self._drive(ops.busy(since))
 
     async def sample(self, sample_id: str) -> dict[str, Any]:
-        return dict(await self.request(p.SampleShow(sample_id=sample_id)))
+        return await self._drive(ops.sample(sample_id))
 
     async def set_autonomy(self, level: str, backend: str | None = None, capability: str | None = None) -> None:
-        await self.request(p.SetAutonomy(level=level, backend=backend, capability=capability))  # type: ignore[arg-type]
+        return await self._drive(ops.set_autonomy(level, backend, capability))
 
     async def status(self) -> dict[str, Any]:
-        st: dict[str, Any] = await self.request(p.Status())
-        return st
+        return await self._drive(ops.status())
 
-    async def tasks(self, state: str | None = None, campaign: str | None = None,
-                    capability: str | None = None, limit: int = 1000) -> list[Task]:
-        out: list[Task] = []
-        for page in _task_pages(state, campaign, capability, limit):
-            rows = _unpack("tasks", await self.request(page))
-            out += rows
-            if len(rows) < page.limit:
-                break
-        return out
+    async def tasks(self, state: str | None = None, campaign: str | None = None, capability: str | None = None,
+              limit: int = 1000) -> list[Task]:
+        """The newest ``limit`` tasks, newest first (paged in requests of at most MAX_LIST_ROWS)."""
+        return await self._drive(ops.tasks(state, campaign, capability, limit))
 
     async def task(self, task_id: str) -> Task:
-        t: Task = _unpack("task", await self.request(p.GetTask(task_id=task_id)))
-        return t
+        return await self._drive(ops.task(task_id))
 
     async def result(self, task_id: str) -> Result | None:
-        r: Result | None = _unpack("result", await self.request(p.GetResult(task_id=task_id)))
-        return r
+        return await self._drive(ops.result(task_id))
 
     async def samples(self, campaign: str | None = None) -> list[Sample]:
-        return list(_unpack("samples", await self.request(p.Samples(campaign=campaign))))
+        return await self._drive(ops.samples(campaign))
 
     async def audit(self, since: float = 0.0) -> list[AuditEntry]:
-        return list(_unpack("audit", await self.request(p.Audit(since=since))))
+        return await self._drive(ops.audit(since))
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         """Subscribe and yield events until the consumer stops iterating."""
