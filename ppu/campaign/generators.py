@@ -160,8 +160,9 @@ def _import_botorch() -> None:
 
 
 @contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Tens of points: torch's intra-op threads cost more in hand-off than they save."""
+def one_torch_thread() -> Iterator[None]:
+    """Tens of points: torch's intra-op threads cost more in hand-off than they save (5x on 2 busy cores).
+    Every GP fit of the campaign layer and the packs' optimisers runs under it."""
     import torch
 
     before = torch.get_num_threads()
@@ -313,7 +314,7 @@ class BoTorchGenerator(SobolGenerator):
                 return max(left, key=lambda i: sign * float(self.pool[i][self.context[0]]))  # type: ignore[index]
             self.last_why = f"initial design: Sobol point snapped to the pool ({len(self.data)} < n_init measured)"
             return super()._pick_pool(left)
-        with _one_thread():
+        with one_torch_thread():
             acq = self._acquisition()
             if acq is None:
                 self.last_why = "too few values of an output to model it: Sobol point"
@@ -326,7 +327,7 @@ class BoTorchGenerator(SobolGenerator):
         if not self._ready():
             self.last_why = "initial design: Sobol point"
             return self._draw()
-        with _one_thread():
+        with one_torch_thread():
             acq = self._acquisition()
             if acq is None:
                 self.last_why = "too few values of an output to model it: Sobol point"

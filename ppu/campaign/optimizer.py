@@ -19,16 +19,16 @@ version, why), which the runner writes to ``decisions.jsonl``.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from ppu.campaign.generators import one_torch_thread
 from ppu.drivers.mof.capabilities import Candidate
 from ppu.drivers.mof.featurize import featurize
 
@@ -49,15 +49,6 @@ _MIN_GP = 3
 _MAXITER = 60  # L-BFGS steps per refit; warm-started, so enough on tens of points
 
 
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Tens of points: torch's intra-op threads cost more in hand-off than they save (5x on 2 busy cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @dataclass
@@ -206,7 +197,7 @@ class PoolOptimizer:
         return left
 
     def propose(self, pending: Sequence[str] = ()) -> Decision:
-        with _one_thread():
+        with one_torch_thread():
             return self._propose(pending)
 
     def _propose(self, pending: Sequence[str]) -> Decision:

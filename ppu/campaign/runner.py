@@ -292,6 +292,27 @@ class CampaignLoop:
                         self.model_versions.append(str(res.outputs.get("version")))
 
 
+async def _closed_loop(loop: CampaignLoop, client: Any, pool: list[Any], screen: list[float] | None,
+                       screen_purity: list[float] | None, version: str, on_stage: Callable[[str], None] | None,
+                       stage: str) -> tuple[float, list[dict[str, Any]]]:
+    """The optimiser over the (screened) pool, then the loop until its budget; returns the loop's wall
+    time and the instruments' busy intervals. Shared by the simulated lab and a running one."""
+    cfg = loop.cfg
+    loop.opt = PoolOptimizer(pool, purity_min=cfg.objective.purity_min, seed=cfg.seed, n_init=cfg.parallel.n_init,
+                             screen=screen, screen_purity=screen_purity,
+                             top_k=cfg.screening.top_k if screen else None, screen_version=version,
+                             outside_weight=cfg.screening.outside_weight)
+    if on_stage:
+        on_stage(stage)
+    loop.t0 = time.time()
+    try:
+        await loop.run()
+    finally:
+        loop.decisions.close()
+    wall = time.time() - loop.t0
+    return wall, await _intervals(client, loop.task_ids, loop.t0, cfg.time_scale)
+
+
 async def _intervals(client: Any, task_ids: list[str], t0: float, time_scale: float) -> list[dict[str, Any]]:
     out = []
     for tid in task_ids:
@@ -340,19 +361,8 @@ async def run_campaign(cfg: CampaignConfig, run_dir: Path, *,
             screen, served = await loop.do_screen(PREDICT)
             screen_purity, _ = await loop.do_screen(PREDICT_PURITY)
             screen_version = served or screen_version
-        loop.opt = PoolOptimizer(pool, purity_min=cfg.objective.purity_min, seed=cfg.seed, n_init=cfg.parallel.n_init,
-                                 screen=screen, screen_purity=screen_purity,
-                                 top_k=cfg.screening.top_k if screen else None, screen_version=screen_version,
-                                 outside_weight=cfg.screening.outside_weight)
-        if on_stage:
-            on_stage("closed loop: propose, synthesise, characterise, learn")
-        loop.t0 = time.time()
-        try:
-            await loop.run()
-        finally:
-            loop.decisions.close()
-        wall = time.time() - loop.t0
-        intervals = await _intervals(client, loop.task_ids, loop.t0, cfg.time_scale)
+        wall, intervals = await _closed_loop(loop, client, pool, screen, screen_purity, screen_version, on_stage,
+                                             "closed loop: propose, synthesise, characterise, learn")
         async with loop.lab_in_use:
             pass
     lab_s = max([iv["end"] for iv in intervals], default=wall * cfg.time_scale)
@@ -407,19 +417,8 @@ async def run_on_lab(cfg: CampaignConfig, run_dir: Path, *,
                 screen_purity, _ = await loop.do_screen(PREDICT_PURITY)
         elif on_stage:
             on_stage("no screening: the lab serves no digital twin" if cfg.screening.enabled else "no screening")
-        loop.opt = PoolOptimizer(pool, purity_min=cfg.objective.purity_min, seed=cfg.seed, n_init=cfg.parallel.n_init,
-                                 screen=screen, screen_purity=screen_purity,
-                                 top_k=cfg.screening.top_k if screen else None, screen_version=version,
-                                 outside_weight=cfg.screening.outside_weight)
-        if on_stage:
-            on_stage(f"closed loop on the lab at {address}")
-        loop.t0 = time.time()
-        try:
-            await loop.run()
-        finally:
-            loop.decisions.close()
-        wall = time.time() - loop.t0
-        intervals = await _intervals(client, loop.task_ids, loop.t0, cfg.time_scale)
+        wall, intervals = await _closed_loop(loop, client, pool, screen, screen_purity, version, on_stage,
+                                             f"closed loop on the lab at {address}")
     lab_s = max([iv["end"] for iv in intervals], default=wall * cfg.time_scale)
     return CampaignResult(config=cfg, pool=pool, experiments=loop.experiments, completed=loop.completed,
                           best_curve=loop.best_curve, intervals=intervals, wall_s=time.time() - t_wall, lab_s=lab_s,

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ppu.campaign.generators import one_torch_thread
 from ppu.drivers.flowchem.models import LIGANDS, PROCESS_BOX, FlowRecipe
 from ppu.simulators.flowchem.world import recipe_from
 
@@ -57,15 +58,10 @@ def decode(x: np.ndarray) -> FlowRecipe:
 
 @contextlib.contextmanager
 def _quiet_one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tens of points: thread hand-off costs more than it saves
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", OptimizationWarning)
-            warnings.simplefilter("ignore", NumericalWarning)
-            yield
-    finally:
-        torch.set_num_threads(before)
+    with one_torch_thread(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", OptimizationWarning)
+        warnings.simplefilter("ignore", NumericalWarning)
+        yield
 
 
 @dataclass
