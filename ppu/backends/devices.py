@@ -107,8 +107,16 @@ class EpicsAcquisition(Device):
         try:
             self.acquire.put(1, use_complete=True, callback=put_done)
         except Exception as exc:
-            self._fail(status, f"{self.name}: the IOC refused Acquire: {exc}")
+            self._fail(status, f"{self.name}: the IOC refused Acquire: {self._why(exc)}")
         return status
+
+    def _why(self, exc: Exception) -> str:
+        """The IOC's own reason (StatusMessage_RBV) for a refused put, else the client's error."""
+        try:
+            message = str(self.status_message.get(use_monitor=False) or "")
+        except Exception:  # unreachable: the client's error is all there is
+            message = ""
+        return f"{message} ({exc})" if message else str(exc)
 
     def _on_status(self, value: Any = None, **_: Any) -> None:
         status = self._watch
