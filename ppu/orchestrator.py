@@ -6,12 +6,10 @@ then carries out the instructions (assign/abort through a :class:`WorkerLink`) a
 an acknowledged submit or result is durable, and a SIGKILL at any point loses nothing that was
 acknowledged: :meth:`Orchestrator.start` rebuilds the scheduler from the store.
 
-Crash-only journaling: the scheduler changes memory before the store commits, so a commit that
-fails leaves memory ahead of disk. The orchestrator then refuses everything (``JournalFailed``),
-answers nothing as accepted, sets :attr:`Orchestrator.failed` and its process exits non-zero; a
-restart rebuilds from the journal. Group commits (:meth:`Orchestrator.grouped`) are written on
-one journal thread, in order, so the loop never waits for an fsync; instructions and answers of
-a group leave only once it is durable.
+Every change passes through :class:`~ppu.journal.Journal` (group commit on a journal thread,
+crash-only: a failed commit makes the orchestrator refuse everything, sets
+:attr:`Orchestrator.failed`, and its process exits non-zero; a restart rebuilds from the journal);
+instructions and answers of a group leave only once it is durable.
 
 Workers reach the orchestrator through links: :class:`LocalWorker` in-process (tests, CLI
 one-shots) and the ZMQ worker over tcp/ipc/inproc (``ppu.transport``). Both host backends with
@@ -21,7 +19,6 @@ the same :class:`~ppu.host.BackendHost` and call the same methods here.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import os
@@ -29,9 +26,7 @@ import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from ppu import capabilities
@@ -71,10 +66,10 @@ from ppu.events import (
     Undelivered,
 )
 from ppu.host import BackendHost
+from ppu.journal import Journal
 from ppu.models import (
     MAX_NAME,
     TERMINAL_STATES,
-    ActionClass,
     ApprovalState,
     AuditEntry,
     BackendKind,
@@ -93,7 +88,7 @@ from ppu.models import (
     new_id,
 )
 from ppu.scheduler import Scheduler, SchedulerConfig
-from ppu.store import Rows, Store
+from ppu.store import Store
 
 log = logging.getLogger(__name__)
 MAX_RUNNING_SHOWN = 200  # running tasks listed by status (a lab runs far fewer; a digital flood is counted, not listed)
@@ -110,50 +105,6 @@ def made_sample(cap: capabilities.Capability, task_id: str, inputs: dict[str, An
                   location=Location(device=str(loc.get("device", backend or "?")),
                                     slot=(str(loc["slot"]) if loc.get("slot") is not None else None)),
                   state=SampleState.available)
-
-
-@dataclass
-class _Group:
-    """Changes journaled in one transaction; ``durable`` resolves once they are on disk."""
-
-    durable: asyncio.Future[None]
-    steps: list[Step] = field(default_factory=list)
-    audits: list[AuditEntry] = field(default_factory=list)
-    samples: list[Sample] = field(default_factory=list)
-    users: int = 0
-    write: concurrent.futures.Future[None] | None = None  # on the journal thread
-
-    def add(self, steps: list[Step], audits: list[AuditEntry], samples: list[Sample]) -> None:
-        self.steps.extend(steps)
-        self.audits.extend(audits)
-        self.samples.extend(samples)
-
-
-def _worth_journaling(steps: list[Step], audits: list[AuditEntry], samples: list[Sample]) -> bool:
-    return bool(audits or samples or any(s.transitions or s.results or s.changed for s in steps))
-
-
-# A change that nothing waits on and that a restart can do without: the start of a `repeatable`
-# attempt (assigned -> running). It is written with the next commit (the attempt's result, the next
-# submission, or the clock's group after DEFER_MAX_S), not in an fsync of its own. Lost in a crash,
-# the task is rebuilt as `assigned` on the same backend, which a restart treats exactly like
-# `running` (the worker says whether it still holds it; if not, repeatable work is retried). The
-# start of `once` work is journaled at once: a reviewer must see that it ran.
-DEFER_MAX_S = 0.25
-CHECKPOINT_EVERY = 256  # inline commits (durability process) between two WAL checkpoints
-
-
-def _deferrable(steps: list[Step], audits: list[AuditEntry], samples: list[Sample]) -> bool:
-    if audits or samples:
-        return False
-    for s in steps:
-        if s.results or len(s.changed) > len(s.transitions):
-            return False
-        for tr in s.transitions:
-            rec = s.records.get(tr.task_id)
-            if tr.dst is not TaskState.running or rec is None or rec.action is not ActionClass.repeatable:
-                return False
-    return True
 
 
 class WorkerLink(Protocol):
@@ -197,20 +148,8 @@ class Orchestrator:
         self._rearm = asyncio.Event()
         self._timers_seen = -1
         self._timer: asyncio.Task[None] | None = None
-        self._open: _Group | None = None  # the group that _apply adds to (inside grouped())
-        self._pending = 0  # groups closed but not yet durable; while > 0 every change queues behind
-        self._commit_lock = asyncio.Lock()  # FIFO: groups reach the disk in the order they closed
-        self._commits: set[asyncio.Task[None]] = set()
-        self._journal_thread: ThreadPoolExecutor | None = None
-        self._deferred: list[Step] = []  # journaled with the next commit (see _deferrable)
-        # durability process: groups are written on the loop (no fsync per commit); see _close
-        self._inline_writes = store.durability == "process"
-        self._since_checkpoint = 0
-        self._checkpoint: concurrent.futures.Future[None] | None = None
-        self._deferred_at = 0.0
-        self._fatal: JournalFailed | None = None
-        self._poisoned = False  # set on the journal thread when a write failed
-        self.failed = asyncio.Event()  # set when a commit failed: the process must end (crash-only)
+        self.journal = Journal(store, self._carry_out_all)  # every change passes through it
+        self.failed = self.journal.failed  # set when a commit failed: the process must end (crash-only)
         self.writer_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._sending: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -224,7 +163,7 @@ class Orchestrator:
         Raises :class:`~ppu.errors.StoreHeld` when another orchestrator writes this store.
         """
         self.store.acquire_writer(self.writer_id, self.cfg.bind)
-        self._journal_thread = ThreadPoolExecutor(1, thread_name_prefix="ppu-journal")
+        self.journal.start()
         live, done = self.store.load()
         self.sched.restore(live, done, self.clock())
         for s in self.store.list_samples():
@@ -248,16 +187,7 @@ class Orchestrator:
         for futs in self._waiters.values():
             for f in futs:
                 f.cancel()
-        if self._commits:  # let every closed group reach the disk (or fail) before letting go
-            await asyncio.wait(list(self._commits))
-        if self._deferred and self._journal_thread is not None and self._fatal is None:
-            try:
-                self._journal_thread.submit(self._write, self._rows([], [], [])).result()
-            except Exception:
-                log.exception("could not journal the last deferred starts (a restart rebuilds them as assigned)")
-        if self._journal_thread is not None:
-            self._journal_thread.shutdown(wait=True)
-            self._journal_thread = None
+        await self.journal.close()  # every closed group reaches the disk (or fails) before letting go
         self.store.release_writer()
 
     async def _tick_loop(self) -> None:
@@ -272,7 +202,7 @@ class Orchestrator:
                 await asyncio.wait({waiter}, timeout=delay + 0.001)
             finally:
                 waiter.cancel()
-            if self._fatal is not None:
+            if self.journal.fatal is not None:
                 return
             try:
                 async with self.grouped():
@@ -286,8 +216,7 @@ class Orchestrator:
 
     def _apply(self, events: Iterable[Event], audits: Iterable[AuditEntry] = (),
                samples: Iterable[Sample] = ()) -> list[Step]:
-        if self._fatal is not None:
-            raise self._fatal
+        self.journal.check()
         steps: list[Step] = []
         error: BaseException | None = None
         for ev in events:
@@ -298,158 +227,15 @@ class Orchestrator:
                 break
         audits = list(audits) if error is None else []
         samples = list(samples) + self._sample_changes(steps)
-        if self._open is not None:  # inside grouped(): journaled and carried out at its end
-            self._open.add(steps, audits, samples)
-        elif not _worth_journaling(steps, audits, samples):
-            self._carry_out_all(steps)
-        elif _deferrable(steps, audits, samples):
-            self._defer(steps)
-            self._carry_out_all(steps)
-        elif self._pending:
-            # A direct caller (in-process API) while groups are on their way to disk: its return is
-            # its acknowledgement, so it waits for its own write, queued behind theirs on the journal
-            # thread (rare and short: the transport and the clock use grouped()).
-            assert self._journal_thread is not None
-            try:
-                self._journal_thread.submit(self._write, self._rows(steps, audits, samples)).result()
-            except Exception as exc:
-                raise self._die(exc) from exc
-            self._carry_out_all(steps)
-        else:
-            # Durable first: nothing below (assignments, answers, waiters) happens before this.
-            try:
-                self.store.write(self._rows(steps, audits, samples))
-            except Exception as exc:
-                raise self._die(exc) from exc
-            self._carry_out_all(steps)
+        self.journal.record(steps, audits, samples)
         if error is not None:
             raise error
         return steps
 
-    @contextlib.asynccontextmanager
-    async def grouped(self) -> AsyncIterator[None]:
-        """Group commit: every change made inside is journaled in ONE transaction at the end.
-
-        The transport handles a burst of messages inside one group and sends its answers (acks,
-        replies) only after the group is durable, so "durable before acknowledged" still holds while
-        the store fsyncs once per burst, on the journal thread, not on the loop. Raises
-        :class:`~ppu.errors.JournalFailed` when the commit failed: nothing of it may be acknowledged.
-        """
-        if self._fatal is not None:
-            raise self._fatal
-        group = self._open or self._new_group()
-        self._open = group
-        group.users += 1
-        try:
-            yield
-        finally:
-            group.users -= 1
-            if group.users == 0 and self._open is group:
-                self._open = None
-                self._close(group)
-            await asyncio.shield(group.durable)
-
-    def _new_group(self) -> _Group:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # a failure nobody awaits is no warning
-        return _Group(durable=fut)
-
-    def _close(self, group: _Group) -> None:
-        """No more changes join this group: snapshot its rows now, write them behind the earlier ones."""
-        inline = False  # durable once this returns: nothing ahead of it, and no fsync to wait for
-        try:
-            worth = _worth_journaling(group.steps, group.audits, group.samples)
-            if worth and _deferrable(group.steps, group.audits, group.samples) and not self._deferred_due():
-                self._defer(group.steps)  # no write of its own: it rides with the next commit
-                inline = not self._pending
-            elif worth or self._deferred_due():  # the clock's group writes a start deferred for long enough
-                assert self._journal_thread is not None, "start() the orchestrator first"
-                rows = self._rows(group.steps, group.audits, group.samples)
-                if self._inline_writes and not self._pending:
-                    # durability process: a commit is a write to the page cache (tens of microseconds),
-                    # cheaper than two thread switches; the fsyncs (checkpoints) stay on the journal thread.
-                    self._write(rows)
-                    inline = True
-                    self._checkpoint_now()
-                else:  # queued now, so the journal thread writes groups in the order they closed
-                    group.write = self._journal_thread.submit(self._write, rows)
-            else:
-                inline = not self._pending
-        except Exception as exc:
-            group.durable.set_exception(self._die(exc))
-            return
-        if inline:
-            self._carry_out_all(group.steps)
-            group.durable.set_result(None)
-            return
-        self._pending += 1
-        task = asyncio.get_running_loop().create_task(self._commit(group))
-        self._commits.add(task)
-        task.add_done_callback(self._commits.discard)
-
-    async def _commit(self, group: _Group) -> None:
-        async with self._commit_lock:
-            try:
-                if self._fatal is not None:
-                    raise self._fatal
-                if group.write is not None:
-                    await asyncio.wrap_future(group.write)
-            except asyncio.CancelledError:  # the loop is going away; the thread finishes the write
-                self._pending -= 1
-                group.durable.cancel()
-                raise
-            except Exception as exc:
-                self._pending -= 1
-                group.durable.set_exception(exc if isinstance(exc, JournalFailed) else self._die(exc))
-                return
-            self._pending -= 1
-            self._carry_out_all(group.steps)
-            group.durable.set_result(None)
-
-    def _checkpoint_now(self) -> None:
-        """Every CHECKPOINT_EVERY inline commits, fold the WAL into the database on the journal thread."""
-        self._since_checkpoint += 1
-        if self._since_checkpoint < CHECKPOINT_EVERY or (self._checkpoint and not self._checkpoint.done()):
-            return
-        self._since_checkpoint = 0
-        assert self._journal_thread is not None
-        self._checkpoint = self._journal_thread.submit(self.store.checkpoint)
-
-    def _defer(self, steps: list[Step]) -> None:
-        if not self._deferred:
-            self._deferred_at = time.monotonic()
-        self._deferred.extend(steps)
-
-    def _deferred_due(self) -> bool:
-        return bool(self._deferred) and time.monotonic() - self._deferred_at >= DEFER_MAX_S
-
-    def _rows(self, steps: list[Step], audits: list[AuditEntry], samples: list[Sample]) -> Rows:
-        """The rows of the next commit, on the loop: the deferred steps first, then these (in order)."""
-        if self._deferred:
-            steps, self._deferred = [*self._deferred, *steps], []
-        return self.store.prepare(steps, audits, samples)
-
-    def _write(self, rows: Rows) -> None:
-        """On the journal thread: once one write failed, none after it may land (memory went on)."""
-        if self._poisoned:
-            raise JournalFailed("an earlier journal write failed")
-        try:
-            self.store.write(rows)
-        except BaseException:
-            self._poisoned = True
-            raise
-
-    def _die(self, exc: BaseException) -> JournalFailed:
-        """A commit failed: memory is ahead of the journal. Refuse everything from now on and stop."""
-        if self._fatal is None:
-            self._fatal = JournalFailed(
-                f"the journal could not be written ({type(exc).__name__}: {exc}); the orchestrator stops "
-                "so that nothing unjournaled is acknowledged or carried out",
-                hint="fix the store (disk full? read-only? database down?), then start the orchestrator "
-                     "again: it rebuilds from the journal")
-            log.critical("JOURNAL COMMIT FAILED, stopping (crash-only): %s", exc)
-            self.failed.set()
-        return self._fatal
+    def grouped(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Group commit (:meth:`ppu.journal.Journal.grouped`): every change made inside is journaled in
+        ONE transaction at its end, and its answers leave only once that is durable."""
+        return self.journal.grouped()
 
     def _carry_out_all(self, steps: list[Step]) -> None:
         """After the commit: an error here must not undo what is durable (nor its acks)."""

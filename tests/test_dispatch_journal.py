@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sched_helpers import ok, spec, task
 
-from ppu import orchestrator as orch_mod
+from ppu import journal as journal_mod
 from ppu.backends.base import TaskRun
 from ppu.config import OrchestratorConfig, parse_lab
 from ppu.errors import ConfigError, PPUError, StoreError
@@ -115,7 +115,7 @@ def test_the_start_of_once_work_is_journaled_at_once(tmp_path: Path):
 
 def test_a_deferred_start_is_written_by_the_clock_when_nothing_else_commits(tmp_path: Path,
                                                                            monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(orch_mod, "DEFER_MAX_S", 0.05)
+    monkeypatch.setattr(journal_mod, "DEFER_MAX_S", 0.05)
 
     async def body() -> None:
         store = CountingStore(sqlite_url(tmp_path / "ppu.sqlite"))
@@ -231,7 +231,7 @@ def test_where_a_group_is_written_and_who_checkpoints(tmp_path: Path, durability
     for), with SQLite's own checkpoints off and the orchestrator's on the journal thread instead."""
     import threading
 
-    monkeypatch.setattr(orch_mod, "CHECKPOINT_EVERY", 4)
+    monkeypatch.setattr(journal_mod, "CHECKPOINT_EVERY", 4)
 
     class Watched(CountingStore):
         def __init__(self, url: str, durability: str):

@@ -68,7 +68,7 @@ async def serve_orchestrator(lab: LabConfig, bind: str | None = None, insecure: 
         probe.cancel()
         if orch.failed.is_set():
             await asyncio.sleep(0.2)  # let the error replies of the failed burst leave
-            raise orch._fatal or JournalFailed("the journal could not be written")
+            raise orch.journal.fatal or JournalFailed("the journal could not be written")
         announce("orchestrator stopping")
     finally:
         if server is not None:
