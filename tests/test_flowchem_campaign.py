@@ -71,7 +71,11 @@ def test_closed_loop_beats_random_search(tmp_path: Path) -> None:
     # better than random search with the same budget (median of 20 seeded random campaigns)
     assert summary["best_true_yield"] > summary["random_baseline_curve"][7] + 0.05
     assert summary["best_measured_yield"] == pytest.approx(summary["best_true_yield"], abs=0.06)
-    assert [e.why for e in sorted(result.experiments, key=lambda e: e.index)][3:] == ["GP qLogNEI"] * 5
+    # after n_init the GP proposes; only while every result so far is alike (all clogged) does the screen
+    # stand in (which experiments have ended when a proposal is made depends on the pipeline's timing)
+    whys = [e.why for e in sorted(result.experiments, key=lambda e: e.index)][3:]
+    assert all(w == "GP qLogNEI" or "results equal, no GP yet" in w for w in whys), whys
+    assert whys[-1] == "GP qLogNEI"
     lines = (tmp_path / "decisions.jsonl").read_text().splitlines()
     assert len(lines) == 8 and {"recipe", "why", "status"} <= set(json.loads(lines[0]))
     for png in ("best_so_far.png", "yield_vs_parameters.png"):
