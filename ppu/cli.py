@@ -68,6 +68,15 @@ def _fail(exc: PPUError) -> None:
     raise typer.Exit(2)
 
 
+def _address_option(value: str | None, option: str) -> None:
+    """A --bind/--connect given on the command line is a ZMQ address, or the command ends with why."""
+    if value is not None:
+        try:
+            check_address(value, option)
+        except PPUError as exc:
+            _fail(exc)
+
+
 def _run(fn: Callable[[], Awaitable[T]]) -> T:
     try:
         return asyncio.run(fn())  # type: ignore[arg-type]
@@ -503,11 +512,7 @@ def orchestrator(
     from ppu.transport.serve import serve_orchestrator
 
     lab = _lab(config, backends=True)
-    if bind is not None:
-        try:
-            check_address(bind, "--bind")
-        except PPUError as exc:
-            _fail(exc)
+    _address_option(bind, "--bind")
     _serve(lambda: serve_orchestrator(lab, bind, insecure, announce=lambda s: console.print(s, highlight=False)))
 
 
@@ -524,11 +529,7 @@ def worker(
     from ppu.transport.serve import serve_worker
 
     lab = _lab(config, backends=True)
-    if connect is not None:
-        try:
-            check_address(connect, "--connect")
-        except PPUError as exc:
-            _fail(exc)
+    _address_option(connect, "--connect")
     _serve(lambda: serve_worker(lab, connect, backend or [], key,
                                 announce=lambda s: console.print(s, highlight=False)))
 
