@@ -147,7 +147,7 @@ def step_costs(tmp: Path) -> dict[str, float]:
         "encode an assign of one task": _median_us(
             lambda: p.encode(p.Assign(backend="echo-1", batch_id="b", runs=[run], reg="r", seq=1))),
         "decode a result message": _median_us(lambda: p.decode(result_frames)),
-        "encode an ack": _median_us(lambda: p.encode(p.Ack(backend="echo-1", task_id="t-1", attempt=1))),
+        "encode an ack": _median_us(lambda: p.encode(p.Ack(backend="echo-1", runs=[("t-1", 1)]))),
     }
     store.close()
     return costs

@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 _REMEMBER = 4096  # acknowledged attempts remembered, so a late duplicate assign never runs one again
 
 ReportFn = Callable[[str, dict[str, Any]], Awaitable[None]]
-"""report(kind, payload): kind is 'started', 'progress' or 'result'."""
+"""report(kind, payload): 'started' {"runs": [(task id, attempt), ...]} once per batch,
+'progress' {"task_id", "fraction", "message"}, 'results' {"results": [Result, ...]} once per batch
+(the objects the host keeps until they are acknowledged)."""
 
 
 class BackendHost:
@@ -74,8 +76,7 @@ class BackendHost:
         return True
 
     async def _run(self, batch_id: str, runs: list[TaskRun], key: int = 0) -> None:
-        for run in runs:
-            await self.report("started", {"task_id": run.task_id, "attempt": run.attempt})
+        await self.report("started", {"runs": [(run.task_id, run.attempt) for run in runs]})
 
         async def progress(task_id: str, fraction: float, message: str) -> None:
             await self.report("progress", {"task_id": task_id, "fraction": fraction, "message": message})
@@ -96,8 +97,7 @@ class BackendHost:
                 self.batch_of.pop(r.task_id, None)
                 self.attempt_of.pop(r.task_id, None)
         self.running.pop(key, None)
-        for r in results:
-            await self.report("result", r.model_dump(mode="json"))
+        await self.report("results", {"results": results})
 
     def ack(self, task_id: str, attempt: int) -> None:
         if self.unacked.pop((task_id, attempt), None) is not None:

@@ -155,6 +155,7 @@ class Register(_Req):
 
 
 RunKey = tuple[str, int]  # (task id, attempt)
+MAX_RUNS_PER_MESSAGE = 10_000  # attempts named in one started / results / ack message
 
 
 class Holding(_Msg):
@@ -172,10 +173,11 @@ class Heartbeat(_Msg):
 
 
 class Started(_Msg):
+    """The attempts of one assignment that began to run (one message per batch, not per task)."""
+
     type: Literal["started"] = "started"
     backend: str
-    task_id: str
-    attempt: int
+    runs: list[RunKey] = Field(min_length=1, max_length=MAX_RUNS_PER_MESSAGE)
 
 
 class Progress(_Msg):
@@ -188,9 +190,19 @@ class Progress(_Msg):
 
 
 class ResultMsg(_Carrier):
+    """One result; a block result's columns travel as its binary frames."""
+
     type: Literal["result"] = "result"
     backend: str
     result: Result
+
+
+class Results(_Msg):
+    """Several results of one backend (a batch's), each recorded on its own; no binary frames."""
+
+    type: Literal["results"] = "results"
+    backend: str
+    results: list[Result] = Field(min_length=1, max_length=MAX_RUNS_PER_MESSAGE)
 
 
 class Done(_Msg):
@@ -243,10 +255,11 @@ class Resume(_Msg):
 
 
 class Ack(_Msg):
+    """The results of these attempts are durable: the worker may forget them."""
+
     type: Literal["ack"] = "ack"
     backend: str
-    task_id: str
-    attempt: int
+    runs: list[RunKey] = Field(min_length=1, max_length=MAX_RUNS_PER_MESSAGE)
 
 
 # ---- client -> orchestrator -------------------------------------------------------------------
@@ -445,7 +458,7 @@ class ProgressEvent(Strict):
 
 
 Message = Annotated[
-    Register | Heartbeat | Started | Progress | ResultMsg | Done
+    Register | Heartbeat | Started | Progress | ResultMsg | Results | Done
     | RegisterOk | Assign | Abort | Pause | Resume | Ack
     | Submit | Cancel | Approve | Reject | Review | Hold | Status | Tasks | GetTask | GetResult | GetArtifact | Wait
     | Subscribe | Unsubscribe | Samples | Audit | Approvals | Reviews | SampleShow | SetAutonomy | BusyLog
@@ -455,7 +468,7 @@ Message = Annotated[
 ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
 TYPES: frozenset[str] = frozenset(ADAPTER.json_schema()["discriminator"]["mapping"])
 
-WORKER_MESSAGES = (Register, Heartbeat, Started, Progress, ResultMsg, Done)
+WORKER_MESSAGES = (Register, Heartbeat, Started, Progress, ResultMsg, Results, Done)
 CLIENT_REQUESTS = (Submit, Cancel, Approve, Reject, Review, Hold, Status, Tasks, GetTask, GetResult, GetArtifact,
                    Wait,
                    Subscribe, Unsubscribe, Samples, Audit, Approvals, Reviews, SampleShow, SetAutonomy,

@@ -329,15 +329,14 @@ class Store:
         """
         now = time.time()
         rows = Rows()
-        task_rows: dict[str, dict[str, Any]] = {}
+        records: dict[str, Any] = {}  # the scheduler's records, each serialised once (body_json: the Task's JSON)
         for step in steps:
             rows.moves += [{"at": tr.at, "task_id": tr.task_id, "src": tr.src.value if tr.src else None,
                             "dst": tr.dst.value, "reason": tr.reason} for tr in step.transitions]
             rows.results += [self._result_row(r, now) for r in step.results]
-            for t in step.records.values():  # the scheduler's records (their body_json is the Task's JSON)
-                task_rows[t.id] = {"id": t.id, "seq": t.seq, "state": t.state.value, "capability": t.capability,
-                                   "campaign": t.campaign, "updated_at": now, "body": t.body_json()}
-        rows.tasks = list(task_rows.values())
+            records.update(step.records)
+        rows.tasks = [{"id": t.id, "seq": t.seq, "state": t.state.value, "capability": t.capability,
+                       "campaign": t.campaign, "updated_at": now, "body": t.body_json()} for t in records.values()]
         rows.audits = [self._audit_row(e) for e in audits]
         rows.samples = [{"id": s.id, "campaign": s.campaign, "state": s.state.value, "updated_at": now,
                          "body": s.model_dump_json()} for s in samples_]

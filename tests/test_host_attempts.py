@@ -36,7 +36,7 @@ def test_attempts_not_batch_ids_decide_what_runs():
             assert host.assign("t", [_run("t", 2)])
             while ("t", 2) not in host.unacked:
                 await asyncio.sleep(0.005)
-            started = [(p["task_id"], p["attempt"]) for k, p in reports if k == "started"]
+            started = [run for k, p in reports if k == "started" for run in p["runs"]]
             assert started == [("t", 1), ("t", 2)]
             assert host.holding() == ([], [("t", 2)])
         finally:
@@ -90,3 +90,37 @@ def test_an_assignment_no_longer_current_is_not_sent(tmp_path):
             await orch.close()
             store.close()
     run(body(), 20)
+
+
+def test_a_batch_of_results_travels_in_few_messages_and_a_big_one_alone():
+    import numpy as np
+
+    from ppu import protocol as p
+    from ppu.models import Result, ResultStatus
+    from ppu.transport import worker as w
+
+    def res(i: int, size: int = 1) -> Result:
+        return Result(task_id=f"t{i}", attempt=1, status=ResultStatus.succeeded, outputs={"y": [0.5] * size})
+    small = [res(i) for i in range(600)]
+    assert [len(p.decode(f).results) for f in w._result_msgs("b", small)] == [256, 256, 88]  # not 600 messages
+    big = w.RESULTS_MESSAGE_BYTES // 4  # floats of ~4 characters: one such result fills a message
+    block = res(999).with_columns({"score": np.arange(5, dtype=np.float64)})
+    results = [*small, res(600, big), res(601, big), block]
+    encoded = w._result_msgs("b", results)
+    msgs = [p.decode(f) for f in encoded]
+    named = [(r.task_id, m.type) for m in msgs for r in ([m.result] if isinstance(m, p.ResultMsg) else m.results)]
+    assert sorted(t for t, _ in named) == sorted(r.task_id for r in results)  # each exactly once
+    assert {("t999", "result"), ("t600", "result"), ("t601", "result")} <= set(named)  # alone
+    assert all(len(f[1]) <= w.RESULTS_MESSAGE_BYTES for f, m in zip(encoded, msgs, strict=True) if m.type == "results")
+
+
+def test_acks_of_a_burst_are_one_message_per_worker_and_backend():
+    from ppu import protocol as p
+    from ppu.transport.server import _merge_acks
+
+    out = _merge_acks([(b"w1", p.Ack(backend="a", runs=[("t1", 1)])), (b"w1", p.Reply(req="r", ok=True)),
+                       (b"w1", p.Ack(backend="a", runs=[("t2", 1)])), (b"w2", p.Ack(backend="a", runs=[("t3", 2)])),
+                       (b"w1", p.Ack(backend="b", runs=[("t4", 1)]))])
+    assert [(i, m.type, getattr(m, "runs", None)) for i, m in out] == [
+        (b"w1", "ack", [("t1", 1), ("t2", 1)]), (b"w1", "reply", None), (b"w2", "ack", [("t3", 2)]),
+        (b"w1", "ack", [("t4", 1)])]

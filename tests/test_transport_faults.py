@@ -233,7 +233,13 @@ def test_forged_results_and_spoofed_registers_are_refused(tmp_path: Path):
                 await peer.send(msg)
                 err = await peer.expect("error", "ack")
                 assert (err.type, err.code) == ("error", code), (msg, err)
-            await rogue.send(p.Started(backend="rogue-echo", task_id=held, attempt=1))
+            # several forged results in one message: each is refused on its own, none is acked
+            await rogue.send(p.Results(backend="rogue-echo", results=[forged(held, 1, "rogue-echo").result,
+                                                                     forged(waiting, 1, "rogue-echo").result]))
+            errs = [await rogue.expect("error", "ack") for _ in range(2)]
+            assert [(e.type, e.code, e.req) for e in errs] == [("error", "not_allowed", f"result:1:{held}"),
+                                                               ("error", "not_allowed", f"result:1:{waiting}")]
+            await rogue.send(p.Started(backend="rogue-echo", runs=[(held, 1)]))
             assert (await rogue.expect("error")).code == "not_allowed"
             # a spoofed register of the live robot from another socket is refused: no hijack
             await stranger.send(p.Register(req="s1", worker="spoof", boot="guess",

@@ -81,7 +81,7 @@ def test_each_malformed_kind_gets_its_typed_error(lab: LabThread, raw: zmq.Socke
 def test_unexpected_and_unregistered_messages(lab: LabThread, raw: zmq.Socket):
     reply = _ask(raw, p.encode(p.Abort(backend="x", task_id="y")))
     assert isinstance(reply, p.Error) and reply.field == "type"
-    reply = _ask(raw, p.encode(p.Started(backend="echo-1", task_id="t", attempt=1)))
+    reply = _ask(raw, p.encode(p.Started(backend="echo-1", runs=[("t", 1)])))
     assert isinstance(reply, p.Error) and reply.code == "not_registered"
     with lab.client() as c:
         st = c.status()

@@ -38,7 +38,7 @@ from ppu.artifacts import ArtifactStore
 from ppu.backends.base import TaskRun
 from ppu.config import SecurityConfig
 from ppu.errors import ConfigError, JournalFailed, NotAllowed, PPUError, UnknownTaskError, ValidationFailed
-from ppu.models import AuditEntry, TaskSpec
+from ppu.models import AuditEntry, Result, TaskSpec
 from ppu.orchestrator import Orchestrator
 from ppu.transport.security import OWN_ONLY, Authorizer, authorise, check_bind, load_keypair
 
@@ -248,7 +248,7 @@ class OrchestratorServer:
                                 for i, m in self._outbox if not isinstance(m, p.Ack | p.RegisterOk)]
             finally:
                 outbox, self._outbox = self._outbox, None
-            for identity, msg in outbox or []:
+            for identity, msg in _merge_acks(outbox or []):
                 await self.send(identity, msg)
 
     async def _on_frames(self, frames: list[zmq.Frame]) -> None:
@@ -311,39 +311,61 @@ class OrchestratorServer:
                     await self.send(identity, p.Error.of(p.NotRegistered(
                         f"backend(s) {', '.join(gone)} are not registered", hint="register again")))
             elif isinstance(msg, p.Started):
-                self.orch.started(msg.task_id, msg.attempt, msg.backend)
+                for task_id, attempt in msg.runs:  # each start on its own: one refused is not all refused
+                    try:
+                        self.orch.started(task_id, attempt, msg.backend)
+                    except NotAllowed as exc:
+                        self._refused(identity, key, msg, str(exc), task_id, attempt)
+                        await self.send(identity, p.Error.of(exc))
             elif isinstance(msg, p.Progress):
                 self.orch.progress(msg.task_id, msg.fraction, msg.message, msg.backend, msg.attempt)
-            elif isinstance(msg, p.ResultMsg):
-                await self._result(identity, key, msg)
+            elif isinstance(msg, p.ResultMsg | p.Results):
+                await self._results(identity, key, msg)
         except NotAllowed as exc:
             self._refused(identity, key, msg, str(exc))
-            await self.send(identity, p.Error.of(exc, p.result_req(msg.result) if isinstance(msg, p.ResultMsg) else ""))
+            await self.send(identity, p.Error.of(exc))
 
-    def _refused(self, identity: bytes, key: str | None, msg: Any, why: str) -> None:
+    def _refused(self, identity: bytes, key: str | None, msg: Any, why: str, task_id: str | None = None,
+                 attempt: int | None = None) -> None:
         """A start, progress or result from a peer that does not hold that attempt: count and audit."""
         self.orch.counters[f"refused_{msg.type}"] += 1
         if isinstance(msg, p.Progress):
             return  # counted only: a flood of progress must not grow the audit log
-        task_id = msg.result.task_id if isinstance(msg, p.ResultMsg) else getattr(msg, "task_id", None)
-        attempt = msg.result.attempt if isinstance(msg, p.ResultMsg) else getattr(msg, "attempt", None)
+        if isinstance(msg, p.ResultMsg):
+            task_id, attempt = msg.result.task_id, msg.result.attempt
         self.orch.audit(AuditEntry(
             actor=f"peer:{identity.hex()[:16]}" + (f"[{key[:8]}]" if key else ""), action=f"refused_{msg.type}",
             target=task_id, detail={"backend": getattr(msg, "backend", None), "attempt": attempt, "why": why}))
 
-    async def _result(self, identity: bytes, key: str | None, msg: p.ResultMsg) -> None:
-        backend, result = msg.backend, msg.result
+    async def _results(self, identity: bytes, key: str | None, msg: p.ResultMsg | p.Results) -> None:
+        """Record each result on its own; one ack names every one that is recorded (sent once durable)."""
+        results = [msg.result] if isinstance(msg, p.ResultMsg) else msg.results
+        columns = msg.arrays() if isinstance(msg, p.ResultMsg) and msg.blobs else None
+        recorded: list[tuple[str, int]] = []
+        for result in results:
+            try:
+                if await self._result(identity, msg.backend, result, columns):
+                    recorded.append((result.task_id, result.attempt))
+            except NotAllowed as exc:
+                self._refused(identity, key, msg, str(exc), result.task_id, result.attempt)
+                await self.send(identity, p.Error.of(exc, p.result_req(result)))
+        for i in range(0, len(recorded), p.MAX_RUNS_PER_MESSAGE):
+            await self.send(identity, p.Ack(backend=msg.backend, runs=recorded[i:i + p.MAX_RUNS_PER_MESSAGE]))
+
+    async def _result(self, identity: bytes, backend: str, result: Result,
+                      columns: dict[str, Any] | None) -> bool:
+        """Record one result (journaled with the burst); False when it is refused for a reason to tell."""
         try:
-            if msg.blobs:  # a block result: its rows go to the artifact store, the journal keeps the reference
-                result = result.model_copy(update={"artifact": await self._store_columns(msg.arrays(), "blobs")})
-            self.orch.finished(result, backend)  # journals before it returns
+            if columns:  # a block result: its rows go to the artifact store, the journal keeps the reference
+                result = result.model_copy(update={"artifact": await self._store_columns(columns, "blobs")})
+            self.orch.finished(result, backend)
         except NotAllowed:
             raise
         except PPUError as exc:
             self.orch.counters["result_errors"] += 1
             await self.send(identity, p.Error.of(exc))
-            return
-        await self.send(identity, p.Ack(backend=backend, task_id=result.task_id, attempt=result.attempt))
+            return False
+        return True
 
     async def _register(self, identity: bytes, key: str | None, msg: p.Register) -> None:
         refused = [s.name for s in msg.backends if not self.auth.may_register(key, s.name)]
@@ -378,14 +400,9 @@ class OrchestratorServer:
             peer.backends.add(spec.name)
             self.orch.register(spec, self.link, msg.in_flight.get(spec.name, []), boot=msg.boot, reg=msg.req)
         for backend, results in msg.pending.items():
-            if backend in peer.backends:
-                for r in results:
-                    rm = p.ResultMsg(backend=backend, result=r)
-                    try:
-                        await self._result(identity, key, rm)
-                    except NotAllowed as exc:
-                        self._refused(identity, key, rm, str(exc))
-                        await self.send(identity, p.Error.of(exc, p.result_req(r)))
+            if backend in peer.backends and results:
+                # validated as part of the Register; a worker may hold more than one message's worth
+                await self._results(identity, key, p.Results.model_construct(backend=backend, results=results))
         self.orch.counters["registrations"] += 1
         await self.send(identity, p.RegisterOk(req=msg.req, backends=sorted(peer.backends),
                                                heartbeat_s=self.cfg.heartbeat_s))
@@ -638,3 +655,19 @@ def _guess_req(body: list[bytes]) -> str:
         return req if isinstance(req, str) and len(req) <= 64 else ""
     except Exception:
         return ""
+
+
+def _merge_acks(outbox: list[tuple[bytes, Any]]) -> list[tuple[bytes, Any]]:
+    """One ack per worker and backend for a burst (where the first one was), not one per result."""
+    out: list[tuple[bytes, Any]] = []
+    first: dict[tuple[bytes, str], p.Ack] = {}
+    for identity, msg in outbox:
+        if isinstance(msg, p.Ack):
+            held = first.get((identity, msg.backend))
+            if held is not None and len(held.runs) + len(msg.runs) <= p.MAX_RUNS_PER_MESSAGE:
+                held.runs.extend(msg.runs)
+                continue
+            msg = msg.model_copy(update={"runs": list(msg.runs)})
+            first[(identity, msg.backend)] = msg
+        out.append((identity, msg))
+    return out

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 import uuid
@@ -72,6 +73,7 @@ class Worker:
     async def start(self) -> None:
         for host in self.hosts.values():
             await host.start()
+        gc.freeze()  # the backends' models and modules live as long as the process (see Orchestrator.start)
         self._open()
         self._main = asyncio.get_running_loop().create_task(self._loop())
 
@@ -133,11 +135,14 @@ class Worker:
     # ---- sending ---------------------------------------------------------------------------
 
     def _send(self, msg: Any) -> bool:
+        return self._send_frames(p.encode(msg))
+
+    def _send_frames(self, frames: list[Any]) -> bool:
         if self._sock is None:
             return False
         try:
             # with NOBLOCK the future is already resolved: result() raises if the send failed
-            sent: Any = self._sock.send_multipart(p.encode(msg), flags=zmq.NOBLOCK)
+            sent: Any = self._sock.send_multipart(frames, flags=zmq.NOBLOCK)
             sent.result()
             return True
         except zmq.ZMQError:  # not connected yet or queue full: heartbeats and re-sends cover it
@@ -157,20 +162,20 @@ class Worker:
     def _reporter(self, backend: str) -> Any:
         async def report(kind: str, payload: dict[str, Any]) -> None:
             if kind == "started":
-                self._send(p.Started(backend=backend, **payload))
+                self._send(p.Started(backend=backend, runs=payload["runs"]))
             elif kind == "progress":
                 attempt = self.hosts[backend].attempt_of.get(payload["task_id"])
                 self._send(p.Progress(backend=backend, task_id=payload["task_id"], attempt=attempt,
                                       fraction=min(1.0, max(0.0, float(payload["fraction"]))),
                                       message=str(payload["message"])[:4096]))
-            elif kind == "result":
-                # the host keeps the Result object (with a block result's columns) until it is acked
-                r = self.hosts[backend].unacked.get((payload["task_id"], payload["attempt"]))
-                if r is None:
-                    r = Result.model_validate(payload)
-                hb = self.heartbeat_s
-                self._resend_at[(r.task_id, r.attempt)] = (time.monotonic() + hb, hb)
-                self._send(_result_msg(backend, r))
+            elif kind == "results":
+                # the host keeps the Result objects (with a block result's columns) until they are acked
+                results: list[Result] = payload["results"]
+                hb, at = self.heartbeat_s, time.monotonic() + self.heartbeat_s
+                for r in results:
+                    self._resend_at[(r.task_id, r.attempt)] = (at, hb)
+                for frames in _result_msgs(backend, results):
+                    self._send_frames(frames)
         return report
 
     # ---- the loop --------------------------------------------------------------------------
@@ -260,9 +265,10 @@ class Worker:
                     host.assign(msg.batch_id, runs)
             case p.Ack():
                 host = self.hosts.get(msg.backend)
-                if host is not None:
-                    host.ack(msg.task_id, msg.attempt)
-                self._resend_at.pop((msg.task_id, msg.attempt), None)
+                for task_id, attempt in msg.runs:
+                    if host is not None:
+                        host.ack(task_id, attempt)
+                    self._resend_at.pop((task_id, attempt), None)
             case p.Abort():
                 host = self.hosts.get(msg.backend)
                 if host is not None:
@@ -302,6 +308,28 @@ class Worker:
         t = asyncio.get_running_loop().create_task(coro)
         self._side.add(t)
         t.add_done_callback(self._side.discard)
+
+
+RESULTS_PER_MESSAGE = 256
+RESULTS_MESSAGE_BYTES = 1 << 20  # a results message larger than this is split (the orchestrator's limit is 16 MiB)
+
+
+def _result_msgs(backend: str, results: list[Result]) -> list[list[Any]]:
+    """A batch's results, encoded, in as few messages as fit: block results (binary frames) one
+    each, the others together, split where a message would grow large (a big result goes alone)."""
+    out = [p.encode(_result_msg(backend, r)) for r in results if r.columns()]
+    plain = [r for r in results if not r.columns()]
+    todo = [plain[i:i + RESULTS_PER_MESSAGE] for i in range(0, len(plain), RESULTS_PER_MESSAGE)]
+    while todo:
+        chunk = todo.pop(0)
+        msg = p.Results(backend=backend, results=chunk) if len(chunk) > 1 else _result_msg(backend, chunk[0])
+        frames = p.encode(msg)
+        if len(chunk) > 1 and len(frames[1]) > RESULTS_MESSAGE_BYTES:
+            half = len(chunk) // 2
+            todo[:0] = [chunk[:half], chunk[half:]]
+            continue
+        out.append(frames)
+    return out
 
 
 def _result_msg(backend: str, r: Result) -> p.ResultMsg:
