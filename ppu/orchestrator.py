@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import socket
@@ -66,6 +65,7 @@ from ppu.events import (
     Tick,
     Undelivered,
 )
+from ppu.heap import freeze_once
 from ppu.host import BackendHost
 from ppu.journal import Journal
 from ppu.models import (
@@ -176,10 +176,7 @@ class Orchestrator:
         holds = self.store.get_meta("holds", {}) or {}
         self._holds: dict[str, bool] = dict(holds)
         self._timer = asyncio.get_running_loop().create_task(self._tick_loop())
-        # What is alive now (modules, the recovered state) lives as long as the process: the cyclic
-        # collector need not scan it again. Full collections over that heap took a fifth of a busy
-        # orchestrator's time (benchmarks/dispatch.py, issue 17.4).
-        gc.freeze()
+        freeze_once()  # modules and models live as long as the process: no full collection rescans them
         log.info("orchestrator started: %d live tasks, %d ended", len(live), len(done))
 
     async def close(self) -> None:

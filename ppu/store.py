@@ -289,6 +289,13 @@ class Store:
         if self._lock_conn is not None:
             conn, self._lock_conn = self._lock_conn, None
             try:
+                # Unlocked before this returns: the server ends a closed session's locks a moment
+                # later, and a second orchestrator started right after must find the lease free.
+                conn.execute(sa.text("SELECT pg_advisory_unlock(hashtext('ppu-writer:' || current_schema()))"))
+                conn.commit()
+            except sa.exc.SQLAlchemyError:
+                pass
+            try:
                 # invalidate, not close: a pooled connection would keep the session (and the lock) alive
                 conn.invalidate()
             except sa.exc.SQLAlchemyError:

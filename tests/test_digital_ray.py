@@ -116,7 +116,9 @@ def test_the_scheduler_retries_an_attempt_whose_actor_died(tmp_path: Path) -> No
     import ray
 
     backend = build_backend(slow_echo_entry(1.0))
-    lab = lab_config(tmp_path, [])
+    # Heartbeats generous enough that a loaded machine (Ray restarting an actor on 2 cores) is not
+    # taken for a lost worker: the one failed attempt here must be the killed actor's.
+    lab = lab_config(tmp_path, [], orchestrator={"heartbeat_s": 1.0, "missed_heartbeats": 5, "backoff_base_s": 0.0})
 
     async def go() -> Any:
         async with EmbeddedLab(lab, backends=[backend]) as client:

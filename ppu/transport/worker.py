@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import time
 import uuid
@@ -31,6 +30,7 @@ import zmq.asyncio
 
 from ppu import protocol as p
 from ppu.backends.base import Backend
+from ppu.heap import freeze_once
 from ppu.host import BackendHost
 from ppu.models import Result
 from ppu.transport.security import CurveKeys
@@ -73,7 +73,7 @@ class Worker:
     async def start(self) -> None:
         for host in self.hosts.values():
             await host.start()
-        gc.freeze()  # the backends' models and modules live as long as the process (see Orchestrator.start)
+        freeze_once()  # modules and models live as long as the process: no full collection rescans them
         self._open()
         self._main = asyncio.get_running_loop().create_task(self._loop())
 
