@@ -467,12 +467,10 @@ class Orchestrator:
 
     def finished(self, result: Result, backend: str | None = None) -> None:
         """Record a result (idempotent by task id + attempt). The caller acks after this returns."""
-        if result.status is ResultStatus.succeeded:
-            state = self.sched.state_of(result.task_id)
-            live = state is not None and state not in TERMINAL_STATES
-            block_result = result.artifact is not None and live and self.sched.task(result.task_id).block is not None
-            if live and not block_result:  # a block result's rows are in its artifact, its outputs a summary
-                cap = self.sched.task(result.task_id).capability
+        work = self.sched.work_of(result.task_id) if result.status is ResultStatus.succeeded else None
+        if work is not None:
+            cap, block = work
+            if not (block and result.artifact is not None):  # a block result's rows are in its artifact
                 try:
                     outputs = capabilities.validate_outputs(cap, result.outputs)
                     result = result.model_copy(update={"outputs": outputs})

@@ -48,6 +48,7 @@ from ppu.events import (
     Undelivered,
 )
 from ppu.models import (
+    TERMINAL_STATES,
     ActionClass,
     ApprovalState,
     Artifact,
@@ -311,6 +312,12 @@ class Scheduler:
         if t is None or t.state is not S.assigned or t.attempts != attempt:
             return None
         return t.capability, t.inputs, t.campaign, t.sample_id, t.block
+
+    def work_of(self, task_id: str) -> tuple[str, bool] | None:
+        """(capability, whether it is a block task) of a live task; None for an ended or unknown one.
+        (Cheaper than :meth:`task`, which builds the whole record: this runs for every result.)"""
+        t = self._tasks.get(task_id)
+        return (t.capability, t.block is not None) if t is not None and t.state not in TERMINAL_STATES else None
 
     def holder(self, task_id: str) -> tuple[str | None, int] | None:
         """(backend, attempt) of a live task's current attempt; None for an ended or unknown task."""
