@@ -197,6 +197,8 @@ def campaign_runner(config: str | Path) -> Callable[..., Any] | None:
     way from both. A pack that is not installed, or brings no loop of its own, is a ConfigError."""
     import yaml
 
+    if not Path(config).is_file():
+        return None  # the campaign loader says what is wrong with the path, as for any campaign file
     try:
         raw = yaml.safe_load(Path(config).read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
