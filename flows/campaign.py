@@ -212,7 +212,7 @@ async def wind_down_hook(flow: Any, flow_run: FlowRun, state: State) -> None:
         _write_summary(out, {"campaign": pack_campaign_name(config_path), "ended": state.name,
                              "flow_run": str(flow_run.id), "reason": reason,
                              "error": "a pack's own campaign loop runs its own lab, which the flow does not wind "
-                                      "down: what it left is in that lab's store (ppu status, ppu review)"})
+                                      f"down: what it left is in that lab's store under {out / '.pack-run'}"})
         return
     cfg = (CampaignConfig.model_validate(params["campaign"]) if params.get("campaign")
            else load_campaign(config_path))
