@@ -7,7 +7,13 @@ run again (retries=2); synthesis and characterisation are ``once`` work (consume
 the world) and never retried here (retries=0; the orchestrator sends an interrupted one to review).
 
 The flow talks to the lab only through the PPU client (an EmbeddedLab over loopback ZMQ for the
-simulated lab).
+simulated lab). It runs every kind of campaign file ``ppu campaign run`` runs: a lab campaign (the loop
+above), a replay campaign (``world: {replay: ...}``: a table answers, no lab) and a pack's campaign
+(``pack: NAME``: that pack's own loop, found through the pack's ``campaign_runner``). Each ends with its
+summary as the flow's persisted result, in ``summary.json``, and as a markdown artifact
+(``campaign-NAME``: the figures and links to the plots); task runs are tagged ``campaign:NAME``.
+Deployments (``prefect.yaml``): one per shipped campaign; a relative ``run_dir`` lies under
+``$PPU_RUNS`` on the worker when that is set.
 
 Stopping early: the flow's ``on_cancellation`` and ``on_crashed`` hooks wind the campaign down
 (:func:`ppu.campaign.handover.wind_down`): every live task of the campaign is cancelled (running
@@ -71,10 +77,15 @@ if "prefect" not in sys.modules:
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import contextlib  # noqa: E402
+import io  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import shutil  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
+import yaml  # noqa: E402
 from prefect import flow, tags, task  # noqa: E402
 from prefect.artifacts import acreate_markdown_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
@@ -82,10 +93,11 @@ from prefect.client.schemas.objects import FlowRun, State  # noqa: E402
 from prefect.context import FlowRunContext  # noqa: E402
 from prefect.states import Cancelled  # noqa: E402
 
+from ppu import packs  # noqa: E402
 from ppu.campaign.config import CampaignConfig, load_campaign  # noqa: E402
 from ppu.campaign.handover import wind_down  # noqa: E402
 from ppu.campaign.optimizer import Decision  # noqa: E402
-from ppu.campaign.report import summary_table, write_report  # noqa: E402
+from ppu.campaign.report import run_replay_cli, summary_table, write_report  # noqa: E402
 from ppu.campaign.runner import CampaignLoop, lab_config, run_campaign  # noqa: E402
 from ppu.errors import PPUError  # noqa: E402
 from ppu.models import Task  # noqa: E402
@@ -113,6 +125,50 @@ async def workflow_step(loop: CampaignLoop, step: str, capability: str, inputs: 
 @task(name="learn", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
 async def learn(loop: CampaignLoop) -> None:
     await loop.learn()
+
+
+@task(name="replay", retries=0, cache_policy=NO_CACHE)
+async def replay(cfg: CampaignConfig, config_path: str | None, out: Path) -> dict[str, Any]:
+    """A replay campaign: the generic loop on the table's rows (no lab: the table answers)."""
+    # relative table paths are read from the campaign file's folder; a campaign given as a model has no
+    # file, so from the working directory (a deployment's pulled code)
+    where = Path(config_path) if config_path else Path("campaign.yaml")
+    summary: dict[str, Any] = await asyncio.to_thread(run_replay_cli, cfg, where, out, _console())
+    return summary
+
+
+@task(name="pack-campaign", task_run_name="{name}", retries=0, cache_policy=NO_CACHE)
+async def pack_campaign(runner: Callable[..., Any], name: str, config_path: str, out: Path) -> dict[str, Any]:
+    """A campaign file naming a pack (``pack: NAME``) runs that pack's own loop, as ``ppu campaign run`` does.
+
+    Its physical steps consume material: never retried here. The pack's runner empties the folder it
+    is given, which holds this flow's own files (and, run locally, Prefect's home): it runs in a folder
+    of its own, whose contents then join the run folder."""
+    stage = out / ".pack-run"
+    summary: dict[str, Any] = await asyncio.to_thread(runner, config_path, stage, _console())
+    for item in stage.iterdir():
+        dest = out / item.name
+        if dest.is_dir():
+            shutil.rmtree(dest)
+        elif dest.exists():
+            dest.unlink()
+        shutil.move(str(item), str(dest))
+    stage.rmdir()
+    _console().print(f"(moved into the run folder {out})")
+    return summary
+
+
+def _console() -> Any:
+    """Where a pack's loop or a replay prints: the caller's console (the CLI), else nowhere (a worker)."""
+    from rich.console import Console
+
+    return _HOOKS.get("console") or Console(file=io.StringIO(), width=120)
+
+
+def pack_campaign_name(config_path: str | Path) -> str:
+    """The name of the campaign in a pack's campaign file (its tag), without the pack's own loader."""
+    raw = yaml.safe_load(Path(config_path).read_text())
+    return str(raw.get("name") or Path(config_path).stem)
 
 
 class FlowLoop(CampaignLoop):
@@ -149,13 +205,24 @@ CANCEL_POLL_S = 1.0  # how often a directly started flow run looks whether it wa
 async def wind_down_hook(flow: Any, flow_run: FlowRun, state: State) -> None:
     """``on_cancellation`` / ``on_crashed``: cancel or hand over the campaign's tasks; write summary.json."""
     params = flow_run.parameters or {}
-    cfg = (CampaignConfig.model_validate(params["campaign"]) if params.get("campaign")
-           else load_campaign(params.get("config_path", "campaigns/demo.yaml")))
-    out = Path(params.get("run_dir", "runs/campaign")).resolve()
+    out = run_folder(params.get("run_dir", "runs/campaign"))
     reason = f"Prefect flow run {flow_run.name} {(state.name or state.type.value).lower()}"
+    config_path = params.get("config_path", "campaigns/demo.yaml")
+    if not params.get("campaign") and packs.campaign_runner(config_path) is not None:
+        _write_summary(out, {"campaign": pack_campaign_name(config_path), "ended": state.name,
+                             "flow_run": str(flow_run.id), "reason": reason,
+                             "error": "a pack's own campaign loop runs its own lab, which the flow does not wind "
+                                      f"down: what it left is in that lab's store under {out / '.pack-run'}"})
+        return
+    cfg = (CampaignConfig.model_validate(params["campaign"]) if params.get("campaign")
+           else load_campaign(config_path))
     from ppu.transport.client import AsyncPPUClient
 
     report: dict[str, Any]
+    if cfg.world.replay is not None:  # the table answers: no lab, nothing live to cancel or hand over
+        _write_summary(out, {"campaign": cfg.name, "ended": state.name, "flow_run": str(flow_run.id),
+                             "reason": reason, "cancelled": [], "handed_over": []})
+        return
     try:
         address = _LIVE.get(str(out))
         if address is not None:  # the lab is up in this process: running plans are aborted now
@@ -172,11 +239,22 @@ async def wind_down_hook(flow: Any, flow_run: FlowRun, state: State) -> None:
                     report = await wind_down(client, cfg.name, reason, wait_s=grace + 5)
     except PPUError as exc:
         report = {"reason": reason, "error": f"{exc}" + (f" ({exc.hint})" if exc.hint else "")}
-    summary = {"campaign": cfg.name, "ended": state.name, "flow_run": str(flow_run.id), **report}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    _write_summary(out, {"campaign": cfg.name, "ended": state.name, "flow_run": str(flow_run.id), **report})
     log.warning("campaign %s wound down (%s): %d task(s) cancelled, %d handed over; see %s", cfg.name,
                 reason, len(report.get("cancelled", [])), len(report.get("handed_over", [])), out / "summary.json")
+
+
+def run_folder(run_dir: str | Path) -> Path:
+    """A relative run folder lies under ``$PPU_RUNS`` where that is set (a deployment's worker: its runs
+    start in a temporary clone of the code, deleted after the run), else under the working directory."""
+    path = Path(run_dir)
+    base = os.environ.get("PPU_RUNS")
+    return (Path(base) / path if base and not path.is_absolute() else path).resolve()
+
+
+def _write_summary(out: Path, summary: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
 
 
 async def _cancel_requested(flow_run_id: Any) -> State:
@@ -194,13 +272,18 @@ async def _cancel_requested(flow_run_id: Any) -> State:
                 return state
 
 
-def summary_markdown(summary: dict[str, Any], run_dir: Path) -> str:
-    """The summary as a markdown table, with the plots' paths (a Prefect artifact)."""
+def artifact_key(name: str) -> str:
+    """Prefect's artifact keys take lower-case letters, digits and dashes only."""
+    return "campaign-" + "".join(c if c.isalnum() else "-" for c in name.lower())
+
+
+def summary_markdown(summary: dict[str, Any], run_dir: Path, since: float = 0.0) -> str:
+    """The summary as a markdown table, with links to the plots written since ``since`` (a Prefect artifact)."""
     rows = [f"| {k.replace('_', ' ')} | {v:.4g} |" if isinstance(v, float) else f"| {k.replace('_', ' ')} | {v} |"
             for k, v in summary.items() if isinstance(v, int | float | str) and not isinstance(v, bool)]
-    plots = sorted(p.name for p in run_dir.glob("*.png"))
+    plots = [f"[{p.name}]({p.resolve().as_uri()})" for p in sorted(run_dir.glob("*.png")) if p.stat().st_mtime >= since]
     return "\n".join([f"# Campaign {summary.get('campaign')}", "", "| figure | value |", "|---|---|", *rows, "",
-                      "Plots in " + str(run_dir.resolve()) + ": " + ", ".join(plots)])
+                      f"Plots (on the machine that ran it, in {run_dir.resolve()}): " + ", ".join(plots)])
 
 
 @flow(name="closed-loop-campaign", log_prints=False, persist_result=True, on_cancellation=[wind_down_hook],
@@ -211,9 +294,17 @@ async def closed_loop(config_path: str = "campaigns/demo.yaml", run_dir: str = "
 
     ``campaign``: the campaign itself (a typed form with every field described); when given, it is
     run instead of the file at ``config_path``. Task runs are tagged ``campaign:NAME``.
+
+    Three kinds of campaign file run here, as ``ppu campaign run`` runs them: a lab campaign (the
+    closed loop on the simulated or a running lab, each step a task run), a replay campaign
+    (``world: {replay: ...}``: the table answers, no lab) and a pack's campaign (``pack: NAME``: that
+    pack's own loop). Only a lab campaign is wound down by the hooks: the other two have no lab of
+    this flow's to stop.
     """
-    cfg = campaign or load_campaign(config_path)
-    out = Path(run_dir).resolve()
+    runner = packs.campaign_runner(config_path) if campaign is None else None
+    cfg = None if runner is not None else campaign or load_campaign(config_path)
+    name = cfg.name if cfg is not None else pack_campaign_name(config_path)
+    out = run_folder(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     ctx = FlowRunContext.get()
     flow_run = ctx.flow_run if ctx is not None else None
@@ -226,14 +317,24 @@ async def closed_loop(config_path: str = "campaigns/demo.yaml", run_dir: str = "
             _HOOKS["lab"](address)
 
     async def campaign_run() -> dict[str, Any]:
-        with tags("ppu", f"campaign:{cfg.name}"):
-            result = await run_campaign(cfg, out, loop_class=FlowLoop, on_progress=_HOOKS.get("progress"),
-                                        on_stage=_HOOKS.get("stage"), on_lab=on_lab)
-        summary = write_report(result, out)
-        await acreate_markdown_artifact(markdown=summary_markdown(summary, out), key=f"campaign-{cfg.name.lower()}"
-                                        .replace("_", "-").replace(".", "-"), description=f"campaign {cfg.name}")
+        summary: dict[str, Any]
+        t0 = time.time() - 1.0  # file times are coarse on some filesystems
+        with tags("ppu", f"campaign:{name}"):
+            if cfg is None:
+                assert runner is not None
+                summary = await pack_campaign(runner, name, str(config_path), out)
+            elif cfg.world.replay is not None:
+                summary = await replay(cfg, None if campaign is not None else str(config_path), out)
+            else:
+                result = await run_campaign(cfg, out, loop_class=FlowLoop, on_progress=_HOOKS.get("progress"),
+                                            on_stage=_HOOKS.get("stage"), on_lab=on_lab)
+                summary = write_report(result, out)
+        await acreate_markdown_artifact(markdown=summary_markdown({"campaign": name, **summary}, out, t0),
+                                        key=artifact_key(name), description=f"campaign {name}")
         return summary
 
+    if cfg is None or cfg.world.replay is not None:  # nothing of this flow's to stop early: no watch
+        return await campaign_run()
     work = asyncio.ensure_future(campaign_run())
     watch = asyncio.ensure_future(_cancel_requested(flow_run.id)) if flow_run is not None else None
     try:
@@ -278,7 +379,14 @@ def run_with_progress(config_path: str | Path, run_dir: str | Path, console: Any
     from ppu.campaign.report import LiveDashboard
 
     console = console or Console()
-    cfg = load_campaign(config_path)
+    cfg = None if packs.campaign_runner(config_path) is not None else load_campaign(config_path)
+    if cfg is None or cfg.world.replay is not None:  # a pack's loop or a replay: it prints its own progress
+        _HOOKS["console"] = console
+        try:
+            return _ended(asyncio.run(closed_loop(str(config_path), str(run_dir), return_state=True)),  # type: ignore[arg-type]
+                          run_dir)
+        finally:
+            _HOOKS.clear()
     live = LiveDashboard(console, cfg.name) if dashboard else None
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("best {task.fields[best]:.2f}"), TimeElapsedColumn(), console=console) as bar:
@@ -293,6 +401,15 @@ def run_with_progress(config_path: str | Path, run_dir: str | Path, console: Any
             _HOOKS.clear()
             if live is not None:
                 live.stop()
+    summary = _ended(state, run_dir)
+    console.print(summary_table(summary))
+    console.print(f"run folder: {run_dir}  (decisions.jsonl, summary.json, best_vs_experiments.png, gantt.png, "
+                  "parity.png)")
+    return summary
+
+
+def _ended(state: State, run_dir: str | Path) -> dict[str, Any]:
+    """The summary of a completed flow run; a PPUError saying what was wound down otherwise."""
     if not state.is_completed():
         ended = json.loads((Path(run_dir) / "summary.json").read_text()) if (Path(run_dir) / "summary.json").exists() \
             else {}
@@ -300,9 +417,6 @@ def run_with_progress(config_path: str | Path, run_dir: str | Path, console: Any
                        f"cancelled, {len(ended.get('handed_over', []))} handed over",
                        hint=f"see {Path(run_dir) / 'summary.json'} (ppu review lists what waits for a person)")
     summary: dict[str, Any] = state.result()
-    console.print(summary_table(summary))
-    console.print(f"run folder: {run_dir}  (decisions.jsonl, summary.json, best_vs_experiments.png, gantt.png, "
-                  "parity.png)")
     return summary
 
 

@@ -7,8 +7,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).parent.parent
 
@@ -30,23 +32,62 @@ def test_flow_runs_cleanly_under_prefect(tmp_path: Path) -> None:
     assert not (tmp_path / "home" / ".prefect").exists()
     # what a user of Prefect looks for: the summary as a markdown artifact, task runs tagged with the
     # campaign and named after the workflow's steps, the flow's result persisted
+    got = _what_prefect_holds(run_dir, env)
+    art = got["arts"]["campaign-flowtest"]
+    assert art[0] == "markdown" and "| best found |" in art[1], art
+    assert f"[gantt.png]({(run_dir / 'gantt.png').resolve().as_uri()})" in art[1], art[1]
+    assert "campaign:flowtest" in got["tags"]
+    assert {"synthesise", "xrd"} <= set(got["names"])
+    assert got["results"] == [json.loads((run_dir / "summary.json").read_text())]
+
+
+@pytest.mark.slow
+def test_a_packs_campaign_runs_as_the_flow(tmp_path: Path) -> None:
+    """A campaign file naming a pack (`pack: flowchem`) runs that pack's own loop inside the flow."""
+    raw = yaml.safe_load((ROOT / "campaigns/flowchem.yaml").read_text())
+    raw.update(name="fc-flow", budget={"experiments": 3}, optimiser={"strategy": "qlognei", "n_init": 2,
+                                                                    "screen_size": 16})
+    (tmp_path / "campaigns").mkdir()
+    cfg = tmp_path / "campaigns" / "fc.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["HOME"] = str(tmp_path / "home")
+    proc = subprocess.run([sys.executable, "-m", "ppu.flows.campaign", str(cfg), "--run-dir", str(run_dir)],
+                          capture_output=True, text=True, timeout=280, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "CancelledError" not in proc.stderr, proc.stderr[-3000:]
+    assert "best measured yield" in proc.stdout  # the pack's own summary table, on the caller's console
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["campaign"] == "fc-flow" and summary["experiments"] == 3
+    # the pack's files joined the run folder, beside the flow's own (its Prefect home is still there)
+    assert (run_dir / "best_so_far.png").is_file() and (run_dir / "decisions.jsonl").is_file()
+    assert not (run_dir / ".pack-run").exists() and (run_dir / "prefect-home").is_dir()
+    got = _what_prefect_holds(run_dir, env)
+    art = got["arts"]["campaign-fc-flow"]
+    assert art[0] == "markdown" and "| experiments | 3 |" in art[1], art
+    assert f"[best_so_far.png]({(run_dir / 'best_so_far.png').resolve().as_uri()})" in art[1], art[1]
+    assert "campaign:fc-flow" in got["tags"] and "fc-flow" in got["names"]
+    assert got["results"] == [summary]
+
+
+def _what_prefect_holds(run_dir: Path, env: dict[str, str]) -> dict[str, Any]:
+    """Artifacts, task-run tags and names, and the flow runs' results read back from their storage."""
     probe = ("import asyncio, json\nfrom prefect.client.orchestration import get_client\n"
              "async def main():\n    async with get_client() as c:\n"
              "        arts = await c.read_artifacts()\n        runs = await c.read_task_runs()\n"
              "        flows = await c.read_flow_runs()\n"
-             "        print(json.dumps({'arts': [[a.key, a.type, str(a.data)] for a in arts],\n"
+             "        print(json.dumps({'arts': {a.key: [a.type, str(a.data)] for a in arts if a.key},\n"
              "                          'tags': sorted({t for r in runs for t in r.tags}),\n"
              "                          'names': sorted({r.name for r in runs}),\n"
-             "                          'persisted': [f.state.data is not None for f in flows]}))\n"
+             "                          'results': [await f.state.aresult() for f in flows]}))\n"
              "asyncio.run(main())\n")
-    env.update({"PREFECT_HOME": str(run_dir / "prefect-home"), "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE": "true",
-                "PREFECT_LOGGING_LEVEL": "ERROR"})
+    env = {**env, "PREFECT_HOME": str(run_dir / "prefect-home"), "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE": "true",
+           "PREFECT_LOGGING_LEVEL": "ERROR"}
     seen = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env)
     assert seen.returncode == 0, seen.stderr[-2000:]
-    got = json.loads(seen.stdout.strip().splitlines()[-1])
-    assert any(k == "campaign-flowtest" and t == "markdown" and "| best found |" in d for k, t, d in got["arts"])
-    assert "campaign:flowtest" in got["tags"]
-    assert {"synthesise", "xrd"} <= set(got["names"]) and all(got["persisted"])
+    got: dict[str, Any] = json.loads(seen.stdout.strip().splitlines()[-1])
+    return got
 
 
 def test_only_repeatable_steps_are_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -150,3 +150,23 @@ def test_sample_semantics_come_from_the_declarations(tmp_path: Path) -> None:
     finally:
         for cap in (MAKE, CUT):
             capabilities.unregister(cap.name)
+
+
+def test_a_campaign_file_naming_a_pack_finds_that_packs_loop(tmp_path: Path) -> None:
+    """`ppu campaign run` and the Prefect flow both ask packs.campaign_runner which loop runs a file."""
+    root = Path(__file__).parent.parent
+    assert packs.campaign_runner(root / "campaigns/demo.yaml") is None  # no `pack:`: the default loop
+    runner = packs.campaign_runner(root / "campaigns/flowchem.yaml")
+    assert runner is not None and runner.__module__ == "ppu.simulators.flowchem.campaign"
+    f = tmp_path / "c.yaml"
+    f.write_text("pack: core\nname: x\n")
+    with pytest.raises(ConfigError, match="brings no campaign loop") as exc:
+        packs.campaign_runner(f)
+    assert exc.value.field == "pack"
+    f.write_text("pack: no-such-pack\nname: x\n")
+    with pytest.raises(ConfigError, match="not installed") as exc:
+        packs.campaign_runner(f)
+    assert exc.value.field == "packs"
+    f.write_text("pack: [unclosed\n")
+    with pytest.raises(ConfigError, match="cannot be read"):
+        packs.campaign_runner(f)
