@@ -641,9 +641,10 @@ def campaign_run(
                        hint="try campaigns/demo.yaml"))
     _writable(run_dir, "--run-dir")
     try:
-        runner = _campaign_runner(config)
-        if runner is not None:  # a campaign file that names its pack runs that pack's loop
-            runner(config, run_dir, console)
+        if _is_lab_campaign(config):  # the problem declares its variables and names the lab it runs on
+            from ppu.campaign.declared_report import run_lab_campaign_cli
+
+            run_lab_campaign_cli(config, run_dir, console)
             return
         from ppu.campaign import run_campaign_cli
 
@@ -652,25 +653,16 @@ def campaign_run(
         _fail(exc)
 
 
-def _campaign_runner(config: Path) -> Callable[..., Any] | None:
-    """The loop of the pack a campaign file names (``pack: NAME``), if that pack brings its own."""
+def _is_lab_campaign(config: Path) -> bool:
     import yaml
 
-    from ppu import packs
+    from ppu.campaign.declared import is_lab_campaign
 
     try:
         raw = yaml.safe_load(config.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"campaign file {config} cannot be read: {exc}", hint="pass a campaign YAML file") from None
-    name = raw.get("pack") if isinstance(raw, dict) else None
-    if not name:
-        return None
-    reg = packs.load([str(name)])
-    path = reg.packs[str(name)].campaign_runner
-    if path is None:
-        raise ConfigError(f"pack {name!r} brings no campaign loop of its own", field="pack",
-                          hint="leave `pack:` out to run the default campaign loop")
-    return packs.resolve(path, "campaign runner")  # type: ignore[no-any-return]
+    return is_lab_campaign(raw)
 
 
 @app.command("packs")

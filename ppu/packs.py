@@ -51,8 +51,12 @@ class Pack:
     campaigns: tuple[Path, ...] = ()
     objectives: dict[str, str] = field(default_factory=dict)  # capability -> output the dashboard plots
     conformance: dict[str, str] = field(default_factory=dict)  # backend type -> "module:Class" (ppu.conformance)
-    # "module:function(config_path, run_dir, console)" that runs a campaign file naming this pack (`pack: NAME`)
-    campaign_runner: str | None = None
+    # "module:function(lab: dict, settings: dict) -> dict": makes a lab file (as a dict) a campaign's simulated
+    # lab; settings: name, seed, time_scale, run_dir, world (ppu.campaign.declared)
+    campaign_lab: str | None = None
+    # "module:function(world: dict) -> truth": what a simulated campaign is scored on; the truth has
+    # expected(points, output) -> array | None and optimum(output) -> (point, value) | None
+    campaign_truth: str | None = None
 
 
 def resolve(path: str, what: str = "object") -> Any:

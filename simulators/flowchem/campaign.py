@@ -47,7 +47,10 @@ class FlowTruth:
     def expected(self, points: Sequence[dict[str, Any]], output: str) -> np.ndarray | None:
         if output not in ("yield", "product_yield"):
             return None
-        return np.array([self.world.expected_yield(recipe(p)) for p in points], dtype=float)
+        recipes = [recipe(p) for p in points]
+        if len(recipes) > 64:  # a baseline's many points: the fast semi-implicit integrator (within ~1 %)
+            return self.world.expected_yield_batch(recipes)
+        return np.array([self.world.expected_yield(r) for r in recipes], dtype=float)
 
     def optimum(self, output: str) -> tuple[dict[str, Any], float] | None:
         if output not in ("yield", "product_yield"):
