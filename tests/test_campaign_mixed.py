@@ -136,3 +136,31 @@ def test_while_every_result_is_alike_no_gp_is_fitted() -> None:
     gen.ingest([{**x, "f": 0.4}])  # one that differs: the GP proposes again
     gen.suggest(1)
     assert gen.fits == 1 and "qLogNEI" in gen.last_why
+
+
+def test_too_many_label_combinations_search_a_seeded_subset() -> None:
+    p = Problem.model_validate({"variables": {"u": ["a", "b", "c"], "v": ["x", "y", "z"], "t": [0, 1]},
+                                "objectives": {"f": "MAXIMIZE"}})
+    fixed, relaxed, note = combinations(p, np.random.default_rng(0), cap=5)
+    again, _, _ = combinations(p, np.random.default_rng(0), cap=5)
+    assert 1 <= len(fixed) <= 5 and fixed == again and not relaxed and "of 9 label combinations" in note
+    assert all(sum(ff[c] for c in range(3)) == 1 and sum(ff[c] for c in range(3, 6)) == 1 for ff in fixed)
+
+
+def test_a_space_of_labels_and_levels_only_scores_every_combination() -> None:
+    import torch
+
+    from ppu.campaign.mixed import optimise_box
+
+    p = Problem.model_validate({"variables": {"kind": ["a", "b", "c"], "n": {"type": "integer", "domain": [1, 3]}},
+                                "objectives": {"f": "MAXIMIZE"}})
+    target = torch.tensor(p.encode([{"kind": "c", "n": 2}])[0])
+    calls: list[int] = []
+
+    def acq(x: torch.Tensor) -> torch.Tensor:  # peaks at (c, 2): the enumeration must find it
+        calls.append(len(x))
+        return -((x.squeeze(1) - target) ** 2).sum(-1)
+
+    u, how = optimise_box(acq, p)
+    assert p.decode(u[None]) == [{"kind": "c", "n": 2}] and calls == [9]
+    assert how == "over the mixed space: every combination scored, 9 fixed combination(s)"

@@ -95,6 +95,16 @@ def test_the_cli_names_a_missing_lab_file_and_shows_no_traceback(tmp_path: Path)
     assert "lab" in text and "Traceback" not in text
 
 
+def test_a_running_lab_that_does_not_answer_is_named(tmp_path: Path) -> None:
+    lab = yaml.safe_load((ROOT / "labs" / "flowchem-sim.yaml").read_text())
+    lab["orchestrator"]["bind"] = "tcp://127.0.0.1:1"  # nobody listens on port 1
+    (tmp_path / "lab.yaml").write_text(yaml.safe_dump(lab))
+    cfg = _fast(lab=str(tmp_path / "lab.yaml"), simulated=False)
+    with pytest.raises(ConfigError, match=r"no orchestrator answers at tcp://127\.0\.0\.1:1") as err:
+        asyncio.run(run_lab_campaign(cfg, tmp_path / "run"))
+    assert err.value.field == "lab"
+
+
 def test_the_closed_loop_on_the_generic_runner_beats_random_search(tmp_path: Path) -> None:
     """Seeded: twin screen, then qLogNEI over the box once per ligand; each experiment a reaction and an
     HPLC through the orchestrator, two in flight."""

@@ -109,8 +109,12 @@ def combinations(problem: Problem, rng: np.random.Generator, cap: int = MAX_COMB
 def optimise_box(acq: Any, problem: Problem, *, seed: int = 0, num_restarts: int = 4, raw_samples: int = 128,
                  maxiter: int = 60, cap: int = MAX_COMBINATIONS) -> tuple[np.ndarray, str]:
     """The encoded point (a row of the unit cube, already snapped to valid values) that maximises
-    ``acq`` over the declared space, and how it was searched. Past four combinations, each gets half
-    the restarts and raw samples (the combinations themselves are the wider search)."""
+    ``acq`` over the declared space, and how it was searched. A continuous box gets 6 restarts from
+    256 raw samples; a mixed space ``num_restarts`` from ``raw_samples`` per combination, halved past
+    four combinations (the combinations themselves are the wider search), ``maxiter`` L-BFGS steps."""
+    from ppu.campaign.generators import _import_botorch
+
+    _import_botorch()  # its import-time deprecation notice muted, as for every GP of the campaign layer
     import torch
     from botorch.optim import optimize_acqf, optimize_acqf_mixed
 
@@ -124,8 +128,8 @@ def optimise_box(acq: Any, problem: Problem, *, seed: int = 0, num_restarts: int
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # restarts that stop early still return
         if all(isinstance(v, ContinuousVariable) for v in problem.variables.values()):
-            best, _ = optimize_acqf(acq, bounds=bounds, q=1, num_restarts=num_restarts, raw_samples=raw_samples,
-                                    equality_constraints=eq, options=options)
+            best, _ = optimize_acqf(acq, bounds=bounds, q=1, num_restarts=6, raw_samples=256,
+                                    equality_constraints=eq)
             return best.detach().numpy()[0], f"over the continuous box{mix}"
         fixed, relaxed, note = combinations(problem, np.random.default_rng(seed), cap)
         for lev in relaxed:  # the interval between the lowest and the highest level, nothing beyond
@@ -133,17 +137,20 @@ def optimise_box(acq: Any, problem: Problem, *, seed: int = 0, num_restarts: int
                 bounds[0, c] = min(r[0] for r in lev.rows)
                 bounds[1, c] = max(r[0] for r in lev.rows)
         if len(fixed) == 0:
+            how = "optimize_acqf"
             best, _ = optimize_acqf(acq, bounds=bounds, q=1, num_restarts=num_restarts, raw_samples=raw_samples,
                                     equality_constraints=eq, options=options)
         elif len(fixed[0]) == d:  # nothing continuous left: score every combination
+            how = "every combination scored"
             xs = torch.tensor([[ff[c] for c in range(d)] for ff in fixed], dtype=torch.float64).unsqueeze(1)
             with torch.no_grad():
                 best = xs[int(torch.argmax(acq(xs)))]
         else:
+            how = "optimize_acqf_mixed"
             wide = len(fixed) > 4
             best, _ = optimize_acqf_mixed(acq, bounds=bounds, q=1, num_restarts=max(1, num_restarts // (1 + wide)),
                                           raw_samples=max(16, raw_samples // (1 + wide)), fixed_features_list=fixed,
                                           equality_constraints=eq, options=options)
     u = best.detach().numpy().reshape(1, d)
     snapped = problem.encode(problem.decode(u))  # integers rounded, levels and labels snapped
-    return snapped[0], f"over the mixed space: optimize_acqf_mixed, {note}{mix}"
+    return snapped[0], f"over the mixed space: {how}, {note}{mix}"
