@@ -64,7 +64,8 @@ class Optimiser(Strict):
 
 
 class Screening(Strict):
-    """A digital twin scores random points of the space first; the initial design takes the best of them."""
+    """A digital twin scores random points of the space first; BoTorch's initial design takes the best of them
+    (the random and Sobol baselines take no screen: it is skipped for them)."""
 
     capability: str = Field(min_length=1, description="the twin's capability, e.g. predict.yield")
     inputs: dict[str, Any] = Field(description="its inputs, as a workflow step's: $candidate, $candidate.NAME, "
