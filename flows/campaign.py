@@ -8,8 +8,8 @@ the world) and never retried here (retries=0; the orchestrator sends an interrup
 
 The flow talks to the lab only through the PPU client (an EmbeddedLab over loopback ZMQ for the
 simulated lab). It runs every kind of campaign file ``ppu campaign run`` runs: a lab campaign (the loop
-above), a replay campaign (``world: {replay: ...}``: a table answers, no lab) and a pack's campaign
-(``pack: NAME``: that pack's own loop, found through the pack's ``campaign_runner``). Each ends with its
+above, on a world), a replay campaign (``world: {replay: ...}``: a table answers, no lab) and a campaign
+that declares its variables and names its lab (``lab:``, :mod:`ppu.campaign.declared`). Each ends with its
 summary as the flow's persisted result, in ``summary.json``, and as a markdown artifact
 (``campaign-NAME``: the figures and links to the plots); task runs are tagged ``campaign:NAME``.
 Deployments (``prefect.yaml``): one per shipped campaign; a relative ``run_dir`` lies under
@@ -93,8 +93,8 @@ from prefect.client.schemas.objects import FlowRun, State  # noqa: E402
 from prefect.context import FlowRunContext  # noqa: E402
 from prefect.states import Cancelled  # noqa: E402
 
-from ppu import packs  # noqa: E402
 from ppu.campaign.config import CampaignConfig, load_campaign  # noqa: E402
+from ppu.campaign.declared_report import runner_for  # noqa: E402
 from ppu.campaign.handover import wind_down  # noqa: E402
 from ppu.campaign.optimizer import Decision  # noqa: E402
 from ppu.campaign.report import run_replay_cli, summary_table, write_report  # noqa: E402
@@ -137,14 +137,15 @@ async def replay(cfg: CampaignConfig, config_path: str | None, out: Path) -> dic
     return summary
 
 
-@task(name="pack-campaign", task_run_name="{name}", retries=0, cache_policy=NO_CACHE)
-async def pack_campaign(runner: Callable[..., Any], name: str, config_path: str, out: Path) -> dict[str, Any]:
-    """A campaign file naming a pack (``pack: NAME``) runs that pack's own loop, as ``ppu campaign run`` does.
+@task(name="lab-campaign", task_run_name="{name}", retries=0, cache_policy=NO_CACHE)
+async def lab_campaign(runner: Callable[..., Any], name: str, config_path: str, out: Path) -> dict[str, Any]:
+    """A campaign file that declares its variables and names its lab runs its loop
+    (:func:`ppu.campaign.declared_report.run_lab_campaign_cli`), as ``ppu campaign run`` does.
 
-    Its physical steps consume material: never retried here. The pack's runner empties the folder it
-    is given, which holds this flow's own files (and, run locally, Prefect's home): it runs in a folder
+    Its physical steps consume material: never retried here. That runner empties the folder it is
+    given, which holds this flow's own files (and, run locally, Prefect's home): it runs in a folder
     of its own, whose contents then join the run folder."""
-    stage = out / ".pack-run"
+    stage = out / STAGE
     summary: dict[str, Any] = await asyncio.to_thread(runner, config_path, stage, _console())
     for item in stage.iterdir():
         dest = out / item.name
@@ -159,14 +160,17 @@ async def pack_campaign(runner: Callable[..., Any], name: str, config_path: str,
 
 
 def _console() -> Any:
-    """Where a pack's loop or a replay prints: the caller's console (the CLI), else nowhere (a worker)."""
+    """Where a declared lab campaign or a replay prints: the caller's console (the CLI), else nowhere."""
     from rich.console import Console
 
     return _HOOKS.get("console") or Console(file=io.StringIO(), width=120)
 
 
-def pack_campaign_name(config_path: str | Path) -> str:
-    """The name of the campaign in a pack's campaign file (its tag), without the pack's own loader."""
+STAGE = ".lab-run"  # where a declared lab campaign runs before its files join the run folder
+
+
+def file_campaign_name(config_path: str | Path) -> str:
+    """The name of the campaign in a campaign file (its tag), without its loader."""
     raw = yaml.safe_load(Path(config_path).read_text())
     return str(raw.get("name") or Path(config_path).stem)
 
@@ -208,11 +212,11 @@ async def wind_down_hook(flow: Any, flow_run: FlowRun, state: State) -> None:
     out = run_folder(params.get("run_dir", "runs/campaign"))
     reason = f"Prefect flow run {flow_run.name} {(state.name or state.type.value).lower()}"
     config_path = params.get("config_path", "campaigns/demo.yaml")
-    if not params.get("campaign") and packs.campaign_runner(config_path) is not None:
-        _write_summary(out, {"campaign": pack_campaign_name(config_path), "ended": state.name,
+    if not params.get("campaign") and runner_for(config_path) is not None:
+        _write_summary(out, {"campaign": file_campaign_name(config_path), "ended": state.name,
                              "flow_run": str(flow_run.id), "reason": reason,
-                             "error": "a pack's own campaign loop runs its own lab, which the flow does not wind "
-                                      f"down: what it left is in that lab's store under {out / '.pack-run'}"})
+                             "error": "a declared lab campaign runs its own lab, which the flow does not wind "
+                                      f"down: what it left is in that lab's store under {out / STAGE}"})
         return
     cfg = (CampaignConfig.model_validate(params["campaign"]) if params.get("campaign")
            else load_campaign(config_path))
@@ -296,14 +300,14 @@ async def closed_loop(config_path: str = "campaigns/demo.yaml", run_dir: str = "
     run instead of the file at ``config_path``. Task runs are tagged ``campaign:NAME``.
 
     Three kinds of campaign file run here, as ``ppu campaign run`` runs them: a lab campaign (the
-    closed loop on the simulated or a running lab, each step a task run), a replay campaign
-    (``world: {replay: ...}``: the table answers, no lab) and a pack's campaign (``pack: NAME``: that
-    pack's own loop). Only a lab campaign is wound down by the hooks: the other two have no lab of
+    closed loop on a simulated world or a running lab, each step a task run), a replay campaign
+    (``world: {replay: ...}``: the table answers, no lab) and a declared lab campaign (``lab:``: its
+    own loop, one task run). Only the first is wound down by the hooks: the other two have no lab of
     this flow's to stop.
     """
-    runner = packs.campaign_runner(config_path) if campaign is None else None
+    runner = runner_for(config_path) if campaign is None else None
     cfg = None if runner is not None else campaign or load_campaign(config_path)
-    name = cfg.name if cfg is not None else pack_campaign_name(config_path)
+    name = cfg.name if cfg is not None else file_campaign_name(config_path)
     out = run_folder(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     ctx = FlowRunContext.get()
@@ -322,7 +326,7 @@ async def closed_loop(config_path: str = "campaigns/demo.yaml", run_dir: str = "
         with tags("ppu", f"campaign:{name}"):
             if cfg is None:
                 assert runner is not None
-                summary = await pack_campaign(runner, name, str(config_path), out)
+                summary = await lab_campaign(runner, name, str(config_path), out)
             elif cfg.world.replay is not None:
                 summary = await replay(cfg, None if campaign is not None else str(config_path), out)
             else:
@@ -379,8 +383,8 @@ def run_with_progress(config_path: str | Path, run_dir: str | Path, console: Any
     from ppu.campaign.report import LiveDashboard
 
     console = console or Console()
-    cfg = None if packs.campaign_runner(config_path) is not None else load_campaign(config_path)
-    if cfg is None or cfg.world.replay is not None:  # a pack's loop or a replay: it prints its own progress
+    cfg = None if runner_for(config_path) is not None else load_campaign(config_path)
+    if cfg is None or cfg.world.replay is not None:  # a declared lab campaign or a replay: its own progress
         _HOOKS["console"] = console
         try:
             return _ended(asyncio.run(closed_loop(str(config_path), str(run_dir), return_state=True)),  # type: ignore[arg-type]

@@ -641,10 +641,10 @@ def campaign_run(
                        hint="try campaigns/demo.yaml"))
     _writable(run_dir, "--run-dir")
     try:
-        from ppu import packs
+        from ppu.campaign.declared_report import runner_for
 
-        runner = packs.campaign_runner(config)
-        if runner is not None:  # a campaign file that names its pack runs that pack's loop
+        runner = runner_for(config)
+        if runner is not None:  # the problem declares its variables and names the lab it runs on
             runner(config, run_dir, console)
             return
         from ppu.campaign import run_campaign_cli

@@ -51,8 +51,12 @@ class Pack:
     campaigns: tuple[Path, ...] = ()
     objectives: dict[str, str] = field(default_factory=dict)  # capability -> output the dashboard plots
     conformance: dict[str, str] = field(default_factory=dict)  # backend type -> "module:Class" (ppu.conformance)
-    # "module:function(config_path, run_dir, console)" that runs a campaign file naming this pack (`pack: NAME`)
-    campaign_runner: str | None = None
+    # "module:function(lab: dict, settings: dict) -> dict": makes a lab file (as a dict) a campaign's simulated
+    # lab; settings: name, seed, time_scale, run_dir, world (ppu.campaign.declared)
+    campaign_lab: str | None = None
+    # "module:function(world: dict) -> truth": what a simulated campaign is scored on; the truth has
+    # expected(points, output) -> array | None and optimum(output) -> (point, value) | None
+    campaign_truth: str | None = None
 
 
 def resolve(path: str, what: str = "object") -> Any:
@@ -188,27 +192,3 @@ def ensure_loaded() -> None:
     """Called by the capability registry before a look-up: load the default packs once."""
     if _active is None:
         active()
-
-
-def campaign_runner(config: str | Path) -> Callable[..., Any] | None:
-    """The loop of the pack a campaign file names (``pack: NAME``); None when it names none.
-
-    Shared by ``ppu campaign run`` and the Prefect flow, so that a pack's campaign file runs the same
-    way from both. A pack that is not installed, or brings no loop of its own, is a ConfigError."""
-    import yaml
-
-    if not Path(config).is_file():
-        return None  # the campaign loader says what is wrong with the path, as for any campaign file
-    try:
-        raw = yaml.safe_load(Path(config).read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"campaign file {config} cannot be read: {exc}", hint="pass a campaign YAML file") from None
-    name = raw.get("pack") if isinstance(raw, dict) else None
-    if not name:
-        return None
-    path = load([str(name)]).packs[str(name)].campaign_runner
-    if path is None:
-        raise ConfigError(f"pack {name!r} brings no campaign loop of its own", field="pack",
-                          hint="leave `pack:` out to run the default campaign loop")
-    runner: Callable[..., Any] = resolve(path, "campaign runner")
-    return runner

@@ -42,11 +42,13 @@ def test_flow_runs_cleanly_under_prefect(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_packs_campaign_runs_as_the_flow(tmp_path: Path) -> None:
-    """A campaign file naming a pack (`pack: flowchem`) runs that pack's own loop inside the flow."""
+def test_a_declared_lab_campaign_runs_as_the_flow(tmp_path: Path) -> None:
+    """A campaign file that declares its variables and names its lab (flowchem.yaml) runs inside the flow."""
     raw = yaml.safe_load((ROOT / "campaigns/flowchem.yaml").read_text())
-    raw.update(name="fc-flow", budget={"experiments": 3}, optimiser={"strategy": "qlognei", "n_init": 2,
-                                                                    "screen_size": 16})
+    raw.update(name="fc-flow", budget={"experiments": 3})
+    raw["optimiser"] = {**raw.get("optimiser", {}), "n_init": 2}
+    if raw.get("screening"):
+        raw["screening"] = {**raw["screening"], "size": 16}
     (tmp_path / "campaigns").mkdir()
     cfg = tmp_path / "campaigns" / "fc.yaml"
     cfg.write_text(yaml.safe_dump(raw))
@@ -57,16 +59,17 @@ def test_a_packs_campaign_runs_as_the_flow(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=280, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "CancelledError" not in proc.stderr, proc.stderr[-3000:]
-    assert "best measured yield" in proc.stdout  # the pack's own summary table, on the caller's console
+    assert "best measured yield" in proc.stdout  # the loop's own summary table, on the caller's console
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["campaign"] == "fc-flow" and summary["experiments"] == 3
-    # the pack's files joined the run folder, beside the flow's own (its Prefect home is still there)
-    assert (run_dir / "best_so_far.png").is_file() and (run_dir / "decisions.jsonl").is_file()
-    assert not (run_dir / ".pack-run").exists() and (run_dir / "prefect-home").is_dir()
+    # the loop's files joined the run folder, beside the flow's own (its Prefect home is still there)
+    assert (run_dir / "best_vs_experiments.png").is_file() and (run_dir / "decisions.jsonl").is_file()
+    assert not (run_dir / ".lab-run").exists() and (run_dir / "prefect-home").is_dir()
     got = _what_prefect_holds(run_dir, env)
     art = got["arts"]["campaign-fc-flow"]
     assert art[0] == "markdown" and "| experiments | 3 |" in art[1], art
-    assert f"[best_so_far.png]({(run_dir / 'best_so_far.png').resolve().as_uri()})" in art[1], art[1]
+    plot = run_dir / "best_vs_experiments.png"
+    assert f"[{plot.name}]({plot.resolve().as_uri()})" in art[1], art[1]
     assert "campaign:fc-flow" in got["tags"] and "fc-flow" in got["names"]
     assert got["results"] == [summary]
 

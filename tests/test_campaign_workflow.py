@@ -83,6 +83,21 @@ def test_a_failed_step_skips_what_needs_its_outputs_and_still_frees_the_slot() -
     assert freed == ["1"]
 
 
+def test_a_failure_declared_an_outcome_is_a_result_and_any_other_stays_a_failure() -> None:
+    wf = Workflow.model_validate({**WF, "steps": [{**WF["steps"][0], "on_error": [  # type: ignore[dict-item]
+        {"match": "clogged", "outputs": {"value": 0.0}}]}, *WF["steps"][1:]]})  # type: ignore[misc]
+
+    async def fails(why: str) -> Any:
+        async def step(s: Step, inputs: dict[str, Any], on_review: Any) -> tuple[str, dict[str, Any]]:
+            return "failed", {"error": why}
+        return await run_workflow(wf, {"x": 0.25}, step)
+
+    clogged = asyncio.run(fails("no fraction collected: coil clogged"))
+    assert clogged.outcome == "clogged" and clogged.outputs == {"quality": None, "value": 0.0}
+    other = asyncio.run(fails("pump stalled"))
+    assert other.outcome is None and other.outputs == {"quality": None, "value": None}
+
+
 @pytest.mark.parametrize(("change", "where"), [
     ({2: {"when": "quality is high"}}, "steps.2.when"),
     ({2: {"when": "nothing >= 1"}}, "steps.2.when"),
@@ -138,13 +153,18 @@ def test_the_lab_loop_follows_a_declared_gate(tmp_path: Path) -> None:
 
 
 def test_the_flow_chemistry_campaign_runs_its_declared_workflow(tmp_path: Path) -> None:
-    from ppu.simulators.flowchem.campaign import default_workflow, load_flow_campaign
+    from ppu.campaign.declared import load_lab_campaign
 
-    shipped = load_flow_campaign(Path(__file__).parent.parent / "campaigns" / "flowchem.yaml")
-    assert shipped.workflow == default_workflow()
+    shipped = load_lab_campaign(Path(__file__).parent.parent / "campaigns" / "flowchem.yaml")
+    assert [s.capability for s in shipped.workflow.steps] == ["react.flow", "measure.hplc"]
+    assert shipped.workflow.steps[0].on_error[0].outputs == {"yield": 0.0, "impurity": 0.0}
     bad = tmp_path / "fc.yaml"
     raw = yaml.safe_load((Path(__file__).parent.parent / "campaigns" / "flowchem.yaml").read_text())
     raw["workflow"]["outputs"].pop("yield")
     bad.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"steps\.0\.on_error\.0\.outputs: \['yield'\] are not among"):
+        load_lab_campaign(bad)
+    raw["workflow"]["steps"][0].pop("on_error")
+    bad.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match=r"workflow.*outputs lacks \['yield'\]"):
-        load_flow_campaign(bad)
+        load_lab_campaign(bad)

@@ -152,21 +152,16 @@ def test_sample_semantics_come_from_the_declarations(tmp_path: Path) -> None:
             capabilities.unregister(cap.name)
 
 
-def test_a_campaign_file_naming_a_pack_finds_that_packs_loop(tmp_path: Path) -> None:
-    """`ppu campaign run` and the Prefect flow both ask packs.campaign_runner which loop runs a file."""
+def test_a_campaign_file_declaring_its_lab_finds_the_declared_loop(tmp_path: Path) -> None:
+    """`ppu campaign run` and the Prefect flow both ask runner_for which loop runs a file."""
+    from ppu.campaign.declared_report import run_lab_campaign_cli, runner_for
+
     root = Path(__file__).parent.parent
-    assert packs.campaign_runner(root / "campaigns/demo.yaml") is None  # no `pack:`: the default loop
-    runner = packs.campaign_runner(root / "campaigns/flowchem.yaml")
-    assert runner is not None and runner.__module__ == "ppu.simulators.flowchem.campaign"
+    assert runner_for(root / "campaigns/demo.yaml") is None  # a world and no variables: the default loop
+    assert runner_for(root / "campaigns/replay-demo-table.yaml") is None  # a replay
+    assert runner_for(root / "campaigns/flowchem.yaml") is run_lab_campaign_cli
+    assert runner_for(tmp_path / "missing.yaml") is None  # the default loader names what is wrong
     f = tmp_path / "c.yaml"
-    f.write_text("pack: core\nname: x\n")
-    with pytest.raises(ConfigError, match="brings no campaign loop") as exc:
-        packs.campaign_runner(f)
-    assert exc.value.field == "pack"
-    f.write_text("pack: no-such-pack\nname: x\n")
-    with pytest.raises(ConfigError, match="not installed") as exc:
-        packs.campaign_runner(f)
-    assert exc.value.field == "packs"
-    f.write_text("pack: [unclosed\n")
+    f.write_text("name: x\nlab: [unclosed\n")
     with pytest.raises(ConfigError, match="cannot be read"):
-        packs.campaign_runner(f)
+        runner_for(f)

@@ -25,12 +25,10 @@ from typing import Any
 import pytest
 import yaml
 
-from ppu import packs
 from ppu.campaign.config import load_campaign
+from ppu.campaign.declared_report import runner_for
 
 ROOT = Path(__file__).parent.parent
-# Campaign files that name a pack are read by the pack's own model (the flow runs the pack's loop).
-PACK_LOADERS = {"flowchem": "ppu.simulators.flowchem.campaign:load_flow_campaign"}
 
 
 def _doc() -> dict[str, Any]:
@@ -49,10 +47,12 @@ def _flow(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, entrypoint: str) -> A
 
 def _campaign_name(path: Path) -> str:
     """Parses the file the way the flow will run it; returns the campaign's name."""
-    raw = yaml.safe_load(path.read_text())
-    if raw.get("pack"):
-        assert packs.campaign_runner(path) is not None, path  # the pack is installed and brings a loop
-        return str(packs.resolve(PACK_LOADERS[raw["pack"]])(path).name)
+    if runner_for(path) is not None:  # a declared lab campaign: its problem, workflow and lab file check out
+        from ppu.campaign.declared import lab_path, load_lab_campaign
+
+        lab_cfg = load_lab_campaign(path)
+        assert lab_path(lab_cfg, path).is_file(), path
+        return lab_cfg.name
     cfg = load_campaign(path)
     if cfg.world.replay is not None:  # the table is there and fits the declared problem
         from ppu.campaign.replay import ReplaySpec, ReplayWorld

@@ -163,7 +163,8 @@ def _check_mof_problem(v: dict[str, Any]) -> None:
     """The MOF lab's loop runs one problem; anything else is refused by name, never reinterpreted."""
     if v.get("variables"):
         raise ValueError("variables: the MOF loop takes its candidates from `world` (composition grid x anneal "
-                         "temperatures); leave variables out, or use a replay world (world.replay) for your own")
+                         "temperatures); leave variables out, name a lab file (`lab:`) to run your declared "
+                         "problem on it, or use a replay world (world.replay) for your own")
     objs = v.get("objectives") or {}
     for name, sense in objs.items():
         if name != MOF_OBJECTIVE:

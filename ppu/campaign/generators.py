@@ -17,8 +17,10 @@ space. No IO and no clock (STYLE.md §2).
   the unit cube, categorical labels one-hot or by their descriptors); one objective:
   ``qLogNoisyExpectedImprovement`` with the constraints as outcome constraints; several:
   ``qLogNoisyExpectedHypervolumeImprovement`` with the same constraints. The acquisition is
-  maximised over the pool when there is one, over the continuous box (``optimize_acqf``) when every
-  variable is continuous, else over quasi-random points of the mixed space.
+  maximised over the pool when there is one, else over the declared space (:mod:`ppu.campaign.mixed`):
+  the continuous box (``optimize_acqf``), or per combination of categorical labels and levels
+  (``optimize_acqf_mixed``). ``warm_start`` hands it a low-fidelity ranking of points (a digital
+  twin's screen) that its initial design takes, best first, instead of Sobol points.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ppu.campaign.problem import ContinuousVariable, Problem, as_number
+from ppu.campaign.problem import Problem, as_number
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -186,6 +188,8 @@ class BoTorchGenerator(SobolGenerator):
         self.mc_samples = mc_samples
         self.fits = 0
         self.last_why = ""
+        self._screen: list[tuple[dict[str, Any], float]] = []  # warm_start's ranking, best first
+        self._spacing = 0.35
         # A cheap low-fidelity source (a digital twin's prediction of the first objective, known for
         # every pool point): an extra model input, and the initial design's ranking.
         self.context = list(context)
@@ -301,9 +305,43 @@ class BoTorchGenerator(SobolGenerator):
                 out.append(acq(xs[k:k + _CHUNK]).numpy().astype(float))
         return np.concatenate(out)
 
+    def warm_start(self, points: Sequence[dict[str, Any]], scores: Sequence[float], *, spacing: float = 0.35) -> None:
+        """A low-fidelity ranking of points of the space (e.g. a digital twin's screen; larger is better):
+        without a pool, the initial design takes the best of them, each at least ``spacing`` (distance in
+        the unit cube) from every point given so far, before falling back to Sobol points."""
+        if len(points) != len(scores):
+            raise ValueError(f"warm_start: {len(points)} points but {len(scores)} scores")
+        for k, p in enumerate(points):
+            why = self.vocs.check_point(p)
+            if why is not None:
+                raise ValueError(f"warm_start: point {k} lies outside the declared space ({why})")
+        order = np.argsort(-np.asarray(scores, dtype=float), kind="stable")
+        self._screen = [(dict(points[i]), float(scores[i])) for i in order]
+        self._spacing = spacing
+
+    def _alike(self) -> int | None:
+        """How many values the first objective has, when they are all equal (a GP learns nothing from them)."""
+        ys = [y for y in (as_number(r.get(next(iter(self.vocs.objectives)))) for r in self.data) if y is not None]
+        return len(ys) if len(ys) >= 2 and max(ys) == min(ys) else None
+
     def _ready(self) -> bool:
-        return sum(1 for r in self.data if as_number(r.get(next(iter(self.vocs.objectives)))) is not None) \
-            >= max(2, self.n_init)
+        n = sum(1 for r in self.data if as_number(r.get(next(iter(self.vocs.objectives)))) is not None)
+        return n >= max(2, self.n_init) and self._alike() is None
+
+    def _initial_box(self) -> np.ndarray:
+        alike = self._alike()
+        note = f"; all {alike} results alike, no GP yet" if alike else ""
+        screen = self._screen
+        if screen:
+            taken = self.vocs.encode(list(self.given.values()) + self.data) if self.given or self.data else None
+            for k, (point, score) in enumerate(screen):
+                u = self.vocs.encode([point])[0]
+                if taken is None or bool(np.all(np.linalg.norm(taken - u, axis=1) > self._spacing)):
+                    del screen[k]
+                    self.last_why = f"initial design: best screened point left (low-fidelity score {score:.3g})" + note
+                    return np.asarray(u)
+        self.last_why = "initial design: Sobol point" + note
+        return self._draw()
 
     def _pick_pool(self, left: list[int]) -> int:
         assert self.pool_x is not None
@@ -325,32 +363,17 @@ class BoTorchGenerator(SobolGenerator):
 
     def _pick_box(self) -> np.ndarray:
         if not self._ready():
-            self.last_why = "initial design: Sobol point"
-            return self._draw()
+            return self._initial_box()
         with one_torch_thread():
             acq = self._acquisition()
             if acq is None:
                 self.last_why = "too few values of an output to model it: Sobol point"
                 return self._draw()
-            if all(isinstance(v, ContinuousVariable) for v in self.vocs.variables.values()):
-                import torch
-                from botorch.optim import optimize_acqf
+            from ppu.campaign.mixed import optimise_box
 
-                d = self.vocs.width
-                bounds = torch.stack([torch.zeros(d, dtype=torch.float64), torch.ones(d, dtype=torch.float64)])
-                eq = [(torch.tensor(i), torch.tensor(c, dtype=torch.float64), r)
-                      for i, c, r in self.vocs.mixture_constraints()] or None
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)  # restarts that stop early still return
-                    best, _ = optimize_acqf(acq, bounds=bounds, q=1, num_restarts=6, raw_samples=256,
-                                            equality_constraints=eq)
-                self.last_why += ", over the continuous box" + (" with the mixture sums" if eq else "")
-                return best.detach().numpy()[0]
-            # mixed space: quasi-random points, snapped to valid values, re-encoded, scored
-            raw = np.stack([self._draw() for _ in range(1024)])
-            u = self.vocs.encode(self.vocs.decode(raw))
-            self.last_why += ", over 1024 quasi-random points of the mixed space"
-            return np.asarray(u[int(np.argmax(self._score(acq, u)))])
+            u, how = optimise_box(acq, self.vocs, seed=self.seed + self.fits)
+            self.last_why += ", " + how
+            return u
 
 
 def _slack(j: int, sign: float, bound: float) -> Callable[[Tensor], Tensor]:

@@ -15,7 +15,8 @@ An input is a literal, ``$candidate`` (the candidate as the campaign's pack enco
 ``$candidate.NAME`` (one of its fields) or ``$STEP.FIELD`` (an output of an earlier step). A gate is
 ``REF OP NUMBER`` with REF an output name from ``outputs`` or ``STEP.FIELD`` and OP one of
 ``>= <= > < == !=``. A step whose gate fails, or that needs an output of a step that did not
-succeed, is skipped. ``frees_slot``: when this step ends, the loop may start the next candidate
+succeed, is skipped. ``on_error`` turns a failure into a result (``{match: clogged, outputs: {yield:
+0}}``: a run that clogged made nothing). ``frees_slot``: when this step ends, the loop may start the next candidate
 (the bottleneck instrument is free); default the first step. ``cost`` is summed per candidate.
 No IO: :func:`run_workflow` gets the function that runs one step.
 """
@@ -53,6 +54,15 @@ class Gate(Strict):
         return f"{self.ref} {self.op} {self.value:g}"
 
 
+class ErrorOutcome(Strict):
+    """A failure that is a result: a step whose error contains ``match`` gave ``outputs`` (e.g. a run that
+    clogged made nothing: yield 0). Anything else that fails stays a failure, left out of the data."""
+
+    match: str = Field(min_length=1, description="text the step's error contains, e.g. 'clogged'")
+    outputs: dict[str, float] = Field(min_length=1, description="output name (of the workflow's outputs) -> the "
+                                      "value this outcome means")
+
+
 class Step(Strict):
     name: str = Field(pattern=_NAME, description="the step's name; later steps refer to its outputs as $NAME.FIELD")
     capability: str = Field(min_length=1, description="the capability a backend runs for this step")
@@ -64,6 +74,8 @@ class Step(Strict):
                                     "(default: the first step)")
     attempts: int = Field(1, ge=1, le=10, description="tries before the step counts as failed (1: physical, "
                           "never re-run)")
+    on_error: list[ErrorOutcome] = Field(default_factory=list, description="failures that are outcomes, e.g. "
+                                         "{match: clogged, outputs: {yield: 0}}")
 
     @field_validator("when", mode="before")
     @classmethod
@@ -112,6 +124,11 @@ class Workflow(Strict):
                 if head not in seen or "." not in step.when.ref:
                     raise ValueError(f"steps.{k}.when: {step.when.ref!r} is neither an output name "
                                      f"({sorted(self.outputs)}) nor STEP.FIELD of an earlier step")
+            for j, oe in enumerate(step.on_error):
+                unknown = sorted(set(oe.outputs) - set(self.outputs))
+                if unknown:
+                    raise ValueError(f"steps.{k}.on_error.{j}.outputs: {unknown} are not among the workflow's "
+                                     f"outputs {sorted(self.outputs)}")
             seen.add(step.name)
         for out, ref in self.outputs.items():
             if ref.split(".", 1)[0] not in seen or "." not in ref:
@@ -135,6 +152,7 @@ class WorkflowRun:
     outputs: dict[str, Any] = field(default_factory=dict)  # problem output name -> value (None: not measured)
     errors: dict[str, str] = field(default_factory=dict)  # step -> why it did not succeed
     cost: float = 0.0
+    outcome: str | None = None  # the ``on_error`` match that made a failure a result
 
     def ok(self, step: str) -> bool:
         return self.states.get(step) == "succeeded"
@@ -150,6 +168,13 @@ def _resolve(value: Any, candidate: dict[str, Any], results: dict[str, dict[str,
     if isinstance(value, list):
         return [_resolve(v, candidate, results) for v in value]
     return value
+
+
+def resolve_inputs(inputs: dict[str, Any], candidate: dict[str, Any],
+                   results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A step's declared inputs with ``$candidate...`` and ``$STEP.FIELD`` filled in."""
+    out: dict[str, Any] = _resolve(inputs, candidate, results)
+    return out
 
 
 RunStep = Callable[[Step, dict[str, Any], Callable[[], None] | None], Awaitable[tuple[str, dict[str, Any]]]]
@@ -190,4 +215,10 @@ async def run_workflow(wf: Workflow, candidate: dict[str, Any], run_step: RunSte
     finally:
         release()
     run.outputs = {name: wf.output_of(run.results, name) for name in wf.outputs}
+    for step in wf.steps:
+        err = run.errors.get(step.name)
+        hit = next((oe for oe in step.on_error if err is not None and oe.match in err), None)
+        if hit is not None and run.outcome is None:
+            run.outcome = hit.match
+            run.outputs.update({k: v for k, v in hit.outputs.items() if run.outputs.get(k) is None})
     return run

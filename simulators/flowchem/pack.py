@@ -63,7 +63,8 @@ def pack() -> Pack:
         campaigns=tuple(p for p in (_REPO / CAMPAIGN_FILE,) if p.exists()),
         objectives={"measure.hplc": "product_yield"},
         conformance={"flow_reactor": f"{_CASES}:FlowReactor", "hplc": f"{_CASES}:HPLC", "flow_twin": f"{_CASES}:Twin"},
-        campaign_runner="ppu.simulators.flowchem.campaign:run_flow_campaign_cli",
+        campaign_lab="ppu.simulators.flowchem.campaign:campaign_lab",
+        campaign_truth="ppu.simulators.flowchem.campaign:truth",
     )
 
 

@@ -1,0 +1,356 @@
+"""A campaign on a lab from its file alone: a declared problem, a declared workflow, a generator.
+
+    name: my-campaign
+    lab: labs/my-lab.yaml            # the lab it runs on (simulated: its packs point it at the run folder)
+    world: {seed: 0}                 # the simulated world's settings, handed to the lab's packs
+    problem:                         # gest-api VOCS (ppu.campaign.problem): the variables are the search space
+      variables: {temperature_c: [40, 160], catalyst: {type: categorical, values: [A, B]}}
+      objectives: {yield: MAXIMIZE}
+    workflow:                        # per candidate (ppu.campaign.workflow): steps, wiring, gates, costs
+      steps: [...]
+      outputs: {yield: measure.product_yield}
+    screening: {capability: predict.yield, inputs: {recipe: $candidate}, score: mean, uncertainty: std}
+    budget: {experiments: 20}
+    optimiser: {generator: botorch, n_init: 4, in_flight: 2}
+
+The loop (:class:`LabLoop`) talks to the orchestrator only through a client: it screens ``size``
+random points of the space on a digital twin (``screening``; the generator's initial design takes
+the best of them), then keeps ``in_flight`` candidates in their workflows, asking the generator for
+one point whenever one finishes, with the others passed as pending. Every candidate's workflow is
+the declared one; a failure the workflow declares an outcome (``on_error``) is a result, any other
+is left out of the data. An interrupted physical task waits for a person (never re-run by the loop).
+Nothing here names a domain: what a lab file needs to run as a campaign's simulated lab, and the
+truth a simulated campaign is scored on, come from the lab's packs (``Pack.campaign_lab``,
+``Pack.campaign_truth``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from ppu.campaign.generators import GENERATORS, BoTorchGenerator, Generator
+from ppu.campaign.problem import Problem, as_number
+from ppu.campaign.workflow import Step, Workflow, resolve_inputs, run_workflow
+from ppu.config import LabConfig, load_lab, load_yaml_model
+from ppu.errors import ConfigError
+from ppu.models import Autonomy, Strict, TaskState
+from ppu.protocol import WaitTimeout
+
+log = logging.getLogger(__name__)
+
+
+class Budget(Strict):
+    experiments: int = Field(20, ge=1, le=100_000, description="candidates the campaign may run (physical "
+                             "experiments: each one workflow)")
+
+
+class Optimiser(Strict):
+    generator: Literal["botorch", "random", "sobol"] = Field("botorch", description="botorch (qLogNEI, or "
+                                                             "qLogNEHVI for several objectives), random or sobol")
+    n_init: int = Field(4, ge=1, le=1000, description="measured candidates before the GP takes over (the initial "
+                        "design: the screen's best, else Sobol points)")
+    in_flight: int = Field(1, ge=1, le=64, description="candidates in their workflows at once (the others "
+                           "are pending when one is proposed)")
+
+
+class Screening(Strict):
+    """A digital twin scores random points of the space first; BoTorch's initial design takes the best of them
+    (the random and Sobol baselines take no screen: it is skipped for them)."""
+
+    capability: str = Field(min_length=1, description="the twin's capability, e.g. predict.yield")
+    inputs: dict[str, Any] = Field(description="its inputs, as a workflow step's: $candidate, $candidate.NAME, "
+                                   "literals")
+    score: str = Field("mean", min_length=1, description="the twin's output that ranks the points (larger is "
+                       "better for a maximised first objective, smaller for a minimised one)")
+    uncertainty: str | None = Field(None, description="an output added to the score (optimistic: worth a look)")
+    size: int = Field(256, ge=1, le=100_000, description="random points of the space the twin scores")
+
+
+class LabCampaign(Strict):
+    """A campaign whose problem declares its variables and that runs on a lab file (see the module doc)."""
+
+    name: str = Field("campaign", pattern=r"^[A-Za-z0-9_.\-]+$", description="campaign name (task tag)")
+    seed: int = Field(0, description="seeds the generator, the screen and the simulated instruments")
+    time_scale: float = Field(20_000.0, gt=0, le=1e9, description="simulated lab time runs this much faster")
+    autonomy: Autonomy = Field(Autonomy.autonomous, description="autonomy of the workflow's physical steps")
+    lab: str = Field(description="the lab YAML the campaign runs on (path as given, or next to the campaign "
+                     "file, or in the folder above it)")
+    simulated: bool = Field(True, description="false: the lab is already running (an orchestrator at its "
+                            "orchestrator.bind, or at `connect`); nothing reads a simulated truth")
+    connect: str | None = Field(None, description="address of the running lab (simulated: false)")
+    world: dict[str, Any] = Field(default_factory=dict, description="the simulated world's settings, handed "
+                                  "to the lab's packs (simulated: true)")
+    problem: Problem = Field(description="the declared problem (gest-api VOCS); its variables are the space")
+    workflow: Workflow = Field(description="per candidate: steps, wiring, gates, costs; its outputs name every "
+                               "objective and constraint")
+    screening: Screening | None = Field(None, description="screen on a digital twin first (none: Sobol start)")
+    budget: Budget = Field(default_factory=Budget)
+    optimiser: Optimiser = Field(default_factory=Optimiser)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LabCampaign:
+        if not self.problem.variables:
+            raise ValueError("problem.variables: declare the search space (a campaign on a lab proposes points "
+                             "of it)")
+        needed = [*self.problem.objectives, *self.problem.constraints]
+        missing = [o for o in needed if o not in self.workflow.outputs]
+        if missing:
+            raise ValueError(f"workflow.outputs lacks {missing}: every objective and constraint is read from a "
+                             f"step (e.g. {missing[0]}: STEP.FIELD)")
+        return self
+
+
+def load_lab_campaign(path: str | Path) -> LabCampaign:
+    return load_yaml_model(path, LabCampaign, "campaign config", "see campaigns/flowchem.yaml")
+
+
+def is_lab_campaign(raw: Any) -> bool:
+    """A campaign file for this loop names the lab it runs on (``lab:``); the others take theirs from ``world``."""
+    return isinstance(raw, dict) and "lab" in raw
+
+
+def lab_path(cfg: LabCampaign, campaign_file: Path | None) -> Path:
+    path = Path(cfg.lab)
+    tries = [path]
+    if not path.is_absolute() and campaign_file is not None:
+        here = campaign_file.resolve().parent
+        tries += [here / path, here.parent / path]
+    found = next((p for p in tries if p.is_file()), None)
+    if found is None:
+        raise ConfigError(f"lab file {cfg.lab} does not exist", field="lab",
+                          hint="give the lab YAML's path (as given, next to the campaign file, or one folder up)")
+    return found
+
+
+def lab_config(cfg: LabCampaign, run_dir: Path, campaign_file: Path | None = None) -> LabConfig:
+    """The lab file made this campaign's simulated lab: each of its packs with a ``campaign_lab`` hook points
+    its backends at the run folder, the world, the time scale and the seed; the workflow's physical steps
+    get the campaign's autonomy; the store is the run folder's."""
+    from ppu import capabilities, packs
+    from ppu.models import ActionClass
+
+    lab = load_lab(lab_path(cfg, campaign_file))
+    raw = lab.model_dump()
+    reg = packs.active()
+    settings = {"name": cfg.name, "seed": cfg.seed, "time_scale": cfg.time_scale, "run_dir": str(run_dir),
+                "world": dict(cfg.world)}
+    for name in lab.packs or reg.names:
+        hook = reg.packs[name].campaign_lab if name in reg.packs else None
+        if hook is not None:
+            raw = packs.resolve(hook, "campaign lab hook")(raw, settings)
+    once = [s.capability for s in cfg.workflow.steps if capabilities.get(s.capability).action is ActionClass.once]
+    autonomy = dict(raw.get("autonomy") or {})
+    autonomy["capabilities"] = {**(autonomy.get("capabilities") or {}), **{c: cfg.autonomy.value for c in once}}
+    return LabConfig.model_validate({**raw, "name": cfg.name, "run_dir": str(run_dir), "store": None,
+                                     "autonomy": autonomy})
+
+
+def make_generator(cfg: LabCampaign) -> Generator:
+    cls = GENERATORS[cfg.optimiser.generator]
+    if cls is BoTorchGenerator:
+        return BoTorchGenerator(cfg.problem, seed=cfg.seed, n_init=cfg.optimiser.n_init)
+    return cls(cfg.problem, seed=cfg.seed)
+
+
+def random_points(problem: Problem, n: int, seed: int) -> list[dict[str, Any]]:
+    """``n`` uniformly random points of the declared space (labels and levels uniform too)."""
+    rng = np.random.default_rng([seed, 4099])
+    return [{**p} for p in problem.decode(rng.random((n, problem.width)))]
+
+
+@dataclass
+class Experiment:
+    index: int
+    point: dict[str, Any]
+    why: str
+    model_version: str
+    pending: list[int]
+    status: str = "pending"  # measured, an on_error outcome (e.g. clogged), failed
+    outputs: dict[str, Any] = field(default_factory=dict)
+    tasks: list[str] = field(default_factory=list)
+    error: str | None = None
+    cost: float = 0.0
+    finished_at_s: float | None = None
+
+
+class LabLoop:
+    """One campaign's loop over a client (see the module docstring)."""
+
+    review_poll_s = 30.0  # how often a wait checks whether its task went to a person for review
+
+    def __init__(self, client: Any, cfg: LabCampaign, run_dir: Path, *,
+                 on_progress: Callable[[int, float | None], None] | None = None,
+                 on_review: Callable[[str, str], None] | None = None):
+        self.client = client
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.on_progress = on_progress
+        self.on_review = on_review
+        self.gen = make_generator(cfg)
+        self.done: list[Experiment] = []  # in the order they finished
+        self.best_curve: list[float | None] = []  # best feasible first objective after each, as measured
+        self.screened = 0
+        self.t0 = time.time()
+        self._decisions = (run_dir / "decisions.jsonl").open("w")
+
+    async def task(self, capability: str, inputs: dict[str, Any], tasks: list[str]) -> tuple[str, dict[str, Any]]:
+        """Submit one task and wait for it: (state, outputs) or (state, {'error': ...}). An interrupted
+        physical task waits for a person; the loop says so once and takes what the person decides."""
+        [tid] = await self.client.submit([{"capability": capability, "inputs": inputs, "campaign": self.cfg.name}])
+        tasks.append(tid)
+        told = False
+        while True:
+            try:
+                [task] = await self.client.wait([tid], timeout=self.review_poll_s)
+                break
+            except WaitTimeout:
+                if not told and (await self.client.task(tid)).state is TaskState.needs_review:
+                    told = True
+                    if self.on_review is not None:
+                        self.on_review(tid, capability)
+                    log.warning("%s (%s) was interrupted and waits for a person: ppu review %s", tid, capability, tid)
+        res = await self.client.result(tid)
+        if task.state is TaskState.succeeded and res is not None:
+            return "succeeded", dict(res.outputs)
+        return task.state.value, {"error": task.error or (res.error if res else None) or task.state.value}
+
+    async def screen(self) -> None:
+        """Score random points on the twin (one task each; the twin's backend batches them)."""
+        sc = self.cfg.screening
+        if sc is None or not isinstance(self.gen, BoTorchGenerator):
+            return
+        points = random_points(self.cfg.problem, sc.size, self.cfg.seed)
+        ids = await self.client.submit([{"capability": sc.capability, "campaign": self.cfg.name,
+                                         "inputs": resolve_inputs(sc.inputs, _candidate(p), {})} for p in points])
+        await self.client.wait(ids, timeout=600)
+        sign = self.cfg.problem.sign(next(iter(self.cfg.problem.objectives)))
+        kept, scores = [], []
+        for p, tid in zip(points, ids, strict=True):
+            res = await self.client.result(tid)
+            y = as_number(res.outputs.get(sc.score)) if res is not None and res.outputs else None
+            if y is None:
+                continue
+            spread = as_number(res.outputs.get(sc.uncertainty)) if sc.uncertainty and res is not None else None
+            kept.append(p)
+            scores.append(sign * y + (spread or 0.0))
+        if not kept:
+            raise ConfigError(f"the screen on {sc.capability} gave no {sc.score!r} output", field="screening.score",
+                              hint="name an output the twin returns")
+        self.screened = len(kept)
+        self.gen.warm_start(kept, scores)
+
+    async def experiment(self, exp: Experiment) -> Experiment:
+        async def run_step(step: Step, inputs: dict[str, Any], on_review: Any) -> tuple[str, dict[str, Any]]:
+            return await self.task(step.capability, inputs, exp.tasks)
+
+        run = await run_workflow(self.cfg.workflow, _candidate(exp.point), run_step)
+        exp.outputs, exp.cost = run.outputs, run.cost
+        objectives = list(self.cfg.problem.objectives)
+        if run.outcome is not None:
+            exp.status = run.outcome
+        elif all(as_number(run.outputs.get(o)) is not None for o in objectives):
+            exp.status = "measured"
+        else:
+            exp.status = "failed"
+            exp.error = next(iter(run.errors.values()), None) or "; ".join(
+                f"{k}: {v}" for k, v in run.states.items() if v != "succeeded")
+        exp.finished_at_s = round(time.time() - self.t0, 3)
+        return exp
+
+    def finish(self, exp: Experiment) -> None:
+        result = {**exp.point, **{k: v for k, v in exp.outputs.items() if exp.status != "failed"}}
+        self.gen.ingest([result])  # a failed one is no longer pending; it carries no outputs
+        self.done.append(exp)
+        scores = [self.cfg.problem.score(e.outputs) for e in self.done if e.status != "failed"]
+        best = max((s for s in scores if s is not None), default=None)
+        obj = next(iter(self.cfg.problem.objectives))
+        self.best_curve.append(None if best is None else self.cfg.problem.sign(obj) * best)
+        self._decisions.write(json.dumps(asdict(exp), default=str) + "\n")
+        self._decisions.flush()
+        if self.on_progress:
+            self.on_progress(len(self.done), self.best_curve[-1])
+
+    async def run(self) -> None:
+        await self.screen()
+        running: set[asyncio.Task[Experiment]] = set()
+        proposed = 0
+        n = self.cfg.budget.experiments
+        try:
+            while proposed < n or running:
+                while proposed < n and len(running) < self.cfg.optimiser.in_flight:
+                    pending = sorted(self.gen.pending)
+                    [point] = await asyncio.to_thread(self.gen.suggest, 1)  # a GP fit must not stall the loop
+                    exp = Experiment(index=proposed, point=point,
+                                     why=getattr(self.gen, "last_why", "") or self.gen.name,
+                                     model_version=getattr(self.gen, "model_version", self.gen.name), pending=pending)
+                    running.add(asyncio.create_task(self.experiment(exp)))
+                    proposed += 1
+                finished, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for t in sorted(finished, key=lambda t: t.result().index):
+                    self.finish(t.result())
+        finally:
+            for t in running:
+                t.cancel()
+            self._decisions.close()
+            self.gen.finalize()
+
+
+def _candidate(point: dict[str, Any]) -> dict[str, Any]:
+    """The point as a capability reads it: its variables and constants, without the generator's ``_id``."""
+    return {k: v for k, v in point.items() if not k.startswith("_")}
+
+
+@dataclass
+class LabCampaignResult:
+    config: LabCampaign
+    experiments: list[Experiment]  # in the order they finished
+    best_curve: list[float | None]
+    screened: int
+    wall_s: float
+
+
+async def run_lab_campaign(cfg: LabCampaign, run_dir: Path, *, campaign_file: Path | None = None,
+                           on_progress: Callable[[int, float | None], None] | None = None,
+                           on_review: Callable[[str, str], None] | None = None,
+                           on_lab: Callable[[Any, LabLoop], None] | None = None) -> LabCampaignResult:
+    """Run the campaign on its simulated lab (an EmbeddedLab in this process), or on a running one
+    (``simulated: false``) through its client; the run folder gets decisions, the store and the logs."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    async with _client(cfg, run_dir, campaign_file) as client:
+        loop = LabLoop(client, cfg, run_dir, on_progress=on_progress, on_review=on_review)
+        if on_lab is not None:
+            on_lab(client, loop)  # e.g. a person (or a test) who answers reviews through the same lab
+        await loop.run()
+    return LabCampaignResult(config=cfg, experiments=loop.done, best_curve=loop.best_curve, screened=loop.screened,
+                             wall_s=time.time() - t0)
+
+
+def _client(cfg: LabCampaign, run_dir: Path, campaign_file: Path | None) -> Any:
+    if cfg.simulated:
+        from ppu.transport.lab import EmbeddedLab
+
+        return EmbeddedLab(lab_config(cfg, run_dir, campaign_file), timeout=30.0)
+    import os
+
+    from ppu.transport.client import AsyncPPUClient
+    from ppu.transport.security import peer_keys
+    from ppu.transport.serve import nobody_listens
+
+    lab = load_lab(lab_path(cfg, campaign_file))
+    address = cfg.connect or lab.orchestrator.bind
+    if nobody_listens(address):
+        raise ConfigError(f"no orchestrator answers at {address}", field="connect" if cfg.connect else "lab",
+                          hint=f"start the lab first: ppu orchestrator -c {cfg.lab}; ppu worker -c {cfg.lab}")
+    curve = peer_keys(lab.security, os.environ.get("PPU_KEY", "client")) if lab.security.curve else None
+    return AsyncPPUClient(address, timeout=30.0, curve=curve, actor=os.environ.get("USER"))
