@@ -240,6 +240,7 @@ class MultiFidelityGenerator(Generator):
         torch.manual_seed(self.seed + self.fits)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", OptimizationWarning)  # a non-converged fit still ranks
+            warnings.filterwarnings("ignore", message="Sparse invariant checks", category=UserWarning)
             fit_gpytorch_mll(ExactMarginalLogLikelihood(gp.likelihood, gp),
                              optimizer_kwargs={"options": {"maxiter": _MAXITER}})
         self._warm = {p: getattr(gp, p).state_dict() for p in ("mean_module", "covar_module", "likelihood")}
@@ -273,6 +274,8 @@ class MultiFidelityGenerator(Generator):
         best: tuple[float, int, int, float, float] | None = None
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", NumericalWarning)  # jitter notices: the posterior is still right
+            warnings.filterwarnings("ignore", message="Sparse invariant checks", category=UserWarning)  # torch,
+            # about the task kernel's interpolation matrix that linear_operator builds; not ours, harmless
             log_ei = acq(xc.unsqueeze(1)).numpy().astype(float)
             pf = gp.posterior((with_task(self.full) if multi else xc).unsqueeze(1))
             post_full = (pf.mean.reshape(n).numpy(), pf.variance.clamp_min(1e-18).sqrt().reshape(n).numpy())
@@ -323,7 +326,8 @@ class MultiFidelityGenerator(Generator):
                         best = (float(score[j]), i, lvl, float(corr[j]), float(log_ei[j]))
         assert best is not None
         _, i, lvl, corr_j, lei = best
-        self.last_why = (f"max augmented EI per cost over {n} candidates x {len(self.tasks)} levels: "
+        rule = "lookahead value" if self.rule == "lookahead" else "augmented EI"
+        self.last_why = (f"max {rule} per cost over {n} candidates x {len(self.tasks)} levels: "
                          f"{self.levels[lvl].name} (cost {self.levels[lvl].cost:g}, corr with full {corr_j:.2f}, "
                          f"log EI {lei:.2f}), {len(self.pending_pairs)} pending")
         return i, lvl
