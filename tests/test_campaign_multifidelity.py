@@ -155,7 +155,7 @@ def test_a_short_replay_counts_physical_experiments_and_cost_to_the_top(tmp_path
 
 def test_benchmark_reports_experiments_and_cost_for_a_world_with_fidelities(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "campaign.py"), "--world",
-                          str(write_world(tmp_path)), "--seeds", "2", "--random-runs", "20", "--cap", "40"],
+                          str(write_world(tmp_path)), "--seeds", "1", "--random-runs", "10", "--cap", "40"],
                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     figures = json.loads(out.stdout.strip().splitlines()[-1])["w"]
@@ -163,3 +163,38 @@ def test_benchmark_reports_experiments_and_cost_for_a_world_with_fidelities(tmp_
             "random", "random_exact", "sobol"} <= set(figures)
     assert figures["no_twin_cost"] == figures["no_twin"]  # the full level costs 1, nothing else is spent
     assert figures["ours_full"] <= figures["ours"] and "no_twin / ours" in out.stdout
+
+
+def test_pending_pairs_are_respected_with_experiments_in_flight(tmp_path: Path) -> None:
+    world = load_replay(write_world(tmp_path))
+    gen = make_generator("botorch", world, seed=2)
+    run = run_replay(world, gen, budget=10, seed=2, in_flight=3)
+    physical = [d for d in run.decisions if d["fidelity"] != "twin"]
+    assert len(physical) == 10 and any(len(d["pending"]) == 2 for d in physical)
+    asked = [(d["_id"], d["fidelity"]) for d in physical]
+    assert len(set(asked)) == len(asked)  # no (candidate, level) asked twice
+    full = [i for i, lvl in asked if lvl == "full"]
+    for i in full:  # nothing more is asked about a candidate once its full measurement is under way
+        k = asked.index((i, "full"))
+        assert all(j != i for j, _ in asked[k + 1:])
+    assert "pending" in physical[-1]["why"] and not gen.pending_pairs
+
+
+def test_the_shipped_multifidelity_campaign_runs_from_its_yaml(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from ppu.campaign.config import load_campaign
+    from ppu.campaign.report import run_campaign_cli
+
+    path = ROOT / "campaigns" / "multifidelity.yaml"
+    cfg = load_campaign(path)
+    cfg = cfg.model_copy(update={"budget": cfg.budget.model_copy(update={"max_syntheses": 6})})
+    with (tmp_path / "out.txt").open("w") as fh:
+        summary = run_campaign_cli(path, tmp_path / "run", Console(file=fh), config=cfg)
+    assert summary["experiments"] == 6 and summary["digital_answers"] == 360
+    assert sum(summary["experiments_per_level"].values()) == 6
+    assert summary["cost"] == pytest.approx(0.36 + 0.2 * summary["experiments_per_level"]["scratch_check"]
+                                            + summary["experiments_per_level"]["full"])
+    lines = [json.loads(x) for x in (tmp_path / "run" / "decisions.jsonl").read_text().splitlines()]
+    assert {d["fidelity"] for d in lines} == {"twin", "scratch_check", "full"}
+    assert all(d["model_version"] for d in lines)

@@ -172,6 +172,11 @@ class MultiFidelityGenerator(Generator):
             left = self._open(lvl)
             if have < self.n_init and left:
                 return self._initial(lvl, left), lvl
+        # in flight, the initial design may all be pending: no model before each level has a value back
+        waiting = [lvl for lvl in self.tasks if not any(o[2] == lvl for o in self.obs) and self._open(lvl)]
+        if waiting:
+            lvl = min(waiting, key=lambda i: self.levels[i].cost)
+            return self._initial(lvl, self._open(lvl)), lvl
         with one_torch_thread():
             return self._by_value_per_cost()
 
@@ -280,10 +285,10 @@ class MultiFidelityGenerator(Generator):
             pf = gp.posterior((with_task(self.full) if multi else xc).unsqueeze(1))
             post_full = (pf.mean.reshape(n).numpy(), pf.variance.clamp_min(1e-18).sqrt().reshape(n).numpy())
             f_best = max(o[3] for o in full_rows)
-            if x_pend is not None:  # kriging believer: a pending full measurement is taken to return its posterior mean
-                pm = gp.posterior((torch.cat([x_pend, torch.full((len(pend), 1), float(self.tasks.index(self.full)),
-                                                                  dtype=torch.float64)], dim=-1)
-                                   if multi else x_pend).unsqueeze(1)).mean.reshape(-1)
+            if x_pend is not None:  # kriging believer: a pending full measurement returns its posterior mean
+                task = torch.full((len(pend), 1), float(self.tasks.index(self.full)), dtype=torch.float64)
+                at_pend = torch.cat([x_pend, task], dim=-1) if multi else x_pend
+                pm = gp.posterior(at_pend.unsqueeze(1)).mean.reshape(-1)
                 f_best = max(f_best, float(pm.max()))
             ei_now = _ei(post_full[0], post_full[1], f_best)
             if self.rule == "lookahead":  # one scale for every level: analytic EI on the believed incumbent
