@@ -11,8 +11,9 @@ twin's prior data; random search is run ``--random-runs`` times (it is cheap).
     python benchmarks/campaign.py [--world sweet-spots --world mof74 | --world my-world.yaml] [--seeds 5]
 
 A world YAML holds a campaign's ``world:`` fields, e.g. ``{kind: mof74, pool_size: 300}``, or is a
-*replay world* (``ppu.campaign.replay``: ``csv`` + ``problem``, any column names): the pool is the
-table's own rows and a measurement returns the recorded value. For a replay world the strategies are
+*replay world* (``ppu.campaign.replay``: ``csv`` + ``problem``, any column names; or a replay
+campaign file, ``world: {replay: ...}`` + ``problem``): the pool is the table's own rows and a
+measurement returns the recorded value. For a replay world the strategies are
 ours (BoTorch over the pool), random (simulated, with the exact expectation (N+1)/(k+1) beside it)
 and Sobol; "reached" = measured one of the top k candidates (``top_fraction``, default 1 %), and
 the table gives median and IQR over seeds. A replay with a ``twin:`` column adds "no_twin" (the
@@ -76,9 +77,21 @@ def world_spec(name: str) -> tuple[str, WorldSpec | ReplayWorld]:
         raise ConfigError(f"--world {name!r}: not a shipped world ({', '.join(SHIPPED)}) nor a YAML file",
                           field="--world")
     raw = yaml.safe_load(path.read_text()) or {}
+    if isinstance(raw, dict) and isinstance(raw.get("world"), dict) and "replay" in raw["world"]:
+        return path.stem, replay_campaign_world(path)  # a replay campaign file: its world and problem
     if isinstance(raw, dict) and "problem" in raw:
         return path.stem, load_replay(path)
     return path.stem, parse_model(raw, WorldSpec, str(path), "world")
+
+
+def replay_campaign_world(path: Path) -> ReplayWorld:
+    from ppu.campaign.config import load_campaign
+    from ppu.campaign.replay import ReplaySpec
+
+    cfg = load_campaign(path)
+    assert cfg.world.replay is not None and cfg.problem is not None
+    spec = ReplaySpec(**cfg.world.replay.model_dump(), problem=cfg.problem.model_dump(mode="json"))
+    return ReplayWorld(spec, base=path.parent)
 
 
 def _iqr(v: list[float]) -> float:
@@ -189,9 +202,9 @@ def bench_fidelities(name: str, world: ReplayWorld, seeds: int, cap: int, random
                 f"{key}_cost_iqr": _iqr(co) if co else None, f"censored_{key}": censored[key]}
     ours, no_twin = out["ours"], out["no_twin"]
     ratio_cost = out["no_twin_cost"] / out["ours_cost"]
+    verdict = ("met" if ours < no_twin else "NOT met") if seeds >= 5 else f"not judged on {seeds} seed(s)"
     print(f"no_twin / ours: physical experiments {no_twin / ours:.2f}, cost {ratio_cost:.2f}"
-          f" (done when: ours < no_twin in physical experiments, median of >= 5 seeds: "
-          f"{'met' if ours < no_twin else 'NOT met'})\n")
+          f" (done when: ours < no_twin in physical experiments, median of >= 5 seeds: {verdict})\n")
     return out | {"random_exact": exact, "pool": n, "top_k": k, "seeds": seeds, "random_runs": random_runs,
                   "cap": cap, "levels": {f.name: f.cost for f in levels}}
 
