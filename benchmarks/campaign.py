@@ -11,16 +11,23 @@ twin's prior data; random search is run ``--random-runs`` times (it is cheap).
     python benchmarks/campaign.py [--world sweet-spots --world mof74 | --world my-world.yaml] [--seeds 5]
 
 A world YAML holds a campaign's ``world:`` fields, e.g. ``{kind: mof74, pool_size: 300}``, or is a
-*replay world* (``ppu.campaign.replay``: ``csv`` + ``problem``, any column names): the pool is the
-table's own rows and a measurement returns the recorded value. For a replay world the strategies are
+*replay world* (``ppu.campaign.replay``: ``csv`` + ``problem``, any column names; or a replay
+campaign file, ``world: {replay: ...}`` + ``problem``): the pool is the table's own rows and a
+measurement returns the recorded value. For a replay world the strategies are
 ours (BoTorch over the pool), random (simulated, with the exact expectation (N+1)/(k+1) beside it)
 and Sobol; "reached" = measured one of the top k candidates (``top_fraction``, default 1 %), and
-the table gives median and IQR over seeds. A replay has no digital twin, so there is no "without
-the twin" row.
+the table gives median and IQR over seeds. A replay with a ``twin:`` column adds "no_twin" (the
+same BoTorch with the twin off). A replay with ``fidelities:`` (a twin, cheap checks, the full
+measurement, each with a cost) runs ours as the multi-fidelity generator and compares it with
+"twin_full" (the same generator with only the digital levels and the full one, when there are cheap
+physical levels) and "no_twin" (BoTorch on the full measurement alone): physical experiments (cheap
+checks count as experiments), full measurements and total cost (digital answers included) up to
+the first full measurement of a top-k candidate.
 
 Last line: one JSON object keyed by world name, each with ``ours``, ``random``, ``no_screening``
 (MOF worlds) or ``ours``, ``random``, ``random_exact``, ``sobol`` and their ``*_iqr`` (replay
-worlds): median experiments, and ``seeds``.
+worlds): median experiments, and ``seeds``; a multi-fidelity world adds ``no_twin``, ``twin_full``
+and, per strategy, ``<key>_cost``, ``<key>_full`` (medians) and their ``_iqr``.
 """
 
 from __future__ import annotations
@@ -70,9 +77,21 @@ def world_spec(name: str) -> tuple[str, WorldSpec | ReplayWorld]:
         raise ConfigError(f"--world {name!r}: not a shipped world ({', '.join(SHIPPED)}) nor a YAML file",
                           field="--world")
     raw = yaml.safe_load(path.read_text()) or {}
+    if isinstance(raw, dict) and isinstance(raw.get("world"), dict) and "replay" in raw["world"]:
+        return path.stem, replay_campaign_world(path)  # a replay campaign file: its world and problem
     if isinstance(raw, dict) and "problem" in raw:
         return path.stem, load_replay(path)
     return path.stem, parse_model(raw, WorldSpec, str(path), "world")
+
+
+def replay_campaign_world(path: Path) -> ReplayWorld:
+    from ppu.campaign.config import load_campaign
+    from ppu.campaign.replay import ReplaySpec
+
+    cfg = load_campaign(path)
+    assert cfg.world.replay is not None and cfg.problem is not None
+    spec = ReplaySpec(**cfg.world.replay.model_dump(), problem=cfg.problem.model_dump(mode="json"))
+    return ReplayWorld(spec, base=path.parent)
 
 
 def _iqr(v: list[float]) -> float:
@@ -86,8 +105,10 @@ def bench_replay(name: str, world: ReplayWorld, seeds: int, cap: int, random_run
     n, k = len(world.pool), len(top)
     exact = expected_random(n, k)
     strategies = [("ours", "botorch"), ("random", "random"), ("sobol", "sobol")]
-    if world.twin_column is not None:  # the same optimiser with the twin off
+    if world.twin_column is not None or world.fidelities:  # the same optimiser with the twin off
         strategies.insert(1, ("no_twin", "botorch"))
+    if world.fidelities:
+        return bench_fidelities(name, world, seeds, cap, random_runs, in_flight, strategies)
     rows: dict[str, list[float]] = {key: [] for key, _ in strategies}
     censored = dict.fromkeys(rows, 0)
     t0 = time.time()
@@ -127,6 +148,65 @@ def bench_replay(name: str, world: ReplayWorld, seeds: int, cap: int, random_run
             "random_iqr": _iqr(rows["random"]), "sobol_iqr": _iqr(rows["sobol"]), "pool": n, "top_k": k,
             "seeds": seeds, "random_runs": random_runs, "cap": cap, "censored_ours": censored["ours"],
             "censored_sobol": censored["sobol"]}
+
+
+def bench_fidelities(name: str, world: ReplayWorld, seeds: int, cap: int, random_runs: int, in_flight: int,
+                     strategies: list[tuple[str, str]]) -> dict[str, Any]:
+    """Ours (multi-fidelity) against the same optimiser without its cheap levels: experiments, cost."""
+    top, threshold = world.top()
+    n, k = len(world.pool), len(top)
+    exact = expected_random(n, k)
+    levels = world.fidelities
+    costs = {f.name: f.cost for f in levels}
+    full = next(f for f in levels if f.column is None)
+    if any(f.physical and f.column is not None for f in levels):  # the cheap physical checks off
+        strategies.insert(2, ("twin_full", "botorch"))
+    keep = {"twin_full": [f for f in levels if not f.physical or f.column is None]}
+    figures: dict[str, dict[str, list[float]]] = {key: {"phys": [], "full": [], "cost": []} for key, _ in strategies}
+    censored = dict.fromkeys(figures, 0)
+    t0 = time.time()
+    for key, gen_name in strategies:
+        runs = random_runs if key == "random" else seeds
+        budget = min(cap, n) if gen_name == "botorch" else n
+        for s in range(runs):
+            kw: dict[str, Any] = {"levels": keep[key]} if key in keep else {}
+            gen = make_generator(gen_name, world, seed=s, twin=key != "no_twin", **kw)
+            run = run_replay(world, gen, budget=budget, seed=s, in_flight=in_flight, stop=top)
+            got = run.experiments_to(top)
+            if got is None:
+                censored[key] += 1
+                phys, n_full, cost = budget + 1.0, float("nan"), float("nan")
+            else:
+                phys = float(got)
+                n_full = float(sum(1 for r in run.results[:got] if run.is_full(r)))
+                cost = run.cost_to(top, costs | {None: full.cost}) if run.full_level else got * full.cost  # type: ignore[operator]
+            figures[key]["phys"].append(phys)
+            figures[key]["full"].append(n_full)
+            figures[key]["cost"].append(float(cost))  # type: ignore[arg-type]
+        print(f"  {name}: {key:9s} {runs:4d} runs, done at {time.time() - t0:6.1f} s", flush=True)
+    obj = world.rank_by
+    print(f"\nmulti-fidelity replay world {name!r}: pool N = {n}, top k = {k} ({obj} {world.problem.objectives[obj]}, "
+          f"threshold {world.problem.sign(obj) * threshold:g}); levels: "
+          + ", ".join(f"{f.name} ({'digital' if not f.physical else 'physical'}, cost {f.cost:g})" for f in levels))
+    print(f"{'strategy':10s}{'runs':>6s}{'phys med':>10s}{'IQR':>7s}{'full med':>10s}{'cost med':>10s}{'IQR':>7s}"
+          f"{'censored':>10s}   (phys: physical experiments to a full measurement of a top-k candidate)")
+    out: dict[str, Any] = {}
+    for key, f in figures.items():
+        ph, fu, co = f["phys"], [v for v in f["full"] if v == v], [v for v in f["cost"] if v == v]
+        med_full = float(np.median(fu)) if fu else float("nan")
+        med_cost = float(np.median(co)) if co else float("nan")
+        expect = f"   random exact (N+1)/(k+1) = {exact:.1f}" if key == "random" else ""
+        print(f"{key:10s}{len(ph):6d}{np.median(ph):10.1f}{_iqr(ph):7.1f}{med_full:10.1f}{med_cost:10.2f}"
+              f"{_iqr(co) if co else float('nan'):7.2f}{censored[key]:10d}{expect}")
+        out |= {key: float(np.median(ph)), f"{key}_iqr": _iqr(ph), f"{key}_full": med_full, f"{key}_cost": med_cost,
+                f"{key}_cost_iqr": _iqr(co) if co else None, f"censored_{key}": censored[key]}
+    ours, no_twin = out["ours"], out["no_twin"]
+    ratio_cost = out["no_twin_cost"] / out["ours_cost"]
+    verdict = ("met" if ours < no_twin else "NOT met") if seeds >= 5 else f"not judged on {seeds} seed(s)"
+    print(f"no_twin / ours: physical experiments {no_twin / ours:.2f}, cost {ratio_cost:.2f}"
+          f" (done when: ours < no_twin in physical experiments, median of >= 5 seeds: {verdict})\n")
+    return out | {"random_exact": exact, "pool": n, "top_k": k, "seeds": seeds, "random_runs": random_runs,
+                  "cap": cap, "levels": {f.name: f.cost for f in levels}}
 
 
 def bench_world(name: str, spec: WorldSpec, seeds: int, cap: int, random_runs: int) -> dict[str, Any]:

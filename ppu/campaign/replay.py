@@ -39,6 +39,20 @@ class TwinSpec(Strict):
     cost: float = Field(0.0, ge=0, description="cost of one twin prediction, in the workflow's cost unit")
 
 
+class FidelitySpec(Strict):
+    """One level of a multi-fidelity campaign: a column that estimates the ranking objective (same sense,
+    same units), or the objective itself (no ``column``: the full measurement), at a cost."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$", description="what the level is called in decisions "
+                      "and results, e.g. twin, quick_check, full")
+    column: str | None = Field(None, description="the table column holding this level's value; leave it out "
+                               "for the full measurement (the ranking objective)")
+    cost: float = Field(gt=0, description="cost of one query at this level, in the campaign's cost unit "
+                        "(a cheaper level must cost less than the full measurement)")
+    physical: bool = Field(True, description="false: a digital prediction (a twin), not a lab experiment; it "
+                           "is not counted among physical experiments and does not take an in-flight slot")
+
+
 class ReplayTable(Strict):
     """Where a replay world's measurements are and how they are read (a campaign's ``world.replay``)."""
 
@@ -54,6 +68,10 @@ class ReplayTable(Strict):
                                   "from before the first experiment; they are not in the pool and not counted")
     twin: TwinSpec | None = Field(None, description="a low-fidelity source: a column with a digital twin's "
                                   "prediction of the ranking objective for every row (not an output, not scored)")
+    fidelities: list[FidelitySpec] | None = Field(
+        None, description="multi-fidelity levels, cheapest first or in any order: each a column that estimates "
+        "the ranking objective (a twin's prediction, a cheap physical check) or the objective itself (no "
+        "column: the full measurement), with a cost; the generator picks candidate and level by value per cost")
 
 
 class ReplaySpec(ReplayTable):
@@ -103,6 +121,7 @@ class ReplayWorld:
         outputs = [*raw.get("objectives", {}), *raw.get("constraints", {}), *(raw.get("observables") or [])]
         if spec.twin is not None:
             outputs.append(spec.twin.column)  # the twin's column is neither a variable nor scored
+        outputs += [f.column for f in spec.fidelities or [] if f.column is not None]  # nor a cheaper level's
         for group in ("objectives", "constraints", "observables"):
             for name in raw.get(group) or []:
                 if name not in self.columns:
@@ -124,6 +143,7 @@ class ReplayWorld:
         self.twin_column = spec.twin.column if spec.twin else None
         if self.twin_column is not None:
             self._attach_twin(self.twin_column)
+        self.levels = self._check_fidelities()
         self.prior = self._read_prior(base)
 
     # ---- reading the table --------------------------------------------------------------------
@@ -199,6 +219,82 @@ class ReplayWorld:
                 raise ConfigError(f"{self.path.name} row {cand.rows[0] + 2}: twin column {column!r} is empty",
                                   field="twin.column")
             cand.point[column] = float(np.mean(ok))
+
+    def _check_fidelities(self) -> dict[str, np.ndarray]:
+        """Each cheaper level's values (rows, NaN where blank); every mistake is a ConfigError naming its field."""
+        levels = self.spec.fidelities
+        if levels is None:
+            return {}
+        if self.spec.twin is not None:
+            raise ConfigError("declare the twin as one level of `fidelities` (physical: false), not also as `twin`",
+                              field="fidelities")
+        if len(self.problem.objectives) != 1 or self.problem.constraints:
+            raise ConfigError("a multi-fidelity campaign optimises one objective without constraints (its levels "
+                              "estimate that objective)", field="fidelities",
+                              hint="keep one objective, or leave `fidelities` out")
+        if len(levels) < 2:
+            raise ConfigError("a multi-fidelity campaign needs at least two levels (a cheaper one and the full "
+                              "measurement)", field="fidelities")
+        full = [i for i, f in enumerate(levels) if f.column is None]
+        if len(full) != 1:
+            raise ConfigError(f"exactly one level is the full measurement (the one without `column`); found "
+                              f"{len(full)}", field="fidelities" if not full else f"fidelities.{full[1]}.column",
+                              hint="give every cheaper level the column that holds its values")
+        top = levels[full[0]]
+        if not top.physical:
+            raise ConfigError("the full measurement is a lab experiment", field=f"fidelities.{full[0]}.physical")
+        out: dict[str, np.ndarray] = {}
+        for i, f in enumerate(levels):
+            if f.name in [g.name for g in levels[:i]]:
+                raise ConfigError(f"level name {f.name!r} is declared twice", field=f"fidelities.{i}.name")
+            if f.column is None:
+                continue
+            if f.cost >= top.cost:
+                raise ConfigError(f"{f.name!r} costs {f.cost:g}, not less than the full measurement's {top.cost:g}",
+                                  field=f"fidelities.{i}.cost", hint="a cheaper level must be cheaper")
+            if f.column not in self.columns:
+                raise ConfigError(f"{self.path.name}: {f.column!r} is not a column of the table (columns: "
+                                  f"{', '.join(self.columns)})", field=f"fidelities.{i}.column")
+            if f.column in self.problem.outputs or f.column in self.problem.variables:
+                raise ConfigError(f"{f.column!r} is also a variable or an output of the problem",
+                                  field=f"fidelities.{i}.column")
+            if f.column in [g.column for g in levels[:i]]:
+                raise ConfigError(f"{f.column!r} is used by two levels", field=f"fidelities.{i}.column")
+            col = np.full(len(self.rows), np.nan)
+            for r, row in enumerate(self.rows):
+                cell = row.get(f.column, "")
+                y = as_number(cell)
+                if cell != "" and y is None:
+                    raise ConfigError(f"{self.path.name} row {r + 2}: {f.column!r} is {cell!r}, not a number",
+                                      field=f"fidelities.{i}.column")
+                if y is not None:
+                    col[r] = y
+            if not np.isfinite(col).any():
+                raise ConfigError(f"{self.path.name}: column {f.column!r} is empty", field=f"fidelities.{i}.column")
+            out[f.name] = col
+        return out
+
+    @property
+    def fidelities(self) -> list[FidelitySpec]:
+        return list(self.spec.fidelities or [])
+
+    def measure_at(self, index: int, level: str, rng: np.random.Generator | None = None) -> dict[str, float | None]:
+        """Candidate ``index`` at a declared level: a cheaper level's column (the replicates' mean, or one
+        drawn replicate), or the full measurement (:meth:`measure`). Returned under the level's column name."""
+        spec = next((f for f in self.fidelities if f.name == level), None)
+        if spec is None:
+            raise ValueError(f"unknown fidelity level {level!r}")
+        if spec.column is None:
+            return self.measure(index, rng)
+        rows = self.pool[index].rows
+        col = self.levels[level]
+        if self.spec.replicates == "draw":
+            if rng is None:
+                raise ValueError("replicates: draw needs a random generator")
+            block = col[[rows[int(rng.integers(len(rows)))]]]
+        else:
+            block = col[rows]
+        return {spec.column: _mean(block)}
 
     def _read_prior(self, base: Path | None) -> list[dict[str, Any]]:
         """Earlier measurements as results without ``_id`` (gest-api: data this generator did not suggest)."""

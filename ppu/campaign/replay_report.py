@@ -57,7 +57,8 @@ def summarise_replay(name: str, world: ReplayWorld, run: LoopRun, generator: str
     sign = world.problem.sign(obj)
     scores = world.scores()
     measured_scores = [world.problem.score(r, obj) for r in run.results]  # as measured
-    true_scores = [float(scores[r["_id"]]) for r in run.results]
+    # a candidate counts as found once its full measurement is in (a cheap check does not find it)
+    true_scores = [float(scores[r["_id"]]) if run.is_full(r) else -np.inf for r in run.results]
     best_true = max(true_scores, default=-np.inf)
     best_meas = max([s for s in measured_scores if s is not None], default=None)
     reached = run.experiments_to(top)
@@ -73,6 +74,14 @@ def summarise_replay(name: str, world: ReplayWorld, run: LoopRun, generator: str
         "best_curve": [None if not np.isfinite(v) else sign * v for v in np.maximum.accumulate(true_scores)]
         if true_scores else [],
     }
+    if world.fidelities:
+        costs = {f.name: f.cost for f in world.fidelities}
+        summary.update({
+            "fidelities": costs, "digital_answers": len(run.digital),
+            "experiments_per_level": {f.name: sum(1 for r in run.results if r.get("_fidelity") == f.name)
+                                      for f in world.fidelities if f.physical},
+            "cost": float(sum(costs[r["_fidelity"]] for r in (*run.results, *run.digital))),
+            "cost_to_top": run.cost_to(top, costs)})
     if len(world.problem.objectives) > 1:
         curve, pool_hv, ref = hypervolume_curve(world, run)
         summary.update({"hypervolume_per_experiment": curve, "pool_hypervolume": pool_hv,

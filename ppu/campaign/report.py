@@ -241,7 +241,7 @@ def run_replay_cli(cfg: CampaignConfig, config_path: Path, out: Path, console: C
     t.add_column("figure")
     t.add_column("value", justify="right")
     for key in ("generator", "pool", "experiments", "best_found", "pool_best", "top_k", "experiments_to_top",
-                "random_expected_to_top", "pool_hypervolume", "hypervolume_fraction"):
+                "random_expected_to_top", "pool_hypervolume", "hypervolume_fraction", "cost", "cost_to_top"):
         if key in summary:
             v = summary[key]
             t.add_row(key.replace("_", " "), f"{v:.4g}" if isinstance(v, float) else str(v))
