@@ -67,3 +67,17 @@ def test_an_unchecked_success_is_the_model_construct_object() -> None:
     assert Result.model_validate_json(fast.model_dump_json()) == fast  # it is what validation would have made
     with pytest.raises(ValueError):
         fast.attempt = "not a number"  # type: ignore[assignment]  # assignment is still validated
+
+
+def test_importing_ppu_makes_idle_openmp_workers_sleep_unless_told_otherwise() -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, ppu; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "PASSIVE"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ACTIVE"  # a lab's own setting is kept
