@@ -18,7 +18,7 @@ just before it) is printed too, to show the spread. The process runs as a PPU wo
 Last line: one JSON object with device, best_batched_per_s, ppu_per_s (dynamic), naive_per_s
 (one by one), efficiency (ppu / best) and efficiency_rounds (each round's ratio).
 
-    python benchmarks/batching.py [--n 4000] [--hidden 1024] [--layers 4] [--concurrency 512] [--rounds 3]
+    python benchmarks/batching.py [--n 16000] [--hidden 1024] [--layers 4] [--concurrency 512] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def serve(weights: Path, device: torch.device, args: argparse.Namespace, max_bat
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=4000, help="tasks per mode")
+    ap.add_argument("--n", type=int, default=16000, help="tasks per mode and round")
     ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--concurrency", type=int, default=512, help="single-task run() calls in flight")
