@@ -4,8 +4,11 @@ Three ways to push the same N candidates through the same MLP, measured in this 
 
 - ``dynamic``: every task is its own ``TorchBackend.run([task])`` call (what a scheduler with
   batch_size 1 and many slots does), ``concurrency`` of them in flight at once; the backend's
-  MicroBatcher groups them into forward passes. Includes validation, featurisation and Result
-  building per task: the whole serving path.
+  MicroBatcher groups them into forward passes of at most the best batch size. Includes
+  validation, featurisation and Result building per task: the whole serving path. Each caller
+  sends its next task only when its last one is answered, so with one forward batch's worth in
+  flight the model would wait while the loop answers and refills; the default is two batches'
+  worth (a saturated server: one batch computes while the next fills).
 - ``best batch``: direct forward passes on ready feature tensors at each batch size; the best.
 - ``one by one``: direct forward passes of a single row each (what no batching would give).
 
@@ -18,7 +21,7 @@ just before it) is printed too, to show the spread. The process runs as a PPU wo
 Last line: one JSON object with device, best_batched_per_s, ppu_per_s (dynamic), naive_per_s
 (one by one), efficiency (ppu / best) and efficiency_rounds (each round's ratio).
 
-    python benchmarks/batching.py [--n 16000] [--hidden 1024] [--layers 4] [--concurrency 512] [--rounds 3]
+    python benchmarks/batching.py [--n 16000] [--hidden 1024] [--layers 4] [--concurrency 2xbest] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -116,7 +119,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=16000, help="tasks per mode and round")
     ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--concurrency", type=int, default=512, help="single-task run() calls in flight")
+    ap.add_argument("--concurrency", type=int, default=None,
+                    help="single-task run() calls in flight; default twice the best batch size")
     ap.add_argument("--rounds", type=int, default=3, help="turns of direct passes and the dynamic path")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--max-wait-ms", type=float, default=2.0)
@@ -137,6 +141,7 @@ def main() -> None:
         if ips > best:
             best_bs, best = bs, ips
 
+    args.concurrency = args.concurrency or 2 * best_bs
     dyn, mean_batch, ratios = 0.0, 0.0, []
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "mlp.pt"
