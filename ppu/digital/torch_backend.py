@@ -1,12 +1,14 @@
 """``torch``: serve any torch model behind any capability, with dynamic batching.
 
-Where things run: ``run`` is a coroutine on the worker's event loop. It validates and featurises
-each task there (cheap, and a bad candidate fails only its own task), then hands the feature
-rows to one :class:`~ppu.digital.batcher.MicroBatcher` per capability. The batchers group rows
-from every concurrent ``run`` call up to ``max_batch`` rows or ``max_wait_ms`` and execute ONE
-forward pass per group under ``torch.inference_mode()`` on this backend's single dedicated
-thread (``ppu-torch-<name>``). The event loop never blocks on torch, and since all forward
-passes and model loads share that one thread, a model is swapped only between batches.
+Where things run: ``run`` is a coroutine on the worker's event loop. It hands each single-row
+task, as it came, to one :class:`~ppu.digital.batcher.MicroBatcher` per capability. The batchers
+group rows from every concurrent ``run`` call up to ``max_batch`` rows or ``max_wait_ms`` and
+handle each group on this backend's single dedicated thread (``ppu-torch-<name>``): encoded at
+once, ONE forward pass under ``torch.inference_mode()``, one Result per task (a bad row fails
+only its own task). The event loop never blocks on torch, and since all forward passes and model
+loads share that one thread, a model is swapped only between batches. Once the models are loaded
+the backend freezes the heap for the garbage collector (``gc.freeze``): torch and the models live
+as long as the worker, and full collections no longer walk them.
 
 Models come from a :class:`ModelSpec` per capability, one of:
 
@@ -394,7 +396,10 @@ class TorchBackend(Backend):
             run = batch[0]
             s = self.served.get(run.capability)
             if s is not None and run.block is None:
-                return [await self._row(run, s.batcher.put((run, started)), started)]
+                try:
+                    return [await s.batcher.put((run, started))]
+                except Exception as exc:  # the whole forward batch failed (see _row)
+                    return [self.fail(run, f"forward pass failed: {exc}", started, device=str(self.device))]
         results: list[Result | None] = [None] * len(batch)
         waits: list[tuple[int, asyncio.Future[Result]]] = []
         for i, run in enumerate(batch):
