@@ -30,12 +30,12 @@ models trained on another feature layout.
 
 The serving path has no per-row Python beyond the task itself: a :class:`~ppu.digital.coding.Coding`
 bundles the encoder's vectorised forms. A single-row task is queued as it came (the run and its
-start time; no model, future chain or task of its own beyond the one future it awaits) and the
-torch thread handles a whole forward batch at once: one encoder call for the batch (a batch that
-fails to encode is halved until the bad rows are found, so only a bad row fails, with its
-encoder's error), one forward pass, one finiteness check over the outputs, one Provenance shared
-by the batch's Results, which are built there too. The event loop only wakes each waiting ``run``
-with its finished Result. A *columnar* task (``TaskRun.block``) is encoded as one matrix,
+start time, with one future to await; no model or asyncio task of its own) and the torch thread
+handles a whole forward batch at once: one encoder call for the batch (a batch that fails to
+encode is halved until the bad rows are found, so only a bad row fails, with an error naming the
+field), one forward pass, one finiteness check over the outputs, one Provenance shared by the
+batch's Results, which are built there too. The event loop only wakes each waiting ``run`` with
+its finished Result. A *columnar* task (``TaskRun.block``) is encoded as one matrix,
 cut into forward passes of ``block_batch`` rows, reported as progress, and answered with output
 columns (``mean``, ``std``, or the decoder's ``.block`` form) that the worker ships to the
 artifact store: one Result per block, not per row.
