@@ -355,6 +355,27 @@ class Result(Strict):
     def columns(self) -> dict[str, Any] | None:
         return self._columns
 
+    @classmethod
+    def succeeded_unchecked(cls, task_id: str, attempt: int, outputs: dict[str, Any], started_at: float,
+                            finished_at: float, provenance: Provenance | None) -> Result:
+        """A success whose parts the caller vouches for (a served model's decoded outputs): the same
+        object as ``model_construct`` with every field given, without its per-field loop (a few
+        microseconds per row of a forward batch)."""
+        r = _new(cls)
+        _set(r, "__dict__", {"task_id": task_id, "attempt": attempt, "status": ResultStatus.succeeded,
+                             "outputs": outputs, "error": None, "retryable": True, "interrupted": False,
+                             "started_at": started_at, "finished_at": finished_at, "provenance": provenance,
+                             "artifact": None})
+        _set(r, "__pydantic_fields_set__", set(_RESULT_FIELDS))
+        _set(r, "__pydantic_extra__", None)
+        _set(r, "__pydantic_private__", {"_columns": None})
+        return r
+
+
+_new = object.__new__
+_set = object.__setattr__
+_RESULT_FIELDS = frozenset(Result.model_fields)
+
 
 class AuditEntry(Strict):
     at: float = Field(default_factory=time.time)

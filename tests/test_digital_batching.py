@@ -247,3 +247,73 @@ def test_serves_a_torch_export_archive(tmp_path):
         ref = m(torch.tensor([featurize_one(task(0).inputs["candidate"])]))
     assert r.outputs["mean"] == pytest.approx(float(ref[0, 0]), rel=1e-5, abs=1e-6)
     asyncio.run(backend.close())
+
+
+# ---- the vectorised serving path: one encoder call, one pass and one Provenance per forward batch ----
+
+
+class _Picky(torch.nn.Module):
+    """mean = the first feature; std NaN where that feature is above 0.5 (a model that misbehaves per row)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        std = torch.where(x[:, 0] > 0.5, torch.full_like(x[:, 0], float("nan")), torch.full_like(x[:, 0], 0.1))
+        return torch.stack([x[:, 0], std], dim=1)
+
+
+def picky() -> torch.nn.Module:
+    return _Picky()
+
+
+def test_bad_rows_fail_alone_inside_a_shared_forward_batch(weights):
+    n, unknown, negative = 16, 3, 11
+    cands = [candidate(i) for i in range(n)]
+    cands[unknown] = {"composition": {"Mg": 0.5, "Unobtainium": 0.5}, "anneal_temperature_c": 300.0,
+                      "anneal_time_h": 2.0}
+    cands[negative] = {"composition": {"Mg": -0.5, "Zn": 1.5}, "anneal_temperature_c": 300.0, "anneal_time_h": 2.0}
+    # one forward batch of all n rows: it leaves when full (the wait is far longer than the test)
+    backend = make_backend(weights, max_batch=n, max_wait_ms=60_000)
+
+    async def main():
+        await backend.start()
+        out = await asyncio.gather(*(backend.run([task(i, cand=c)], _noop) for i, c in enumerate(cands)))
+        await backend.close()
+        return [r for [r] in out]
+
+    results = asyncio.run(main())
+    assert backend.served["predict.co2_uptake"].batcher.batch_sizes == [n]  # every row was in the same batch
+    for i, r in enumerate(results):
+        assert r.task_id == f"t{i}"
+        if i in (unknown, negative):
+            assert r.status is ResultStatus.failed and r.retryable is False
+            assert (r.error or "").startswith("cannot encode the inputs: inputs.candidate")  # names the field
+        else:
+            assert r.status is ResultStatus.succeeded, r.error
+            mean, std = reference(weights, cands[i])
+            assert r.outputs["mean"] == pytest.approx(mean, rel=1e-5, abs=1e-6)
+            assert r.outputs["std"] == pytest.approx(std, rel=1e-5, abs=1e-6)
+            assert r.provenance is not None and r.provenance.extra["forward_batch"] == n - 2
+            assert r.provenance is results[0].provenance  # one Provenance per forward batch
+    assert "Unobtainium" in (results[unknown].error or "")
+
+
+def test_a_row_the_model_answers_with_nan_fails_alone(monkeypatch):
+    import ppu.digital.torch_backend as tb
+
+    monkeypatch.setattr(tb, "_import", lambda path: picky)
+    backend = build_backend({"type": "torch", "name": "picky", "max_batch": 4, "max_wait_ms": 60_000,
+                             "models": {"predict.purity": {"factory": "tests.x:picky", "version": "1"}}})
+    li_rich = {"composition": {"Li": 0.9, "Mg": 0.1}, "anneal_temperature_c": 300.0, "anneal_time_h": 2.0}
+    runs = [task(0, "predict.purity"), task(1, "predict.purity", li_rich), task(2, "predict.purity"),
+            task(3, "predict.purity")]
+
+    async def main():
+        out = await asyncio.gather(*(backend.run([r], _noop) for r in runs))
+        await backend.close()
+        return [r for [r] in out]
+
+    results = asyncio.run(main())
+    assert [r.status for r in results] == [ResultStatus.succeeded, ResultStatus.failed, ResultStatus.succeeded,
+                                           ResultStatus.succeeded]
+    assert "std=nan" in (results[1].error or "") and results[1].retryable is False
+    assert results[1].provenance is not None and results[1].provenance.model_version == "1"
+    assert results[0].outputs == {"mean": 0.0, "std": pytest.approx(0.1), "model_version": "1"}

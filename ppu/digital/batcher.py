@@ -9,9 +9,10 @@ holds ``max_batch`` items or ``max_wait_s`` has passed since that first item arr
 the next batch.
 
 ``fn`` must return one result per item, in order. If it raises, every item of that batch gets
-the exception (a whole forward pass failed: e.g. out of memory); per-item checks (featurising a
-candidate) belong before ``submit``, so that one bad item never spoils a batch. A cancelled
-waiter's item is dropped if it has not left yet, and its result discarded if it has.
+the exception (a whole forward pass failed: e.g. out of memory); so that one bad item never spoils
+a batch, ``fn`` answers a bad item with its own outcome instead of raising (the torch backend
+encodes a whole batch inside ``fn`` and answers a row that does not encode with a failed Result).
+A cancelled waiter's item is dropped if it has not left yet, and its result discarded if it has.
 """
 
 from __future__ import annotations

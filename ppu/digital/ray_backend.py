@@ -14,7 +14,7 @@ backend. Behind it, ``actors`` Ray actors each hold the models (on their own GPU
         models:
           predict.co2_uptake: {registry: /shared/runs/models}
 
-Rows are encoded on the actors with the capability's :class:`~ppu.digital.torch_backend.Coding`
+Rows are encoded on the actors with the capability's :class:`~ppu.digital.coding.Coding`
 (the same encoders and decoders as ``torch``). A batch of single-row tasks goes to one actor as
 one list; a columnar task (block) is cut into parts of ``part_rows`` rows spread over the
 actors, progress reported as parts finish, and answered with output columns like ``torch``.
@@ -37,7 +37,8 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from ppu.backends.base import Backend, BackendConfig, ProgressFn, TaskRun
-from ppu.digital.torch_backend import Coding, ModelSpec, block_outcome
+from ppu.digital.coding import Coding, block_outcome
+from ppu.digital.torch_backend import ModelSpec
 from ppu.errors import ConfigError
 from ppu.models import BackendKind, CapabilityOffer, Result
 
@@ -131,14 +132,12 @@ class ModelActor:
     def rows(self, cap: str, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         """Single-row tasks: one feature matrix, one forward pass; bad rows come back as errors."""
         m = self._load(cap)
-        rows = self.codings[cap].encode_many(inputs)
-        good = [i for i, r in enumerate(rows) if not isinstance(r, Exception)]
-        mean = np.full(len(rows), np.nan)
-        std = np.full(len(rows), np.nan)
+        x, good, bad = self.codings[cap].encode_rows(inputs)
+        mean = np.full(len(inputs), np.nan)
+        std = np.full(len(inputs), np.nan)
         if good:
-            mu, sd = self._forward(m, np.stack([rows[i] for i in good]))  # type: ignore[misc]
-            mean[good], std[good] = mu, sd
-        errors = {i: str(r) for i, r in enumerate(rows) if isinstance(r, Exception)}
+            mean[good], std[good] = self._forward(m, x)
+        errors = {i: str(exc) for i, exc in bad.items()}
         return {"mean": mean, "std": std, "errors": errors, "batch": len(good), **self._about(m)}
 
     def block(self, cap: str, columns: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -1,12 +1,14 @@
 """``torch``: serve any torch model behind any capability, with dynamic batching.
 
-Where things run: ``run`` is a coroutine on the worker's event loop. It validates and featurises
-each task there (cheap, and a bad candidate fails only its own task), then hands the feature
-rows to one :class:`~ppu.digital.batcher.MicroBatcher` per capability. The batchers group rows
-from every concurrent ``run`` call up to ``max_batch`` rows or ``max_wait_ms`` and execute ONE
-forward pass per group under ``torch.inference_mode()`` on this backend's single dedicated
-thread (``ppu-torch-<name>``). The event loop never blocks on torch, and since all forward
-passes and model loads share that one thread, a model is swapped only between batches.
+Where things run: ``run`` is a coroutine on the worker's event loop. It hands each single-row
+task, as it came, to one :class:`~ppu.digital.batcher.MicroBatcher` per capability. The batchers
+group rows from every concurrent ``run`` call up to ``max_batch`` rows or ``max_wait_ms`` and
+handle each group on this backend's single dedicated thread (``ppu-torch-<name>``): encoded at
+once, ONE forward pass under ``torch.inference_mode()``, one Result per task (a bad row fails
+only its own task). The event loop never blocks on torch, and since all forward passes and model
+loads share that one thread, a model is swapped only between batches. Once the models are loaded
+the backend freezes the heap for the garbage collector (``gc.freeze``): torch and the models live
+as long as the worker, and full collections no longer walk them.
 
 Models come from a :class:`ModelSpec` per capability, one of:
 
@@ -26,12 +28,14 @@ A model maps features ``x[B, F]`` to ``[B, 2]`` (mean, std), a ``(mean, std)`` p
 ``[B, 1]`` (mean only; std reported as 0). An encoder with a ``version`` attribute refuses registry
 models trained on another feature layout.
 
-The serving path has no per-row Python beyond the task itself: a :class:`Coding` bundles the
-encoder's vectorised forms, found as attributes of the encoder function (``.batch``: many inputs
--> one feature matrix; ``.block``: a block's columns -> one feature matrix; ``.columns``: many
-inputs -> a block's columns). Single-row tasks are queued as raw inputs and encoded a whole
-forward batch at a time on the torch thread (a batch that fails to encode is re-encoded row by
-row, so only the bad row fails). A *columnar* task (``TaskRun.block``) is encoded as one matrix,
+The serving path has no per-row Python beyond the task itself: a :class:`~ppu.digital.coding.Coding`
+bundles the encoder's vectorised forms. A single-row task is queued as it came (the run and its
+start time, with one future to await; no model or asyncio task of its own) and the torch thread
+handles a whole forward batch at once: one encoder call for the batch (a batch that fails to
+encode is halved until the bad rows are found, so only a bad row fails, with an error naming the
+field), one forward pass, one finiteness check over the outputs, one Provenance shared by the
+batch's Results, which are built there too. The event loop only wakes each waiting ``run`` with
+its finished Result. A *columnar* task (``TaskRun.block``) is encoded as one matrix,
 cut into forward passes of ``block_batch`` rows, reported as progress, and answered with output
 columns (``mean``, ``std``, or the decoder's ``.block`` form) that the worker ships to the
 artifact store: one Result per block, not per row.
@@ -41,12 +45,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import importlib
 import logging
 import math
 import time
 import warnings
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,10 +64,13 @@ from torch import nn
 from ppu import capabilities as caps
 from ppu.backends.base import Backend, BackendConfig, ProgressFn, TaskRun
 from ppu.digital.batcher import MicroBatcher
+from ppu.digital.coding import Coding, block_outcome
 from ppu.digital.model_registry import ModelRegistry, file_sha256
 from ppu.errors import BackendError, ConfigError, PPUError
-from ppu.models import BackendKind, CapabilityOffer, Provenance, Result, ResultStatus, Strict
-from ppu.packs import resolve
+from ppu.models import BackendKind, CapabilityOffer, Provenance, Result, Strict
+
+__all__ = ["Coding", "LoadedModel", "ModelSpec", "TorchBackend", "TorchConfig", "block_outcome", "load_model",
+           "select_device", "split_arrays"]
 
 log = logging.getLogger(__name__)
 
@@ -146,83 +153,7 @@ class LoadedModel:
     registry_number: int | None = None
 
 
-_Out = tuple[float, float, LoadedModel, int]  # mean, std, the model that made it, forward batch size
-
-
-def _rows(encode: Callable[[dict[str, Any]], list[float]]) -> Callable[[list[dict[str, Any]]], np.ndarray]:
-    def encode_batch(inputs: list[dict[str, Any]]) -> np.ndarray:
-        return np.asarray([encode(i) for i in inputs], dtype=np.float64)
-    return encode_batch
-
-
-def _mean_std_block(mean: np.ndarray, std: np.ndarray, version: str | None) -> dict[str, np.ndarray]:
-    return {"mean": mean, "std": std}
-
-
-@dataclass(frozen=True)
-class Coding:
-    """How a capability's inputs become model features and the model's (mean, std) its outputs.
-
-    Shared by every digital backend type (``torch``, ``ray``). Built from the encoder and decoder
-    names (the capability's, or a lab file's override); the vectorised and columnar forms are
-    attributes of those functions (``encode.batch``, ``encode.block``, ``encode.columns``,
-    ``decode.block``); without them rows are encoded one by one and blocks are refused."""
-
-    capability: str
-    encode: Callable[[dict[str, Any]], list[float]]
-    encode_batch: Callable[[list[dict[str, Any]]], np.ndarray]
-    block: Callable[[dict[str, np.ndarray]], np.ndarray] | None
-    columns: Callable[[list[dict[str, Any]]], dict[str, np.ndarray]] | None
-    decode: Callable[[float, float, str | None], dict[str, Any]]
-    decode_block: Callable[[np.ndarray, np.ndarray, str | None], dict[str, np.ndarray]]
-    features: str | None
-    feature_names: list[str] | None
-    example: dict[str, Any] | None
-
-    @classmethod
-    def of(cls, capability: str, encoder: str | None = None, decoder: str | None = None) -> Coding:
-        cap = caps.get(capability)
-        enc = resolve(encoder or cap.encoder or "", "encoder")
-        dec_name = decoder or cap.decoder
-        dec = resolve(dec_name, "decoder") if dec_name else _mean_std
-        names = getattr(enc, "feature_names", None)
-        return cls(capability=capability, encode=enc, encode_batch=getattr(enc, "batch", None) or _rows(enc),
-                   block=getattr(enc, "block", None), columns=getattr(enc, "columns", None), decode=dec,
-                   decode_block=getattr(dec, "block", None) or _mean_std_block,
-                   features=getattr(enc, "version", None), feature_names=names() if callable(names) else None,
-                   example=cap.example)
-
-    def encode_many(self, inputs: list[dict[str, Any]]) -> list[np.ndarray | Exception]:
-        """Feature rows of many inputs: vectorised; when that fails, row by row so only bad rows fail."""
-        try:
-            x = np.asarray(self.encode_batch(inputs), dtype=np.float64)
-            if x.ndim == 2 and x.shape[0] == len(inputs):
-                return list(x)
-        except Exception:
-            pass
-        out: list[np.ndarray | Exception] = []
-        for i in inputs:
-            try:
-                out.append(np.asarray(self.encode(i), dtype=np.float64))
-            except Exception as exc:
-                out.append(exc)
-        return out
-
-    def encode_block(self, columns: dict[str, np.ndarray]) -> np.ndarray:
-        if self.block is None:
-            raise BackendError(f"the encoder of {self.capability} has no columnar form (encode.block)",
-                               hint="give the encoder function a .block attribute: columns -> feature matrix")
-        x = np.asarray(self.block(columns), dtype=np.float64)
-        if x.ndim != 2:
-            raise BackendError(f"the columnar encoder of {self.capability} returned shape {x.shape}, not (rows, F)")
-        return x
-
-
-class _EncodeError(Exception):
-    """One row's inputs could not be encoded (its task fails alone, not retried)."""
-
-
-_PENDING = _EncodeError("not encoded")  # placeholder, replaced for every row that encoded
+_Item = tuple[TaskRun, float]  # a single-row task and when its run() call began
 
 
 def _import(path: str) -> Any:
@@ -303,10 +234,6 @@ def load_registry_version(path: Path, device: torch.device, half: bool = False,
     return _finish(module, device, half, name or meta.get("name", ver.target), ver.version, sha, ver.number)
 
 
-def _mean_std(mean: float, std: float, version: str | None) -> dict[str, Any]:
-    return {"mean": mean, "std": std, "model_version": version}
-
-
 def split_arrays(out: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
     """A model's output as float64 (mean, std) arrays of ``n`` (std 0 when it gives the mean only)."""
     if isinstance(out, tuple | list):
@@ -318,15 +245,6 @@ def split_arrays(out: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
     return (mean.reshape(n).detach().double().cpu().numpy(), std.reshape(n).detach().double().cpu().numpy())
 
 
-def block_outcome(coding: Coding, mean: np.ndarray, std: np.ndarray,
-                  version: str | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """A block's output columns and the Result's summary outputs (rows, bad rows, model version)."""
-    bad = ~(np.isfinite(mean) & np.isfinite(std) & (std >= 0))
-    cols = {k: np.asarray(v) for k, v in coding.decode_block(mean, std, version).items()}
-    return cols, {"rows": len(mean), "columns": list(cols), "non_finite_rows": int(bad.sum()),
-                  "model_version": version}
-
-
 class _Served:
     """One capability: its spec, the model it serves now, and the batcher in front of it."""
 
@@ -336,7 +254,7 @@ class _Served:
         self.model: LoadedModel | None = None
         self.last_check = -math.inf
         self.broken: int | None = None  # a registry version that failed to load: not retried
-        self.batcher: MicroBatcher[dict[str, Any], _Out | Exception]
+        self.batcher: MicroBatcher[_Item, Result]
         self.coding = Coding.of(capability, spec.encoder, spec.decoder)
         self.example = self.coding.example
         self.features = self.coding.features
@@ -410,19 +328,27 @@ class TorchBackend(Backend):
                                hint="run train.surrogate first")
         return s.model
 
-    def _forward(self, s: _Served, inputs: list[dict[str, Any]]) -> list[_Out | Exception]:
-        """One forward pass for a batch of single-row tasks, encoded here as one matrix."""
+    def _forward(self, s: _Served, items: list[_Item]) -> list[Result]:
+        """A forward batch of single-row tasks: encoded as one matrix, one pass, one Result per task."""
         m = self._current(s)
-        rows = s.coding.encode_many(inputs)
-        good = [i for i, r in enumerate(rows) if not isinstance(r, Exception)]
-        out: list[_Out | Exception] = [_EncodeError(str(r)) if isinstance(r, Exception) else _PENDING for r in rows]
+        x, good, errors = s.coding.encode_rows([run.inputs for run, _ in items])
+        out: list[Result | None] = [None] * len(items)
+        for i, exc in errors.items():
+            run, started = items[i]
+            out[i] = self.fail(run, f"cannot encode the inputs: {exc}", started, retryable=False)
         if good:
-            x = np.stack([rows[i] for i in good])  # type: ignore[misc]
             means, stds = self._forward_model(m, torch.from_numpy(x))
-            n = len(good)
-            for j, i in enumerate(good):
-                out[i] = (float(means[j]), float(stds[j]), m, n)
-        return out
+            fine = (np.isfinite(means) & np.isfinite(stds) & (stds >= 0)).tolist()
+            prov = self._provenance(m, len(good))  # one for the batch, shared by its Results
+            done = time.time()
+            decode, version, make = s.coding.decode, m.version, Result.succeeded_unchecked
+            for i, mean, std, ok in zip(good, means.tolist(), stds.tolist(), fine, strict=True):
+                run, started = items[i]
+                # outputs come from the decoder of a loaded model, checked finite here: no re-validation per row
+                out[i] = make(run.task_id, run.attempt, decode(mean, std, version), started, done, prov) if ok else \
+                    self.fail(run, f"model returned mean={mean}, std={std}", started, retryable=False,
+                              model_name=m.name, model_version=version, device=str(self.device))
+        return out  # type: ignore[return-value]  # every row is answered above
 
     def _forward_block(self, s: _Served, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, LoadedModel]:
         """Forward passes of ``block_batch`` rows over part of a columnar task (one model throughout)."""
@@ -445,6 +371,10 @@ class TorchBackend(Backend):
         async with self._start_lock:
             if not self._started:
                 await asyncio.get_running_loop().run_in_executor(self._executor, self._load_initial)
+                # Everything alive now (torch, the models, the imports) lives as long as the worker: out
+                # of the collector's sight, a full collection no longer walks it (~0.5 s each on 2 cores,
+                # and serving's short-lived objects trigger one every few thousand rows).
+                gc.freeze()
                 self._started = True
 
     async def close(self) -> None:
@@ -462,8 +392,16 @@ class TorchBackend(Backend):
         if not self._started:
             await self.start()
         started = time.time()
+        if len(batch) == 1:  # the common case at high rates: one task per run call
+            run = batch[0]
+            s = self.served.get(run.capability)
+            if s is not None and run.block is None:
+                try:
+                    return [await s.batcher.put((run, started))]
+                except Exception as exc:  # the whole forward batch failed (see _row)
+                    return [self.fail(run, f"forward pass failed: {exc}", started, device=str(self.device))]
         results: list[Result | None] = [None] * len(batch)
-        waits = []
+        waits: list[tuple[int, asyncio.Future[Result]]] = []
         for i, run in enumerate(batch):
             s = self.served.get(run.capability)
             if s is None:
@@ -472,42 +410,21 @@ class TorchBackend(Backend):
             elif run.block is not None:
                 results[i] = await self._run_block(s, run, progress, started)
             else:
-                waits.append((i, s.batcher.put(run.inputs)))
-        outs: list[Any] = []
-        if len(waits) == 1:  # the common case at high rates: one task per run call, no gather needed
-            try:
-                outs = [await waits[0][1]]
-            except Exception as exc:
-                outs = [exc]
-        elif waits:
-            outs = await asyncio.gather(*(w for _, w in waits), return_exceptions=True)
-        dev = str(self.device)
-        provs: dict[tuple[int, int], Provenance] = {}  # one per forward batch, shared by its rows
-        for (i, _), out in zip(waits, outs, strict=True):
-            run = batch[i]
-            if isinstance(out, BaseException):
-                if isinstance(out, asyncio.CancelledError):
-                    raise out
-                if isinstance(out, _EncodeError):
-                    results[i] = self.fail(run, f"cannot encode the inputs: {out}", started, retryable=False)
-                else:
-                    results[i] = self.fail(run, f"forward pass failed: {out}", started, device=dev)
-                continue
-            mean, std, m, n = out
-            if not (math.isfinite(mean) and math.isfinite(std) and std >= 0):
-                results[i] = self.fail(run, f"model returned mean={mean}, std={std}", started,
-                                       retryable=False, model_name=m.name, model_version=m.version, device=dev)
-                continue
-            prov = provs.get((id(m), n))
-            if prov is None:
-                prov = provs[(id(m), n)] = self._provenance(m, n)
-            # outputs come from the decoder of a validated model: built without re-validation per row
-            results[i] = Result.model_construct(
-                task_id=run.task_id, attempt=run.attempt, status=ResultStatus.succeeded,
-                outputs=self.served[run.capability].coding.decode(mean, std, m.version), error=None,
-                retryable=True, interrupted=False, started_at=started, finished_at=time.time(), provenance=prov,
-                artifact=None)
+                waits.append((i, s.batcher.put((run, started))))
+        try:
+            for i, fut in waits:  # all queued before the first await: they may share a forward pass
+                results[i] = await self._row(batch[i], fut, started)
+        except asyncio.CancelledError:
+            for _, fut in waits:  # the rows not yet handed to the model are dropped from their batch
+                fut.cancel()
+            raise
         return [r for r in results if r is not None]
+
+    async def _row(self, run: TaskRun, fut: asyncio.Future[Result], started: float) -> Result:
+        try:
+            return await fut
+        except Exception as exc:  # the whole forward batch failed (out of memory, no model yet...)
+            return self.fail(run, f"forward pass failed: {exc}", started, device=str(self.device))
 
     async def _run_block(self, s: _Served, run: TaskRun, progress: ProgressFn, started: float) -> Result:
         """A columnar task: encode the block, forward it in parts (progress after each), answer with columns."""
