@@ -40,11 +40,10 @@ from pydantic import Field, model_validator
 
 from ppu.campaign.generators import GENERATORS, BoTorchGenerator, Generator
 from ppu.campaign.problem import Problem, as_number
-from ppu.campaign.workflow import Step, Workflow, resolve_inputs, run_workflow
+from ppu.campaign.workflow import Step, Workflow, resolve_inputs, run_workflow, wait_through_review
 from ppu.config import LabConfig, load_lab, load_yaml_model
 from ppu.errors import ConfigError
 from ppu.models import Autonomy, Strict, TaskState
-from ppu.protocol import WaitTimeout
 
 log = logging.getLogger(__name__)
 
@@ -208,17 +207,9 @@ class LabLoop:
         physical task waits for a person; the loop says so once and takes what the person decides."""
         [tid] = await self.client.submit([{"capability": capability, "inputs": inputs, "campaign": self.cfg.name}])
         tasks.append(tid)
-        told = False
-        while True:
-            try:
-                [task] = await self.client.wait([tid], timeout=self.review_poll_s)
-                break
-            except WaitTimeout:
-                if not told and (await self.client.task(tid)).state is TaskState.needs_review:
-                    told = True
-                    if self.on_review is not None:
-                        self.on_review(tid, capability)
-                    log.warning("%s (%s) was interrupted and waits for a person: ppu review %s", tid, capability, tid)
+        on_review = self.on_review
+        task = await wait_through_review(self.client, tid, capability, self.review_poll_s,
+                                         None if on_review is None else lambda: on_review(tid, capability))
         res = await self.client.result(tid)
         if task.state is TaskState.succeeded and res is not None:
             return "succeeded", dict(res.outputs)

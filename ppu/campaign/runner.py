@@ -25,12 +25,11 @@ import numpy as np
 from ppu.campaign.config import CampaignConfig
 from ppu.campaign.optimizer import Decision, PoolOptimizer
 from ppu.campaign.screening import publish_screening_models
-from ppu.campaign.workflow import Step, run_workflow
+from ppu.campaign.workflow import Step, run_workflow, wait_through_review
 from ppu.config import LabConfig
 from ppu.drivers.mof.capabilities import Candidate
 from ppu.errors import ConfigError
 from ppu.models import Task, TaskState
-from ppu.protocol import WaitTimeout
 from ppu.simulators.mof.world import World, WorldConfig, candidate_pool
 
 log = logging.getLogger(__name__)
@@ -151,19 +150,8 @@ class CampaignLoop:
         [tid] = await self.client.submit([{"capability": capability, "inputs": inputs, "campaign": self.cfg.name,
                                            **extra}])
         self.task_ids.append(tid)
-        told = False
-        while True:
-            try:
-                [task] = await self.client.wait([tid], timeout=self.review_poll_s)
-                break
-            except WaitTimeout:
-                # An interrupted physical task waits for a person (never re-run by us): free its
-                # instrument slot for the loop, say what to do, and keep waiting for the decision.
-                if not told and (await self.client.task(tid)).state is TaskState.needs_review:
-                    told = True
-                    log.warning("%s (%s) was interrupted and waits for a person: ppu review %s", tid, capability, tid)
-                    if on_review is not None:
-                        on_review()
+        # on_review frees the interrupted task's instrument slot for the loop while a person decides
+        task = await wait_through_review(self.client, tid, capability, self.review_poll_s, on_review)
         outputs: dict[str, Any] = {}
         if task.state is TaskState.succeeded:
             res = await self.client.result(tid)

@@ -23,6 +23,7 @@ No IO: :func:`run_workflow` gets the function that runs one step.
 
 from __future__ import annotations
 
+import logging
 import operator
 import re
 from collections.abc import Awaitable, Callable
@@ -31,7 +32,8 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from ppu.models import Strict
+from ppu.models import Strict, Task, TaskState
+from ppu.protocol import WaitTimeout
 
 _GATE = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(>=|<=|==|!=|>|<)\s*(-?[\d.]+(?:[eE][-+]?\d+)?)\s*$")
 _OPS: dict[str, Callable[[float, float], bool]] = {
@@ -222,3 +224,22 @@ async def run_workflow(wf: Workflow, candidate: dict[str, Any], run_step: RunSte
             run.outcome = hit.match
             run.outputs.update({k: v for k, v in hit.outputs.items() if run.outputs.get(k) is None})
     return run
+
+
+async def wait_through_review(client: Any, task_id: str, capability: str, poll_s: float,
+                              on_review: Callable[[], None] | None = None) -> Task:
+    """Wait for one task to end. An interrupted physical task waits for a person (a campaign never
+    re-runs it): say so once (``on_review``, and the log, with what to do), and keep waiting for the
+    decision."""
+    told = False
+    while True:
+        try:
+            [task] = await client.wait([task_id], timeout=poll_s)
+            return task  # type: ignore[no-any-return]
+        except WaitTimeout:
+            if not told and (await client.task(task_id)).state is TaskState.needs_review:
+                told = True
+                logging.getLogger(__name__).warning(
+                    "%s (%s) was interrupted and waits for a person: ppu review %s", task_id, capability, task_id)
+                if on_review is not None:
+                    on_review()
