@@ -233,13 +233,16 @@ class Worker:
 
     def _resend(self, now: float) -> None:
         for name, host in self.hosts.items():
+            due = []
             for r in host.pending_results():
                 key = (r.task_id, r.attempt)
                 when, backoff = self._resend_at.get(key, (now, self.heartbeat_s))
                 if when <= now:
-                    self._send(_result_msg(name, r))
+                    due.append(r)
                     backoff = min(backoff * 2, self.resend_max_s)
                     self._resend_at[key] = (now + backoff, backoff)
+            for frames in _result_msgs(name, due):  # re-sent as they were sent: a batch's in few messages
+                self._send_frames(frames)
 
     def _on_message(self, msg: Any) -> None:
         self._last_heard = time.monotonic()
