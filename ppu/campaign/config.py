@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from ppu.campaign.generators import GeneratorSpec
 from ppu.campaign.problem import Problem
 from ppu.campaign.replay import ReplayTable
 from ppu.campaign.workflow import Workflow
@@ -72,15 +73,6 @@ class ParallelSpec(Strict):
     learn_every: int = Field(4, ge=1, description="publish a new surrogate version every this many measurements")
 
 
-class OptimiserSpec(Strict):
-    """Replay campaigns: which generator proposes (suggest/ingest, ppu.campaign.generators)."""
-
-    generator: Literal["botorch", "random", "sobol"] = Field("botorch", description="botorch (qLogNEI, or "
-                                                             "qLogNEHVI for several objectives), random or sobol")
-    n_init: int = Field(4, ge=1, le=1000, description="Sobol points before the GP takes over")
-    in_flight: int = Field(1, ge=1, le=64, description="experiments running at once (the others are pending)")
-
-
 class CampaignConfig(Strict):
     name: str = Field("campaign", pattern=r"^[A-Za-z0-9_.\-]+$", description="campaign name (task tag)")
     seed: int = Field(0, description="seeds the optimiser and the simulated instruments")
@@ -90,7 +82,7 @@ class CampaignConfig(Strict):
     objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec)
     problem: Problem | None = Field(None, validate_default=True, description="the declared problem (gest-api "
                                     "VOCS): variables, objectives, constraints, constants, observables")
-    optimiser: OptimiserSpec = Field(default_factory=OptimiserSpec)
+    optimiser: GeneratorSpec = Field(default_factory=GeneratorSpec)
     workflow: Workflow | None = Field(None, description="per candidate: which capabilities run in which order, "
                                       "output -> input wiring, gates, costs (default: the MOF lab's synthesise, "
                                       "XRD, isotherm only if pure)")

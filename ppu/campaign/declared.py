@@ -33,12 +33,12 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from pydantic import Field, model_validator
 
-from ppu.campaign.generators import GENERATORS, BoTorchGenerator, Generator
+from ppu.campaign.generators import GENERATORS, BoTorchGenerator, Generator, GeneratorSpec
 from ppu.campaign.problem import Problem, as_number
 from ppu.campaign.workflow import Step, Workflow, resolve_inputs, run_workflow, wait_through_review
 from ppu.config import LabConfig, load_lab, load_yaml_model
@@ -51,15 +51,6 @@ log = logging.getLogger(__name__)
 class Budget(Strict):
     experiments: int = Field(20, ge=1, le=100_000, description="candidates the campaign may run (physical "
                              "experiments: each one workflow)")
-
-
-class Optimiser(Strict):
-    generator: Literal["botorch", "random", "sobol"] = Field("botorch", description="botorch (qLogNEI, or "
-                                                             "qLogNEHVI for several objectives), random or sobol")
-    n_init: int = Field(4, ge=1, le=1000, description="measured candidates before the GP takes over (the initial "
-                        "design: the screen's best, else Sobol points)")
-    in_flight: int = Field(1, ge=1, le=64, description="candidates in their workflows at once (the others "
-                           "are pending when one is proposed)")
 
 
 class Screening(Strict):
@@ -94,7 +85,7 @@ class LabCampaign(Strict):
                                "objective and constraint")
     screening: Screening | None = Field(None, description="screen on a digital twin first (none: Sobol start)")
     budget: Budget = Field(default_factory=Budget)
-    optimiser: Optimiser = Field(default_factory=Optimiser)
+    optimiser: GeneratorSpec = Field(default_factory=GeneratorSpec)
 
     @model_validator(mode="after")
     def _consistent(self) -> LabCampaign:

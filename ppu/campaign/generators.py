@@ -30,11 +30,13 @@ import math
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from ppu.campaign.problem import Problem, as_number
+from ppu.models import Strict
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -420,3 +422,14 @@ def hypervolume(values: np.ndarray, ref: Sequence[float]) -> float:
 
 def finite(x: float | None) -> bool:
     return x is not None and math.isfinite(x)
+
+
+class GeneratorSpec(Strict):
+    """Which generator proposes, as a campaign file says (replay and declared lab campaigns alike)."""
+
+    generator: Literal["botorch", "random", "sobol"] = Field("botorch", description="botorch (qLogNEI, or "
+                                                             "qLogNEHVI for several objectives), random or sobol")
+    n_init: int = Field(4, ge=1, le=1000, description="measured candidates before the GP takes over (the initial "
+                        "design: a screen's best where there is one, else Sobol points)")
+    in_flight: int = Field(1, ge=1, le=64, description="candidates being measured at once (the others are "
+                           "pending when one is proposed)")
