@@ -198,3 +198,20 @@ def test_the_shipped_multifidelity_campaign_runs_from_its_yaml(tmp_path: Path) -
     lines = [json.loads(x) for x in (tmp_path / "run" / "decisions.jsonl").read_text().splitlines()]
     assert {d["fidelity"] for d in lines} == {"twin", "scratch_check", "full"}
     assert all(d["model_version"] for d in lines)
+
+
+def test_a_check_is_trusted_by_the_number_of_candidates_measured_at_both_levels() -> None:
+    """Full measurements at three candidates and a cheap, informative check: where the check answered
+    at all three its learnt correlation is worth a look (the test above); where it answered at one of
+    them (and at one candidate with no full value), that correlation counts 1 / (1 + 4) and the full
+    measurement is chosen."""
+    shared = [5, 20, 35]
+    check = {i: float(TRUTH[i]) for i in shared}
+    gen = _generator(check, shared, check_cost=0.1)
+    assert gen._pairs(gen.level_index("check")) == 3
+    [p] = gen.suggest(1)
+    assert p["_fidelity"] == "check", gen.last_why
+    gen = _generator({20: check[20], 28: float(TRUTH[28])}, shared, check_cost=0.1)
+    assert gen._pairs(gen.level_index("check")) == 1
+    [p] = gen.suggest(1)
+    assert p["_fidelity"] == "full", gen.last_why

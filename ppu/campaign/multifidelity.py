@@ -30,7 +30,11 @@ the full measurement), with a cost. Three rules, in order:
    model's joint posterior, its noise included), per the cost of the look *and* the full
    measurement that must follow it. ``rule = "augmented_ei"`` is Huang et al.'s augmented EI
    (Struct. Multidisc. Optim. 32, 369, 2006): EI x corr x (1 - noise / sqrt(var + noise^2)) / cost;
-   on the shipped example the two rules were within a few experiments of each other (3 seeds). A
+   on the shipped example the two rules were within a few experiments of each other (3 seeds). Both
+   read a cheaper level's correlation with the full one at the credibility of the n candidates measured
+   at both, n / (n + ``pair_prior``): on two such pairs the learnt task covariance calls the shipped
+   scratch check 0.99 correlated (it is about 0.8), and the rule then checked a dozen candidates for
+   every full measurement (16 experiments to the top 1 %, median of 5 seeds; 6 with the credibility). A
    pair already measured or pending is never suggested again; a candidate measured (or pending) at
    full is done.
 
@@ -58,6 +62,7 @@ class MultiFidelityGenerator(Generator):
 
     name = "multifidelity"
     rule = "lookahead"  # or "augmented_ei" (Huang et al.'s rule for every level)
+    pair_prior = 4.0  # credibility of a learnt correlation: n paired candidates count n / (n + pair_prior)
 
     def __init__(self, vocs: Problem, *, levels: Sequence[FidelitySpec], pool: Sequence[dict[str, Any]],
                  seed: int = 0, n_init: int = 2, mc_samples: int = 128):
@@ -215,6 +220,15 @@ class MultiFidelityGenerator(Generator):
             cols.append(col)
         return np.concatenate([x, np.array(cols).T], axis=1) if cols else x
 
+    def _pairs(self, lvl: int) -> int:
+        """Candidates with a value at ``lvl`` and at the full level (prior rows matched by their variables)."""
+        names = list(self.vocs.variables)
+
+        def at(g: int) -> set[tuple[Any, ...]]:
+            return {tuple(r.get(v) for v in names) for _, r, lv, _ in self.obs if lv == g}
+
+        return len(at(lvl) & at(self.full))
+
     def _fit(self) -> Any:
         import torch
         from botorch.exceptions.warnings import OptimizationWarning
@@ -309,11 +323,19 @@ class MultiFidelityGenerator(Generator):
                     noisy = gp.posterior(both, observation_noise=True).variance[:, 1, 0].numpy()
                     var = cov[:, 1, 1]
                     corr = cov[:, 0, 1] / np.sqrt(np.maximum(cov[:, 0, 0] * cov[:, 1, 1], 1e-300))
+                if lvl != self.full:
+                    # The correlation is learnt from the candidates measured at both levels; on a few such
+                    # pairs the task covariance calls almost any check perfect (0.99 on two pairs, where the
+                    # shipped check's truth is ~0.8), and the rule then checks everything. It counts with
+                    # the credibility of n pairs, n / (n + pair_prior): a check earns trust as pairs come in.
+                    n_pairs = self._pairs(lvl)
+                    trust = n_pairs / (n_pairs + self.pair_prior)
+                    corr = corr * trust
                 if self.rule == "lookahead" and lvl != self.full:
                     # what the answer at this level is worth: how much it raises the best EI of the
                     # next full measurement (over this candidate and the best other one), in expectation
                     m_full, s_full = post_full
-                    rho = cov[:, 0, 1] / np.sqrt(np.maximum(cov[:, 0, 0] * noisy, 1e-300))
+                    rho = trust * cov[:, 0, 1] / np.sqrt(np.maximum(cov[:, 0, 0] * noisy, 1e-300))
                     ei_other = _second_best(ei_now)
                     now = np.maximum(ei_now, ei_other)
                     value = now + _preposterior_gain(m_full, s_full, np.clip(rho, 0.0, 1.0), f_best, ei_other)
