@@ -102,12 +102,38 @@ class TrainInput(Strict):
     candidates: list[Candidate]
     values: list[float]
     seed: int = 0
+    extra_features: list[list[float]] | None = Field(
+        None, description="per candidate, columns appended to its features (e.g. the digital twin's "
+                          "predictions, which a campaign's decision model reads as inputs)")
+    extra_feature_names: list[str] = Field(default_factory=list, description="names of the extra columns")
+    feature_bounds: list[list[float]] | None = Field(
+        None, description="[lo, hi], each a value per feature (extra columns included): the box the GP scales "
+                          "its inputs from, e.g. the campaign's whole pool (default: the training data's range)")
+
+    @field_validator("extra_features")
+    @classmethod
+    def _rectangular(cls, v: list[list[float]] | None) -> list[list[float]] | None:
+        if v is not None and len({len(row) for row in v}) > 1:
+            raise ValueError("every row of extra_features needs the same number of columns")
+        return v
+
+
+class GPKernel(Strict):
+    """A published GP's hyperparameters in the units of its features, so another GP over the same
+    features (e.g. a campaign's decision model, normalised over its whole pool) can read them."""
+
+    lengthscale: list[float | None] = Field(description="per feature, in feature units; None: constant in the "
+                                                        "training data (the fit could not see it)")
+    outputscale: float
+    noise: float = Field(description="observation noise variance, in standardised units of the target")
+    constant: float = Field(description="the prior mean, in standardised units of the target")
 
 
 class TrainOutput(Strict):
     version: str
     n_train: int
     metrics: dict[str, float] = Field(default_factory=dict)
+    kernel: GPKernel | None = None
 
 
 class EnergyInput(Strict):

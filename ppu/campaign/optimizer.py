@@ -15,6 +15,13 @@ the acquisition as ``X_pending``, so the next proposal accounts for them instead
 
 Every proposal is a :class:`Decision` (candidate, acquisition value, predicted mean/std, model
 version, why), which the runner writes to ``decisions.jsonl``.
+
+The learn step's surrogates are the models decisions read: the runner publishes each version
+through the lab's trainer (``train.surrogate``, on the same features: the pool's and the twin's
+columns) and hands its hyperparameters to :meth:`PoolOptimizer.adopt`; from then on the GP of that
+property has the published kernel, conditioned on every measurement so far (exact posterior, no
+refit here), and each decision names the version (``co2_uptake_measured/v0002+n14``). Before the
+first version is back, the optimiser fits its own (``bo-gp-NNN``).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import torch
 
 from ppu.campaign.generators import one_torch_thread
 from ppu.drivers.mof.capabilities import Candidate
+from ppu.drivers.mof.capabilities import GPKernel as Kernel
 from ppu.drivers.mof.featurize import featurize
 
 with warnings.catch_warnings():
@@ -64,6 +72,7 @@ class Decision:
     why: str
     n_observed: int
     pending: list[str] = field(default_factory=list)
+    surrogates: dict[str, str] = field(default_factory=dict)  # property -> published version the decision read
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,6 +106,7 @@ class PoolOptimizer:
         for col in (self.screen, self.screen_purity):  # the twin's predictions as prior features
             if col is not None:
                 x = torch.cat([x, torch.as_tensor(col, dtype=torch.float64).unsqueeze(-1)], dim=-1)
+        self.x_all = x
         keep = (x.max(0).values - x.min(0).values) > 1e-9  # constant columns carry nothing
         self.x = x[:, keep]
         self.bounds = torch.stack([self.x.min(0).values, self.x.max(0).values])
@@ -109,7 +119,9 @@ class PoolOptimizer:
         # acquisition times outside_weight (0: a hard shortlist, the rest only when it is used up).
         self.outside_log_weight: float | None = (
             math.log(outside_weight) if self.screen is not None and outside_weight > 0 else None)
+        self.keep = keep
         self.obs: dict[int, Observation] = {}
+        self.published: dict[str, tuple[str, Kernel]] = {}  # "y" / "c" -> (version, kernel)
         self.fits = 0
         self._warm: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         self._fitted_at: dict[str, int] = {}  # data size at each model's last hyperparameter fit
@@ -137,8 +149,40 @@ class PoolOptimizer:
 
     @property
     def model_version(self) -> str:
-        base = f"bo-gp-{self.fits:03d}-n{len(self.obs)}"
+        pub = self.published.get("y")
+        base = f"{pub[0]}+n{len(self.obs)}" if pub else f"bo-gp-{self.fits:03d}-n{len(self.obs)}"
         return f"{base}+screen-{self.screen_version}" if self.screen_version else base
+
+    def surrogates(self) -> dict[str, str]:
+        return {("uptake" if key == "y" else "purity"): ver for key, (ver, _) in self.published.items()}
+
+    def training_set(self, prop: str) -> tuple[list[str], list[float], list[list[float]]]:
+        """What a published surrogate of ``prop`` ("uptake" or "purity") is trained on: candidate ids,
+        values, and per candidate the twin's columns the decision model reads beside the features."""
+        if prop == "uptake":
+            rows = [(i, o.uptake) for i, o in self.obs.items() if o.uptake is not None]
+        else:
+            rows = [(i, o.purity) for i, o in self.obs.items()]
+        extra = [[float(col[i]) for col in (self.screen, self.screen_purity) if col is not None] for i, _ in rows]
+        return [self.ids[i] for i, _ in rows], [float(v) for _, v in rows if v is not None], extra
+
+    def feature_bounds(self) -> list[list[float]]:
+        """The pool's range of every feature (the twin's columns included): the box the decision GP
+        scales from, so a published surrogate is fitted in the same space."""
+        return [self.x_all.min(0).values.tolist(), self.x_all.max(0).values.tolist()]
+
+    def extra_feature_names(self) -> list[str]:
+        return [n for n, col in (("twin_co2_uptake", self.screen), ("twin_purity", self.screen_purity))
+                if col is not None]
+
+    def adopt(self, prop: str, version: str, kernel: Kernel) -> None:
+        """Decisions read the published surrogate of ``prop`` from now on (see the module docstring)."""
+        key = "y" if prop == "uptake" else "c"
+        n_all = int(self.keep.numel())
+        if len(kernel.lengthscale) != n_all:
+            raise ValueError(f"the published {prop} surrogate {version} has {len(kernel.lengthscale)} features; "
+                             f"the decision model reads {n_all}")
+        self.published[key] = (version, kernel)
 
     # ---- models -------------------------------------------------------------------------------
 
@@ -149,6 +193,10 @@ class PoolOptimizer:
         train_y = torch.tensor(y, dtype=torch.float64).unsqueeze(-1)
         gp = SingleTaskGP(train_x, train_y, input_transform=Normalize(d=self.x.shape[-1], bounds=self.bounds),
                           outcome_transform=Standardize(m=1))
+        if key in self.published:
+            self._load(gp, self.published[key][1])
+            gp.eval()
+            return gp
         warm = self._warm.get(key)
         if warm is not None:  # start from the last fit's hyperparameters: a few L-BFGS steps then suffice
             gp.covar_module.load_state_dict(warm[0])
@@ -170,6 +218,21 @@ class PoolOptimizer:
         self._fitted_at[key] = len(idx)
         self.fits += 1
         return gp
+
+    def _load(self, gp: SingleTaskGP, kernel: Kernel) -> None:
+        """The published kernel, its lengthscales rescaled from feature units to this pool's unit cube;
+        a feature the publisher saw constant gets a lengthscale far beyond the cube (it cannot matter)."""
+        span = (self.bounds[1] - self.bounds[0]).clamp_min(1e-12)
+        ls_all = [math.inf if v is None else float(v) for v in kernel.lengthscale]
+        ls = torch.tensor([ls_all[j] for j in torch.nonzero(self.keep).reshape(-1).tolist()], dtype=torch.float64)
+        ls = torch.where(torch.isfinite(ls), ls / span, torch.full_like(ls, 1e3)).clamp(1e-3, 1e3)
+        kern = gp.covar_module
+        if hasattr(kern, "outputscale"):
+            kern.outputscale = torch.tensor(kernel.outputscale, dtype=torch.float64)
+            kern = kern.base_kernel
+        kern.lengthscale = ls.reshape(1, -1)
+        gp.likelihood.noise = torch.tensor([max(kernel.noise, 1e-6)], dtype=torch.float64)
+        gp.mean_module.constant = torch.tensor(kernel.constant, dtype=torch.float64)
 
     def models(self) -> tuple[SingleTaskGP | None, SingleTaskGP | None]:
         up = [(i, o.uptake) for i, o in self.obs.items() if o.uptake is not None]
@@ -237,6 +300,7 @@ class PoolOptimizer:
             candidate_id=self.ids[i], index=i, acquisition=float(score[j]), mean=float(mean[0]), std=float(std[0]),
             p_feasible=float(math.exp(log_pf[j])), screen_mean=None if scr is None else float(scr[i]),
             model_version=self.model_version, n_observed=len(self.obs), pending=list(pending),
+            surrogates=self.surrogates(),
             why=(f"max log qNEI x P(purity>={self.purity_min})"
                  + (" x shortlist weight" if self.outside_log_weight is not None else "")
                  + f" over {len(left)} candidates, {len(pending)} pending"))
@@ -255,6 +319,7 @@ class PoolOptimizer:
                         p_feasible=float(0.5 * (1 + math.erf(z[j] / math.sqrt(2)))),
                         screen_mean=None if self.screen is None else float(self.screen[i]),
                         model_version=self.model_version, n_observed=len(self.obs), pending=list(pending),
+                        surrogates=self.surrogates(),
                         why="fewer than 3 pure samples measured: maximise the purity GP's z-score"
                             + (" (+ screen tie-break)" if self.screen is not None else ""))
 
@@ -269,4 +334,4 @@ class PoolOptimizer:
         return Decision(candidate_id=self.ids[i], index=i, acquisition=None, mean=None, std=None, p_feasible=None,
                         screen_mean=None if self.screen is None else float(self.screen[i]),
                         model_version=self.model_version, why=why, n_observed=len(self.obs),
-                        pending=list(pending))
+                        surrogates=self.surrogates(), pending=list(pending))

@@ -27,7 +27,7 @@ from ppu.campaign.optimizer import Decision, PoolOptimizer
 from ppu.campaign.screening import publish_screening_models
 from ppu.campaign.workflow import Step, run_workflow, wait_through_review
 from ppu.config import LabConfig
-from ppu.drivers.mof.capabilities import Candidate
+from ppu.drivers.mof.capabilities import Candidate, TrainOutput
 from ppu.errors import ConfigError
 from ppu.models import Task, TaskState
 from ppu.simulators.mof.world import World, WorldConfig, candidate_pool
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 SYNTH, XRD, UPTAKE, PREDICT, PREDICT_PURITY, TRAIN = (
     "synthesize", "characterize.xrd", "measure.co2_uptake", "predict.co2_uptake", "predict.purity", "train.surrogate")
+LEARNT = {"uptake": "co2_uptake_measured", "purity": "purity_measured"}  # property -> registry target
 
 
 @dataclass
@@ -136,7 +137,9 @@ class CampaignLoop:
         self.best_curve: list[float] = []
         self.task_ids: list[str] = []
         self.train_ids: list[str] = []
-        self.model_versions: list[str] = []
+        self.learn_steps = 0
+        self.model_versions: list[str] = []  # the uptake surrogate's versions the learn steps published
+        self.adopting: set[asyncio.Task[None]] = set()
         self.t0 = time.time()
         self.opt: PoolOptimizer
         self.stopping = False  # set when the campaign is wound down: nothing new starts, what runs ends
@@ -225,17 +228,49 @@ class CampaignLoop:
             self.on_progress(len(self.best_curve), self.best_curve[-1])
         n_up = sum(1 for e in self.experiments if e.uptake is not None)
         if exp.uptake is not None and n_up >= 3 and n_up % self.cfg.parallel.learn_every == 0 \
-                and len(self.train_ids) < self.cfg.budget.rounds and not self.stopping:
+                and self.learn_steps < self.cfg.budget.rounds and not self.stopping:
             await self.do_learn()
 
     async def learn(self) -> None:
-        """Publish a new surrogate version from the measured data (repeatable digital work)."""
-        done = [e for e in self.experiments if e.uptake is not None]
-        inputs = {"target": "co2_uptake_measured", "seed": self.cfg.seed,
-                  "candidates": [self.by_id[e.candidate_id].model_dump(mode="json") for e in done],
-                  "values": [e.uptake for e in done]}
-        [tid] = await self.client.submit([{"capability": TRAIN, "inputs": inputs, "campaign": self.cfg.name}])
-        self.train_ids.append(tid)
+        """Publish new surrogate versions of uptake and purity from the measured data (repeatable digital
+        work), on the features the decision model reads; once a version is back, decisions read it."""
+        self.learn_steps += 1
+        submitted = []
+        for prop, target in LEARNT.items():
+            ids, values, extra = self.opt.training_set(prop)
+            if len(values) < 3 or float(np.ptp(values)) < 1e-9:
+                continue  # nothing a GP can learn yet
+            inputs = {"target": target, "seed": self.cfg.seed, "values": values,
+                      "candidates": [self.by_id[c].model_dump(mode="json") for c in ids],
+                      "feature_bounds": self.opt.feature_bounds()}
+            if self.opt.extra_feature_names():
+                inputs |= {"extra_features": extra, "extra_feature_names": self.opt.extra_feature_names()}
+            [tid] = await self.client.submit([{"capability": TRAIN, "inputs": inputs, "campaign": self.cfg.name}])
+            self.train_ids.append(tid)
+            submitted.append((prop, tid))
+        for prop, tid in submitted:
+            t = asyncio.create_task(self.adopt_when_trained(prop, tid))
+            self.adopting.add(t)
+            t.add_done_callback(self.adopting.discard)
+
+    async def adopt_when_trained(self, prop: str, tid: str) -> None:
+        """The optimiser reads the version this task publishes, from the first decision after it is back."""
+        [task] = await self.client.wait([tid], timeout=600)
+        res = await self.client.result(tid) if task.state is TaskState.succeeded else None
+        if res is None:
+            log.warning("learn step %s (%s) ended %s: decisions keep the model they read", tid, prop, task.state.value)
+            return
+        out = TrainOutput.model_validate(res.outputs)
+        if out.kernel is None:
+            return
+        version = f"{LEARNT[prop]}/{out.version}"
+        try:
+            self.opt.adopt(prop, version, out.kernel)
+        except ValueError as exc:  # a trainer on other features: keep deciding on the model we have
+            log.error("not adopting %s: %s", version, exc)
+            return
+        if prop == "uptake":
+            self.model_versions.append(out.version)
 
     async def run(self) -> None:
         b = self.cfg.budget
@@ -272,12 +307,8 @@ class CampaignLoop:
             t.add_done_callback(in_flight.discard)
         if in_flight:
             await asyncio.gather(*in_flight)
-        if self.train_ids:
-            for task in await self.client.wait(self.train_ids, timeout=600):
-                if task.state is TaskState.succeeded:
-                    res = await self.client.result(task.id)
-                    if res is not None:
-                        self.model_versions.append(str(res.outputs.get("version")))
+        if self.adopting:  # the last versions published are recorded, and nothing outlives the client
+            await asyncio.gather(*self.adopting)
 
 
 async def _closed_loop(loop: CampaignLoop, client: Any, pool: list[Any], screen: list[float] | None,

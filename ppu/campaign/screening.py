@@ -87,7 +87,7 @@ def publish_screening_models(registry: Path, world: World, pool: Sequence[Candid
     out = ""
     for target in TARGETS:
         cands, values = prior_data(world, pool, cfg, target)
-        ver, _ = train_surrogate(registry, TrainInput(target=target, candidates=cands, values=values, seed=cfg.seed))
+        ver, _, _ = train_surrogate(registry, TrainInput(target=target, candidates=cands, values=values, seed=cfg.seed))
         out = out or ver.version
     return out
 

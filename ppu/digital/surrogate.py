@@ -93,8 +93,9 @@ class GPFit:
     botorch_model: Any  # the fitted SingleTaskGP on unit-cube inputs, for inspection and tests
 
 
-def fit_gp(x: Tensor, y: Tensor, *, seed: int = 0) -> GPFit:
-    """Fit a GP to features ``x[n, F]`` and values ``y[n]``.
+def fit_gp(x: Tensor, y: Tensor, *, seed: int = 0, bounds: Tensor | None = None) -> GPFit:
+    """Fit a GP to features ``x[n, F]`` and values ``y[n]``; ``bounds[2, F]``: the box the inputs are
+    scaled from (default: the training data's own range), e.g. a campaign's whole candidate pool.
 
     Metrics: leave-one-out RMSE, NLPD and 90 % interval coverage (closed form from the fitted GP),
     the learned noise std, fit time, and how many L-BFGS runs did not converge.
@@ -126,6 +127,12 @@ def fit_gp(x: Tensor, y: Tensor, *, seed: int = 0) -> GPFit:
     if not torch.isfinite(y).all():
         raise ValidationFailed("values must be finite numbers", field="inputs.values")
     lo, hi = x.min(0).values, x.max(0).values
+    if bounds is not None:
+        bounds = bounds.to(torch.float64)
+        if tuple(bounds.shape) != (2, n_features) or not bool((bounds[1] >= bounds[0]).all()):
+            raise ValidationFailed(f"bounds must be [lo, hi] rows of {n_features} features with lo <= hi",
+                                   field="inputs.feature_bounds")
+        lo, hi = bounds[0], bounds[1]
     cols = torch.nonzero(hi - lo > 1e-9).reshape(-1)
     if cols.numel() == 0:
         raise ValidationFailed("all training candidates are identical", field="inputs.candidates")
