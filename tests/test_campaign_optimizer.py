@@ -68,3 +68,51 @@ def test_soft_shortlist_lets_the_gp_look_past_a_twin_that_ranks_backwards() -> N
         d = opt.propose([])
         picks[weight] = bool(opt.eligible[d.index])
     assert picks == {0.0: True, 1.0: False}  # hard shortlist stays inside; the soft one leaves it
+
+
+def test_decisions_read_the_surrogate_the_learn_step_published(tmp_path) -> None:
+    """The learn step's task (the trainer's own function, on the optimiser's training set, features and
+    box) publishes a version; adopted, the decision GP predicts what the published model serves."""
+    import torch
+
+    from ppu.digital.model_registry import ModelRegistry
+    from ppu.digital.surrogate import GPPredictor
+    from ppu.drivers.mof.capabilities import TrainInput
+    from ppu.drivers.mof.featurize import featurize
+    from ppu.drivers.mof.trainer import train_surrogate
+
+    _cfg, world, pool = _setup()
+    screen = np.asarray(world.values(pool)) + np.random.default_rng(1).normal(0, 0.3, len(pool))
+    opt = PoolOptimizer(pool, seed=0, n_init=3, screen=screen)
+    for i in np.random.default_rng(2).choice(len(pool), size=10, replace=False):
+        t = world.properties(pool[i])
+        opt.observe(pool[i].id or "", 0.95, t.co2_uptake_mmol_g)
+    assert opt.propose([]).model_version.startswith("bo-gp-")  # before any version: its own fit
+    ids, values, extra = opt.training_set("uptake")
+    by_id = {c.id: c for c in pool}
+    ver, _, kernel = train_surrogate(tmp_path, TrainInput(
+        target="co2_uptake_measured", candidates=[by_id[c] for c in ids], values=values, extra_features=extra,
+        extra_feature_names=opt.extra_feature_names(), feature_bounds=opt.feature_bounds()))
+    opt.adopt("uptake", f"co2_uptake_measured/{ver.version}", kernel)
+    d = opt.propose([])
+    assert d.model_version.startswith("co2_uptake_measured/v0001+n10")
+    assert d.surrogates == {"uptake": "co2_uptake_measured/v0001"}
+    published = ModelRegistry(tmp_path).get("co2_uptake_measured", "v0001")
+    served = GPPredictor(**published.meta()["kwargs"])
+    served.load_state_dict(torch.load(published.weights_path, weights_only=True))
+    x = torch.cat([featurize(pool), torch.as_tensor(screen, dtype=torch.float64).unsqueeze(-1)], dim=-1)
+    with torch.no_grad():
+        want = served(x).numpy()
+    gp, _ = opt.models()
+    assert gp is not None
+    with torch.no_grad():
+        post = gp.posterior(opt.x, observation_noise=True)
+        mean, std = post.mean.squeeze(-1).numpy(), post.variance.sqrt().squeeze(-1).numpy()
+    np.testing.assert_allclose(mean, want[:, 0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(std, want[:, 1], rtol=1e-3, atol=1e-4)
+    try:
+        opt.adopt("uptake", "other/v0001", kernel.model_copy(update={"lengthscale": kernel.lengthscale[:-1]}))
+    except ValueError as exc:
+        assert "features" in str(exc)
+    else:
+        raise AssertionError("a kernel over other features was adopted")

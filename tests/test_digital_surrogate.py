@@ -191,3 +191,32 @@ def test_a_broken_new_version_does_not_replace_the_served_one(tmp_path, caplog):
     a, b, c = asyncio.run(main())
     assert a.outputs == b.outputs == c.outputs and b.outputs["model_version"] == "v0001"
     assert sum("cannot load" in r.message for r in caplog.records) == 1  # tried once, not every batch
+
+
+def test_training_on_extra_columns_and_a_given_box_and_the_errors_that_name_the_field(tmp_path):
+    """A campaign's learn step trains on the features plus the twin's columns, scaled from the pool's
+    box; the result carries the kernel in feature units. Rows or a box of the wrong shape fail, not retried."""
+    trainer = build_backend({"type": "surrogate_trainer", "name": "trainer", "registry": str(tmp_path)})
+    ok = _train_task(1, "co2_uptake_measured", 12, seed=4)
+    ok.inputs["extra_features"] = [[float(v) + 0.1] for v in ok.inputs["values"]]
+    ok.inputs["extra_feature_names"] = ["twin"]
+    n_all = N_FEATURES + 1
+    ok.inputs["feature_bounds"] = [[0.0] * n_all, [1000.0] * n_all]  # a box around every feature
+    short = _train_task(2, "co2_uptake_measured", 12, seed=4)
+    short.inputs["extra_features"] = [[0.0]] * 11
+    box = _train_task(3, "co2_uptake_measured", 12, seed=4)
+    box.inputs["feature_bounds"] = [[0.0] * 3, [1.0] * 3]
+
+    async def main():
+        out = [(await trainer.run([t], _noop))[0] for t in (ok, short, box)]
+        await trainer.close()
+        return out
+
+    good, bad_rows, bad_box = asyncio.run(main())
+    assert good.status is ResultStatus.succeeded, good.error
+    kernel = good.outputs["kernel"]
+    assert len(kernel["lengthscale"]) == n_all and kernel["lengthscale"][-1] is not None
+    meta = json.loads((tmp_path / "co2_uptake_measured" / "v0001" / "meta.json").read_text())
+    assert meta["feature_names"][-1] == "twin" and meta["kwargs"]["n_features"] == n_all
+    for res, field in ((bad_rows, "extra_features"), (bad_box, "feature_bounds")):
+        assert res.status is ResultStatus.failed and not res.retryable and field in (res.error or ""), res.error
