@@ -138,6 +138,7 @@ class CampaignLoop:
         self.task_ids: list[str] = []
         self.train_ids: list[str] = []
         self.learn_steps = 0
+        self.can_learn = True  # a running lab without a trainer: decisions keep the optimiser's own fit
         self.model_versions: list[str] = []  # the uptake surrogate's versions the learn steps published
         self.adopting: set[asyncio.Task[None]] = set()
         self.t0 = time.time()
@@ -228,7 +229,7 @@ class CampaignLoop:
             self.on_progress(len(self.best_curve), self.best_curve[-1])
         n_up = sum(1 for e in self.experiments if e.uptake is not None)
         if exp.uptake is not None and n_up >= 3 and n_up % self.cfg.parallel.learn_every == 0 \
-                and self.learn_steps < self.cfg.budget.rounds and not self.stopping:
+                and self.can_learn and self.learn_steps < self.cfg.budget.rounds and not self.stopping:
             await self.do_learn()
 
     async def learn(self) -> None:
@@ -425,6 +426,7 @@ async def run_on_lab(cfg: CampaignConfig, run_dir: Path, *,
                                   field=f"workflow.steps.{k}.capability",
                                   hint="start the worker that hosts it, or change the workflow")
         loop = (loop_class or CampaignLoop)(client, cfg, pool, run_dir, on_progress)
+        loop.can_learn = TRAIN in offered
         screen: list[float] | None = None
         screen_purity: list[float] | None = None
         version = ""
