@@ -82,7 +82,6 @@ import json  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
 import yaml  # noqa: E402
@@ -94,7 +93,8 @@ from prefect.context import FlowRunContext  # noqa: E402
 from prefect.states import Cancelled  # noqa: E402
 
 from ppu.campaign.config import CampaignConfig, load_campaign  # noqa: E402
-from ppu.campaign.declared_report import runner_for  # noqa: E402
+from ppu.campaign.declared import LabLoop  # noqa: E402
+from ppu.campaign.declared_report import run_lab_campaign_report, runner_for  # noqa: E402
 from ppu.campaign.handover import wind_down  # noqa: E402
 from ppu.campaign.optimizer import Decision  # noqa: E402
 from ppu.campaign.report import run_replay_cli, summary_table, write_report  # noqa: E402
@@ -137,16 +137,54 @@ async def replay(cfg: CampaignConfig, config_path: str | None, out: Path) -> dic
     return summary
 
 
-@task(name="lab-campaign", task_run_name="{name}", retries=0, cache_policy=NO_CACHE)
-async def lab_campaign(runner: Callable[..., Any], name: str, config_path: str, out: Path) -> dict[str, Any]:
-    """A campaign file that declares its variables and names its lab runs its loop
-    (:func:`ppu.campaign.declared_report.run_lab_campaign_cli`), as ``ppu campaign run`` does.
+@task(name="screen", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+async def lab_screen(loop: LabLoop) -> None:
+    await LabLoop.do_screen(loop)
 
-    Its physical steps consume material: never retried here. That runner empties the folder it is
-    given, which holds this flow's own files (and, run locally, Prefect's home): it runs in a folder
-    of its own, whose contents then join the run folder."""
+
+@task(name="propose", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+async def lab_propose(loop: LabLoop) -> dict[str, Any]:
+    return await LabLoop.do_propose(loop)
+
+
+@task(name="workflow-step", task_run_name="{step}", retries=0, cache_policy=NO_CACHE)
+async def lab_step(loop: LabLoop, step: str, capability: str, inputs: dict[str, Any],
+                   tasks: list[str]) -> tuple[str, dict[str, Any]]:
+    """One step of a declared lab campaign's workflow (physical ones consume material: never retried)."""
+    return await LabLoop.do_step(loop, step, capability, inputs, tasks)
+
+
+class FlowLabLoop(LabLoop):
+    """A declared lab campaign's loop with its screen, proposals and workflow steps as Prefect task runs."""
+
+    async def do_screen(self) -> None:
+        await lab_screen(self)
+
+    async def do_propose(self) -> dict[str, Any]:
+        return await lab_propose(self)
+
+    async def do_step(self, step: str, capability: str, inputs: dict[str, Any],
+                      tasks: list[str]) -> tuple[str, dict[str, Any]]:
+        return await lab_step(self, step, capability, inputs, tasks)
+
+
+async def lab_campaign(config_path: str, out: Path) -> dict[str, Any]:
+    """A campaign file that declares its variables and names its lab runs its loop
+    (:mod:`ppu.campaign.declared`), as ``ppu campaign run`` does, with each step a task run.
+
+    The lab's store and files start empty in a folder of their own (the run folder holds this flow's
+    files and, run locally, Prefect's home), whose contents then join the run folder."""
     stage = out / STAGE
-    summary: dict[str, Any] = await asyncio.to_thread(runner, config_path, stage, _console())
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+
+    def on_lab(client: Any, loop: LabLoop) -> None:
+        _CLIENTS[str(out)] = client
+        _LOOPS[str(out)] = loop
+
+    summary = await run_lab_campaign_report(config_path, stage, _console(), loop_class=FlowLabLoop, on_lab=on_lab)
+    _CLIENTS.pop(str(out), None)
     for item in stage.iterdir():
         dest = out / item.name
         if dest.is_dir():
@@ -202,7 +240,8 @@ _HOOKS: dict[str, Any] = {}
 # The address of each campaign lab running in this process, by run folder: the hooks wind a live
 # lab down through it; without one they open the lab's store offline.
 _LIVE: dict[str, str] = {}
-_LOOPS: dict[str, CampaignLoop] = {}
+_CLIENTS: dict[str, Any] = {}  # a declared lab campaign's live client, by run folder
+_LOOPS: dict[str, CampaignLoop | LabLoop] = {}
 CANCEL_POLL_S = 1.0  # how often a directly started flow run looks whether it was cancelled
 
 
@@ -213,10 +252,7 @@ async def wind_down_hook(flow: Any, flow_run: FlowRun, state: State) -> None:
     reason = f"Prefect flow run {flow_run.name} {(state.name or state.type.value).lower()}"
     config_path = params.get("config_path", "campaigns/demo.yaml")
     if not params.get("campaign") and runner_for(config_path) is not None:
-        _write_summary(out, {"campaign": file_campaign_name(config_path), "ended": state.name,
-                             "flow_run": str(flow_run.id), "reason": reason,
-                             "error": "a declared lab campaign runs its own lab, which the flow does not wind "
-                                      f"down: what it left is in that lab's store under {out / STAGE}"})
+        await _wind_down_declared(Path(config_path), out, flow_run, state, reason)
         return
     cfg = (CampaignConfig.model_validate(params["campaign"]) if params.get("campaign")
            else load_campaign(config_path))
@@ -246,6 +282,37 @@ async def wind_down_hook(flow: Any, flow_run: FlowRun, state: State) -> None:
     _write_summary(out, {"campaign": cfg.name, "ended": state.name, "flow_run": str(flow_run.id), **report})
     log.warning("campaign %s wound down (%s): %d task(s) cancelled, %d handed over; see %s", cfg.name,
                 reason, len(report.get("cancelled", [])), len(report.get("handed_over", [])), out / "summary.json")
+
+
+async def _wind_down_declared(config_path: Path, out: Path, flow_run: FlowRun, state: State, reason: str) -> None:
+    """The same wind-down for a declared lab campaign: through its live client while the lab is up; else
+    its simulated lab's store offline (in the stage folder), or the running lab it drove."""
+    from ppu.campaign.declared import lab_client, lab_config, load_lab_campaign
+    from ppu.transport.client import AsyncPPUClient
+
+    cfg = load_lab_campaign(config_path)
+    report: dict[str, Any]
+    try:
+        client = _CLIENTS.get(str(out))
+        if client is not None:
+            report = await wind_down(client, cfg.name, reason)
+        elif cfg.simulated:
+            from ppu.transport.serve import private_orchestrator
+
+            lab = lab_config(cfg, out / STAGE, config_path)
+            grace = lab.orchestrator.restart_grace_s + 2 * lab.orchestrator.heartbeat_s * \
+                lab.orchestrator.missed_heartbeats
+            with private_orchestrator(lab) as address:
+                async with AsyncPPUClient(address, timeout=30) as offline:
+                    report = await wind_down(offline, cfg.name, reason, wait_s=grace + 5)
+        else:
+            async with lab_client(cfg, out / STAGE, config_path) as remote:
+                report = await wind_down(remote, cfg.name, reason)
+    except PPUError as exc:
+        report = {"reason": reason, "error": f"{exc}" + (f" ({exc.hint})" if exc.hint else "")}
+    _write_summary(out, {"campaign": cfg.name, "ended": state.name, "flow_run": str(flow_run.id), **report})
+    log.warning("campaign %s wound down (%s): %d task(s) cancelled, %d handed over; see %s", cfg.name, reason,
+                len(report.get("cancelled", [])), len(report.get("handed_over", [])), out / "summary.json")
 
 
 def run_folder(run_dir: str | Path) -> Path:
@@ -300,10 +367,10 @@ async def closed_loop(config_path: str = "campaigns/demo.yaml", run_dir: str = "
     run instead of the file at ``config_path``. Task runs are tagged ``campaign:NAME``.
 
     Three kinds of campaign file run here, as ``ppu campaign run`` runs them: a lab campaign (the
-    closed loop on a simulated world or a running lab, each step a task run), a replay campaign
-    (``world: {replay: ...}``: the table answers, no lab) and a declared lab campaign (``lab:``: its
-    own loop, one task run). Only the first is wound down by the hooks: the other two have no lab of
-    this flow's to stop.
+    closed loop on a simulated world or a running lab), a declared lab campaign (``lab:``: the
+    generic loop on the lab it names), each step of either a task run, and a replay campaign
+    (``world: {replay: ...}``: the table answers, no lab). The hooks wind the first two down; a
+    replay has no lab to stop.
     """
     runner = runner_for(config_path) if campaign is None else None
     cfg = None if runner is not None else campaign or load_campaign(config_path)
@@ -325,8 +392,7 @@ async def closed_loop(config_path: str = "campaigns/demo.yaml", run_dir: str = "
         t0 = time.time() - 1.0  # file times are coarse on some filesystems
         with tags("ppu", f"campaign:{name}"):
             if cfg is None:
-                assert runner is not None
-                summary = await lab_campaign(runner, name, str(config_path), out)
+                summary = await lab_campaign(str(config_path), out)
             elif cfg.world.replay is not None:
                 summary = await replay(cfg, None if campaign is not None else str(config_path), out)
             else:
@@ -337,7 +403,7 @@ async def closed_loop(config_path: str = "campaigns/demo.yaml", run_dir: str = "
                                         key=artifact_key(name), description=f"campaign {name}")
         return summary
 
-    if cfg is None or cfg.world.replay is not None:  # nothing of this flow's to stop early: no watch
+    if cfg is not None and cfg.world.replay is not None:  # the table answers: nothing to stop early, no watch
         return await campaign_run()
     work = asyncio.ensure_future(campaign_run())
     watch = asyncio.ensure_future(_cancel_requested(flow_run.id)) if flow_run is not None else None
@@ -371,6 +437,7 @@ async def closed_loop(config_path: str = "campaigns/demo.yaml", run_dir: str = "
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await w
         _LIVE.pop(str(out), None)
+        _CLIENTS.pop(str(out), None)
         _LOOPS.pop(str(out), None)
 
 

@@ -98,3 +98,61 @@ def test_cancelling_or_killing_the_flow_run_winds_the_campaign_down(tmp_path: Pa
     expected = "CRASHED" if how == "SIGTERM" else "CANCELLED"
     assert expected in inspect.stdout, inspect.stdout[-2000:] + inspect.stderr[-2000:]
     assert not (home / ".prefect").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("how", ["prefect flow-run cancel", "SIGTERM"])
+def test_a_declared_lab_campaign_is_wound_down_the_same_way(tmp_path: Path, how: str) -> None:
+    """The flow lab's declared campaign (its own loop, each step a task run): cancelled while reactions
+    run, no task of it stays live, the flow run ends Cancelled (or Crashed), summary.json says what was
+    done; its lab's store is in the run folder (cancelled: the run ended and its files joined) or in
+    the run's stage folder (SIGTERM: the lab went down with the process)."""
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "campaigns" / "flowchem.yaml").read_text())
+    raw.update(name="fc-cancel", time_scale=300, lab=str(ROOT / "labs" / "flowchem-sim.yaml"),
+               budget={"experiments": 30}, optimiser={"generator": "random", "in_flight": 2})
+    raw.pop("screening", None)
+    cfg = tmp_path / "fc-cancel.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    run_dir = tmp_path / "run"
+    stage_db = run_dir / ".lab-run" / "ppu.sqlite"
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["HOME"] = str(home)
+    proc = subprocess.Popen([sys.executable, "-m", "ppu.flows.campaign", str(cfg), "--run-dir", str(run_dir)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(c == "react.flow" and s == "running" for c, s in _states(stage_db)):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no reaction started"
+            time.sleep(0.3)
+        flow_run = json.loads((run_dir / "flow_run.json").read_text())["id"]
+        if how == "SIGTERM":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            cancel = subprocess.run([sys.executable, "-m", "prefect", "flow-run", "cancel", flow_run], cwd=tmp_path,
+                                    env=_prefect_env(run_dir, home), capture_output=True, text=True, timeout=120)
+            assert cancel.returncode == 0, cancel.stdout + cancel.stderr
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    if how == "SIGTERM":
+        assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    else:
+        assert proc.returncode == 1 and "ended Cancelled" in err, err[-3000:]
+    assert "Traceback" not in err + out and "CancelledError" not in err + out, err[-3000:]
+    db = stage_db if how == "SIGTERM" else run_dir / "ppu.sqlite"
+    states = _states(db)
+    assert states and not [s for s in states if s[1] in LIVE], states  # nothing left behind
+    assert ("react.flow", "cancelled") in states
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["campaign"] == "fc-cancel" and summary["cancelled"], summary
+    assert summary["ended"] == ("Crashed" if how == "SIGTERM" else "Cancelling")
+    assert all(h["state"] == "needs_review" for h in summary["handed_over"])
+    reacted = [s for c, s in states if c == "react.flow"]
+    assert len(reacted) < 30  # it stopped: no new experiment was proposed after the cancel

@@ -70,7 +70,8 @@ def test_a_declared_lab_campaign_runs_as_the_flow(tmp_path: Path) -> None:
     assert art[0] == "markdown" and "| experiments | 3 |" in art[1], art
     plot = run_dir / "best_vs_experiments.png"
     assert f"[{plot.name}]({plot.resolve().as_uri()})" in art[1], art[1]
-    assert "campaign:fc-flow" in got["tags"] and "fc-flow" in got["names"]
+    assert "campaign:fc-flow" in got["tags"]
+    assert {"react", "hplc"} <= set(got["names"]), got["names"]  # each workflow step a task run, by its name
     assert got["results"] == [summary]
 
 
@@ -100,5 +101,7 @@ def test_only_repeatable_steps_are_retried(tmp_path: Path, monkeypatch: pytest.M
     flow_mod = importlib.import_module("ppu.flows.campaign")
     assert flow_mod.workflow_step.retries == 0  # declared workflow steps are physical: never re-run
     assert flow_mod.screen.retries > 0 and flow_mod.learn.retries > 0 and flow_mod.propose.retries > 0
+    assert flow_mod.lab_step.retries == 0 and flow_mod.lab_screen.retries > 0 and flow_mod.lab_propose.retries > 0
+    assert issubclass(flow_mod.FlowLabLoop, flow_mod.LabLoop)
     assert flow_mod.closed_loop.name == "closed-loop-campaign"
     assert issubclass(flow_mod.FlowLoop, flow_mod.CampaignLoop)

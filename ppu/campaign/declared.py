@@ -174,7 +174,9 @@ class Experiment:
 
 
 class LabLoop:
-    """One campaign's loop over a client (see the module docstring)."""
+    """One campaign's loop over a client (see the module docstring). The ``do_*`` methods are its steps,
+    which a Prefect flow overrides to run each as a task run; ``stopping`` winds it down: nothing new is
+    proposed or submitted, what runs ends."""
 
     review_poll_s = 30.0  # how often a wait checks whether its task went to a person for review
 
@@ -191,7 +193,23 @@ class LabLoop:
         self.best_curve: list[float | None] = []  # best feasible first objective after each, as measured
         self.screened = 0
         self.t0 = time.time()
+        self.stopping = False
+        self.lab_in_use = asyncio.Lock()  # held by whoever still needs the lab (a wind-down): it closes after
         self._decisions = (run_dir / "decisions.jsonl").open("w")
+
+    # ---- the steps (a flow overrides these to run them as Prefect tasks) -------------------------
+
+    async def do_screen(self) -> None:
+        await self.screen()
+
+    async def do_propose(self) -> dict[str, Any]:
+        [point] = await asyncio.to_thread(self.gen.suggest, 1)  # a GP fit must not stall the loop
+        return dict(point)
+
+    async def do_step(self, step: str, capability: str, inputs: dict[str, Any],
+                      tasks: list[str]) -> tuple[str, dict[str, Any]]:
+        """One declared workflow step as one task (``step`` names it for a Prefect task run)."""
+        return await self.task(capability, inputs, tasks)
 
     async def task(self, capability: str, inputs: dict[str, Any], tasks: list[str]) -> tuple[str, dict[str, Any]]:
         """Submit one task and wait for it: (state, outputs) or (state, {'error': ...}). An interrupted
@@ -233,7 +251,9 @@ class LabLoop:
 
     async def experiment(self, exp: Experiment) -> Experiment:
         async def run_step(step: Step, inputs: dict[str, Any], on_review: Any) -> tuple[str, dict[str, Any]]:
-            return await self.task(step.capability, inputs, exp.tasks)
+            if self.stopping:  # wound down: no next step is submitted
+                return TaskState.cancelled.value, {"error": "the campaign was wound down before this step"}
+            return await self.do_step(step.name, step.capability, inputs, exp.tasks)
 
         run = await run_workflow(self.cfg.workflow, _candidate(exp.point), run_step)
         exp.outputs, exp.cost = run.outputs, run.cost
@@ -263,20 +283,22 @@ class LabLoop:
             self.on_progress(len(self.done), self.best_curve[-1])
 
     async def run(self) -> None:
-        await self.screen()
+        await self.do_screen()
         running: set[asyncio.Task[Experiment]] = set()
         proposed = 0
         n = self.cfg.budget.experiments
         try:
-            while proposed < n or running:
-                while proposed < n and len(running) < self.cfg.optimiser.in_flight:
+            while (proposed < n and not self.stopping) or running:
+                while proposed < n and len(running) < self.cfg.optimiser.in_flight and not self.stopping:
                     pending = sorted(self.gen.pending)
-                    [point] = await asyncio.to_thread(self.gen.suggest, 1)  # a GP fit must not stall the loop
+                    point = await self.do_propose()
                     exp = Experiment(index=proposed, point=point,
                                      why=getattr(self.gen, "last_why", "") or self.gen.name,
                                      model_version=getattr(self.gen, "model_version", self.gen.name), pending=pending)
                     running.add(asyncio.create_task(self.experiment(exp)))
                     proposed += 1
+                if not running:  # wound down before anything ran
+                    break
                 finished, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for t in sorted(finished, key=lambda t: t.result().index):
                     self.finish(t.result())
@@ -304,21 +326,24 @@ class LabCampaignResult:
 async def run_lab_campaign(cfg: LabCampaign, run_dir: Path, *, campaign_file: Path | None = None,
                            on_progress: Callable[[int, float | None], None] | None = None,
                            on_review: Callable[[str, str], None] | None = None,
-                           on_lab: Callable[[Any, LabLoop], None] | None = None) -> LabCampaignResult:
+                           on_lab: Callable[[Any, LabLoop], None] | None = None,
+                           loop_class: type[LabLoop] = LabLoop) -> LabCampaignResult:
     """Run the campaign on its simulated lab (an EmbeddedLab in this process), or on a running one
     (``simulated: false``) through its client; the run folder gets decisions, the store and the logs."""
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    async with _client(cfg, run_dir, campaign_file) as client:
-        loop = LabLoop(client, cfg, run_dir, on_progress=on_progress, on_review=on_review)
+    async with lab_client(cfg, run_dir, campaign_file) as client:
+        loop = loop_class(client, cfg, run_dir, on_progress=on_progress, on_review=on_review)
         if on_lab is not None:
             on_lab(client, loop)  # e.g. a person (or a test) who answers reviews through the same lab
         await loop.run()
+        async with loop.lab_in_use:  # a wind-down that still needs the lab ends first
+            pass
     return LabCampaignResult(config=cfg, experiments=loop.done, best_curve=loop.best_curve, screened=loop.screened,
                              wall_s=time.time() - t0)
 
 
-def _client(cfg: LabCampaign, run_dir: Path, campaign_file: Path | None) -> Any:
+def lab_client(cfg: LabCampaign, run_dir: Path, campaign_file: Path | None) -> Any:
     if cfg.simulated:
         from ppu.transport.lab import EmbeddedLab
 

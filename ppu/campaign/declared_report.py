@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import numpy as np
 from ppu.campaign.declared import (
     LabCampaign,
     LabCampaignResult,
+    LabLoop,
     lab_path,
     load_lab_campaign,
     random_points,
@@ -175,6 +177,18 @@ def write_report(result: LabCampaignResult, run_dir: Path, truth: Any | None = N
 
 def run_lab_campaign_cli(config_path: str | Path, run_dir: str | Path, console: Any | None = None) -> dict[str, Any]:
     """Run the campaign in ``config_path`` into ``run_dir`` (emptied first) with a progress bar and a summary."""
+    out = Path(run_dir).resolve()
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    return asyncio.run(run_lab_campaign_report(config_path, out, console))
+
+
+async def run_lab_campaign_report(config_path: str | Path, out: Path, console: Any | None = None, *,
+                                  loop_class: type[LabLoop] = LabLoop,
+                                  on_lab: Callable[[Any, LabLoop], None] | None = None) -> dict[str, Any]:
+    """The campaign in ``config_path`` run into the folder ``out`` with a progress bar; its report and
+    printed summary. ``loop_class``: e.g. a Prefect flow's loop, whose steps are task runs."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
@@ -182,20 +196,16 @@ def run_lab_campaign_cli(config_path: str | Path, run_dir: str | Path, console: 
     console = console or Console()
     path = Path(config_path)
     cfg = load_lab_campaign(path)
-    out = Path(run_dir).resolve()
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
     obj = next(iter(cfg.problem.objectives))
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("best " + obj + " {task.fields[best]}"), TimeElapsedColumn(), console=console) as bar:
         job = bar.add_task("experiments", total=cfg.budget.experiments, best="-")
-        result = asyncio.run(run_lab_campaign(
-            cfg, out, campaign_file=path,
+        result = await run_lab_campaign(
+            cfg, out, campaign_file=path, loop_class=loop_class, on_lab=on_lab,
             on_progress=lambda n, b: bar.update(job, completed=n, best="-" if b is None else f"{b:.3g}"),
             on_review=lambda tid, cap: console.log(
                 f"[yellow]{tid} ({cap}) was interrupted and waits for a person[/]: ppu review {tid} "
-                "--decision retry|fail|result (the campaign goes on meanwhile)")))
+                "--decision retry|fail|result (the campaign goes on meanwhile)"))
     summary = write_report(result, out, truth_of(cfg, path))
     table = Table(title=f"campaign {cfg.name}")
     table.add_column("figure")
