@@ -182,3 +182,48 @@ def test_pause_during_reaction_aborts_instead_of_repeating(tmp_path: Path) -> No
     assert said.startswith("pause requested")
     assert res.status == ResultStatus.failed and res.interrupted
     assert reactor.lab.known_samples() == []  # type: ignore[union-attr]
+
+
+def test_the_twin_screens_a_block_of_recipes_as_one_task_with_the_row_tasks_numbers() -> None:
+    """A columnar task (ligand index + process columns) gives, row for row, what one task per recipe
+    gives, with progress per part; a block with a recipe outside its limits fails naming the column and
+    the row, and is not retried (running it again cannot help)."""
+    import numpy as np
+
+    from ppu.drivers.flowchem.coding import encode_recipe, recipe_columns
+
+    rng = np.random.default_rng(0)
+    ligands = ["PPh3", "dppf", "SPhos", "XPhos"]
+    recipes = [{"ligand": ligands[int(rng.integers(4))], "temperature_c": float(rng.uniform(40, 160)),
+                "residence_time_min": float(rng.uniform(0.5, 30)), "equivalents_b": float(rng.uniform(1, 3)),
+                "concentration_m": float(rng.uniform(0.1, 1.0))} for _ in range(300)]
+    inputs = [{"recipe": r} for r in recipes]
+    cols = recipe_columns(inputs)
+    assert cols["ligand"].dtype == np.int64 and len(encode_recipe(inputs[0])) == 8
+    backend = build_backend({"type": "flow_twin", "name": "twin", "block_rows": 128})
+    bad_cols = {k: v.copy() for k, v in cols.items()}
+    bad_cols["temperature_c"][7] = 900.0
+    seen: list[float] = []
+
+    def block(c: dict[str, Any], tid: str) -> TaskRun:
+        return TaskRun(task_id=tid, attempt=1, capability="predict.yield",
+                       block={"rows": len(c["ligand"]), "columns": list(c)}).with_columns(c)
+
+    async def go() -> tuple[Any, ...]:
+        [b] = await backend.run([block(cols, "b1")], lambda tid, f, m: seen.append(f))
+        rows = await backend.run([TaskRun(task_id=f"r{i}", attempt=1, capability="predict.yield", inputs=x)
+                                  for i, x in enumerate(inputs[:40])], no_progress)
+        [bad] = await backend.run([block(bad_cols, "b2")], no_progress)
+        await backend.close()
+        return b, rows, bad
+
+    b, rows, bad = asyncio.run(go())
+    assert b.status is ResultStatus.succeeded and b.outputs["rows"] == 300, b.error
+    out = b.columns()
+    assert out is not None and set(out) == {"mean", "std", "impurity"}
+    for i, r in enumerate(rows):
+        assert out["mean"][i] == pytest.approx(r.outputs["mean"], abs=1e-12)
+        assert out["std"][i] == pytest.approx(r.outputs["std"], abs=1e-12)
+    assert seen == pytest.approx([128 / 300, 256 / 300, 1.0])
+    assert bad.status is ResultStatus.failed and not bad.retryable
+    assert "temperature_c" in (bad.error or "") and "7" in (bad.error or ""), bad.error

@@ -112,7 +112,7 @@ def test_the_closed_loop_on_the_generic_runner_beats_random_search(tmp_path: Pat
                 screening={**_raw()["screening"], "size": 128})
     result = asyncio.run(run_lab_campaign(cfg, tmp_path))
     assert len(result.experiments) == 8 and sorted(e.index for e in result.experiments) == list(range(8))
-    assert result.screened == 128
+    assert result.screened == 128 and result.screened_as == "columnar"  # one block task, not 128 tasks
     summary = write_report(result, tmp_path, truth_of(cfg, None))
     assert set(summary["statuses"]) <= {"measured", "clogged"}  # nothing lost, nothing sent to review
     for e in result.experiments:

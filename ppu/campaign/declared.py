@@ -192,6 +192,7 @@ class LabLoop:
         self.done: list[Experiment] = []  # in the order they finished
         self.best_curve: list[float | None] = []  # best feasible first objective after each, as measured
         self.screened = 0
+        self.screened_as = ""  # "columnar" (blocks of rows) or "tasks" (one a row)
         self.t0 = time.time()
         self.stopping = False
         self.lab_in_use = asyncio.Lock()  # held by whoever still needs the lab (a wind-down): it closes after
@@ -225,22 +226,38 @@ class LabLoop:
         return task.state.value, {"error": task.error or (res.error if res else None) or task.state.value}
 
     async def screen(self) -> None:
-        """Score random points on the twin (one task each; the twin's backend batches them)."""
+        """Score random points on the twin: as columnar tasks (blocks of rows, results as columns) when its
+        capability's encoder has a columnar form, else one task each (the twin's backend batches them)."""
         sc = self.cfg.screening
         if sc is None or not isinstance(self.gen, BoTorchGenerator):
             return
         points = random_points(self.cfg.problem, sc.size, self.cfg.seed)
-        ids = await self.client.submit([{"capability": sc.capability, "campaign": self.cfg.name,
-                                         "inputs": resolve_inputs(sc.inputs, _candidate(p), {})} for p in points])
-        await self.client.wait(ids, timeout=600)
+        inputs = [resolve_inputs(sc.inputs, _candidate(p), {}) for p in points]
+        coding = _columnar(sc.capability)
+        rows: list[dict[str, Any] | None]
+        if coding is not None:
+            out, _ = await self.client.screen(sc.capability, coding(inputs), campaign=self.cfg.name, timeout=600)
+            if sc.score not in out:
+                raise ConfigError(f"the screen on {sc.capability} gave no {sc.score!r} column (it gave {sorted(out)})",
+                                  field="screening.score", hint="name an output the twin returns")
+            rows = [{k: float(v[i]) for k, v in out.items() if np.ndim(v) == 1} for i in range(len(points))]
+            self.screened_as = "columnar"
+        else:
+            ids = await self.client.submit([{"capability": sc.capability, "campaign": self.cfg.name, "inputs": i}
+                                            for i in inputs])
+            await self.client.wait(ids, timeout=600)
+            rows = []
+            for tid in ids:
+                res = await self.client.result(tid)
+                rows.append(dict(res.outputs) if res is not None and res.outputs else None)
+            self.screened_as = "tasks"
         sign = self.cfg.problem.sign(next(iter(self.cfg.problem.objectives)))
         kept, scores = [], []
-        for p, tid in zip(points, ids, strict=True):
-            res = await self.client.result(tid)
-            y = as_number(res.outputs.get(sc.score)) if res is not None and res.outputs else None
-            if y is None:
+        for p, row in zip(points, rows, strict=True):
+            y = as_number(row.get(sc.score)) if row is not None else None
+            if y is None or not np.isfinite(y):
                 continue
-            spread = as_number(res.outputs.get(sc.uncertainty)) if sc.uncertainty and res is not None else None
+            spread = as_number(row.get(sc.uncertainty)) if sc.uncertainty and row is not None else None
             kept.append(p)
             scores.append(sign * y + (spread or 0.0))
         if not kept:
@@ -309,6 +326,16 @@ class LabLoop:
             self.gen.finalize()
 
 
+def _columnar(capability: str) -> Callable[[list[dict[str, Any]]], dict[str, Any]] | None:
+    """The capability's inputs -> block columns, when its encoder has that form (None: one task a row)."""
+    from ppu import capabilities
+    from ppu.digital.coding import Coding
+
+    if not capabilities.get(capability).encoder:
+        return None
+    return Coding.of(capability).columns
+
+
 def _candidate(point: dict[str, Any]) -> dict[str, Any]:
     """The point as a capability reads it: its variables and constants, without the generator's ``_id``."""
     return {k: v for k, v in point.items() if not k.startswith("_")}
@@ -321,6 +348,7 @@ class LabCampaignResult:
     best_curve: list[float | None]
     screened: int
     wall_s: float
+    screened_as: str = ""  # "columnar" (blocks of rows), "tasks" (one a row) or "" (no screen)
 
 
 async def run_lab_campaign(cfg: LabCampaign, run_dir: Path, *, campaign_file: Path | None = None,
@@ -340,7 +368,7 @@ async def run_lab_campaign(cfg: LabCampaign, run_dir: Path, *, campaign_file: Pa
         async with loop.lab_in_use:  # a wind-down that still needs the lab ends first
             pass
     return LabCampaignResult(config=cfg, experiments=loop.done, best_curve=loop.best_curve, screened=loop.screened,
-                             wall_s=time.time() - t0)
+                             screened_as=loop.screened_as, wall_s=time.time() - t0)
 
 
 def lab_client(cfg: LabCampaign, run_dir: Path, campaign_file: Path | None) -> Any:

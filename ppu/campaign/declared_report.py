@@ -74,7 +74,7 @@ def summarise(result: LabCampaignResult, truth: Any | None = None) -> dict[str, 
     out: dict[str, Any] = {
         "campaign": cfg.name, "generator": cfg.optimiser.generator, "objectives": dict(cfg.problem.objectives),
         "constraints": {c: v.model_dump() for c, v in cfg.problem.constraints.items()},
-        "experiments": len(exps), "statuses": statuses, "screened": result.screened,
+        "experiments": len(exps), "statuses": statuses, "screened": result.screened, "screened_as": result.screened_as,
         "best_measured": None if best is None else best.outputs.get(obj),
         "best_point": None if best is None else {k: v for k, v in best.point.items() if not k.startswith("_")},
         "best_curve": result.best_curve, "wall_s": result.wall_s, "cost": sum(e.cost for e in exps),

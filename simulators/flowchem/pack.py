@@ -34,7 +34,8 @@ CAPABILITIES: tuple[Capability, ...] = (
     Capability(name="measure.hplc", input_model=HPLCInput, output_model=HPLCOutput, action=ActionClass.once,
                needs_sample=True, description="online HPLC of a fraction: yield, impurity, conversion"),
     Capability(name="predict.yield", input_model=YieldPredictInput, output_model=YieldPrediction,
-               action=ActionClass.repeatable, description="kinetic digital twin: predicted yield of a recipe"),
+               action=ActionClass.repeatable, description="kinetic digital twin: predicted yield of a recipe",
+               encoder="ppu.drivers.flowchem.coding:encode_recipe"),
 )
 
 BACKEND_TYPES: dict[str, str] = {
