@@ -73,6 +73,9 @@ class Decision:
     n_observed: int
     pending: list[str] = field(default_factory=list)
     surrogates: dict[str, str] = field(default_factory=dict)  # property -> published version the decision read
+    # the level the proposal goes to: here always the lab's whole workflow; the twin's screen is the low
+    # fidelity it read (screen_mean, and "+screen-vNNNN" in model_version)
+    fidelity: str = "lab"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
