@@ -113,6 +113,47 @@ def test_microbatcher_failure_fails_its_batch_only():
     assert isinstance(bad[0], RuntimeError) and good == [1, 2]
 
 
+@pytest.mark.parametrize("depth", [1, 2])
+def test_microbatcher_depth_bounds_the_batches_out_at_once(depth: int) -> None:
+    """Two executor threads and a first batch that blocks: with depth 2 a second, full batch is handed to
+    fn while the first still runs, and a partial one fills until the first ends; with depth 1 nothing
+    goes out meanwhile. Every item gets its own result either way; a failing batch fails alone."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    release = threading.Event()
+    started: list[list[int]] = []
+
+    def fn(items: list[int]) -> list[int]:
+        started.append(list(items))
+        if 0 in items:
+            release.wait(10)
+        if 99 in items:
+            raise RuntimeError("boom")
+        return [x * 2 for x in items]
+
+    async def main() -> tuple[list[int | BaseException], list[int], int]:
+        pool = ThreadPoolExecutor(max_workers=2)
+        mb: MicroBatcher[int, int] = MicroBatcher(fn, max_batch=4, max_wait_s=0.001, executor=pool, depth=depth)
+        first = asyncio.ensure_future(mb.submit_many([0]))
+        await asyncio.sleep(0.05)  # the first batch is out and blocked
+        rest = asyncio.ensure_future(mb.submit_many([1, 2, 3, 4]))  # a full batch
+        more = asyncio.ensure_future(mb.submit_many([5]))  # a partial one: it waits for the first to end
+        await asyncio.sleep(0.1)
+        seen_while_blocked = len(started)
+        release.set()
+        out = await first + await rest + await more
+        bad = await mb.submit_many([99])
+        await mb.close()
+        pool.shutdown()
+        return bad, out, seen_while_blocked
+
+    bad, out, seen = asyncio.run(main())
+    assert out == [0, 2, 4, 6, 8, 10] and isinstance(bad[0], RuntimeError)
+    assert seen == depth  # depth 2: [1, 2, 3, 4] went out while [0] ran, [5] did not; depth 1: nothing did
+    assert started[1] == [1, 2, 3, 4] and started[2] == [5]
+
+
 # ---- TorchBackend ------------------------------------------------------------------------------
 
 

@@ -8,6 +8,13 @@ holds ``max_batch`` items or ``max_wait_s`` has passed since that first item arr
 ``fn`` runs, new items queue up; items that already waited their full time leave at once with
 the next batch.
 
+Up to ``depth`` batches are out at once (default 1: each batch is answered before the next is
+collected). With ``depth=2``, while one runs the next fills (until full, or until the running one
+ends) and is queued on the executor, which starts it the moment the first ends while the event
+loop hands the first batch's results out. That pays where ``fn`` waits on another device (a GPU)
+and the CPU is free meanwhile; on a CPU-only host the forward pass and the loop share the cores
+and it did not (2 cores: 12.7k vs 13.3k rows/s, median of 4, benchmarks/batching.py's model).
+
 ``fn`` must return one result per item, in order. If it raises, every item of that batch gets
 the exception (a whole forward pass failed: e.g. out of memory); so that one bad item never spoils
 a batch, ``fn`` answers a bad item with its own outcome instead of raising (the torch backend
@@ -35,13 +42,16 @@ def _wake(fut: asyncio.Future[None]) -> None:
 
 class MicroBatcher(Generic[I, O]):
     def __init__(self, fn: Callable[[list[I]], Sequence[O]], *, max_batch: int, max_wait_s: float,
-                 executor: Executor | None = None):
+                 executor: Executor | None = None, depth: int = 1):
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
+        if depth < 1:
+            raise ValueError("depth must be >= 1")
         self.fn = fn
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.executor = executor
+        self.depth = depth
         self.batch_sizes: list[int] = []  # every batch handed to fn, for tests and benchmarks
         self._loop: asyncio.AbstractEventLoop | None = None
         # A plain deque and two wake-up futures rather than asyncio.Queue + wait_for: wait_for makes a
@@ -93,38 +103,66 @@ class MicroBatcher(Generic[I, O]):
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()
         items = self._items
-        while True:
-            if not items:
-                self._arrived = loop.create_future()
-                await self._arrived
-                self._arrived = None
-            left = items[0][2] + self.max_wait_s - time.monotonic()
-            if len(items) < self.max_batch and left > 0:
-                full = self._full = loop.create_future()
-                timer = loop.call_later(left, _wake, full)
-                try:
-                    await full
-                finally:
-                    timer.cancel()
-                    self._full = None
-            live: list[tuple[I, asyncio.Future[O], float]] = []
-            while items and len(live) < self.max_batch:
-                entry = items.popleft()
-                if not entry[1].done():  # a cancelled waiter's item is dropped
-                    live.append(entry)
-            if not live:
-                continue
-            self.batch_sizes.append(len(live))
-            batch = [b[0] for b in live]
+        out: set[asyncio.Future[None]] = set()  # batches handed to fn and not yet answered
+        try:
+            while True:
+                if len(out) >= self.depth:  # as many batches out as allowed: wait for one to end
+                    await asyncio.wait(out, return_when=asyncio.FIRST_COMPLETED)
+                live = await self._next_batch(loop, items, out)
+                if live is None:
+                    continue
+                done = loop.create_task(self._run(loop, live))
+                out.add(done)
+                done.add_done_callback(out.discard)
+        finally:
+            for t in out:  # closing: the batches out are cancelled with the collector
+                t.cancel()
+
+    async def _next_batch(self, loop: asyncio.AbstractEventLoop, items: deque[tuple[I, asyncio.Future[O], float]],
+                          busy: set[asyncio.Future[None]]) -> list[tuple[I, asyncio.Future[O], float]] | None:
+        """The next batch: the first waiting item, then more until full or its time is up (None: all cancelled).
+        While a batch is out (``busy``) the model cannot take this one before it ends: it fills until then."""
+        if not items:
+            self._arrived = loop.create_future()
+            await self._arrived
+            self._arrived = None
+        if busy and len(items) < self.max_batch:
+            full = self._full = loop.create_future()
             try:
-                results = await loop.run_in_executor(self.executor, self.fn, batch)
-                if len(results) != len(live):
-                    raise RuntimeError(f"batch function gave {len(results)} results for {len(live)} items")
-            except Exception as exc:
-                for _, fut, _ in live:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            for (_, fut, _), res in zip(live, results, strict=True):
+                await asyncio.wait([full, *busy], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                self._full = None
+        left = items[0][2] + self.max_wait_s - time.monotonic()
+        if len(items) < self.max_batch and left > 0:
+            full = self._full = loop.create_future()
+            timer = loop.call_later(left, _wake, full)
+            try:
+                await full
+            finally:
+                timer.cancel()
+                self._full = None
+        live: list[tuple[I, asyncio.Future[O], float]] = []
+        while items and len(live) < self.max_batch:
+            entry = items.popleft()
+            if not entry[1].done():  # a cancelled waiter's item is dropped
+                live.append(entry)
+        if not live:
+            return None
+        self.batch_sizes.append(len(live))
+        return live
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, live: list[tuple[I, asyncio.Future[O], float]]) -> None:
+        """One batch through ``fn`` on the executor; each waiter gets its result (or the batch's exception)."""
+        batch = [b[0] for b in live]
+        try:
+            results = await loop.run_in_executor(self.executor, self.fn, batch)
+            if len(results) != len(live):
+                raise RuntimeError(f"batch function gave {len(results)} results for {len(live)} items")
+        except Exception as exc:
+            for _, fut, _ in live:
                 if not fut.done():
-                    fut.set_result(res)
+                    fut.set_exception(exc)
+            return
+        for (_, fut, _), res in zip(live, results, strict=True):
+            if not fut.done():
+                fut.set_result(res)

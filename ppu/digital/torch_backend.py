@@ -275,8 +275,10 @@ class TorchBackend(Backend):
         self.served: dict[str, _Served] = {}
         for cap, spec in config.models.items():
             s = _Served(cap, spec)
+            # on a GPU the next batch is collected and queued while one computes (the CPU is free then)
             s.batcher = MicroBatcher(functools.partial(self._forward, s), max_batch=max_batch,
-                                     max_wait_s=config.max_wait_ms / 1000, executor=self._executor)
+                                     max_wait_s=config.max_wait_ms / 1000, executor=self._executor,
+                                     depth=2 if self.device.type == "cuda" else 1)
             self.served[cap] = s
         self._started = False
         self._start_lock = asyncio.Lock()
