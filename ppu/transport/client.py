@@ -18,12 +18,12 @@ from typing import Any, TypeVar, cast
 
 import numpy as np
 import zmq
-import zmq.asyncio
 
 from ppu import errors
 from ppu import protocol as p
 from ppu.models import Artifact, AuditEntry, Result, Sample, Task, new_id
 from ppu.transport import ops
+from ppu.transport.aiosock import AsyncSocket
 from ppu.transport.ops import DEFAULT_BLOCK_ROWS, SpecLike
 from ppu.transport.security import CurveKeys
 
@@ -253,15 +253,15 @@ class AsyncPPUClient(_Client):
     """The same API for asyncio code (flows, the embedded lab, tests); every call is a coroutine."""
 
     def _open(self) -> None:
-        self._ctx = zmq.asyncio.Context()
-        self._sock: Any = None
+        self._ctx: zmq.Context[Any] = zmq.Context()
+        self._sock: AsyncSocket | None = None
         self._reader: asyncio.Task[None] | None = None
         self._futs: dict[str, asyncio.Future[Any]] = {}
         self._queues: list[asyncio.Queue[dict[str, Any]]] = []
 
     def _ensure(self) -> None:
         if self._sock is None:
-            self._sock = _socket(self._ctx, self.address, self.curve)
+            self._sock = AsyncSocket(_socket(self._ctx, self.address, self.curve))
             self._reader = asyncio.get_running_loop().create_task(self._read(self._sock))
 
     async def _drop_socket(self) -> None:
@@ -286,7 +286,7 @@ class AsyncPPUClient(_Client):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _read(self, sock: Any) -> None:
+    async def _read(self, sock: AsyncSocket) -> None:
         while True:
             frames = await sock.recv_multipart()
             try:
@@ -307,6 +307,7 @@ class AsyncPPUClient(_Client):
         t = self._stamp(msg, timeout)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._futs[msg.req] = fut
+        assert self._sock is not None
         await self._sock.send_multipart(p.encode(msg))
         try:
             reply = await asyncio.wait_for(fut, t)

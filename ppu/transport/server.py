@@ -40,6 +40,7 @@ from ppu.config import SecurityConfig
 from ppu.errors import ConfigError, JournalFailed, NotAllowed, PPUError, UnknownTaskError, ValidationFailed
 from ppu.models import AuditEntry, Result, TaskSpec
 from ppu.orchestrator import Orchestrator
+from ppu.transport.aiosock import AsyncSocket
 from ppu.transport.security import OWN_ONLY, Authorizer, authorise, check_bind, load_keypair
 
 log = logging.getLogger(__name__)
@@ -98,8 +99,8 @@ class OrchestratorServer:
         self.link = RemoteLink(self)
         self.peers: dict[bytes, _Peer] = {}
         self.backend_peer: dict[str, bytes] = {}
-        self._ctx: zmq.asyncio.Context | None = None
-        self._sock: zmq.asyncio.Socket | None = None
+        self._ctx: zmq.Context[Any] | None = None
+        self._sock: AsyncSocket | None = None
         self._zap: AsyncioAuthenticator | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._main: list[asyncio.Task[None]] = []
@@ -117,16 +118,16 @@ class OrchestratorServer:
         # The key pair first: a missing key must fail here, before a ZAP authenticator or a socket
         # exists that would keep the process alive (it used to hang with no output).
         keys = load_keypair(self.security.keys_dir, self.security.server_key) if self.security.curve else None
-        self._ctx = ctx = zmq.asyncio.Context()
+        self._ctx = ctx = zmq.Context()
+        sock: zmq.Socket[Any] | None = None
         try:
             sock = ctx.socket(zmq.ROUTER)
-            self._sock = sock
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             # Messages a little over the limit get a typed error from decode(); far over it, ZMQ drops them.
             sock.setsockopt(zmq.MAXMSGSIZE, 2 * self.cfg.max_message_bytes + self.cfg.max_blob_bytes + 4096)
             if keys is not None:
-                self._zap = AsyncioAuthenticator(ctx)
+                self._zap = AsyncioAuthenticator(zmq.asyncio.Context.shadow(ctx.underlying))
                 self._zap.start()
                 self._zap.configure_curve_callback("*", credentials_provider=self.auth)
                 sock.curve_server = True
@@ -136,7 +137,10 @@ class OrchestratorServer:
             except zmq.ZMQError as exc:
                 raise PPUError(f"cannot bind {self.bind_to}: {exc}",
                                hint="is another orchestrator running? choose another port with --bind") from None
+            self._sock = AsyncSocket(sock)
         except BaseException:
+            if sock is not None and self._sock is None:
+                sock.close(linger=0)
             await self.close()
             raise
         self.address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -175,7 +179,7 @@ class OrchestratorServer:
         if self._sock is None:
             return False
         try:
-            await self._sock.send_multipart([identity, *p.encode(msg)], flags=zmq.NOBLOCK)
+            self._sock.send_nowait([identity, *p.encode(msg)])
             return True
         except zmq.ZMQError as exc:
             self.orch.counters["unroutable" if exc.errno == zmq.EHOSTUNREACH else "send_dropped"] += 1
@@ -189,7 +193,7 @@ class OrchestratorServer:
         if self._sock is None:
             raise PPUError("the orchestrator's socket is closed")
         try:  # never through the group-commit outbox: the caller must know whether it left
-            await self._sock.send_multipart([identity, *p.encode(msg)], flags=zmq.NOBLOCK)
+            self._sock.send_nowait([identity, *p.encode(msg)])
         except zmq.ZMQError as exc:
             self.orch.counters["unroutable" if exc.errno == zmq.EHOSTUNREACH else "send_dropped"] += 1
             raise PPUError(f"backend {backend}: the message could not be sent ({exc.strerror})") from None
@@ -224,11 +228,12 @@ class OrchestratorServer:
             first = await sock.recv_multipart(copy=False)
             burst, size = [first], sum(len(f) for f in first)
             # A burst is bounded by count and by bytes, so that handling it never holds the loop long.
-            while (len(burst) < self.burst and size < self.burst_bytes
-                   and int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN):
-                more: Any = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)  # resolved at once
-                burst.append(more.result())
-                size += sum(len(f) for f in burst[-1])
+            while len(burst) < self.burst and size < self.burst_bytes:
+                more = sock.recv_nowait(copy=False)
+                if more is None:
+                    break
+                burst.append(more)
+                size += sum(len(f) for f in more)
             # Group commit: one store transaction for the burst; answers leave after it is durable.
             self._outbox = []
             try:

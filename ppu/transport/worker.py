@@ -26,13 +26,13 @@ import uuid
 from typing import Any
 
 import zmq
-import zmq.asyncio
 
 from ppu import protocol as p
 from ppu.backends.base import Backend
 from ppu.heap import freeze_once
 from ppu.host import BackendHost
 from ppu.models import Result
+from ppu.transport.aiosock import AsyncSocket
 from ppu.transport.security import CurveKeys
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,8 @@ class Worker:
         self.hosts = {b.name: BackendHost(b, self._reporter(b.name)) for b in backends}
         self.registered = False
         self.reconnects = 0
-        self._ctx = zmq.asyncio.Context()
-        self._sock: zmq.asyncio.Socket | None = None
+        self._ctx: zmq.Context[Any] = zmq.Context()
+        self._sock: AsyncSocket | None = None
         self._last_heard = 0.0
         self._last_register = 0.0
         self._resend_at: dict[tuple[str, int], tuple[float, float]] = {}  # -> (when, backoff)
@@ -114,7 +114,7 @@ class Worker:
             sock.curve_secretkey = self.curve.secret
             sock.curve_serverkey = self.curve.server_public
         sock.connect(self.connect_to)
-        self._sock = sock
+        self._sock = AsyncSocket(sock)
         self.registered = False
         self._last_heard = time.monotonic()
         self._send_register()
@@ -141,9 +141,7 @@ class Worker:
         if self._sock is None:
             return False
         try:
-            # with NOBLOCK the future is already resolved: result() raises if the send failed
-            sent: Any = self._sock.send_multipart(frames, flags=zmq.NOBLOCK)
-            sent.result()
+            self._sock.send_nowait(frames)
             return True
         except zmq.ZMQError:  # not connected yet or queue full: heartbeats and re-sends cover it
             return False
@@ -191,17 +189,15 @@ class Worker:
                 # Everything already queued is handled in one go (acks come one per result): a message
                 # costs a decode, not two trips through the event loop.
                 for _ in range(256):
-                    ready: Any = sock.recv_multipart(flags=zmq.NOBLOCK)  # a future, resolved at once
-                    try:
-                        frames = ready.result()
-                    except zmq.Again:
-                        break
+                    frames = sock.recv_nowait()
+                    if frames is None:
+                        break  # nothing more waiting
                     try:
                         self._on_message(p.decode(frames))
                     except p.ProtocolError as exc:
                         log.warning("ignored a malformed message from the orchestrator: %s", exc)
-                    if self._sock is not sock or not int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-                        break  # replaced (a new connection), or nothing more waiting
+                    if self._sock is not sock:
+                        break  # replaced (a new connection)
                 continue
             now = time.monotonic()
             next_beat = now + tick
