@@ -117,7 +117,7 @@ async def propose(loop: CampaignLoop, pending: list[str]) -> Decision:
 
 @task(name="workflow-step", task_run_name="{step}", retries=0, cache_policy=NO_CACHE)
 async def workflow_step(loop: CampaignLoop, step: str, capability: str, inputs: dict[str, Any],
-                        on_review: Any = None, attempts: int = 1) -> tuple[Task, dict[str, Any]]:
+                        on_review: Any = None, attempts: int = 1) -> tuple[Task | None, dict[str, Any]]:
     """One declared workflow step (physical ones consume material: never retried by Prefect)."""
     return await CampaignLoop.do_step(loop, step, capability, inputs, on_review, attempts)
 
@@ -227,7 +227,7 @@ class FlowLoop(CampaignLoop):
         return await propose(self, pending)
 
     async def do_step(self, step: str, capability: str, inputs: dict[str, Any], on_review: Any = None,
-                      attempts: int = 1) -> tuple[Task, dict[str, Any]]:
+                      attempts: int = 1) -> tuple[Task | None, dict[str, Any]]:
         return await workflow_step(self, step, capability, inputs, on_review, attempts)
 
     async def do_learn(self) -> None:

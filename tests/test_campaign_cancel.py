@@ -42,6 +42,36 @@ def _prefect_env(run_dir: Path, home: Path) -> dict[str, str]:
     return env
 
 
+def _stop_while_running(cfg: Path, run_dir: Path, home: Path, db: Path, capability: str,
+                        how: str) -> tuple[subprocess.Popen[str], str, str, str]:
+    """The campaign's flow run started as a process; once a ``capability`` task runs (in the store
+    ``db``), cancelled through Prefect or sent SIGTERM. (process, flow run id, stdout, stderr)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["HOME"] = str(home)
+    proc = subprocess.Popen([sys.executable, "-m", "ppu.flows.campaign", str(cfg), "--run-dir", str(run_dir)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(c == capability and s == "running" for c, s in _states(db)):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, f"no {capability} task started"
+            time.sleep(0.3)
+        flow_run = json.loads((run_dir / "flow_run.json").read_text())["id"]
+        if how == "SIGTERM":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            cancel = subprocess.run([sys.executable, "-m", "prefect", "flow-run", "cancel", flow_run],
+                                    cwd=cfg.parent, env=_prefect_env(run_dir, home), capture_output=True, text=True,
+                                    timeout=120)
+            assert cancel.returncode == 0, cancel.stdout + cancel.stderr
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc, flow_run, out, err
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("how", ["prefect flow-run cancel", "SIGTERM"])
@@ -54,28 +84,7 @@ def test_cancelling_or_killing_the_flow_run_winds_the_campaign_down(tmp_path: Pa
                    "screening: {enabled: false}\nparallel: {synthesis_robots: 2, queue_ahead: 2}\n")
     run_dir = tmp_path / "run"
     home = tmp_path / "home"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env["HOME"] = str(home)
-    proc = subprocess.Popen([sys.executable, "-m", "ppu.flows.campaign", str(cfg), "--run-dir", str(run_dir)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not any(c == "synthesize" and s == "running" for c, s in _states(run_dir / "ppu.sqlite")):
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "no synthesis started"
-            time.sleep(0.5)
-        flow_run = json.loads((run_dir / "flow_run.json").read_text())["id"]
-        if how == "SIGTERM":
-            proc.send_signal(signal.SIGTERM)
-        else:
-            cancel = subprocess.run([sys.executable, "-m", "prefect", "flow-run", "cancel", flow_run], cwd=tmp_path,
-                                    env=_prefect_env(run_dir, home), capture_output=True, text=True, timeout=120)
-            assert cancel.returncode == 0, cancel.stdout + cancel.stderr
-        out, err = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    proc, flow_run, out, err = _stop_while_running(cfg, run_dir, home, run_dir / "ppu.sqlite", "synthesize", how)
     if how == "SIGTERM":
         assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
         assert "stopped by signal" in err and "summary.json" in err, err[-3000:]
@@ -119,28 +128,7 @@ def test_a_declared_lab_campaign_is_wound_down_the_same_way(tmp_path: Path, how:
     run_dir = tmp_path / "run"
     stage_db = run_dir / ".lab-run" / "ppu.sqlite"
     home = tmp_path / "home"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env["HOME"] = str(home)
-    proc = subprocess.Popen([sys.executable, "-m", "ppu.flows.campaign", str(cfg), "--run-dir", str(run_dir)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not any(c == "react.flow" and s == "running" for c, s in _states(stage_db)):
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "no reaction started"
-            time.sleep(0.3)
-        flow_run = json.loads((run_dir / "flow_run.json").read_text())["id"]
-        if how == "SIGTERM":
-            proc.send_signal(signal.SIGTERM)
-        else:
-            cancel = subprocess.run([sys.executable, "-m", "prefect", "flow-run", "cancel", flow_run], cwd=tmp_path,
-                                    env=_prefect_env(run_dir, home), capture_output=True, text=True, timeout=120)
-            assert cancel.returncode == 0, cancel.stdout + cancel.stderr
-        out, err = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    proc, _, out, err = _stop_while_running(cfg, run_dir, home, stage_db, "react.flow", how)
     if how == "SIGTERM":
         assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
     else:

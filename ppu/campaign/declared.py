@@ -214,7 +214,10 @@ class LabLoop:
 
     async def task(self, capability: str, inputs: dict[str, Any], tasks: list[str]) -> tuple[str, dict[str, Any]]:
         """Submit one task and wait for it: (state, outputs) or (state, {'error': ...}). An interrupted
-        physical task waits for a person; the loop says so once and takes what the person decides."""
+        physical task waits for a person; the loop says so once and takes what the person decides. Wound down
+        before it left (a step's task run may start after the wind-down began), nothing is submitted."""
+        if self.stopping:
+            return TaskState.cancelled.value, {"error": "the campaign was wound down before this step"}
         [tid] = await self.client.submit([{"capability": capability, "inputs": inputs, "campaign": self.cfg.name}])
         tasks.append(tid)
         on_review = self.on_review

@@ -150,7 +150,11 @@ class CampaignLoop:
         return (time.time() - self.t0) * self.cfg.time_scale / 3600.0
 
     async def run_task(self, capability: str, inputs: dict[str, Any], on_review: Callable[[], None] | None = None,
-                       **extra: Any) -> tuple[Task, dict[str, Any]]:
+                       **extra: Any) -> tuple[Task | None, dict[str, Any]]:
+        """Submit one task and wait for it; (None, {}) when the campaign was wound down before it left (a
+        step's task run may start after the wind-down began: nothing is submitted then)."""
+        if self.stopping:
+            return None, {}
         [tid] = await self.client.submit([{"capability": capability, "inputs": inputs, "campaign": self.cfg.name,
                                            **extra}])
         self.task_ids.append(tid)
@@ -188,7 +192,8 @@ class CampaignLoop:
         return await asyncio.to_thread(self.opt.propose, pending)  # a GP fit must not stall the loop
 
     async def do_step(self, step: str, capability: str, inputs: dict[str, Any],
-                      on_review: Callable[[], None] | None = None, attempts: int = 1) -> tuple[Task, dict[str, Any]]:
+                      on_review: Callable[[], None] | None = None,
+                      attempts: int = 1) -> tuple[Task | None, dict[str, Any]]:
         """One declared workflow step as one task (``step`` names it for a Prefect task run)."""
         return await self.run_task(capability, inputs, on_review=on_review, max_attempts=attempts)
 
@@ -210,6 +215,8 @@ class CampaignLoop:
             if self.stopping:  # wound down: no next step is submitted
                 return TaskState.cancelled.value, {}
             task, out = await self.do_step(step.name, step.capability, inputs, on_review, step.attempts)
+            if task is None:  # wound down meanwhile: not submitted
+                return TaskState.cancelled.value, {}
             exp.tasks.append(task.id)
             return task.state.value, out
 
