@@ -46,6 +46,7 @@ from ppu.errors import ConfigError
 from ppu.models import Autonomy, Strict, TaskState
 
 log = logging.getLogger(__name__)
+_WOUND_DOWN = {"error": "the campaign was wound down before this step"}  # a step that was not submitted
 
 
 class Budget(Strict):
@@ -217,7 +218,7 @@ class LabLoop:
         physical task waits for a person; the loop says so once and takes what the person decides. Wound down
         before it left (a step's task run may start after the wind-down began), nothing is submitted."""
         if self.stopping:
-            return TaskState.cancelled.value, {"error": "the campaign was wound down before this step"}
+            return TaskState.cancelled.value, dict(_WOUND_DOWN)
         [tid] = await self.client.submit([{"capability": capability, "inputs": inputs, "campaign": self.cfg.name}])
         tasks.append(tid)
         on_review = self.on_review
@@ -272,7 +273,7 @@ class LabLoop:
     async def experiment(self, exp: Experiment) -> Experiment:
         async def run_step(step: Step, inputs: dict[str, Any], on_review: Any) -> tuple[str, dict[str, Any]]:
             if self.stopping:  # wound down: no next step is submitted
-                return TaskState.cancelled.value, {"error": "the campaign was wound down before this step"}
+                return TaskState.cancelled.value, dict(_WOUND_DOWN)
             return await self.do_step(step.name, step.capability, inputs, exp.tasks)
 
         run = await run_workflow(self.cfg.workflow, _candidate(exp.point), run_step)

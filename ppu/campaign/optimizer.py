@@ -36,8 +36,7 @@ import numpy as np
 import torch
 
 from ppu.campaign.generators import one_torch_thread
-from ppu.drivers.mof.capabilities import Candidate
-from ppu.drivers.mof.capabilities import GPKernel as Kernel
+from ppu.drivers.mof.capabilities import Candidate, GPKernel
 from ppu.drivers.mof.featurize import featurize
 
 with warnings.catch_warnings():
@@ -124,7 +123,7 @@ class PoolOptimizer:
             math.log(outside_weight) if self.screen is not None and outside_weight > 0 else None)
         self.keep = keep
         self.obs: dict[int, Observation] = {}
-        self.published: dict[str, tuple[str, Kernel]] = {}  # "y" / "c" -> (version, kernel)
+        self.published: dict[str, tuple[str, GPKernel]] = {}  # "y" / "c" -> (version, kernel)
         self.fits = 0
         self._warm: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         self._fitted_at: dict[str, int] = {}  # data size at each model's last hyperparameter fit
@@ -178,7 +177,7 @@ class PoolOptimizer:
         return [n for n, col in (("twin_co2_uptake", self.screen), ("twin_purity", self.screen_purity))
                 if col is not None]
 
-    def adopt(self, prop: str, version: str, kernel: Kernel) -> None:
+    def adopt(self, prop: str, version: str, kernel: GPKernel) -> None:
         """Decisions read the published surrogate of ``prop`` from now on (see the module docstring)."""
         key = "y" if prop == "uptake" else "c"
         n_all = int(self.keep.numel())
@@ -222,7 +221,7 @@ class PoolOptimizer:
         self.fits += 1
         return gp
 
-    def _load(self, gp: SingleTaskGP, kernel: Kernel) -> None:
+    def _load(self, gp: SingleTaskGP, kernel: GPKernel) -> None:
         """The published kernel, its lengthscales rescaled from feature units to this pool's unit cube;
         a feature the publisher saw constant gets a lengthscale far beyond the cube (it cannot matter)."""
         span = (self.bounds[1] - self.bounds[0]).clamp_min(1e-12)

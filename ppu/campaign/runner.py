@@ -136,7 +136,6 @@ class CampaignLoop:
         self.completed: list[Experiment] = []  # in the order their measurements came back
         self.best_curve: list[float] = []
         self.task_ids: list[str] = []
-        self.train_ids: list[str] = []
         self.learn_steps = 0
         self.can_learn = True  # a running lab without a trainer: decisions keep the optimiser's own fit
         self.model_versions: list[str] = []  # the uptake surrogate's versions the learn steps published
@@ -254,7 +253,6 @@ class CampaignLoop:
             if self.opt.extra_feature_names():
                 inputs |= {"extra_features": extra, "extra_feature_names": self.opt.extra_feature_names()}
             [tid] = await self.client.submit([{"capability": TRAIN, "inputs": inputs, "campaign": self.cfg.name}])
-            self.train_ids.append(tid)
             submitted.append((prop, tid))
         for prop, tid in submitted:
             t = asyncio.create_task(self.adopt_when_trained(prop, tid))
