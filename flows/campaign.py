@@ -269,26 +269,36 @@ async def wind_down_hook(flow: Any, flow_run: FlowRun, state: State) -> None:
             async with AsyncPPUClient(address, timeout=30) as client:
                 report = await wind_down(client, cfg.name, reason)
         else:  # the lab went down with the run: its store, offline, through the same client
-            from ppu.transport.serve import private_orchestrator
-
-            lab = lab_config(cfg, out)
-            grace = lab.orchestrator.restart_grace_s + 2 * lab.orchestrator.heartbeat_s * \
-                lab.orchestrator.missed_heartbeats
-            with private_orchestrator(lab) as address:
-                async with AsyncPPUClient(address, timeout=30) as client:
-                    report = await wind_down(client, cfg.name, reason, wait_s=grace + 5)
+            report = await _wind_down_offline(lab_config(cfg, out), cfg.name, reason)
     except PPUError as exc:
         report = {"reason": reason, "error": f"{exc}" + (f" ({exc.hint})" if exc.hint else "")}
-    _write_summary(out, {"campaign": cfg.name, "ended": state.name, "flow_run": str(flow_run.id), **report})
-    log.warning("campaign %s wound down (%s): %d task(s) cancelled, %d handed over; see %s", cfg.name,
-                reason, len(report.get("cancelled", [])), len(report.get("handed_over", [])), out / "summary.json")
+    _wound_down(out, cfg.name, flow_run, state, report)
+
+
+def _wound_down(out: Path, campaign: str, flow_run: FlowRun, state: State, report: dict[str, Any]) -> None:
+    """What a wind-down did, in summary.json and the log."""
+    _write_summary(out, {"campaign": campaign, "ended": state.name, "flow_run": str(flow_run.id), **report})
+    log.warning("campaign %s wound down (%s): %d task(s) cancelled, %d handed over; see %s", campaign,
+                report.get("reason"), len(report.get("cancelled", [])), len(report.get("handed_over", [])),
+                out / "summary.json")
+
+
+async def _wind_down_offline(lab: Any, campaign: str, reason: str) -> dict[str, Any]:
+    """A lab that went down with the run: its store opened by a private orchestrator, through a client;
+    tasks that were running wait out the lab's restart grace before they can be settled."""
+    from ppu.transport.client import AsyncPPUClient
+    from ppu.transport.serve import private_orchestrator
+
+    grace = lab.orchestrator.restart_grace_s + 2 * lab.orchestrator.heartbeat_s * lab.orchestrator.missed_heartbeats
+    with private_orchestrator(lab) as address:
+        async with AsyncPPUClient(address, timeout=30) as client:
+            return await wind_down(client, campaign, reason, wait_s=grace + 5)
 
 
 async def _wind_down_declared(config_path: Path, out: Path, flow_run: FlowRun, state: State, reason: str) -> None:
     """The same wind-down for a declared lab campaign: through its live client while the lab is up; else
     its simulated lab's store offline (in the stage folder), or the running lab it drove."""
     from ppu.campaign.declared import lab_client, lab_config, load_lab_campaign
-    from ppu.transport.client import AsyncPPUClient
 
     cfg = load_lab_campaign(config_path)
     report: dict[str, Any]
@@ -296,23 +306,14 @@ async def _wind_down_declared(config_path: Path, out: Path, flow_run: FlowRun, s
         client = _CLIENTS.get(str(out))
         if client is not None:
             report = await wind_down(client, cfg.name, reason)
-        elif cfg.simulated:
-            from ppu.transport.serve import private_orchestrator
-
-            lab = lab_config(cfg, out / STAGE, config_path)
-            grace = lab.orchestrator.restart_grace_s + 2 * lab.orchestrator.heartbeat_s * \
-                lab.orchestrator.missed_heartbeats
-            with private_orchestrator(lab) as address:
-                async with AsyncPPUClient(address, timeout=30) as offline:
-                    report = await wind_down(offline, cfg.name, reason, wait_s=grace + 5)
+        elif cfg.simulated:  # its lab went down with the run: the store, offline
+            report = await _wind_down_offline(lab_config(cfg, out / STAGE, config_path), cfg.name, reason)
         else:
             async with lab_client(cfg, out / STAGE, config_path) as remote:
                 report = await wind_down(remote, cfg.name, reason)
     except PPUError as exc:
         report = {"reason": reason, "error": f"{exc}" + (f" ({exc.hint})" if exc.hint else "")}
-    _write_summary(out, {"campaign": cfg.name, "ended": state.name, "flow_run": str(flow_run.id), **report})
-    log.warning("campaign %s wound down (%s): %d task(s) cancelled, %d handed over; see %s", cfg.name, reason,
-                len(report.get("cancelled", [])), len(report.get("handed_over", [])), out / "summary.json")
+    _wound_down(out, cfg.name, flow_run, state, report)
 
 
 def run_folder(run_dir: str | Path) -> Path:
