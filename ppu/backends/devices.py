@@ -12,13 +12,14 @@ simulated builds.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any
 
 import numpy as np
 from ophyd import Component as Cpt
 from ophyd import Device, DeviceStatus, EpicsSignal, EpicsSignalRO, Signal
-from ophyd.utils.errors import ReadOnlyError
+from ophyd.utils.errors import InvalidState, ReadOnlyError
 
 
 class SimSignal(Signal):
@@ -142,12 +143,17 @@ class EpicsAcquisition(Device):
         except Exception as exc:
             return self._fail(status, f"{self.name}: could not read the acquisition status: {exc}")
         if before is not None:
-            status.set_finished()
+            with contextlib.suppress(InvalidState):  # the other check (Error seen) failed it first
+                status.set_finished()
 
     @staticmethod
     def _fail(status: DeviceStatus, why: str) -> None:
+        # Two checks may race on their own threads (Acquire's put completing, the status PV going to
+        # Error); ophyd marks a status done only after its callbacks, so "not done" is no guard: the
+        # first outcome wins and the second is dropped.
         if not status.done:
-            status.set_exception(AcquisitionFailed(why))
+            with contextlib.suppress(InvalidState):
+                status.set_exception(AcquisitionFailed(why))
 
     def stop(self, *, success: bool = False) -> None:
         pending, self._pending = list(self._pending), set()
