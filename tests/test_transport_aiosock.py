@@ -4,6 +4,8 @@ timeouts, a full queue that waits instead of dropping, and closing while a corou
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import pytest
 import zmq
@@ -11,7 +13,10 @@ import zmq
 from ppu.transport.aiosock import AsyncSocket
 
 
-async def _pair(ctx: zmq.Context, hwm: int = 1000) -> tuple[AsyncSocket, AsyncSocket]:
+@contextlib.asynccontextmanager
+async def _pair(hwm: int = 1000) -> AsyncIterator[tuple[AsyncSocket, AsyncSocket]]:
+    """A ROUTER and a DEALER (routing id d1) connected on loopback, closed afterwards."""
+    ctx = zmq.Context()
     router, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
     for s in (router, dealer):
         s.setsockopt(zmq.LINGER, 0)
@@ -20,17 +25,21 @@ async def _pair(ctx: zmq.Context, hwm: int = 1000) -> tuple[AsyncSocket, AsyncSo
     port = router.bind_to_random_port("tcp://127.0.0.1")
     dealer.setsockopt(zmq.ROUTING_ID, b"d1")
     dealer.connect(f"tcp://127.0.0.1:{port}")
-    return AsyncSocket(router), AsyncSocket(dealer)
+    pair = AsyncSocket(router), AsyncSocket(dealer)
+    try:
+        yield pair
+    finally:
+        for sock in pair:
+            sock.close()
+        ctx.term()
 
 
 def test_messages_arrive_in_order_and_replies_find_their_sender() -> None:
     async def main() -> None:
-        ctx = zmq.Context()
-        router, dealer = await _pair(ctx)
-        try:
+        async with _pair() as (router, dealer):
             for i in range(500):
                 dealer.send_nowait([b"m", str(i).encode()])
-            got = []
+            got: list[int] = []
             while len(got) < 500:
                 frames = await router.recv_multipart()
                 assert frames[0] == b"d1"
@@ -39,19 +48,13 @@ def test_messages_arrive_in_order_and_replies_find_their_sender() -> None:
             assert router.recv_nowait() is None  # nothing more waiting: None, no exception
             await router.send_multipart([b"d1", b"pong"])
             assert await dealer.recv_multipart() == [b"pong"]
-        finally:
-            router.close()
-            dealer.close()
-            ctx.term()
 
     asyncio.run(main())
 
 
 def test_poll_times_out_then_wakes_for_a_message_sent_meanwhile() -> None:
     async def main() -> None:
-        ctx = zmq.Context()
-        router, dealer = await _pair(ctx)
-        try:
+        async with _pair() as (router, dealer):
             assert await dealer.poll(50) is False
             waiter = asyncio.ensure_future(router.recv_multipart(copy=False))
             await asyncio.sleep(0.05)
@@ -59,10 +62,6 @@ def test_poll_times_out_then_wakes_for_a_message_sent_meanwhile() -> None:
             dealer.send_nowait([b"late"])
             frames = await asyncio.wait_for(waiter, 5)
             assert frames[1].bytes == b"late"
-        finally:
-            router.close()
-            dealer.close()
-            ctx.term()
 
     asyncio.run(main())
 
@@ -71,10 +70,8 @@ def test_a_full_queue_makes_a_sender_wait_and_unknown_peers_raise() -> None:
     """With no peer reading, a blocking send waits (never drops), send_nowait raises zmq.Again; a ROUTER
     with ROUTER_MANDATORY raises EHOSTUNREACH for an identity it does not know."""
     async def main() -> None:
-        ctx = zmq.Context()
-        router, dealer = await _pair(ctx, hwm=5)
-        router.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        try:
+        async with _pair(hwm=5) as (router, dealer):
+            router.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             with pytest.raises(zmq.ZMQError) as err:
                 router.send_nowait([b"nobody", b"x"])
             assert err.value.errno == zmq.EHOSTUNREACH
@@ -92,25 +89,18 @@ def test_a_full_queue_makes_a_sender_wait_and_unknown_peers_raise() -> None:
                     break
             await asyncio.wait_for(blocked, 10)
             assert got == sent + 1  # every message arrived, the waiting one last
-        finally:
-            router.close()
-            dealer.close()
-            ctx.term()
 
     asyncio.run(main())
 
 
 def test_closing_wakes_a_waiting_reader_with_an_error() -> None:
     async def main() -> None:
-        ctx = zmq.Context()
-        router, dealer = await _pair(ctx)
-        reader = asyncio.ensure_future(router.recv_multipart())
-        await asyncio.sleep(0.05)
-        router.close()
-        with pytest.raises(zmq.ZMQError):
-            await asyncio.wait_for(reader, 5)
-        dealer.close()
-        ctx.term()
+        async with _pair() as (router, _):
+            reader = asyncio.ensure_future(router.recv_multipart())
+            await asyncio.sleep(0.05)
+            router.close()  # closing twice (here, then by _pair) is harmless
+            with pytest.raises(zmq.ZMQError):
+                await asyncio.wait_for(reader, 5)
 
     asyncio.run(main())
 
@@ -121,10 +111,8 @@ def test_a_failed_send_that_takes_in_a_message_still_wakes_the_reader() -> None:
     import time as _time
 
     async def main() -> None:
-        ctx = zmq.Context()
-        router, dealer = await _pair(ctx)
-        router.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        try:
+        async with _pair() as (router, dealer):
+            router.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             dealer.send_nowait([b"hello"])  # connects the peer
             assert (await asyncio.wait_for(router.recv_multipart(), 5))[1] == b"hello"
             reader = asyncio.ensure_future(router.recv_multipart())
@@ -135,9 +123,5 @@ def test_a_failed_send_that_takes_in_a_message_still_wakes_the_reader() -> None:
                 router.send_nowait([b"gone-peer", b"x"])  # fails, and takes the signal in
             frames = await asyncio.wait_for(reader, 5)
             assert frames[1] == b"second"
-        finally:
-            router.close()
-            dealer.close()
-            ctx.term()
 
     asyncio.run(main())
