@@ -7,8 +7,8 @@ internal record of a task for speed and converts at its edge (see ``ppu.schedule
 from __future__ import annotations
 
 import math
+import os
 import time
-import uuid
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -77,7 +77,9 @@ Name = Annotated[str, Field(max_length=MAX_NAME)]
 
 
 def new_id(prefix: str = "t") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:16]}"
+    """``prefix-`` and 16 hex digits from the OS's random source: 64 random bits (uuid4's first 16
+    digits held 60) in a quarter of uuid4's time; an id is made for every task and batch."""
+    return f"{prefix}-{os.urandom(8).hex()}"
 
 
 class ActionClass(StrEnum):

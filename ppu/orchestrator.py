@@ -92,6 +92,24 @@ from ppu.scheduler import Scheduler, SchedulerConfig
 from ppu.store import Store
 
 log = logging.getLogger(__name__)
+
+ENDED_KEPT = 10_000  # ended tasks whose final record a wait finds without the store
+
+
+class _Stored:
+    """An ended task read back from the store, answering as the scheduler's records do."""
+
+    __slots__ = ("state", "task")
+
+    def __init__(self, task: Task):
+        self.task = task
+        self.state = task.state
+
+    def to_task(self) -> Task:
+        return self.task
+
+    def body_json(self) -> str:
+        return self.task.model_dump_json()
 MAX_RUNNING_SHOWN = 200  # running tasks listed by status (a lab runs far fewer; a digital flood is counted, not listed)
 
 
@@ -143,7 +161,9 @@ class Orchestrator:
         self.progress_of: dict[str, dict[str, Any]] = {}
         self.busy_log: list[dict[str, Any]] = []  # backend busy intervals, for Gantt charts
         self._busy_since: dict[tuple[str, str], float] = {}
-        self._waiters: dict[str, list[asyncio.Future[Task]]] = {}
+        self._waiters: dict[str, list[asyncio.Future[Any]]] = {}  # each answered with the ended record
+        # The last ENDED_KEPT tasks that ended, as durably journaled: a wait for them reads no store.
+        self._ended: dict[str, Any] = {}
         self._subscribers: list[asyncio.Queue[dict[str, Any]]] = []
         self._known_processes: set[str] = set()  # approval keys of what made a sample successfully
         self._rearm = asyncio.Event()
@@ -295,10 +315,19 @@ class Orchestrator:
                                "campaign": getattr(rec, "campaign", None)})
             if tr.dst in TERMINAL_STATES:
                 self.progress_of.pop(tr.task_id, None)
+                if rec is not None:
+                    self._remember_ended(tr.task_id, rec)
             if tr.dst in TERMINAL_STATES or tr.dst is TaskState.needs_review:
                 for fut in self._waiters.pop(tr.task_id, []) if tr.dst in TERMINAL_STATES else []:
                     if not fut.done() and rec is not None:
-                        fut.set_result(rec.to_task())
+                        fut.set_result(rec)  # the record: wait() makes the Task, wait_json() its JSON
+
+    def _remember_ended(self, task_id: str, rec: Any) -> None:
+        """Keep a durable ended task's record (the scheduler lets go of it), the oldest out past ENDED_KEPT."""
+        ended = self._ended
+        ended[task_id] = rec
+        if len(ended) > ENDED_KEPT:
+            del ended[next(iter(ended))]
 
     def _close_busy(self, backend: str | None, batch_id: str, at: float) -> None:
         if backend is None:
@@ -712,19 +741,32 @@ class Orchestrator:
 
     async def wait(self, task_ids: list[str], timeout: float | None = None) -> list[Task]:
         """Wait until every task has ended; returns their final records."""
+        return [r.to_task() for r in await self._ended_records(task_ids, timeout)]
+
+    async def wait_json(self, task_ids: list[str], timeout: float | None = None) -> list[str]:
+        """:meth:`wait`, each task as the JSON the store keeps (what the server answers with: no
+        model is built per task)."""
+        return [r.body_json() for r in await self._ended_records(task_ids, timeout)]
+
+    async def _ended_records(self, task_ids: list[str], timeout: float | None) -> list[Any]:
+        """Each task's final record once every one has ended and is durable: the scheduler's record
+        (kept in :attr:`_ended`) or, for one ended long ago, the store's (as :class:`_Stored`)."""
         loop = asyncio.get_running_loop()
         ended = [tid for tid in task_ids if self.sched.state_of(tid) in TERMINAL_STATES or
                  self.sched.state_of(tid) is None]
-        stored = self.store.get_tasks(ended) if ended else {}  # one query, not one per id
-        unknown = [tid for tid in ended if self.sched.state_of(tid) is None and tid not in stored]
+        known: dict[str, Any] = {tid: rec for tid in ended if (rec := self._ended.get(tid)) is not None}
+        if len(known) < len(ended):  # the rest from the store, in one query, not one per id
+            known.update((tid, _Stored(t)) for tid, t in
+                         self.store.get_tasks([tid for tid in ended if tid not in known]).items())
+        unknown = [tid for tid in ended if self.sched.state_of(tid) is None and tid not in known]
         if unknown:
             raise UnknownTaskError(f"unknown task {unknown[0]!r}", field="task_ids", hint="ppu tasks lists the tasks")
-        futs: list[asyncio.Future[Task]] = []
+        futs: list[asyncio.Future[Any]] = []
         for tid in task_ids:
-            f: asyncio.Future[Task] = loop.create_future()
-            t = stored.get(tid)
-            if t is not None and t.state in TERMINAL_STATES:
-                f.set_result(t)
+            f: asyncio.Future[Any] = loop.create_future()
+            rec = known.get(tid)
+            if rec is not None and rec.state in TERMINAL_STATES:
+                f.set_result(rec)
             else:  # live, or ended in a group not yet durable: answered after it is
                 self._waiters.setdefault(tid, []).append(f)
             futs.append(f)

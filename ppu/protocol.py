@@ -476,8 +476,26 @@ CLIENT_REQUESTS = (Submit, Cancel, Approve, Reject, Review, Hold, Status, Tasks,
 
 
 
-def encode(msg: _Msg) -> list[Any]:
+class RawReply:
+    """A :class:`Reply` whose data is a list of values already serialised as JSON (the task records
+    the orchestrator keeps serialised for the store): it encodes to the same message as
+    ``Reply(req=req, data=[json.loads(i) for i in items])`` without a model per item."""
+
+    __slots__ = ("items", "req")
+
+    def __init__(self, req: str, items: list[str]):
+        self.req = req
+        self.items = items
+
+    def body(self) -> bytes:
+        return ('{"blobs":[],"type":"reply","req":' + json.dumps(self.req) + ',"ok":true,"data":['
+                + ",".join(self.items) + "]}").encode()
+
+
+def encode(msg: _Msg | RawReply) -> list[Any]:
     """Frames of a message: version, json, then one buffer per blob (zero-copy memoryviews)."""
+    if isinstance(msg, RawReply):
+        return [PROTOCOL_VERSION, msg.body()]
     frames: list[Any] = [PROTOCOL_VERSION, msg.model_dump_json(exclude_none=False).encode()]
     if isinstance(msg, _Carrier) and msg.blobs:
         frames.extend(memoryview(msg._data[b.name]).cast("B") for b in msg.blobs)  # type: ignore[arg-type]

@@ -15,10 +15,11 @@ import pytest
 from sched_helpers import ok, spec, task
 
 from ppu import journal as journal_mod
+from ppu import orchestrator as orch_mod
 from ppu.backends.base import TaskRun
 from ppu.config import OrchestratorConfig, parse_lab
 from ppu.errors import ConfigError, PPUError, StoreError
-from ppu.events import Submit
+from ppu.events import Cancel, Submit
 from ppu.models import ActionClass, Task, TaskSpec, TaskState
 from ppu.orchestrator import Orchestrator
 from ppu.scheduler import Scheduler
@@ -75,6 +76,42 @@ def test_the_body_the_store_keeps_is_the_task():
                                 deadline=99.0, max_attempts=5, sample_id="s-1", submitted_by="alice"), 1.0))
     rec = step.records["t1"]
     assert Task.model_validate_json(rec.body_json()) == rec.to_task()
+    s.handle(Cancel("t1", 2.0, "no longer wanted"))  # the fields that change are written anew, the rest once
+    assert rec.state is TaskState.cancelled and rec.error == "no longer wanted"
+    assert Task.model_validate_json(rec.body_json()) == rec.to_task()
+
+
+def test_a_body_the_fast_encoder_cannot_write_is_written_all_the_same():
+    s = Scheduler()
+    big = 2 ** 70  # beyond orjson's 64-bit integers: the standard library writes it
+    step = s.handle(Submit(task("t1", inputs={"big": big, "name": "Kupfer \u00fc"}), 1.0))
+    rec = step.records["t1"]
+    assert Task.model_validate_json(rec.body_json()).inputs == {"big": big, "name": "Kupfer \u00fc"}
+
+
+def test_a_wait_answers_from_memory_and_from_the_store_alike(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The last ENDED_KEPT ended tasks are answered from their records, older ones from the store:
+    both as Task and as the JSON the server sends, and all four agree."""
+    monkeypatch.setattr(orch_mod, "ENDED_KEPT", 2)
+
+    async def body() -> None:
+        store = Store(sqlite_url(tmp_path / "ppu.sqlite"))
+        orch, link = await _orch(store)
+        ids = orch.submit([TaskSpec(capability="echo", inputs={"x": i}) for i in range(5)])
+        for _ in ids:  # one slot: each is assigned once the one before has ended
+            await asyncio.sleep(0)
+            tid, attempt = link.assigned[-1]
+            orch.finished(ok(tid, attempt, y=2.0), "robot")
+        assert list(orch._ended) == ids[-2:]  # the oldest let go
+        for tid in (ids[0], ids[-1]):  # from the store, from memory
+            [t] = await orch.wait([tid], timeout=5)
+            [raw] = await orch.wait_json([tid], timeout=5)
+            assert t.state is TaskState.succeeded and Task.model_validate_json(raw) == t == store.get_task(tid)
+        tasks = await orch.wait(ids, timeout=5)
+        assert [t.id for t in tasks] == ids
+        await orch.close()
+        store.close()
+    asyncio.run(body())
 
 
 def test_a_repeatable_task_pays_two_commits_and_its_start_rides_with_the_result(tmp_path: Path):

@@ -69,6 +69,14 @@ def test_what_the_code_sends_fits_the_schema(msg: p.Message):
     validator.validate(json.loads(p.encode(msg)[1]))
 
 
+def test_a_reply_of_serialised_records_is_the_same_message_as_a_reply():
+    records = [{"id": "t-1", "inputs": {"x": 1.5, "name": "Kupfer \u00fc"}, "state": "succeeded"}, [], None]
+    raw = p.encode(p.RawReply('r"1', [json.dumps(r) for r in records]))
+    assert json.loads(raw[1]) == json.loads(p.encode(p.Reply(req='r"1', data=records))[1])
+    assert p.decode(raw) == p.Reply(req='r"1', data=records)
+    jsonschema.Draft202012Validator(ps.load_schema()).validate(json.loads(raw[1]))
+
+
 @pytest.mark.parametrize("bad", [
     {"type": "submit", "tasks": [{"capability": "echo", "campaign": "c" * (p.MAX_NAME + 1)}]},
     {"type": "submit", "tasks": []},

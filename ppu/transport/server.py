@@ -249,7 +249,7 @@ class OrchestratorServer:
             except JournalFailed as exc:
                 # Nothing of this burst is durable: no ack, and every reply becomes the error.
                 log.error("could not journal a burst of %d messages: %s", len(burst), exc)
-                self._outbox = [(i, p.Error.of(exc, m.req) if isinstance(m, p.Reply) else m)
+                self._outbox = [(i, p.Error.of(exc, m.req) if isinstance(m, p.Reply | p.RawReply) else m)
                                 for i, m in self._outbox if not isinstance(m, p.Ack | p.RegisterOk)]
             finally:
                 outbox, self._outbox = self._outbox, None
@@ -612,8 +612,7 @@ class OrchestratorServer:
 
     async def _wait(self, identity: bytes, msg: p.Wait) -> None:
         try:
-            tasks = await self.orch.wait(msg.task_ids, msg.timeout)
-            reply: Any = p.Reply(req=msg.req, data=[t.model_dump(mode="json") for t in tasks])
+            reply: Any = p.RawReply(msg.req, await self.orch.wait_json(msg.task_ids, msg.timeout))
         except TimeoutError:
             reply = p.Error.of(p.WaitTimeout(f"the tasks did not all end within {msg.timeout}s",
                                              hint="wait again, or check them with ppu tasks"), msg.req)
