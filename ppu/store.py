@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import operator
 import os
 import socket
 import threading
@@ -143,6 +144,12 @@ def _sqlite_pragmas(synchronous: str) -> Any:
     return on_connect
 
 
+def _positional(order: tuple[str, ...], rows: list[dict[str, Any]]) -> list[Any]:
+    """Each row's values in ``order``, as a driver's positional parameters (one C call per row)."""
+    get = operator.itemgetter(*order)
+    return list(map(get, rows)) if len(order) > 1 else [(get(r),) for r in rows]
+
+
 class Store:
     def __init__(self, url: str, durability: str = "power"):
         self.url = url
@@ -212,7 +219,7 @@ class Store:
     @staticmethod
     def _run(conn: Connection, compiled: tuple[str, tuple[str, ...] | None], rows: list[dict[str, Any]]) -> None:
         sql, order = compiled
-        conn.exec_driver_sql(sql, [tuple(r[k] for k in order) for r in rows] if order else rows)
+        conn.exec_driver_sql(sql, _positional(order, rows) if order else rows)
 
     def _dialect_insert(self) -> Any:
         # Both dialects have INSERT ... ON CONFLICT, with the same API.
@@ -382,7 +389,7 @@ class Store:
                                         (self._upsert_sample_sql, rows.samples)):
                     if items:
                         sql, order = compiled
-                        cur.executemany(sql, [tuple(r[k] for k in order) for r in items] if order else items)
+                        cur.executemany(sql, _positional(order, items) if order else items)
                 con.commit()
             except BaseException as exc:
                 with contextlib.suppress(Exception):
