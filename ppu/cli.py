@@ -219,7 +219,7 @@ def tasks(
     lab = _lab(config)
     rows = _act(lab, connect, lambda c: c.tasks(state, campaign, limit=limit))
     t = Table(title=f"tasks ({len(rows)})")
-    t.add_column("id", no_wrap=True, min_width=18)
+    t.add_column("id", no_wrap=True, min_width=26)
     for col in ("capability", "state", "prio", "attempts", "backend", "campaign", "by", "error"):
         t.add_column(col, overflow="fold")
     for task in rows:
@@ -316,7 +316,7 @@ def _print_reviews(rows: list[dict[str, Any]]) -> None:
         console.print("no task waits for review")
         return
     t = Table(title=f"waiting for review ({len(rows)})")
-    t.add_column("task", no_wrap=True, min_width=18)
+    t.add_column("task", no_wrap=True, min_width=26)
     for col in ("capability", "backend", "why", "last progress", "runs", "sample last seen"):
         t.add_column(col, overflow="fold")
     for r in rows:
@@ -346,7 +346,7 @@ def approvals(config: ConfigOpt = None, connect: ConnectOpt = None) -> None:
         console.print("nothing waits for approval")
         return
     t = Table(title=f"waiting for approval ({len(rows)})")
-    t.add_column("task", no_wrap=True, min_width=18)
+    t.add_column("task", no_wrap=True, min_width=26)
     for col in ("capability", "why", "would do", "on", "duration", "cost"):
         t.add_column(col, overflow="fold")
     for r in rows:

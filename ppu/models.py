@@ -77,9 +77,14 @@ Name = Annotated[str, Field(max_length=MAX_NAME)]
 
 
 def new_id(prefix: str = "t") -> str:
-    """``prefix-`` and 16 hex digits from the OS's random source: 64 random bits (uuid4's first 16
-    digits held 60) in a quarter of uuid4's time; an id is made for every task and batch."""
-    return f"{prefix}-{os.urandom(8).hex()}"
+    """``prefix-``, 11 hex digits of the Unix time in milliseconds, then 13 from the OS's random source.
+
+    Time first: ids made close together sort together, so every index keyed by them (the store's
+    tasks, journal and results) takes inserts on its last few B-tree pages instead of on random
+    ones; with random ids SQLite spent nearly twice the CPU per task once the journal held 10,000
+    tasks (issue 17.4). The 52 random bits keep ids made in the same millisecond, by any number of
+    clients or orchestrators, apart."""
+    return f"{prefix}-{time.time_ns() // 1_000_000:011x}{os.urandom(7).hex()[:13]}"
 
 
 class ActionClass(StrEnum):
@@ -235,7 +240,7 @@ class TaskSpec(Strict):
     capability: str = Field(min_length=1, max_length=MAX_NAME, description="a known capability (ppu capabilities)")
     inputs: JsonDict = Field(default_factory=dict, description="validated by the capability's input model")
     id: str | None = Field(None, max_length=MAX_NAME, pattern=r"^[A-Za-z0-9_.:\-]+$",
-                           description="your own id (unique); default: one is made ('t-' + 16 hex)")
+                           description="your own id (unique); default: one is made ('t-', the time, random)")
     priority: int = Field(0, ge=-1000, le=1000, description="higher goes first")
     campaign: str | None = Field(None, max_length=MAX_NAME, description="a label grouping tasks")
     depends_on: list[Name] = Field(default_factory=list, max_length=MAX_IDS,

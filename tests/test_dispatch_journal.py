@@ -302,3 +302,18 @@ def test_where_a_group_is_written_and_who_checkpoints(tmp_path: Path, durability
         await orch.close()
         store.close()
     asyncio.run(body())
+
+
+def test_ids_sort_by_the_time_they_were_made_and_never_collide(monkeypatch: pytest.MonkeyPatch):
+    """Time first (the store's indexes take inserts on their last pages), then 52 random bits."""
+    import time as time_mod
+
+    from ppu.models import new_id
+    now = [1_765_000_000_000_000_000]
+    monkeypatch.setattr(time_mod, "time_ns", lambda: now[0])
+    same_ms = {new_id() for _ in range(10_000)}
+    assert len(same_ms) == 10_000 and len({i[:13] for i in same_ms}) == 1  # one millisecond, all apart
+    now[0] += 1_000_000  # a millisecond later
+    later = new_id()
+    assert all(i < later for i in same_ms) and later.startswith("t-") and len(later) == 26
+    assert TaskSpec(capability="echo", id=later).id == later  # a valid id for a client to send
