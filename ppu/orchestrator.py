@@ -92,7 +92,7 @@ from ppu.scheduler import Scheduler, SchedulerConfig
 from ppu.store import Store
 
 log = logging.getLogger(__name__)
-
+MAX_RUNNING_SHOWN = 200  # running tasks listed by status (a lab runs far fewer; a digital flood is counted, not listed)
 ENDED_KEPT = 10_000  # ended tasks whose final record a wait finds without the store
 
 
@@ -110,7 +110,6 @@ class _Stored:
 
     def body_json(self) -> str:
         return self.task.model_dump_json()
-MAX_RUNNING_SHOWN = 200  # running tasks listed by status (a lab runs far fewer; a digital flood is counted, not listed)
 
 
 def made_sample(cap: capabilities.Capability, task_id: str, inputs: dict[str, Any], campaign: str | None,
