@@ -154,7 +154,59 @@ def test_microbatcher_depth_bounds_the_batches_out_at_once(depth: int) -> None:
     assert started[1] == [1, 2, 3, 4] and started[2] == [5]
 
 
+def test_microbatcher_parallel_runs_batches_side_by_side() -> None:
+    """parallel: a batch leaves when its wait is up even while another is out, and the executor's
+    threads run them at once (fn waits at a barrier that only two batches inside at once pass)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    both_in = threading.Barrier(2, timeout=10)
+    threads: list[str] = []
+
+    def fn(items: list[int]) -> list[int]:
+        threads.append(threading.current_thread().name)
+        both_in.wait()  # BrokenBarrierError (the batch fails) unless the other batch is in fn too
+        return [x + 1 for x in items]
+
+    async def main() -> list[int | BaseException]:
+        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="inst")
+        mb: MicroBatcher[int, int] = MicroBatcher(fn, max_batch=4, max_wait_s=0.001, executor=pool, depth=2,
+                                                  parallel=True)
+        first = asyncio.ensure_future(mb.submit_many([1]))
+        await asyncio.sleep(0.05)  # [1] is out, waiting at the barrier
+        out = await mb.submit_many([2, 3]) + await first
+        await mb.close()
+        pool.shutdown()
+        return out
+
+    assert asyncio.run(main()) == [3, 4, 2]
+    assert len(set(threads)) == 2
+
+
 # ---- TorchBackend ------------------------------------------------------------------------------
+
+
+def test_model_instances_each_get_their_share_of_torch_threads(weights):
+    """Two instances: two threads, each with half of torch's CPU threads (per thread, as OpenMP
+    sets them); the event loop's thread keeps its own."""
+    backend = make_backend(weights, instances=2, device="cpu")
+    assert backend.instances == 2
+    here = torch.get_num_threads()
+    both_in = threading.Barrier(2, timeout=10)
+
+    def probe() -> tuple[str, int]:
+        both_in.wait()  # both threads of the pool, not one twice
+        return threading.current_thread().name, torch.get_num_threads()
+
+    seen = [f.result(10) for f in [backend._executor.submit(probe) for _ in range(2)]]
+    backend._executor.shutdown()
+    assert len({name for name, _ in seen}) == 2
+    assert all(n == max(1, here // 2) for _, n in seen)
+    assert torch.get_num_threads() == here
+    default = make_backend(weights, device="cpu")
+    assert default.instances == (2 if here >= 2 else 1)
+    default._executor.shutdown()
+
+
 
 
 def test_concurrent_runs_share_forward_passes_and_route_back(weights):

@@ -179,9 +179,12 @@ def _block_run(cands: list[dict[str, Any]], task_id: str = "b1") -> TaskRun:
                    block={"rows": len(cands), "columns": list(cols)}).with_columns(cols)
 
 
-def test_a_block_gives_the_same_numbers_as_row_tasks_with_progress(weights: Path) -> None:
+@pytest.mark.parametrize("instances", [1, 2])
+def test_a_block_gives_the_same_numbers_as_row_tasks_with_progress(weights: Path, instances: int) -> None:
+    """With two model instances the block's forward passes run side by side; its rows still come
+    back in order and its progress still climbs part by part."""
     cands = candidates(700)
-    backend = build_backend(torch_entry(weights, block_batch=128))
+    backend = build_backend(torch_entry(weights, block_batch=128, instances=instances))
     assert isinstance(backend, TorchBackend)
     seen: list[float] = []
 
@@ -201,7 +204,7 @@ def test_a_block_gives_the_same_numbers_as_row_tasks_with_progress(weights: Path
     cols = block.columns()
     assert set(cols) == {"mean", "std"} and len(cols["mean"]) == 700
     np.testing.assert_allclose(cols["mean"][:50], [r.outputs["mean"] for r in rows], rtol=1e-6)
-    assert seen and seen[-1] == 1.0 and seen == sorted(seen)
+    assert seen == [min(700, k * 128) / 700 for k in range(1, 7)]  # 6 parts of 128 rows, in order
 
 
 def test_a_bad_block_fails_alone_and_is_not_retried(weights: Path) -> None:

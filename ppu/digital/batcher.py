@@ -9,11 +9,12 @@ holds ``max_batch`` items or ``max_wait_s`` has passed since that first item arr
 the next batch.
 
 Up to ``depth`` batches are out at once (default 1: each batch is answered before the next is
-collected). With ``depth=2``, while one runs the next fills (until full, or until the running one
-ends) and is queued on the executor, which starts it the moment the first ends while the event
-loop hands the first batch's results out. That pays where ``fn`` waits on another device (a GPU)
-and the CPU is free meanwhile; on a CPU-only host the forward pass and the loop share the cores
-and it did not (2 cores: 12.7k vs 13.3k rows/s, median of 4, benchmarks/batching.py's model).
+collected). With ``depth=2`` and one executor thread, while one runs the next fills (until full, or
+until the running one ends) and is queued on the executor, which starts it the moment the first
+ends while the event loop hands the first batch's results out. That pays where ``fn`` waits on
+another device (a GPU) and the CPU is free meanwhile. With ``parallel=True`` the executor runs
+``depth`` batches side by side (a thread each: the torch backend's model instances), so a batch
+leaves as soon as it is full or its first item has waited ``max_wait_s``, whatever else is out.
 
 ``fn`` must return one result per item, in order. If it raises, every item of that batch gets
 the exception (a whole forward pass failed: e.g. out of memory); so that one bad item never spoils
@@ -42,7 +43,7 @@ def _wake(fut: asyncio.Future[None]) -> None:
 
 class MicroBatcher(Generic[I, O]):
     def __init__(self, fn: Callable[[list[I]], Sequence[O]], *, max_batch: int, max_wait_s: float,
-                 executor: Executor | None = None, depth: int = 1):
+                 executor: Executor | None = None, depth: int = 1, parallel: bool = False):
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         if depth < 1:
@@ -52,6 +53,7 @@ class MicroBatcher(Generic[I, O]):
         self.max_wait_s = max_wait_s
         self.executor = executor
         self.depth = depth
+        self.parallel = parallel  # the executor runs `depth` batches at once: a full batch need not wait
         self.batch_sizes: list[int] = []  # every batch handed to fn, for tests and benchmarks
         self._loop: asyncio.AbstractEventLoop | None = None
         # A plain deque and two wake-up futures rather than asyncio.Queue + wait_for: wait_for makes a
@@ -121,12 +123,13 @@ class MicroBatcher(Generic[I, O]):
     async def _next_batch(self, loop: asyncio.AbstractEventLoop, items: deque[tuple[I, asyncio.Future[O], float]],
                           busy: set[asyncio.Future[None]]) -> list[tuple[I, asyncio.Future[O], float]] | None:
         """The next batch: the first waiting item, then more until full or its time is up (None: all cancelled).
-        While a batch is out (``busy``) the model cannot take this one before it ends: it fills until then."""
+        While a batch is out (``busy``) and the executor runs one at a time, the model cannot take this
+        one before it ends: it fills until then."""
         if not items:
             self._arrived = loop.create_future()
             await self._arrived
             self._arrived = None
-        if busy and len(items) < self.max_batch:
+        if busy and not self.parallel and len(items) < self.max_batch:
             full = self._full = loop.create_future()
             try:
                 await asyncio.wait([full, *busy], return_when=asyncio.FIRST_COMPLETED)

@@ -3,12 +3,25 @@
 Where things run: ``run`` is a coroutine on the worker's event loop. It hands each single-row
 task, as it came, to one :class:`~ppu.digital.batcher.MicroBatcher` per capability. The batchers
 group rows from every concurrent ``run`` call up to ``max_batch`` rows or ``max_wait_ms`` and
-handle each group on this backend's single dedicated thread (``ppu-torch-<name>``): encoded at
+handle each group on one of this backend's dedicated threads (``ppu-torch-<name>``): encoded at
 once, ONE forward pass under ``torch.inference_mode()``, one Result per task (a bad row fails
-only its own task). The event loop never blocks on torch, and since all forward passes and model
-loads share that one thread, a model is swapped only between batches. Once the models are loaded
-the backend freezes the heap for the garbage collector (``gc.freeze``): torch and the models live
-as long as the worker, and full collections no longer walk them.
+only its own task). The event loop never blocks on torch. A model is swapped only between batches:
+a batch (or a columnar task) takes the model once and keeps it to its end. Once the models are
+loaded the backend freezes the heap for the garbage collector (``gc.freeze``): torch and the
+models live as long as the worker, and full collections no longer walk them.
+
+``instances`` model instances serve side by side, one thread each (they share the weights: a
+forward pass under ``inference_mode`` only reads them). On a CPU each thread gets its share of
+torch's threads (``torch.set_num_threads`` is per thread where torch uses OpenMP, as its builds
+for x86 do), so two batches compute at once instead of one batch split over every core. That
+pays twice on a CPU the event loop shares: a forward pass split over all cores waits at every
+layer for its slowest thread, so any Python that preempts one of them stalls the others too,
+while side-by-side passes lose only the time taken from them; and small per-thread GEMMs scale
+better than one split in two (2 cores, ``benchmarks/batching.py``'s MLP 4x1024 at batch 512:
+27.8k rows/s as two 1-thread streams against 25.0k as one 2-thread stream). The default is
+``1`` on a GPU (the next batch is collected and queued while one computes, the CPU being free
+then) and on a one-core CPU, else ``2``. A columnar task's forward passes are spread over the
+instances too.
 
 Models come from a :class:`ModelSpec` per capability, one of:
 
@@ -49,9 +62,11 @@ import gc
 import importlib
 import logging
 import math
+import threading
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -119,6 +134,10 @@ class TorchConfig(BackendConfig):
     models: dict[str, ModelSpec] = Field(min_length=1, description="capability -> model spec")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto: cuda if any")
     half: bool = Field(False, description="float16 weights and inputs; applied on cuda only")
+    instances: int | None = Field(None, ge=1, le=64,
+                                  description="model instances computing side by side, one thread each (CPU: "
+                                  "each with its share of torch's threads); default 2 on a CPU with >= 2 "
+                                  "threads, else 1")
     max_batch: int | None = Field(None, ge=1, le=1_000_000,
                                   description="most rows in one forward pass; default batch_size x slots")
     max_wait_ms: float = Field(5.0, ge=0, le=60_000, description="longest a row waits for its batch to fill")
@@ -234,6 +253,16 @@ def load_registry_version(path: Path, device: torch.device, half: bool = False,
     return _finish(module, device, half, name or meta.get("name", ver.target), ver.version, sha, ver.number)
 
 
+def default_instances(device: torch.device) -> int:
+    return 2 if device.type == "cpu" and torch.get_num_threads() >= 2 else 1
+
+
+def _torch_threads(n: int | None) -> None:
+    """Initialiser of an instance thread: its share of torch's CPU threads (None: torch's default)."""
+    if n is not None:
+        torch.set_num_threads(n)
+
+
 def split_arrays(out: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
     """A model's output as float64 (mean, std) arrays of ``n`` (std 0 when it gives the mean only)."""
     if isinstance(out, tuple | list):
@@ -269,16 +298,23 @@ class TorchBackend(Backend):
         assert isinstance(config, TorchConfig)
         self.cfg = config
         self.device = select_device(config.device)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ppu-torch-{config.name}")
+        self.instances = config.instances or default_instances(self.device)
+        share = max(1, torch.get_num_threads() // self.instances) \
+            if self.device.type == "cpu" and self.instances > 1 else None
+        self._executor = ThreadPoolExecutor(max_workers=self.instances, thread_name_prefix=f"ppu-torch-{config.name}",
+                                            initializer=_torch_threads, initargs=(share,))
+        self._swap_lock = threading.Lock()  # instance threads check the registry one at a time
         max_batch = config.max_batch or config.batch_size * config.slots
         self.block_batch = config.block_batch or max(max_batch, 256)  # the model's best batch, for blocks
         self.served: dict[str, _Served] = {}
         for cap, spec in config.models.items():
             s = _Served(cap, spec)
-            # on a GPU the next batch is collected and queued while one computes (the CPU is free then)
+            # side by side with several instances; with one on a GPU the next batch is collected and
+            # queued while one computes (the CPU is free then)
             s.batcher = MicroBatcher(functools.partial(self._forward, s), max_batch=max_batch,
                                      max_wait_s=config.max_wait_ms / 1000, executor=self._executor,
-                                     depth=2 if self.device.type == "cuda" else 1)
+                                     depth=max(self.instances, 2 if self.device.type == "cuda" else 1),
+                                     parallel=self.instances > 1)
             self.served[cap] = s
         self._started = False
         self._start_lock = asyncio.Lock()
@@ -324,7 +360,8 @@ class TorchBackend(Backend):
         return split_arrays(out, x.shape[0])
 
     def _current(self, s: _Served) -> LoadedModel:
-        self._maybe_swap(s)
+        with self._swap_lock:
+            self._maybe_swap(s)
         if s.model is None:
             raise BackendError(f"no trained model for {s.capability} yet in {s.spec.registry}",
                                hint="run train.surrogate first")
@@ -352,9 +389,8 @@ class TorchBackend(Backend):
                               model_name=m.name, model_version=version, device=str(self.device))
         return out  # type: ignore[return-value]  # every row is answered above
 
-    def _forward_block(self, s: _Served, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, LoadedModel]:
-        """Forward passes of ``block_batch`` rows over part of a columnar task (one model throughout)."""
-        m = self._current(s)
+    def _forward_block(self, m: LoadedModel, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Forward passes of ``block_batch`` rows over part of a columnar task."""
         step = self.block_batch
         if self.device.type == "cuda":  # one pinned copy, then non-blocking transfers per pass
             xt = torch.from_numpy(x).to(m.dtype).pin_memory()
@@ -365,7 +401,7 @@ class TorchBackend(Backend):
             mu, sd = self._forward_model(m, xt[lo:lo + step])
             means.append(mu)
             stds.append(sd)
-        return np.concatenate(means), np.concatenate(stds), m
+        return np.concatenate(means), np.concatenate(stds)
 
     # ---- on the event loop ------------------------------------------------------------------
 
@@ -429,7 +465,8 @@ class TorchBackend(Backend):
             return self.fail(run, f"forward pass failed: {exc}", started, device=str(self.device))
 
     async def _run_block(self, s: _Served, run: TaskRun, progress: ProgressFn, started: float) -> Result:
-        """A columnar task: encode the block, forward it in parts (progress after each), answer with columns."""
+        """A columnar task: encode the block, forward its parts on every instance (progress as each
+        part ends, in order), answer with columns. One model serves the whole block."""
         loop = asyncio.get_running_loop()
         try:
             x = await asyncio.to_thread(s.coding.encode_block, run.columns())
@@ -438,19 +475,29 @@ class TorchBackend(Backend):
         n = len(x)
         part = max(self.block_batch, min(65_536, n // 8 or 1))  # a handful of progress reports per block
         means, stds = [], []
-        m: LoadedModel | None = None
+        out: deque[tuple[int, asyncio.Future[tuple[np.ndarray, np.ndarray]]]] = deque()
         try:
+            m = await loop.run_in_executor(self._executor, self._current, s)
             for lo in range(0, n, part):
-                mu, sd, m = await loop.run_in_executor(self._executor, self._forward_block, s, x[lo:lo + part])
-                means.append(mu)
-                stds.append(sd)
-                done = min(n, lo + part)
-                r = progress(run.task_id, done / n, f"{done}/{n} rows")
-                if asyncio.iscoroutine(r):
-                    await r
+                out.append((min(n, lo + part), loop.run_in_executor(self._executor, self._forward_block, m,
+                                                                    x[lo:lo + part])))
+                while out and (len(out) >= self.instances or lo + part >= n):
+                    done, fut = out.popleft()
+                    mu, sd = await fut
+                    means.append(mu)
+                    stds.append(sd)
+                    r = progress(run.task_id, done / n, f"{done}/{n} rows")
+                    if asyncio.iscoroutine(r):
+                        await r
         except Exception as exc:
+            for _, fut in out:  # parts still computing end on their own; their outcome is not wanted
+                fut.add_done_callback(_forget)
             return self.fail(run, f"forward pass failed: {exc}", started, device=str(self.device))
-        assert m is not None
         cols, summary = block_outcome(s.coding, np.concatenate(means), np.concatenate(stds), m.version)
         prov = self._provenance(m, min(self.block_batch, n))
         return self.ok(run, summary, started, **prov.model_dump(exclude={"backend", "kind"})).with_columns(cols)
+
+
+def _forget(fut: asyncio.Future[Any] | Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()  # read, so that a failed part is not reported as never retrieved
