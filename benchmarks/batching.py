@@ -10,6 +10,10 @@ Three ways to push the same N candidates through the same MLP, measured in this 
   flight the model would wait while the loop answers and refills; the default is two batches'
   worth (a saturated server: one batch computes while the next fills).
 - ``best batch``: direct forward passes on ready feature tensors at each batch size; the best.
+  At the best size, also as many streams side by side as the backend serves model instances (each
+  stream on its own thread with its share of torch's threads, as the instances run): the ceiling
+  is whichever way the plain model goes fastest, so the backend's instances are not compared
+  with a slower way of running the same model.
 - ``one by one``: direct forward passes of a single row each (what no batching would give).
 
 The machine may be shared, so the best batch size's direct passes and the dynamic path then take
@@ -40,11 +44,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _streams import direct_streams
 
 from ppu.backends.base import TaskRun
 from ppu.backends.registry import build_backend
 from ppu.digital.nets import mlp
-from ppu.digital.torch_backend import TorchBackend, select_device
+from ppu.digital.torch_backend import TorchBackend, default_instances, select_device
 from ppu.drivers.mof.featurize import N_FEATURES, featurize
 
 ELEMENTS = ["Mg", "Zn", "Cu", "Co", "Ni", "Fe", "Mn", "Al", "Ti", "Zr"]
@@ -141,6 +146,11 @@ def main() -> None:
         if ips > best:
             best_bs, best = bs, ips
 
+    streams = default_instances(device)
+    if streams > 1:
+        ips = direct_streams(model, x, best_bs, device, streams)
+        rows.append((f"direct, batch {best_bs}, {streams} streams side by side", best_bs, ips))
+        best = max(best, ips)
     args.concurrency = args.concurrency or 2 * best_bs
     dyn, mean_batch, ratios = 0.0, 0.0, []
     with tempfile.TemporaryDirectory() as tmp:
@@ -149,6 +159,10 @@ def main() -> None:
         for r in range(1, args.rounds + 1):
             ceiling = direct(model, x, best_bs, device)
             rows.append((f"round {r}: direct, batch {best_bs}", best_bs, ceiling))
+            if streams > 1:
+                ips = direct_streams(model, x, best_bs, device, streams)
+                rows.append((f"round {r}: direct, batch {best_bs}, {streams} streams", best_bs, ips))
+                ceiling = max(ceiling, ips)
             rate, mb = asyncio.run(dynamic(serve(weights, device, args, best_bs), cands, args.concurrency))
             rows.append((f"round {r}: dynamic ({args.concurrency} single-task runs in flight)", round(mb, 1), rate))
             best = max(best, ceiling)
@@ -157,7 +171,7 @@ def main() -> None:
                 dyn, mean_batch = rate, mb
 
     print(f"device {device}; MLP {args.layers}x{args.hidden}; {args.n} tasks; torch threads "
-          f"{torch.get_num_threads()}")
+          f"{torch.get_num_threads()}; the backend's model instances {streams}")
     print(f"{'mode':<58} {'batch':>7} {'items/s':>11} {'vs best':>8}")
     for name, bs, ips in rows:
         print(f"{name:<58} {bs:>7} {ips:>11.0f} {ips / best:>8.2f}")
