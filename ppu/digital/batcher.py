@@ -4,7 +4,7 @@
 results`` (a forward pass). ``submit`` puts an item on a queue and awaits its own result; one
 collector task per event loop takes the first waiting item, then keeps taking until the batch
 holds ``max_batch`` items or ``max_wait_s`` has passed since that first item arrived, and runs
-``fn`` on the batcher's executor (a dedicated thread), so the event loop never blocks. While
+``fn`` on the batcher's executor (a dedicated thread or several), so the event loop never blocks. While
 ``fn`` runs, new items queue up; items that already waited their full time leave at once with
 the next batch.
 

@@ -43,7 +43,7 @@ models trained on another feature layout.
 
 The serving path has no per-row Python beyond the task itself: a :class:`~ppu.digital.coding.Coding`
 bundles the encoder's vectorised forms. A single-row task is queued as it came (the run and its
-start time, with one future to await; no model or asyncio task of its own) and the torch thread
+start time, with one future to await; no model or asyncio task of its own) and a torch thread
 handles a whole forward batch at once: one encoder call for the batch (a batch that fails to
 encode is halved until the bad rows are found, so only a bad row fails, with an error naming the
 field), one forward pass, one finiteness check over the outputs, one Provenance shared by the
@@ -323,7 +323,7 @@ class TorchBackend(Backend):
         return [CapabilityOffer(name=c, fidelity=self.cfg.fidelity, duration_s=self.cfg.duration_s, cost=0.0)
                 for c in self.cfg.models]
 
-    # ---- on the torch thread ----------------------------------------------------------------
+    # ---- on the torch threads ---------------------------------------------------------------
 
     def _load_initial(self) -> None:
         for s in self.served.values():
@@ -338,7 +338,8 @@ class TorchBackend(Backend):
             torch.cuda.synchronize(self.device)
 
     def _maybe_swap(self, s: _Served) -> None:
-        """Between batches only: this runs on the torch thread before a forward pass, never during one."""
+        """Between batches only: on a torch thread, under the swap lock, before a forward pass, never
+        during one (a batch already running keeps the model it took)."""
         if not s.spec.registry or time.monotonic() - s.last_check < self.cfg.reload_check_s:
             return
         s.last_check = time.monotonic()
