@@ -21,7 +21,8 @@ better than one split in two (2 cores, ``benchmarks/batching.py``'s MLP 4x1024 a
 27.8k rows/s as two 1-thread streams against 25.0k as one 2-thread stream). The default is
 ``1`` on a GPU (the next batch is collected and queued while one computes, the CPU being free
 then) and on a one-core CPU, else ``2``. A columnar task's forward passes are spread over the
-instances too.
+instances too. A model whose forward pass keeps state of its own in Python (a cache filled while it
+runs) is not safe to call from two threads at once: serve it with ``instances: 1``.
 
 Models come from a :class:`ModelSpec` per capability, one of:
 
@@ -136,8 +137,9 @@ class TorchConfig(BackendConfig):
     half: bool = Field(False, description="float16 weights and inputs; applied on cuda only")
     instances: int | None = Field(None, ge=1, le=64,
                                   description="model instances computing side by side, one thread each (CPU: "
-                                  "each with its share of torch's threads); default 2 on a CPU with >= 2 "
-                                  "threads, else 1")
+                                  "each with its share of torch's threads; they share the weights); default 2 "
+                                  "on a CPU with >= 2 threads, else 1; 1 for a model whose forward pass is not "
+                                  "thread-safe")
     max_batch: int | None = Field(None, ge=1, le=1_000_000,
                                   description="most rows in one forward pass; default batch_size x slots")
     max_wait_ms: float = Field(5.0, ge=0, le=60_000, description="longest a row waits for its batch to fill")
