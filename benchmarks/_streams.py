@@ -14,7 +14,8 @@ import time
 import torch
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on a CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -38,11 +39,11 @@ def _once(model: torch.nn.Module, x: torch.Tensor, batch: int, device: torch.dev
             torch.set_num_threads(share)  # this thread only (OpenMP)
         with torch.inference_mode():
             model(part[:batch])  # warm this shape on this thread
-            _sync(device)
+            sync_device(device)
             ready.wait()
             for i in range(0, part.shape[0], batch):
                 model(part[i:i + batch])
-            _sync(device)
+            sync_device(device)
 
     threads = [threading.Thread(target=stream, args=(p,)) for p in parts]
     for t in threads:

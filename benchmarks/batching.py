@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _streams import direct_streams
+from _streams import direct_streams, sync_device
 
 from ppu.backends.base import TaskRun
 from ppu.backends.registry import build_backend
@@ -66,21 +66,16 @@ def candidates(n: int, seed: int = 0) -> list[dict]:
     return out
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def direct(model: torch.nn.Module, x: torch.Tensor, batch: int, device: torch.device) -> float:
     """Items per second of plain forward passes at one batch size."""
     n = x.shape[0]
     with torch.inference_mode():
         model(x[:batch])  # warm this shape
-        _sync(device)
+        sync_device(device)
         t0 = time.perf_counter()
         for i in range(0, n, batch):
             model(x[i:i + batch])
-        _sync(device)
+        sync_device(device)
     return n / (time.perf_counter() - t0)
 
 

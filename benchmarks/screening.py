@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _streams import direct_streams
+from _streams import direct_streams, sync_device
 
 from ppu.config import LabConfig
 from ppu.digital.nets import mlp
@@ -75,11 +75,6 @@ def candidate_block(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     return cols
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def direct(model: torch.nn.Module, x: torch.Tensor, batch: int, device: torch.device, repeats: int = 3) -> float:
     """Rows per second of plain forward passes at one batch size, on ready features (best of ``repeats``:
     on a shared machine the ceiling is what the model can do when nothing else runs)."""
@@ -88,11 +83,11 @@ def direct(model: torch.nn.Module, x: torch.Tensor, batch: int, device: torch.de
     with torch.inference_mode():
         model(x[:batch])  # warm this shape
         for _ in range(repeats):
-            _sync(device)
+            sync_device(device)
             t0 = time.perf_counter()
             for i in range(0, n, batch):
                 model(x[i:i + batch])
-            _sync(device)
+            sync_device(device)
             best = max(best, n / (time.perf_counter() - t0))
     return best
 

@@ -10,19 +10,13 @@ a batch (or a columnar task) takes the model once and keeps it to its end. Once 
 loaded the backend freezes the heap for the garbage collector (``gc.freeze``): torch and the
 models live as long as the worker, and full collections no longer walk them.
 
-``instances`` model instances serve side by side, one thread each (they share the weights: a
-forward pass under ``inference_mode`` only reads them). On a CPU each thread gets its share of
-torch's threads (``torch.set_num_threads`` is per thread where torch uses OpenMP, as its builds
-for x86 do), so two batches compute at once instead of one batch split over every core. That
-pays twice on a CPU the event loop shares: a forward pass split over all cores waits at every
-layer for its slowest thread, so any Python that preempts one of them stalls the others too,
-while side-by-side passes lose only the time taken from them; and small per-thread GEMMs scale
-better than one split in two (2 cores, ``benchmarks/batching.py``'s MLP 4x1024 at batch 512:
-27.8k rows/s as two 1-thread streams against 25.0k as one 2-thread stream). The default is
-``1`` on a GPU (the next batch is collected and queued while one computes, the CPU being free
-then) and on a one-core CPU, else ``2``. A columnar task's forward passes are spread over the
-instances too. A model whose forward pass keeps state of its own in Python (a cache filled while it
-runs) is not safe to call from two threads at once: serve it with ``instances: 1``.
+``instances`` model instances serve side by side, one thread each, sharing the weights. On a CPU
+each thread gets its share of torch's threads (per thread under OpenMP, as torch's x86 builds
+use), so two batches compute at once instead of one split over every core, which waits at each
+layer for whichever thread the event loop's Python preempted (README: 2 cores, batching). Default
+``2`` on a CPU with >= 2 threads; ``1`` on a GPU (the next batch is queued while one computes).
+A columnar task's passes spread over the instances too. A model whose forward pass keeps state of
+its own in Python is not safe on two threads at once: serve it with ``instances: 1``.
 
 Models come from a :class:`ModelSpec` per capability, one of:
 
