@@ -61,7 +61,7 @@ import threading
 import time
 import warnings
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -495,6 +495,6 @@ class TorchBackend(Backend):
         return self.ok(run, summary, started, **prov.model_dump(exclude={"backend", "kind"})).with_columns(cols)
 
 
-def _forget(fut: asyncio.Future[Any] | Future[Any]) -> None:
+def _forget(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled():
         fut.exception()  # read, so that a failed part is not reported as never retrieved
