@@ -298,9 +298,9 @@ def sleepy() -> torch.nn.Module:
 
 
 def test_forward_runs_off_the_event_loop(monkeypatch):
-    import ppu.digital.torch_backend as tb
+    import ppu.digital.loading as loading
 
-    monkeypatch.setattr(tb, "_import", lambda path: sleepy)
+    monkeypatch.setattr(loading, "_import", lambda path: sleepy)
     backend = build_backend({"type": "torch", "name": "slow", "warmup": False,
                              "models": {"predict.purity": {"factory": "tests.x:sleepy"}}})
     ticks = 0
@@ -390,9 +390,9 @@ def test_bad_rows_fail_alone_inside_a_shared_forward_batch(weights):
 
 
 def test_a_row_the_model_answers_with_nan_fails_alone(monkeypatch):
-    import ppu.digital.torch_backend as tb
+    import ppu.digital.loading as loading
 
-    monkeypatch.setattr(tb, "_import", lambda path: picky)
+    monkeypatch.setattr(loading, "_import", lambda path: picky)
     backend = build_backend({"type": "torch", "name": "picky", "max_batch": 4, "max_wait_ms": 60_000,
                              "models": {"predict.purity": {"factory": "tests.x:picky", "version": "1"}}})
     li_rich = {"composition": {"Li": 0.9, "Mg": 0.1}, "anneal_temperature_c": 300.0, "anneal_time_h": 2.0}

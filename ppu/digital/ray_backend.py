@@ -38,7 +38,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ppu.backends.base import Backend, BackendConfig, ProgressFn, TaskRun
 from ppu.digital.coding import Coding, block_outcome
-from ppu.digital.torch_backend import ModelSpec
+from ppu.digital.loading import ModelSpec
 from ppu.errors import ConfigError
 from ppu.models import BackendKind, CapabilityOffer, Result
 
@@ -81,7 +81,7 @@ class ModelActor:
                  reload_check_s: float):
         import torch
 
-        from ppu.digital.torch_backend import select_device
+        from ppu.digital.loading import select_device
 
         torch.set_grad_enabled(False)
         self.device = select_device(device)
@@ -96,7 +96,7 @@ class ModelActor:
             self._load(cap)
 
     def _load(self, cap: str) -> Any:
-        from ppu.digital.torch_backend import load_model
+        from ppu.digital.loading import load_model
 
         spec = self.specs[cap]
         now = time.monotonic()
@@ -113,7 +113,7 @@ class ModelActor:
     def _forward(self, m: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
-        from ppu.digital.torch_backend import split_arrays
+        from ppu.digital.loading import split_arrays
 
         xt = torch.from_numpy(x)
         means, stds = [], []
