@@ -224,6 +224,52 @@ def test_a_bad_block_fails_alone_and_is_not_retried(weights: Path) -> None:
     assert r_good.status is ResultStatus.succeeded
 
 
+def test_a_block_is_encoded_part_by_part_and_a_bad_row_is_named_from_the_blocks_start(
+        weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each part is encoded on the instance that runs it (the first pass need not wait for the whole
+    block's encoding); a row refused in a later part is named by its row in the block, not in the part."""
+    backend = build_backend(torch_entry(weights, block_batch=128, instances=2))
+    assert isinstance(backend, TorchBackend)
+    encoded: list[int] = []
+    real = Coding.encode_block
+    monkeypatch.setattr(Coding, "encode_block",
+                        lambda self, cols: encoded.append(len(cols["anneal_time_h"])) or real(self, cols))
+    good = _block_run(candidates(700))
+    bad = _block_run(candidates(700), "bad")
+    bad.columns()["anneal_time_h"][650] = -1.0  # in the sixth part of 128 rows
+
+    async def go() -> list[Any]:
+        await backend.start()
+        try:
+            return [*await backend.run([good], _noop), *await backend.run([bad], _noop)]
+        finally:
+            await backend.close()
+
+    r_good, r_bad = asyncio.run(go())
+    assert r_good.status is ResultStatus.succeeded and r_good.outputs["rows"] == 700
+    assert encoded[:6] == [128, 128, 128, 128, 128, 60]  # the good block: its six parts, never all 700 at once
+    assert r_bad.status is ResultStatus.failed and not r_bad.retryable
+    assert "row(s) 650" in (r_bad.error or ""), r_bad.error
+    assert encoded[-1] == 700  # the bad block's error comes from the whole block, so its row numbers count from 0
+
+
+def test_a_block_whose_columns_differ_in_length_is_refused_naming_the_column(weights: Path) -> None:
+    """A backend called directly (not through the door, which checks this) still refuses it whole."""
+    run = _block_run(candidates(300))
+    run.columns()["anneal_time_h"] = run.columns()["anneal_time_h"][:299]
+    backend = build_backend(torch_entry(weights, block_batch=128))
+
+    async def go() -> list[Any]:
+        try:
+            return await backend.run([run], _noop)
+        finally:
+            await backend.close()
+
+    [r] = asyncio.run(go())
+    assert r.status is ResultStatus.failed and not r.retryable
+    assert "anneal_time_h" in (r.error or "") and "299 rows" in (r.error or ""), r.error
+
+
 # ---- end to end: client -> orchestrator -> worker -> model -> artifact -> client ---------------------
 
 def test_screen_end_to_end_through_the_lab(tmp_path: Path, weights: Path) -> None:

@@ -43,8 +43,9 @@ handles a whole forward batch at once: one encoder call for the batch (a batch t
 encode is halved until the bad rows are found, so only a bad row fails, with an error naming the
 field), one forward pass, one finiteness check over the outputs, one Provenance shared by the
 batch's Results, which are built there too. The event loop only wakes each waiting ``run`` with
-its finished Result. A *columnar* task (``TaskRun.block``) is encoded as one matrix,
-cut into forward passes of ``block_batch`` rows, reported as progress, and answered with output
+its finished Result. A *columnar* task (``TaskRun.block``) is cut into parts, each encoded as
+one matrix on the instance that runs its forward passes of ``block_batch`` rows (its first pass
+need not wait for the whole block's encoding), reported as progress, and answered with output
 columns (``mean``, ``std``, or the decoder's ``.block`` form) that the worker ships to the
 artifact store: one Result per block, not per row.
 """
@@ -67,6 +68,7 @@ import torch
 from pydantic import Field, field_validator
 
 from ppu import capabilities as caps
+from ppu.artifacts import check_columns
 from ppu.backends.base import Backend, BackendConfig, ProgressFn, TaskRun
 from ppu.digital.batcher import MicroBatcher
 from ppu.digital.coding import Coding, block_outcome
@@ -326,22 +328,26 @@ class TorchBackend(Backend):
             return self.fail(run, f"forward pass failed: {exc}", started, device=str(self.device))
 
     async def _run_block(self, s: _Served, run: TaskRun, progress: ProgressFn, started: float) -> Result:
-        """A columnar task: encode the block, forward its parts on every instance (progress as each
-        part ends, in order), answer with columns. One model serves the whole block."""
+        """A columnar task: its parts encoded and forwarded on every instance (progress as each part
+        ends, in order), answered with columns. One model serves the whole block.
+
+        Each part is encoded on the instance that forwards it: the first pass starts after one part's
+        encoding, not the whole block's, and no third thread competes with the instances for the cores."""
         loop = asyncio.get_running_loop()
+        columns = run.columns()
         try:
-            x = await asyncio.to_thread(s.coding.encode_block, run.columns())
-        except Exception as exc:
+            n = check_columns(columns)
+        except PPUError as exc:
             return self.fail(run, f"cannot encode the block: {exc}", started, retryable=False)
-        n = len(x)
         part = max(self.block_batch, min(65_536, n // 8 or 1))  # a handful of progress reports per block
         means, stds = [], []
         out: deque[tuple[int, asyncio.Future[tuple[np.ndarray, np.ndarray]]]] = deque()
         try:
             m = await loop.run_in_executor(self._executor, self._current, s)
             for lo in range(0, n, part):
-                out.append((min(n, lo + part), loop.run_in_executor(self._executor, self._forward_block, m,
-                                                                    x[lo:lo + part])))
+                piece = {name: col[lo:lo + part] for name, col in columns.items()}
+                out.append((min(n, lo + part), loop.run_in_executor(self._executor, self._encode_forward, s, m,
+                                                                    piece)))
                 while out and (len(out) >= self.instances or lo + part >= n):
                     done, fut = out.popleft()
                     mu, sd = await fut
@@ -350,13 +356,45 @@ class TorchBackend(Backend):
                     r = progress(run.task_id, done / n, f"{done}/{n} rows")
                     if asyncio.iscoroutine(r):
                         await r
-        except Exception as exc:
+        except _Unencodable as exc:
             for _, fut in out:  # parts still computing end on their own; their outcome is not wanted
+                fut.add_done_callback(_forget)
+            return self.fail(run, f"cannot encode the block: {await self._block_error(s, columns, exc)}", started,
+                             retryable=False)
+        except Exception as exc:
+            for _, fut in out:
                 fut.add_done_callback(_forget)
             return self.fail(run, f"forward pass failed: {exc}", started, device=str(self.device))
         cols, summary = block_outcome(s.coding, np.concatenate(means), np.concatenate(stds), m.version)
         prov = self._provenance(m, min(self.block_batch, n))
         return self.ok(run, summary, started, **prov.model_dump(exclude={"backend", "kind"})).with_columns(cols)
+
+    def _encode_forward(self, s: _Served, m: LoadedModel,
+                        columns: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """On an instance thread: one part of a block, encoded, then its forward passes."""
+        try:
+            x = s.coding.encode_block(columns)
+        except Exception as exc:
+            raise _Unencodable(exc) from exc
+        return self._forward_block(m, x)
+
+    @staticmethod
+    async def _block_error(s: _Served, columns: dict[str, np.ndarray], part_error: _Unencodable) -> Exception:
+        """The encoder's error for the whole block, so that the rows it names count from the block's
+        first row (a part's error counts from the part's)."""
+        try:
+            await asyncio.to_thread(s.coding.encode_block, columns)
+        except Exception as exc:
+            return exc
+        return part_error.error
+
+
+class _Unencodable(Exception):
+    """A part of a block that its encoder refused (``error``)."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
 
 
 def _forget(fut: asyncio.Future[Any]) -> None:
