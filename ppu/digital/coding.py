@@ -5,7 +5,9 @@ the encoder and decoder names (the capability's, or a lab file's override); thei
 columnar forms are attributes of those functions: ``encode.batch`` (many inputs -> one feature
 matrix), ``encode.block`` (a block's columns -> one feature matrix), ``encode.columns`` (many
 inputs -> a block's columns), ``decode.block`` (mean and std arrays -> output columns). Without
-them rows are encoded one by one and blocks are refused.
+them rows are encoded one by one and blocks are refused. Each form is row-wise: a row's features
+depend on that row alone, as the row encoder's do, so a batch may be split and a block encoded
+part by part (the torch backend encodes each part on the model instance that runs it).
 
 :meth:`Coding.encode_rows` is the serving path's encoder for a forward batch of single-row tasks:
 one call of the vectorised form for the whole batch. When that call fails, the batch is halved
