@@ -8,10 +8,10 @@ Measured in one run, on the same rows and the same model (an MLP on the MOF feat
   encoding, no transport, no journal.
 - ``ppu``: end to end through a whole lab over loopback ZMQ (``EmbeddedLab``): the client sends the
   candidates' columns as blocks (binary frames), the orchestrator journals one task per block and
-  stores the rows in the artifact store, the worker's torch backend encodes each block as one
-  matrix and runs it in passes of the best batch size, the result columns go back to the artifact
-  store and the client fetches and checks them (sha256). From the first submit to the last
-  column in the client's hands.
+  stores the rows in the artifact store, the worker's torch backend cuts each block into parts and
+  encodes each part as one matrix on the model instance that runs it in passes of the best batch
+  size, the result columns go back to the artifact store and the client fetches and checks them
+  (sha256). From the first submit to the last column in the client's hands.
 
 With ``--ray`` (needs ``ppu[ray]``) also, on a local Ray of ``--actors`` CPUs:
 

@@ -356,14 +356,12 @@ class TorchBackend(Backend):
                     r = progress(run.task_id, done / n, f"{done}/{n} rows")
                     if asyncio.iscoroutine(r):
                         await r
-        except _Unencodable as exc:
+        except Exception as exc:
             for _, fut in out:  # parts still computing end on their own; their outcome is not wanted
                 fut.add_done_callback(_forget)
-            return self.fail(run, f"cannot encode the block: {await self._block_error(s, columns, exc)}", started,
-                             retryable=False)
-        except Exception as exc:
-            for _, fut in out:
-                fut.add_done_callback(_forget)
+            if isinstance(exc, _Unencodable):
+                return self.fail(run, f"cannot encode the block: {await self._block_error(s, columns, exc)}",
+                                 started, retryable=False)
             return self.fail(run, f"forward pass failed: {exc}", started, device=str(self.device))
         cols, summary = block_outcome(s.coding, np.concatenate(means), np.concatenate(stds), m.version)
         prov = self._provenance(m, min(self.block_batch, n))
