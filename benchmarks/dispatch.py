@@ -2,7 +2,9 @@
 
 PPU runs as a real deployment in miniature (EmbeddedLab: ROUTER server, DEALER worker and client
 over loopback tcp, SQLite store), echo backend with duration 0. Baselines, measured in the same
-run: a raw pyzmq DEALER/ROUTER round trip on loopback, one store commit on the same disk (the
+run: a raw pyzmq DEALER/ROUTER round trip on loopback; a raw relay over the same sockets, client ->
+server -> worker -> server -> client with nothing done at any stop (the four one-way hops one task's
+way cannot do without, against the round trip's two); one store commit on the same disk (the
 store's own write of a task row and a journal row, in a transaction, with the lab's durability
 settings), and plain Prefect tasks (in a subprocess, as Prefect starts its own runtime; null when
 Prefect is unavailable).
@@ -74,6 +76,52 @@ async def raw_zmq_roundtrip_us() -> list[float]:
     server.cancel()
     router.close()
     dealer.close()
+    ctx.term()
+    return samples
+
+
+async def relay_us() -> list[float]:
+    """Microseconds per client -> server -> worker -> server -> client relay on loopback: the four
+    one-way hops one task's way cannot do without (its submit, its assignment, its result, the
+    answer to its wait), with nothing done at any stop. The same sockets as the raw round trip,
+    on one event loop as ``EmbeddedLab`` runs the three parties."""
+    ctx = zmq.asyncio.Context()
+    server, client, worker = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
+    for s in (server, client, worker):
+        s.setsockopt(zmq.LINGER, 0)
+    port = server.bind_to_random_port("tcp://127.0.0.1")
+    client.connect(f"tcp://127.0.0.1:{port}")
+    worker.connect(f"tcp://127.0.0.1:{port}")
+    await worker.send_multipart([b"PPU1", b"{}"])  # the worker says hello: the server learns its identity
+    worker_id = (await server.recv_multipart())[0]
+
+    async def serve() -> None:  # a request goes to the worker, the worker's answer back to whoever asked
+        asked: list[bytes] = []
+        while True:
+            sender, *frames = await server.recv_multipart()
+            if sender == worker_id:
+                await server.send_multipart([asked.pop(0), *frames])
+            else:
+                asked.append(sender)
+                await server.send_multipart([worker_id, *frames])
+
+    async def work() -> None:
+        while True:
+            await worker.send_multipart(await worker.recv_multipart())
+
+    tasks = [asyncio.create_task(serve()), asyncio.create_task(work())]
+    msg = [b"PPU1", json.dumps({"type": "submit", "req": "0123456789abcdef"}).encode()]
+    samples = []
+    for i in range(200 + N_RAW):  # 200 to warm up
+        t0 = time.perf_counter()
+        await client.send_multipart(msg)
+        await client.recv_multipart()
+        if i >= 200:
+            samples.append((time.perf_counter() - t0) * 1e6)
+    for t in tasks:
+        t.cancel()
+    for s in (server, client, worker):
+        s.close()
     ctx.term()
     return samples
 
@@ -250,10 +298,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         raw = asyncio.run(raw_zmq_roundtrip_us())
+        relay = asyncio.run(relay_us())
         ppu = asyncio.run(ppu_figures(tmp))
         steps = step_costs(tmp)
         prefect, prefect_note = (None, "skipped (PPU_BENCH_PREFECT_N=0)") if N_PREFECT <= 0 else prefect_tasks(tmp)
     raw50, raw99 = pct(raw, 50), pct(raw, 99)
+    relay50 = pct(relay, 50)
     lat = ppu["latencies_us"]
     p50, p99 = pct(lat, 50), pct(lat, 99)
     lat_proc = ppu["latencies_process_us"]
@@ -262,9 +312,13 @@ def main() -> None:
     c50, c99 = pct(commits, 50), pct(commits, 99)
     cp50 = pct(commits_process, 50)
     floor = raw50 + 2 * c50
+    relay_floor = relay50 + 2 * cp50  # the hops and commits of one task with durability process, nothing else
+    relay_floor_power = relay50 + 2 * c50
     pf50 = None if prefect is None else pct(prefect["per_task_us"], 50)
     rows: list[tuple[str, str, str]] = [
         ("raw pyzmq DEALER/ROUTER round trip", f"{raw50:.0f} / {raw99:.0f} us", f"{1e6 / raw50:,.0f} round trips/s"),
+        ("raw relay client -> server -> worker -> server -> client", f"{relay50:.0f} / {pct(relay, 99):.0f} us",
+         f"{1e6 / relay50:,.0f} relays/s"),
         ("store commit, durability power (synchronous=FULL)", f"{c50:,.0f} / {c99:,.0f} us",
          f"{1e6 / c50:,.0f} commits/s"),
         ("store commit, durability process (synchronous=NORMAL)", f"{cp50:,.0f} / {pct(commits_process, 99):,.0f} us",
@@ -273,6 +327,8 @@ def main() -> None:
         ("PPU submit+wait, one task at a time (power)", f"{p50:,.0f} / {p99:,.0f} us", f"{1e6 / p50:,.0f} tasks/s"),
         ("PPU submit+wait, one task at a time (process)", f"{pp50:,.0f} / {pp99:,.0f} us",
          f"{1e6 / pp50:,.0f} tasks/s"),
+        ("  the hops and commits alone (process): relay + 2 commits", f"{relay_floor:,.0f} us",
+         f"{1e6 / relay_floor:,.0f} tasks/s"),
         (f"PPU {N_THROUGHPUT} tasks in flight (chunks of {SUBMIT_CHUNK}, batches <= {BATCH})",
          f"{1e6 / ppu['tasks_per_s']:,.0f} us/task", f"{ppu['tasks_per_s']:,.0f} tasks/s"),
         (f"Prefect: {prefect_note}", "-" if prefect is None
@@ -289,6 +345,12 @@ def main() -> None:
           f"raw round trip (now {pp50 / raw50:.1f}x); >= 20x lower than Prefect "
           f"(now {'-' if pf50 is None else f'{pf50 / p50:.1f}x'}); >= 5,000 tasks/s in flight "
           f"(now {ppu['tasks_per_s']:,.0f})")
+    print(f"A task's way has four one-way hops (the relay: {relay50:.0f} us, {relay50 / raw50:.1f}x the raw round "
+          f"trip) and, with durability process, two commits ({2 * cp50:.0f} us): {relay_floor:,.0f} us, "
+          f"{relay_floor / raw50:.1f}x the raw round trip, before any of PPU's own work; one task at a time "
+          f"(process) is {pp50 / relay_floor:.1f}x that. With durability power the hops and commits alone are "
+          f"{relay_floor_power:,.0f} us, {relay_floor_power / floor:.2f}x the floor; one task at a time (power) is "
+          f"{p50 / relay_floor_power:.1f}x that.")
     print()
     print("per step (median, this process):")
     for name, us in [("raw pyzmq one-way hop (half a round trip)", raw50 / 2),
@@ -308,6 +370,10 @@ def main() -> None:
         "overhead_over_floor": round(p50 / floor, 3),
         "ppu_process_us_p50": round(pp50, 1),
         "ratio_vs_raw_process_durability": round(pp50 / raw50, 2),
+        "relay_us_p50": round(relay50, 1),
+        "relay_floor_process_us": round(relay_floor, 1),
+        "relay_floor_power_us": round(relay_floor_power, 1),
+        "ratio_vs_relay_floor_process": round(pp50 / relay_floor, 2),
         "ratio_prefect_vs_ppu": None if pf50 is None else round(pf50 / p50, 3),
         "steps_us": {k: round(v, 1) for k, v in steps.items()},
     }
