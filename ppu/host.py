@@ -82,8 +82,16 @@ class BackendHost:
             await self.report("progress", {"task_id": task_id, "fraction": fraction, "message": message})
 
         t0 = time.time()
+        refused: list[Result] = []
+        if not self.backend.columnar and any(run.block is not None for run in runs):
+            # a block handed to a backend that would read its empty inputs and "succeed" on nothing
+            refused = [self.backend.fail(run, f"backend {self.name} ({type(self.backend).__name__}) takes no "
+                                         f"columnar blocks: submit {run.capability} row by row, or serve it "
+                                         "with a backend type that does (torch, ray)", t0, retryable=False)
+                       for run in runs if run.block is not None]
+            runs = [run for run in runs if run.block is None]
         try:
-            results = await self.backend.run(runs, progress)
+            results = await self.backend.run(runs, progress) if runs else []
             if len(results) != len(runs):
                 raise RuntimeError(f"backend returned {len(results)} results for {len(runs)} tasks")
         except asyncio.CancelledError:
@@ -91,6 +99,7 @@ class BackendHost:
         except Exception as exc:  # a backend bug must not take the worker down
             log.exception("backend %s failed on batch %s", self.name, batch_id)
             results = [self.backend.fail(run, f"{type(exc).__name__}: {exc}", t0) for run in runs]
+        results = refused + results
         for r in results:
             self.unacked[(r.task_id, r.attempt)] = r
             if self.batch_of.get(r.task_id) == key:

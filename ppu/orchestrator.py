@@ -172,6 +172,7 @@ class Orchestrator:
         self.failed = self.journal.failed  # set when a commit failed: the process must end (crash-only)
         self.writer_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._sending: set[asyncio.Task[None]] = set()
+        self._assigning: dict[str, asyncio.Lock] = {}  # per backend: its assignments leave in order
         self._closing = False
         self.started_at = clock()
 
@@ -336,18 +337,37 @@ class Orchestrator:
             self.busy_log.append({"backend": backend, "start": start, "end": at, "batch": batch_id})
 
     async def _assign(self, link: WorkerLink, ins: Assign, runs: list[TaskRun]) -> None:
-        # Sent from a task, so an ack may have left first: send only what is still this attempt's
-        # (a re-sent assign arriving after the result's ack would otherwise run it again).
-        runs = [r for r in runs if self.sched.holder(r.task_id) == (ins.backend, r.attempt)
-                and self.sched.state_of(r.task_id) is TaskState.assigned]
-        if not runs:
-            self.counters["assign_not_current"] += 1
+        # One backend's assignments leave in the order they were made. The worker's heartbeat names
+        # the last assignment number (seq) it got, and the scheduler takes an earlier batch that the
+        # worker does not hold for lost: one that first reads its blocks from the artifact store
+        # must not be overtaken by the next, smaller one.
+        lock = self._assigning.get(ins.backend)
+        if lock is None:
+            lock = self._assigning[ins.backend] = asyncio.Lock()
+        async with lock:
+            # Sent from a task, so an ack may have left first: send only what is still this attempt's
+            # (a re-sent assign arriving after the result's ack would otherwise run it again).
+            runs = [r for r in runs if self.sched.holder(r.task_id) == (ins.backend, r.attempt)
+                    and self.sched.state_of(r.task_id) is TaskState.assigned]
+            if not runs:
+                self.counters["assign_not_current"] += 1
+                return
+            try:
+                await link.assign(ins.backend, ins.batch_id, runs, ins.reg, ins.seq)
+            except PPUError as exc:  # refused before it left (no connection, queue full): requeue
+                self.counters["send_failures"] += 1
+                self._undelivered(ins.backend, ins.tasks, str(exc))
+
+    def unrunnable(self, backend: str, run: TaskRun, why: str) -> None:
+        """An assigned run that cannot be sent because of the task itself (its input block is gone
+        from the artifact store, or its bytes no longer match their sha256): it fails, and is not
+        retried, since no attempt could do better. Its batch-mates go on."""
+        if self.sched.holder(run.task_id) != (backend, run.attempt):
             return
-        try:
-            await link.assign(ins.backend, ins.batch_id, runs, ins.reg, ins.seq)
-        except PPUError as exc:  # refused before it left (no connection, queue full): requeue
-            self.counters["send_failures"] += 1
-            self._undelivered(ins.backend, ins.tasks, str(exc))
+        self.counters["unrunnable"] += 1
+        now = time.time()
+        self.finished(Result(task_id=run.task_id, attempt=run.attempt, status=ResultStatus.failed, error=why,
+                             retryable=False, started_at=now, finished_at=now), backend)
 
     def _undelivered(self, backend: str, tasks: tuple[tuple[str, int], ...], why: str) -> None:
         if self._closing:

@@ -79,6 +79,9 @@ class BackendConfig(Strict):
 class Backend(abc.ABC):
     kind: ClassVar[BackendKind]
     Config: ClassVar[type[BackendConfig]] = BackendConfig
+    # Runs columnar tasks (``TaskRun.block``: rows as columns, answered with columns). A backend type
+    # that does not is never handed one: its host fails the run (see ppu.host), not retried.
+    columnar: ClassVar[bool] = False
 
     def __init__(self, config: BackendConfig):
         self.config = config

@@ -179,6 +179,7 @@ def _absolute(spec: dict[str, Any]) -> dict[str, Any]:
 
 class RayBackend(Backend):
     kind = BackendKind.digital
+    columnar = True
     Config: ClassVar[type[BackendConfig]] = RayConfig
 
     def __init__(self, config: BackendConfig):

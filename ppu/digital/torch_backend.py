@@ -153,6 +153,7 @@ class _Served:
 
 class TorchBackend(Backend):
     kind = BackendKind.digital
+    columnar = True
     Config: ClassVar[type[BackendConfig]] = TorchConfig
 
     def __init__(self, config: BackendConfig):

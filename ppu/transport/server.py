@@ -37,7 +37,15 @@ from ppu import protocol as p
 from ppu.artifacts import ArtifactStore
 from ppu.backends.base import TaskRun
 from ppu.config import SecurityConfig
-from ppu.errors import ConfigError, JournalFailed, NotAllowed, PPUError, UnknownTaskError, ValidationFailed
+from ppu.errors import (
+    ConfigError,
+    JournalFailed,
+    NotAllowed,
+    NotFound,
+    PPUError,
+    UnknownTaskError,
+    ValidationFailed,
+)
 from ppu.models import AuditEntry, Result, TaskSpec
 from ppu.orchestrator import Orchestrator
 from ppu.transport.aiosock import AsyncSocket
@@ -64,9 +72,19 @@ class RemoteLink:
         self.server = server
 
     async def assign(self, backend: str, batch_id: str, runs: list[TaskRun], reg: str = "", seq: int = 0) -> None:
-        msg = p.Assign(backend=backend, batch_id=batch_id, runs=runs, reg=reg, seq=seq)
+        arrays: dict[str, np.ndarray] = {}
         if any(r.block is not None for r in runs):  # columnar tasks: their rows go along as binary frames
-            msg.carrying(await self.server.block_arrays(runs))
+            arrays, unreadable = await self.server.block_arrays(runs)
+            for run, exc in unreadable:  # the task's own input is gone or damaged: it fails, alone
+                self.server.orch.unrunnable(backend, run, f"its input block cannot be read: {exc}")
+            if unreadable:
+                gone = {run.task_id for run, _ in unreadable}
+                runs = [r for r in runs if r.task_id not in gone]
+                if not runs:
+                    return
+        msg = p.Assign(backend=backend, batch_id=batch_id, runs=runs, reg=reg, seq=seq)
+        if arrays:
+            msg.carrying(arrays)
         await self.server.send_to_backend(backend, msg)
 
     async def abort(self, backend: str, task_id: str, attempt: int = 0) -> None:
@@ -485,14 +503,21 @@ class OrchestratorServer:
         store = self._store()
         return await asyncio.to_thread(store.put, columns)  # hashing and fsync off the loop
 
-    async def block_arrays(self, runs: list[TaskRun]) -> dict[str, np.ndarray]:
-        """The binary frames of an assignment: ``<task id>:<column>`` for each columnar run."""
+    async def block_arrays(self, runs: list[TaskRun]) -> tuple[dict[str, np.ndarray], list[tuple[TaskRun, PPUError]]]:
+        """The binary frames of an assignment (``<task id>:<column>`` for each columnar run), and the
+        runs whose block cannot be read (gone from the store, or bytes that fail their sha256)."""
         out: dict[str, np.ndarray] = {}
+        unreadable: list[tuple[TaskRun, PPUError]] = []
+        store = self._store()
         for r in runs:
             if r.block is not None:
-                cols = await asyncio.to_thread(self._store().load, r.block.sha256)
+                try:
+                    cols = await asyncio.to_thread(store.load, r.block.sha256)
+                except (NotFound, ValidationFailed) as exc:
+                    unreadable.append((r, exc))
+                    continue
                 out.update({f"{r.task_id}:{name}": col for name, col in cols.items()})
-        return out
+        return out, unreadable
 
     async def _submit_blocks(self, msg: p.Submit) -> list[TaskSpec]:
         """Store each columnar task's rows (blobs named ``<index>:<column>``) and point its block at them."""

@@ -94,6 +94,7 @@ class FlowTwinBackend(Backend):
     """A digital backend serving ``predict.yield`` from :class:`KineticTwin`, in batches."""
 
     kind = BackendKind.digital
+    columnar = True
     Config: ClassVar[type[BackendConfig]] = TwinConfig
 
     def __init__(self, config: BackendConfig):
