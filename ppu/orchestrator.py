@@ -559,10 +559,12 @@ class Orchestrator:
 
     # ---- client side -----------------------------------------------------------------------
 
-    def validate(self, spec: TaskSpec, actor: str | None = None, key: str | None = None) -> tuple[Task, str | None]:
+    def validate(self, spec: TaskSpec, actor: str | None = None, key: str | None = None, *,
+                 stored: bool = True) -> tuple[Task, str | None]:
         """Everything checked at the door; returns the task and why it needs approval (or None).
 
-        ``actor`` and ``key`` (the submitter's CURVE public key) are recorded on the task."""
+        ``actor`` and ``key`` (the submitter's CURVE public key) are recorded on the task. ``stored``:
+        a columnar task's rows are in the artifact store already (False: checking before storing them)."""
         cap = capabilities.get(spec.capability)
         if spec.block is not None:  # a columnar task: its rows were checked (dtype, shape) at the door
             if cap.action.value != "repeatable":
@@ -571,7 +573,7 @@ class Orchestrator:
             if spec.inputs:
                 raise ValidationFailed("a columnar task's rows are in its block; leave inputs empty",
                                        field="inputs")
-            if not spec.block.sha256:
+            if stored and not spec.block.sha256:
                 raise ValidationFailed("the block's rows are not stored", field="block",
                                        hint="submit blocks through the client's submit_block or screen")
         inputs = {} if spec.block is not None else capabilities.validate_inputs(spec.capability, spec.inputs)
@@ -622,11 +624,8 @@ class Orchestrator:
         """Validate every spec, then accept all of them in one durable transaction (or none).
 
         ``key``: the submitter's CURVE public key, recorded so that a client can cancel its own work."""
-        checked = [self.validate(s, actor, key) for s in specs]
+        checked = self._checked(specs, actor, key)
         ids = [t.id for t, _ in checked]
-        if len(set(ids)) != len(ids):
-            raise NotAllowed("duplicate task ids in one submission", field="id")
-        self._check_ids(ids, [t for t, _ in checked])
         now = self.clock()
         audits = [AuditEntry(at=now, actor="policy", action="approval_required", target=t.id,
                              detail={"reason": why, "capability": t.capability, "submitted_by": actor})
@@ -638,6 +637,20 @@ class Orchestrator:
             raise
         self.counters["submitted"] += len(ids)
         return ids
+
+    def check(self, specs: list[TaskSpec], actor: str = "local", key: str | None = None) -> None:
+        """Refuse what :meth:`submit` would refuse, before the rows of its columnar tasks are stored
+        (a refused submission leaves nothing in the artifact store)."""
+        self._checked(specs, actor, key, stored=False)
+
+    def _checked(self, specs: list[TaskSpec], actor: str, key: str | None,
+                 stored: bool = True) -> list[tuple[Task, str | None]]:
+        checked = [self.validate(s, actor, key, stored=stored) for s in specs]
+        ids = [t.id for t, _ in checked]
+        if len(set(ids)) != len(ids):
+            raise NotAllowed("duplicate task ids in one submission", field="id")
+        self._check_ids(ids, [t for t, _ in checked])
+        return checked
 
     def _check_ids(self, ids: list[str], tasks: list[Task]) -> None:
         """All or none: what the scheduler would refuse half-way through a submission, refused first."""

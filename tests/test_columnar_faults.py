@@ -16,6 +16,7 @@ from transport_helpers import lab_config
 from ppu import protocol as p
 from ppu.digital.nets import mlp
 from ppu.drivers.mof.featurize import N_FEATURES, candidate_columns
+from ppu.errors import PPUError
 from ppu.models import Task, TaskState
 from ppu.transport.lab import EmbeddedLab
 from ppu.transport.server import OrchestratorServer
@@ -122,3 +123,29 @@ def test_a_block_that_waits_for_its_rows_is_not_overtaken_by_the_next_assignment
     done = asyncio.run(go())
     assert all(t.state is TaskState.succeeded and t.attempts == 1 for t in done)
     assert len(sent) == 4 and sent == sorted(sent)
+
+
+def test_a_refused_block_submit_stores_nothing(tmp_path: Path, weights: Path) -> None:
+    """A block for an unknown capability, a physical one, one with inputs beside it, and a second
+    block whose blob is missing: each refused, naming the field, and no rows left in the artifact
+    store (they used to be stored before the door's checks)."""
+    lab = lab_config(tmp_path, [torch_entry(weights)])
+    cols = {"anneal_time_h": np.arange(3, dtype=np.float64)}
+    base = {"capability": CAP, "block": {"rows": 3, "columns": ["anneal_time_h"]}}
+
+    async def go() -> list[str]:
+        fields = []
+        async with EmbeddedLab(lab) as client:
+            for tasks, blobs in [
+                ([{**base, "capability": "predict.co2_uptak"}], {"0:anneal_time_h": cols["anneal_time_h"]}),
+                ([{**base, "capability": "synthesize"}], {"0:anneal_time_h": cols["anneal_time_h"]}),
+                ([{**base, "inputs": {"x": 1}}], {"0:anneal_time_h": cols["anneal_time_h"]}),
+                ([base, base], {"0:anneal_time_h": cols["anneal_time_h"]}),  # the second block's blob is missing
+            ]:
+                with pytest.raises(PPUError) as refused:
+                    await client.request(p.Submit(tasks=tasks).carrying(blobs))
+                fields.append(str(refused.value.field))
+        return fields
+
+    assert asyncio.run(go()) == ["capability", "block", "inputs", "tasks.1.block.columns"]
+    assert not list((tmp_path / "artifacts").rglob("*.npz"))

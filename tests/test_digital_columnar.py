@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -347,15 +348,21 @@ def test_the_orchestrator_refuses_blocks_it_cannot_take(tmp_path: Path, weights:
 
 
 def test_a_raw_peer_cannot_crash_the_door_with_frames(tmp_path: Path, weights: Path) -> None:
-    """Binary frames that lie about their size get a typed error and the server keeps serving."""
+    """Binary frames that lie about their size get a typed error, answering the request's id (so a
+    client waiting for it hears of it at once), and the server keeps serving."""
     lab = lab_config(tmp_path, [torch_entry(weights)])
+    sent_req = ""
 
     async def go() -> tuple[p.Message, int]:
+        nonlocal sent_req
         async with EmbeddedLab(lab) as client:
             ctx = zmq.asyncio.Context()
             s = ctx.socket(zmq.DEALER)
             s.connect(client.address)
             frames = _submit_frames(frame=b"\0" * 7)
+            header = json.loads(frames[1])
+            sent_req = header["req"] = "raw-peer-1"
+            frames[1] = json.dumps(header).encode()
             await s.send_multipart(frames)
             reply = p.decode(await s.recv_multipart())
             s.close(0)
@@ -365,4 +372,5 @@ def test_a_raw_peer_cannot_crash_the_door_with_frames(tmp_path: Path, weights: P
 
     reply, counted = asyncio.run(go())
     assert isinstance(reply, p.Error) and reply.field == "blobs.0"
+    assert sent_req and reply.req == sent_req
     assert counted == 1

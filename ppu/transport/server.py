@@ -524,10 +524,11 @@ class OrchestratorServer:
         arrays = msg.arrays()
         used: set[str] = set()
         tasks = list(msg.tasks)
+        blocks: dict[int, dict[str, np.ndarray]] = {}  # every block checked before the first is stored
         for i, spec in enumerate(tasks):
             if spec.block is None:
                 continue
-            cols: dict[str, np.ndarray] = {}
+            cols: dict[str, np.ndarray] = blocks.setdefault(i, {})
             for name in spec.block.columns:
                 key = f"{i}:{name}"
                 if key not in arrays:
@@ -539,12 +540,13 @@ class OrchestratorServer:
             if bad:
                 raise ValidationFailed(f"task {i}: column {bad[0]!r} has {len(cols[bad[0]])} rows, the block "
                                        f"declares {spec.block.rows}", field=f"tasks.{i}.block.rows")
-            stored = await self._store_columns(cols, f"tasks.{i}.block")
-            tasks[i] = spec.model_copy(update={"block": stored})
         extra = sorted(set(arrays) - used)
         if extra:
             raise ValidationFailed(f"blob {extra[0]!r} belongs to no column of a block task", field="blobs",
                                    hint="name blobs '<task index>:<column>' after a task's block.columns")
+        for i, cols in blocks.items():
+            stored = await self._store_columns(cols, f"tasks.{i}.block")
+            tasks[i] = tasks[i].model_copy(update={"block": stored})
         return tasks
 
     async def _get_artifact(self, identity: bytes, msg: p.GetArtifact) -> None:
@@ -560,6 +562,7 @@ class OrchestratorServer:
     async def _submit(self, identity: bytes, msg: p.Submit, actor: str, key: str | None) -> None:
         """A submit that carries blocks: stored off the loop, then accepted in one durable group."""
         try:
+            self.orch.check(msg.tasks, actor=actor, key=key)  # refused before any rows are stored
             tasks = await self._submit_blocks(msg)
             async with self.orch.grouped():
                 ids = self.orch.submit(tasks, actor=actor, key=key)
@@ -680,7 +683,8 @@ def _holding(reg: str, h: p.Holding | None) -> tuple[str, int, list[Any], list[A
 def _guess_req(body: list[bytes]) -> str:
     """The request id of a message that failed validation, so the client can match the error."""
     try:
-        req = json.loads(body[1]).get("req", "") if len(body) == 2 and len(body[1]) < 1_000_000 else ""
+        # a message with binary frames (blobs) has its request id in the same header as any other
+        req = json.loads(body[1]).get("req", "") if len(body) >= 2 and len(body[1]) < 1_000_000 else ""
         return req if isinstance(req, str) and len(req) <= 64 else ""
     except Exception:
         return ""
