@@ -146,3 +146,80 @@ def test_screen_through_the_lab_on_ray(tmp_path: Path) -> None:
     out, results = asyncio.run(go())
     assert [r.artifact.rows for r in results] == [200, 200, 50]  # type: ignore[union-attr]
     assert len(out["mean"]) == 450 and np.isfinite(out["mean"]).all()
+
+
+def _block(task_id: str, cols: dict[str, np.ndarray]) -> TaskRun:
+    rows = len(next(iter(cols.values())))
+    return TaskRun(task_id=task_id, attempt=1, capability=CAP,
+                   block={"rows": rows, "columns": list(cols)}).with_columns(cols)
+
+
+def test_a_block_its_encoder_refuses_fails_like_on_torch_naming_rows_from_the_blocks_start(tmp_path: Path) -> None:
+    good = candidate_columns(candidates(250, seed=4))
+    nan, inf = dict(good, anneal_time_h=good["anneal_time_h"].copy()), dict(good)
+    nan["anneal_time_h"][230] = np.nan
+    inf["anneal_temperature_c"] = good["anneal_temperature_c"].copy()
+    inf["anneal_temperature_c"][230] = np.inf
+    missing = {k: v for k, v in good.items() if k != "anneal_time_h"}
+    unknown = dict(good, colour=np.zeros(250))
+    backend = build_backend(ray_entry(tmp_path))  # part_rows 100: row 230 is row 30 of the third part
+
+    async def go() -> list[Any]:
+        try:
+            return await backend.run([_block("nan", nan), _block("inf", inf), _block("missing", missing),
+                                      _block("unknown", unknown), _block("good", good)], _noop)
+        finally:
+            await backend.close()
+
+    *bad, fine = asyncio.run(go())
+    assert fine.status is ResultStatus.succeeded, fine.error
+    for r in bad:
+        assert r.status is ResultStatus.failed and r.retryable is False, r
+        assert (r.error or "").startswith("cannot encode the block: "), r.error
+        assert "ray::" not in (r.error or "") and "Traceback" not in (r.error or "") and "File " not in (r.error or "")
+    assert "anneal_time_h" in (bad[0].error or "") and "row(s) 230" in (bad[0].error or "")
+    assert "anneal_temperature_c" in (bad[1].error or "") and "row(s) 230" in (bad[1].error or "")
+    assert "anneal_time_h" in (bad[2].error or "")
+    assert "colour" in (bad[3].error or "")
+
+
+def test_a_block_for_an_encoder_without_a_columnar_form_is_refused_without_a_traceback() -> None:
+    backend = build_backend(slow_echo_entry(0.0))
+    run = TaskRun(task_id="b", attempt=1, capability="echo",
+                  block={"rows": 3, "columns": ["x"]}).with_columns({"x": np.arange(3.0)})
+
+    async def go() -> Any:
+        try:
+            return await backend.run([run], _noop)
+        finally:
+            await backend.close()
+
+    [r] = asyncio.run(go())
+    assert r.status is ResultStatus.failed and r.retryable is False
+    assert "cannot encode the block:" in (r.error or "") and "columnar form" in (r.error or "")
+    assert "ray::" not in (r.error or "")
+
+
+@pytest.mark.parametrize("weights", ["missing", "misfit"])
+def test_weights_that_are_missing_or_do_not_fit_fail_the_start_naming_the_field(tmp_path: Path,
+                                                                               weights: str) -> None:
+    from ppu.errors import ConfigError
+
+    entry = ray_entry(tmp_path, actors=1)
+    if weights == "missing":
+        entry["models"][CAP]["weights"] = str(tmp_path / "nowhere.pt")
+    else:
+        entry["models"][CAP]["kwargs"]["hidden"] = 16  # the file holds a 32-wide net
+    backend = build_backend(entry)
+
+    async def go() -> None:
+        try:
+            await backend.start()
+        finally:
+            await backend.close()
+
+    with pytest.raises(ConfigError) as err:
+        asyncio.run(go())
+    assert err.value.field == f"models.{CAP}.weights"
+    assert ("does not exist" if weights == "missing" else "does not fit") in str(err.value)
+    assert "ray::" not in str(err.value) and not backend.actors  # type: ignore[attr-defined]

@@ -18,11 +18,13 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from ppu import capabilities as caps
 from ppu.digital.model_registry import ModelRegistry, file_sha256
-from ppu.errors import ConfigError
+from ppu.errors import ConfigError, PPUError
 from ppu.models import Strict
 
-__all__ = ["LoadedModel", "ModelSpec", "load_model", "load_registry_version", "select_device", "split_arrays"]
+__all__ = ["LoadedModel", "ModelSpec", "check_encoders", "load_model", "load_registry_version", "select_device",
+           "split_arrays"]
 
 
 def select_device(requested: str = "auto") -> torch.device:
@@ -63,6 +65,19 @@ class ModelSpec(Strict):
         if self.weights and not self.factory:
             raise ValueError("weights go with a factory")
         return self
+
+
+def check_encoders(models: dict[str, ModelSpec]) -> None:
+    """A backend config's ``models`` validator: every capability is known and has an encoder (its own or
+    the spec's). Raises ValueError, so that pydantic names the field."""
+    for name, spec in models.items():
+        try:
+            cap = caps.get(name)
+        except PPUError as exc:
+            raise ValueError(str(exc)) from None
+        if not (spec.encoder or cap.encoder):
+            raise ValueError(f"{name} declares no encoder: name one with models.{name}.encoder "
+                             "('module:function' turning the inputs into one row of features)")
 
 
 @dataclass
@@ -117,12 +132,13 @@ def load_model(spec: ModelSpec, capability: str, device: torch.device,
         module = _import(spec.factory)(**spec.kwargs)
         sha = None
         if spec.weights:
-            sha = file_sha256(spec.weights)
-            module.load_state_dict(torch.load(spec.weights, map_location="cpu", weights_only=True))
+            field = f"models.{capability}.weights"
+            sha = file_sha256(_existing(spec.weights, field))
+            _load_weights(module, spec.weights, field, spec.factory)
         return _finish(module, device, half, spec.name or spec.factory, spec.version, sha)
     path = spec.exported or spec.torchscript
     assert path is not None
-    sha = file_sha256(path)
+    sha = file_sha256(_existing(path, f"models.{capability}.{'exported' if spec.exported else 'torchscript'}"))
     if spec.exported:
         module = torch.export.load(path).module()
     else:
@@ -132,6 +148,35 @@ def load_model(spec: ModelSpec, capability: str, device: torch.device,
                                     category=DeprecationWarning)
             module = torch.jit.load(path, map_location="cpu")
     return _finish(module, device, half, spec.name or Path(path).name, spec.version, sha)
+
+
+def _existing(path: str, field: str) -> str:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{path} " + ("is a folder" if p.is_dir() else "does not exist"), field=field,
+                          hint="give the path of the model file, absolute or relative to where the worker runs")
+    return path
+
+
+def _load_weights(module: nn.Module, path: str, field: str, factory: str) -> None:
+    """A state_dict file into the factory's module; ConfigError naming ``field`` when it cannot be read or
+    does not fit (a torch error of many lines, kept to its first few)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ConfigError(f"{path} is not a state_dict torch can load: {_brief(exc)}", field=field,
+                          hint="save it with torch.save(model.state_dict(), path)") from None
+    try:
+        module.load_state_dict(state)
+    except Exception as exc:
+        raise ConfigError(f"{path} does not fit the model {factory} builds: {_brief(exc)}", field=field,
+                          hint="check the factory's kwargs (layer sizes) against the ones the weights were "
+                          "trained with") from None
+
+
+def _brief(exc: BaseException, lines: int = 4, chars: int = 600) -> str:
+    text = "; ".join(part.strip().rstrip(":") for part in str(exc).splitlines()[:lines] if part.strip())
+    return text if len(text) <= chars else text[:chars] + "..."
 
 
 def load_registry_version(path: Path, device: torch.device, half: bool = False,

@@ -8,7 +8,8 @@ backend. Behind it, ``actors`` Ray actors each hold the models (on their own GPU
     backends:
       - type: ray
         name: screening-cluster
-        address: auto                    # or ray://head:10001; omitted: a local Ray is started
+        address: auto                    # or head:6379, or ray://head:10001 (pip install 'ray[client]');
+                                         # omitted: a local Ray of its own, shut down with the backend
         actors: 8
         gpus_per_actor: 1
         models:
@@ -21,14 +22,20 @@ actors, progress reported as parts finish, and answered with output columns like
 
 Failure is a failed attempt, never a lost task: an actor that dies mid-batch (or a Ray cluster
 that goes away) fails the runs it held as *retryable*, so the scheduler re-queues them (digital
-work is repeatable), and the actor is replaced before its next use.
+work is repeatable), and the actor is replaced before its next use. A mistake in the lab file (an
+address where no head answers within ``CONNECT_TIMEOUT_S``, weights that do not fit) fails the start
+with a :class:`~ppu.errors.ConfigError` naming the field; a block its encoder refuses fails, not
+retryable, with the encoder's error for the whole block, as on ``torch``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import math
+import os
+import re
 import time
 from collections.abc import Awaitable
 from typing import Any, ClassVar
@@ -36,13 +43,22 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
+from ppu.artifacts import check_columns
 from ppu.backends.base import Backend, BackendConfig, ProgressFn, TaskRun
 from ppu.digital.coding import Coding, block_outcome
-from ppu.digital.loading import ModelSpec
-from ppu.errors import ConfigError
+from ppu.digital.loading import ModelSpec, check_encoders
+from ppu.errors import ConfigError, PPUError
 from ppu.models import BackendKind, CapabilityOffer, Result
 
 log = logging.getLogger(__name__)
+
+# host:port, or ray://host:port (Ray Client); a host is a name, an IPv4 address or a bracketed IPv6 one
+_ADDRESS = re.compile(r"^(?P<client>ray://)?(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])"
+                      r":(?P<port>\d{1,5})$")
+CONNECT_TIMEOUT_S = 5.0  # a head that does not accept a TCP connection by then is not there
+_ADDRESS_HINT = ("use 'auto' (a Ray started with `ray start` on this machine), 'host:port' (the head's GCS, "
+                 "port 6379 by default), 'ray://host:port' (Ray Client, port 10001 by default), or omit it to "
+                 "start a local Ray")
 
 
 class RayConfig(BackendConfig):
@@ -63,8 +79,17 @@ class RayConfig(BackendConfig):
     @field_validator("address")
     @classmethod
     def _address(cls, v: str | None) -> str | None:
-        if v is not None and v != "auto" and not v.startswith("ray://") and ":" not in v:
-            raise ValueError("address is 'auto', 'ray://host:port' or 'host:port' (omit it for a local Ray)")
+        if v is None or v == "auto":
+            return v
+        m = _ADDRESS.match(v)
+        if m is None or not 0 < int(m["port"]) < 65536:
+            raise ValueError(f"{v!r} is not a Ray address: {_ADDRESS_HINT}")
+        return v
+
+    @field_validator("models")
+    @classmethod
+    def _encodable_capabilities(cls, v: dict[str, ModelSpec]) -> dict[str, ModelSpec]:
+        check_encoders(v)
         return v
 
     @model_validator(mode="after")
@@ -92,8 +117,14 @@ class ModelActor:
         self.codings = {cap: Coding.of(cap, spec.encoder, spec.decoder) for cap, spec in self.specs.items()}
         self.models: dict[str, Any] = {}
         self.checked: dict[str, float] = {}
-        for cap in self.specs:
-            self._load(cap)
+        # A model that cannot load (a missing or unfitting weights file) is reported by ping() as data:
+        # raised here it would reach the lab as Ray's traceback of the actor's death, without the field.
+        self.refused: dict[str, str | None] | None = None
+        try:
+            for cap in self.specs:
+                self._load(cap)
+        except PPUError as exc:
+            self.refused = {"message": exc.message, "field": exc.field, "hint": exc.hint}
 
     def _load(self, cap: str) -> Any:
         from ppu.digital.loading import load_model
@@ -141,13 +172,20 @@ class ModelActor:
         return {"mean": mean, "std": std, "errors": errors, "batch": len(good), **self._about(m)}
 
     def block(self, cap: str, columns: dict[str, np.ndarray]) -> dict[str, Any]:
-        """Part of a columnar task: encoded as one matrix, forward passes of ``max_batch`` rows."""
+        """Part of a columnar task: encoded as one matrix, forward passes of ``max_batch`` rows. A part
+        its encoder refuses comes back as ``unencodable`` (data, not a raised error: the caller names
+        the rows from the whole block's first row)."""
         m = self._load(cap)
-        mean, std = self._forward(m, self.codings[cap].encode_block(columns))
+        try:
+            x = self.codings[cap].encode_block(columns)
+        except Exception as exc:
+            return {"unencodable": str(exc)}
+        mean, std = self._forward(m, x)
         return {"mean": mean, "std": std, **self._about(m)}
 
-    def ping(self) -> str:
-        return str(self.device)
+    def ping(self) -> dict[str, Any]:
+        """The device, and what refused to load (None: every model is served)."""
+        return {"device": str(self.device), "refused": self.refused}
 
 
 def _ray() -> Any:
@@ -157,6 +195,36 @@ def _ray() -> Any:
         raise ConfigError("the ray backend needs Ray", field="type",
                           hint="pip install 'ppu[ray]' (or choose type: torch)") from None
     return ray
+
+
+def _check_address(address: str | None) -> tuple[str, int] | None:
+    """(host, port) to try before ray.init; None for a local Ray or ``auto``. A Ray Client address needs
+    ``ray[client]``."""
+    m = _ADDRESS.match(address or "")
+    if m is None:
+        return None
+    if m["client"] and importlib.util.find_spec("grpc") is None:
+        raise ConfigError(f"{address} is a Ray Client address, and Ray Client needs the pip package ray[client]",
+                          field="address", hint="pip install 'ray[client]' on this worker, or give the head's "
+                          "GCS address host:6379 instead")
+    return m["host"].strip("[]"), int(m["port"])
+
+
+async def _reachable(host: str, port: int, address: str) -> None:
+    """A head that does not accept a TCP connection within CONNECT_TIMEOUT_S fails the start now (ray.init
+    would wait minutes for it)."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT_S)
+    except (OSError, TimeoutError) as exc:
+        why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise ConfigError(f"no Ray head answers at {address} ({why} within {CONNECT_TIMEOUT_S:g} s)",
+                          field="address", hint="start the head there (ray start --head) or correct the "
+                          "address; " + _ADDRESS_HINT) from None
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass
 
 
 def _lost(exc: BaseException) -> bool:
@@ -212,17 +280,39 @@ class RayBackend(Backend):
                 return
             ray = _ray()
             if not ray.is_initialized():
-                kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-                if self.cfg.address is None:
-                    kw["num_cpus"] = self.cfg.local_cpus
-                    self._started_ray = True
-                # On this thread, not a helper one: a local Ray's processes die with the thread that
-                # started them (PR_SET_PDEATHSIG), and start() runs once, before the first task.
-                ray.init(address=self.cfg.address, **kw)
+                await self._init_ray(ray)
             self.actors = [self._new_actor() for _ in range(self.cfg.actors)]
             self.load = [0] * len(self.actors)
-            await asyncio.gather(*(a.ping.remote() for a in self.actors))  # models loaded, or the error now
+            pings = await asyncio.gather(*(a.ping.remote() for a in self.actors))  # models loaded, or why not
+            refused = next((p["refused"] for p in pings if p["refused"]), None)
+            if refused is not None:
+                await self.close()
+                raise ConfigError(str(refused["message"]), field=refused["field"], hint=refused["hint"])
             self._ready = True
+
+    async def _init_ray(self, ray: Any) -> None:
+        address = self.cfg.address
+        kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+        if address is None:
+            # "local": a Ray of its own, even where one runs already (`ray start`), whose num_cpus it may
+            # set; plain None would join that one and refuse num_cpus.
+            address, kw["num_cpus"] = "local", self.cfg.local_cpus
+        else:
+            # auto: RAY_ADDRESS first, as ray.init reads it (a stale one would hang it just the same)
+            target = (os.environ.get("RAY_ADDRESS") or address) if address == "auto" else address
+            head = _check_address(target)
+            if head is not None:
+                await _reachable(*head, target)
+        try:
+            # On this thread, not a helper one: a local Ray's processes die with the thread that
+            # started them (PR_SET_PDEATHSIG), and start() runs once, before the first task.
+            ray.init(address=address, **kw)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            hint = ("start one (ray start --head) or omit address for a local Ray" if address == "auto"
+                    else _ADDRESS_HINT)
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"cannot start or join Ray at {address}: {why}", field="address", hint=hint) from None
+        self._started_ray = self.cfg.address is None
 
     async def close(self) -> None:
         if self.actors:
@@ -234,6 +324,9 @@ class RayBackend(Backend):
                     pass
             self.actors = []
         self._ready = False
+        if self._started_ray:  # a Ray started for this backend ends with it; one it joined lives on
+            self._started_ray = False
+            _ray().shutdown()
 
     def _pick(self) -> int:
         return min(range(len(self.actors)), key=lambda i: self.load[i])
@@ -266,6 +359,8 @@ class RayBackend(Backend):
         started = time.time()
         try:
             await self.start()
+        except ConfigError as exc:  # the lab file's mistake: another attempt would meet it again
+            return [self.fail(r, f"cannot start: {exc}", started, retryable=False) for r in batch]
         except Exception as exc:
             return [self.fail(r, f"cannot reach Ray: {exc}", started, retryable=True) for r in batch]
         results: list[Result | None] = [None] * len(batch)
@@ -293,7 +388,7 @@ class RayBackend(Backend):
         except Exception as exc:
             for i in idx:
                 results[i] = (self._lost_result(batch[i], exc, started) if _lost(exc)
-                              else self.fail(batch[i], f"forward pass failed: {exc}", started))
+                              else self.fail(batch[i], f"forward pass failed: {_cause(exc)}", started))
             return
         prov = {k: out[k] for k in ("model_name", "model_version", "weights_sha256", "device")}
         extra = {"forward_batch": out["batch"], "dtype": out["dtype"], "ray_actors": len(self.actors)}
@@ -311,11 +406,14 @@ class RayBackend(Backend):
                 results[i] = self.ok(run, decode(mean, std, out["model_version"]), started, extra=extra, **prov)
 
     async def _run_block(self, run: TaskRun, progress: ProgressFn, started: float) -> Result:
+        coding = self.codings[run.capability]
         try:
             cols = run.columns()
-        except ValueError as exc:
-            return self.fail(run, str(exc), started, retryable=False)
-        n = run.block.rows if run.block is not None else 0
+            n = check_columns(cols)
+            if coding.block is None:
+                coding.encode_block(cols)  # raises: the encoder has no columnar form
+        except (ValueError, PPUError) as exc:
+            return self.fail(run, f"cannot encode the block: {exc}", started, retryable=False)
         step = self.cfg.part_rows
         done = 0
         lock = asyncio.Lock()
@@ -323,6 +421,8 @@ class RayBackend(Backend):
         async def part(lo: int) -> dict[str, Any]:
             nonlocal done
             out = await self._call("block", run.capability, {k: v[lo:lo + step] for k, v in cols.items()})
+            if "unencodable" in out:
+                return dict(out)
             async with lock:  # progress never goes back, whichever part ends first
                 done += len(out["mean"])
                 r = progress(run.task_id, done / n, f"{done}/{n} rows")
@@ -335,7 +435,11 @@ class RayBackend(Backend):
         except Exception as exc:
             if _lost(exc):
                 return self._lost_result(run, exc, started)
-            return self.fail(run, f"cannot run the block: {exc}", started, retryable=False)
+            return self.fail(run, f"cannot run the block: {_cause(exc)}", started, retryable=False)
+        refused = next((p["unencodable"] for p in parts if "unencodable" in p), None)
+        if refused is not None:
+            return self.fail(run, f"cannot encode the block: {await _block_error(coding, cols, refused)}", started,
+                             retryable=False)
         last = parts[-1]
         cols_out, summary = block_outcome(self.codings[run.capability], np.concatenate([p["mean"] for p in parts]),
                                           np.concatenate([p["std"] for p in parts]), last["model_version"])
@@ -343,3 +447,19 @@ class RayBackend(Backend):
         extra = {"forward_batch": self.cfg.max_batch, "dtype": last["dtype"], "ray_actors": len(self.actors),
                  "parts": len(parts)}
         return self.ok(run, summary, started, extra=extra, **prov).with_columns(cols_out)
+
+
+async def _block_error(coding: Coding, columns: dict[str, np.ndarray], part_error: str) -> str:
+    """The encoder's error for the whole block, so that the rows it names count from the block's first
+    row (an actor's part counts from the part's); encoded here only when a part was refused."""
+    try:
+        await asyncio.to_thread(coding.encode_block, columns)
+    except Exception as exc:
+        return str(exc)
+    return part_error
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """What a remote method raised, without Ray's wrapping (its traceback from inside the actor)."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc

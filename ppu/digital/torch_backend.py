@@ -67,7 +67,6 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator
 
-from ppu import capabilities as caps
 from ppu.artifacts import check_columns
 from ppu.backends.base import Backend, BackendConfig, ProgressFn, TaskRun
 from ppu.digital.batcher import MicroBatcher
@@ -75,6 +74,7 @@ from ppu.digital.coding import Coding, block_outcome
 from ppu.digital.loading import (
     LoadedModel,
     ModelSpec,
+    check_encoders,
     load_model,
     load_registry_version,
     select_device,
@@ -112,14 +112,7 @@ class TorchConfig(BackendConfig):
     @field_validator("models")
     @classmethod
     def _encodable_capabilities(cls, v: dict[str, ModelSpec]) -> dict[str, ModelSpec]:
-        for name, spec in v.items():
-            try:
-                cap = caps.get(name)
-            except PPUError as exc:
-                raise ValueError(str(exc)) from None
-            if not (spec.encoder or cap.encoder):
-                raise ValueError(f"{name} declares no encoder: name one with models.{name}.encoder "
-                                 "('module:function' turning the inputs into one row of features)")
+        check_encoders(v)
         return v
 
 

@@ -1,0 +1,186 @@
+"""The ray backend's lab-file mistakes, caught with a clear ConfigError (no Ray is started here: ray.init
+is replaced where a test would reach it)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ppu.backends.registry import build_backend
+from ppu.errors import ConfigError
+
+ray = pytest.importorskip("ray")
+
+CAP = "predict.co2_uptake"
+
+
+def entry(**kw: Any) -> dict[str, Any]:
+    return {"type": "ray", "name": "cluster", "actors": 1,
+            "models": {CAP: {"factory": "ppu.digital.nets:mlp", "kwargs": {"n_features": 4}}}, **kw}
+
+
+class FakeInit:
+    """ray.init as a test wants it: recorded, and raising ``error`` when given."""
+
+    def __init__(self, error: BaseException | None = None):
+        self.calls: list[dict[str, Any]] = []
+        self.error = error
+
+    def __call__(self, **kw: Any) -> None:
+        self.calls.append(kw)
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.fixture
+def no_ray(monkeypatch: pytest.MonkeyPatch) -> FakeInit:
+    """This process as if no Ray were started in it; ray.init recorded, never run."""
+    fake = FakeInit(AssertionError("ray.init reached"))
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", fake)
+    return fake
+
+
+def start(cfg: dict[str, Any]) -> None:
+    backend = build_backend(cfg)
+
+    async def go() -> None:
+        try:
+            await backend.start()
+        finally:
+            await backend.close()
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("address", ["ray//head:10001", "ray:/head:10001", "http://localhost:8265", "head:99999",
+                                     "head:0", "head:", "nowhere", "ray://head", "head:6379/x", ""])
+def test_an_address_that_is_not_a_ray_address_is_refused_naming_the_field(address: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        build_backend(entry(address=address))
+    assert "address" in str(err.value) and "ray://host:port" in str(err.value)
+
+
+@pytest.mark.parametrize("address", ["auto", "head:6379", "10.0.0.1:6379", "ray://head:10001", "[::1]:6379",
+                                     "ray-head.lab.example.org:6379"])
+def test_a_ray_address_is_accepted(address: str) -> None:
+    assert build_backend(entry(address=address)).cfg.address == address  # type: ignore[attr-defined]
+
+
+def test_a_model_without_an_encoder_is_refused_naming_the_field() -> None:
+    with pytest.raises(ConfigError) as err:
+        build_backend({"type": "ray", "name": "cluster",
+                       "models": {"echo": {"factory": "ppu.corepack:slow_doubler"}}})
+    assert "echo declares no encoder" in str(err.value) and "models.echo.encoder" in str(err.value)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_head_that_does_not_answer_fails_the_start_at_once(no_ray: FakeInit) -> None:
+    with pytest.raises(ConfigError) as err:
+        start(entry(address=f"127.0.0.1:{_closed_port()}"))
+    assert err.value.field == "address" and "no Ray head answers" in str(err.value)
+    assert not no_ray.calls  # the timeout ended it, not ray.init
+
+
+def test_auto_with_a_ray_address_that_does_not_answer_fails_at_once(no_ray: FakeInit,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{_closed_port()}")
+    with pytest.raises(ConfigError) as err:
+        start(entry(address="auto"))
+    assert err.value.field == "address" and "no Ray head answers" in str(err.value) and not no_ray.calls
+
+
+def test_a_head_that_never_answers_fails_within_the_connect_timeout(no_ray: FakeInit,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from ppu.digital import ray_backend
+
+    monkeypatch.setattr(ray_backend, "CONNECT_TIMEOUT_S", 0.5)
+    with socket.socket() as listener:  # accepts nothing: a full backlog leaves the connect hanging
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        filler = socket.create_connection(("127.0.0.1", port), timeout=0.1)
+        try:
+            with pytest.raises(ConfigError) as err:
+                start(entry(address=f"127.0.0.1:{port}"))
+        finally:
+            filler.close()
+    assert err.value.field == "address" and "timed out" in str(err.value)
+    assert not no_ray.calls  # the timeout ended it, not ray.init
+
+
+def test_a_ray_client_address_without_ray_client_names_the_extra(no_ray: FakeInit,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "grpc" else find_spec(name, *a))
+    with pytest.raises(ConfigError) as err:
+        start(entry(address="ray://127.0.0.1:10001"))
+    assert err.value.field == "address" and "ray[client]" in str(err.value) and not no_ray.calls
+
+
+@pytest.mark.parametrize("error", [ConnectionError("Could not find any running Ray instance. Please specify the "
+                                                   "one to connect to by setting `--address` flag."),
+                                   ValueError("Invalid address format: x")])
+def test_ray_refusing_to_start_is_a_config_error(no_ray: FakeInit, error: Exception) -> None:
+    no_ray.error = error
+    with pytest.raises(ConfigError) as err:
+        start(entry(address="auto"))
+    assert err.value.field == "address" and str(error).splitlines()[0] in str(err.value)
+
+
+def test_an_omitted_address_starts_a_ray_of_its_own_and_shuts_it_down_on_close(
+        no_ray: FakeInit, monkeypatch: pytest.MonkeyPatch) -> None:
+    no_ray.error = None
+    shutdowns: list[None] = []
+    monkeypatch.setattr(ray, "shutdown", lambda: shutdowns.append(None))
+    backend = build_backend(entry(local_cpus=2))
+
+    async def go() -> None:
+        await backend._init_ray(ray)  # type: ignore[attr-defined]
+        await backend.close()
+        await backend.close()
+
+    asyncio.run(go())
+    # "local": a new Ray even where `ray start` runs one (plain None would join it and refuse num_cpus)
+    assert no_ray.calls == [{"address": "local", "num_cpus": 2, "include_dashboard": False, "log_to_driver": False}]
+    assert len(shutdowns) == 1
+
+
+def test_a_ray_joined_is_left_running_on_close(no_ray: FakeInit, monkeypatch: pytest.MonkeyPatch) -> None:
+    no_ray.error = None
+    shutdowns: list[None] = []
+    monkeypatch.setattr(ray, "shutdown", lambda: shutdowns.append(None))
+    backend = build_backend(entry(address="auto"))
+
+    async def go() -> None:
+        await backend._init_ray(ray)  # type: ignore[attr-defined]
+        await backend.close()
+
+    asyncio.run(go())
+    assert no_ray.calls[0]["address"] == "auto" and not shutdowns
+
+
+def test_weights_that_are_missing_or_do_not_fit_name_the_field_on_torch_too(tmp_path: Path) -> None:
+    import torch
+
+    from ppu.digital.nets import mlp
+
+    misfit = tmp_path / "w.pt"
+    torch.save(mlp(4, hidden=8).state_dict(), misfit)
+    for weights, why in [(tmp_path / "none.pt", "does not exist"), (misfit, "does not fit")]:
+        cfg = {"type": "torch", "name": "t", "warmup": False,
+               "models": {CAP: {"factory": "ppu.digital.nets:mlp", "kwargs": {"n_features": 4, "hidden": 16},
+                                "weights": str(weights)}}}
+        with pytest.raises(ConfigError) as err:
+            start(cfg)
+        assert err.value.field == f"models.{CAP}.weights" and why in str(err.value)
