@@ -75,9 +75,10 @@ class _Client:
     """What both clients hold (the address, timeouts, keys, actor) and how they stamp a request."""
 
     def __init__(self, address: str, *, timeout: float = 10.0, curve: CurveKeys | None = None,
-                 actor: str | None = None):
+                 actor: str | None = None, max_blob_bytes: int = p.MAX_BLOB_BYTES):
         self.address = address
         self.timeout = timeout
+        self.max_blob_bytes = max_blob_bytes  # the orchestrator's max_blob_bytes: a bigger message is refused here
         self.curve = curve
         self.actor = actor
         self._open()
@@ -114,7 +115,9 @@ class PPUClient(_Client):
     def request(self, msg: Any, timeout: float | None = None, *, whole: bool = False) -> Any:
         """The reply's data (``whole``: the Reply itself, with any arrays it carries)."""
         t = self._stamp(msg, timeout)
-        self._sock.send_multipart(p.encode(msg))
+        frames = p.encode(msg)
+        ops.check_frames(frames, self.max_blob_bytes)
+        self._sock.send_multipart(frames)
         deadline = time.monotonic() + t
         while True:
             left = deadline - time.monotonic()
@@ -150,7 +153,7 @@ class PPUClient(_Client):
     def submit_block(self, capability: str, columns: dict[str, np.ndarray], *,
                      block_rows: int = DEFAULT_BLOCK_ROWS, **spec: Any) -> list[str]:
         """Submit rows as columnar tasks (binary frames) of at most ``block_rows`` rows each."""
-        return self._drive(ops.submit_block(capability, columns, block_rows, spec, None))
+        return self._drive(ops.submit_block(capability, columns, block_rows, spec, None, self.max_blob_bytes))
 
     def artifact(self, ref: Artifact | str) -> dict[str, np.ndarray]:
         """The columns of a block or block result, fetched and checked against its sha256."""
@@ -161,8 +164,9 @@ class PPUClient(_Client):
                **spec: Any) -> tuple[dict[str, np.ndarray], list[Result]]:
         """Run rows through a capability as columnar tasks: (output columns in row order, one result per block).
 
-        A block that failed raises :class:`~ppu.errors.BackendError` naming it."""
-        return self._drive(ops.screen(capability, columns, block_rows, timeout, spec, self.timeout, None))
+        See :meth:`AsyncPPUClient.screen` for what it refuses, when it gives up and what it cancels."""
+        return self._drive(ops.screen(capability, columns, block_rows, timeout, spec, self.timeout, None,
+                                      self.max_blob_bytes))
 
     def wait(self, task_ids: str | list[str], timeout: float | None = None) -> list[Task]:
         """Wait for tasks to end (``timeout`` in seconds for all of them); any number, in requests of
@@ -305,10 +309,12 @@ class AsyncPPUClient(_Client):
         """The reply's data (``whole``: the Reply itself, with any arrays it carries)."""
         self._ensure()
         t = self._stamp(msg, timeout)
+        frames = p.encode(msg)
+        ops.check_frames(frames, self.max_blob_bytes)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._futs[msg.req] = fut
         assert self._sock is not None
-        await self._sock.send_multipart(p.encode(msg))
+        await self._sock.send_multipart(frames)
         try:
             reply = await asyncio.wait_for(fut, t)
         except TimeoutError:
@@ -347,7 +353,8 @@ class AsyncPPUClient(_Client):
     async def submit_block(self, capability: str, columns: dict[str, np.ndarray], *,
                      block_rows: int = DEFAULT_BLOCK_ROWS, **spec: Any) -> list[str]:
         """Submit rows as columnar tasks (binary frames) of at most ``block_rows`` rows each."""
-        return await self._drive(ops.submit_block(capability, columns, block_rows, spec, max(self.timeout, ops.BIG)))
+        return await self._drive(ops.submit_block(capability, columns, block_rows, spec, max(self.timeout, ops.BIG),
+                                                  self.max_blob_bytes))
 
     async def artifact(self, ref: Artifact | str) -> dict[str, np.ndarray]:
         """The columns of a block or block result, fetched and checked against its sha256."""
@@ -358,10 +365,21 @@ class AsyncPPUClient(_Client):
                **spec: Any) -> tuple[dict[str, np.ndarray], list[Result]]:
         """Run rows through a capability as columnar tasks: (output columns in row order, one result per block).
 
-        Blocks are fetched as each one ends, so fetching overlaps the blocks still running. A block
-        that failed raises :class:`~ppu.errors.BackendError` naming it."""
+        Blocks are fetched as each one ends, so fetching overlaps the blocks still running.
+
+        - Refused before anything is sent (:class:`~ppu.errors.ValidationFailed` naming the argument):
+          a bad ``block_rows`` or column, and a block whose binary frames pass the orchestrator's
+          ``max_blob_bytes`` (this client's ``max_blob_bytes``; the error says which ``block_rows`` fits).
+        - With ``timeout=None`` (wait as long as it takes) it first asks the orchestrator's status and
+          raises :class:`~ppu.errors.UnknownCapabilityError` when no backend offers ``capability``,
+          rather than wait forever; with a timeout it submits anyway (a worker may still register).
+        - All or nothing: the first block that fails raises :class:`~ppu.errors.BackendError` naming it
+          in the caller's numbering (``block 3 of 3 (rows 40-49)``; a row number in the backend's error
+          counts from that block's first row), and the blocks still queued or running are cancelled; so
+          are they when ``timeout`` passes (:class:`~ppu.protocol.WaitTimeout`). The error's ``data``
+          holds ``task_ids`` (every block's task) and ``cancelled``."""
         return await self._drive(ops.screen(capability, columns, block_rows, timeout, spec, self.timeout,
-                                            max(self.timeout, ops.BIG)))
+                                            max(self.timeout, ops.BIG), self.max_blob_bytes))
 
     async def wait(self, task_ids: str | list[str], timeout: float | None = None) -> list[Task]:
         """Wait for tasks to end (``timeout`` in seconds for all of them); any number, in requests of
@@ -378,8 +396,9 @@ class AsyncPPUClient(_Client):
         ids = [s.id for s in items if s.id]
         loop = asyncio.get_running_loop()
         # Tasks start in the order they were made, so the submit leaves first (DEALER keeps order).
+        wait = ops.message(p.Wait, task_ids=ids, timeout=timeout)  # a bad timeout: refused before the submit
         submitted = loop.create_task(self.request(p.Submit(tasks=items)))
-        waited = loop.create_task(self.request(p.Wait(task_ids=ids, timeout=timeout),
+        waited = loop.create_task(self.request(wait,
                                                ops.wait_timeout(timeout, self.timeout)))
         try:
             await submitted

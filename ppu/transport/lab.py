@@ -82,7 +82,8 @@ class EmbeddedLab:
             await w.start()
         for w in self.workers:
             await w.wait_registered(self.timeout)
-        self.client = AsyncPPUClient(self.address, timeout=self.timeout, curve=self._keys(self.client_key))
+        self.client = AsyncPPUClient(self.address, timeout=self.timeout, curve=self._keys(self.client_key),
+                                     max_blob_bytes=lab.orchestrator.max_blob_bytes)
         return self.client
 
     async def close(self) -> None:
@@ -154,7 +155,8 @@ class LabThread:
 
     def client(self, timeout: float = 10.0) -> PPUClient:
         keys = self.embedded._keys(self.embedded.client_key)
-        return PPUClient(self.address, timeout=timeout, curve=keys)
+        return PPUClient(self.address, timeout=timeout, curve=keys,
+                         max_blob_bytes=self.embedded.lab.orchestrator.max_blob_bytes)
 
     def stop(self) -> None:
         if self._loop is not None and self._stop is not None and self._thread is not None:

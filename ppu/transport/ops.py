@@ -15,13 +15,15 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import numpy as np
+from pydantic import ValidationError
 
 from ppu import errors
 from ppu import protocol as p
 from ppu.artifacts import check_columns, load_npz, verify
-from ppu.models import Artifact, AuditEntry, Result, Sample, Task, TaskSpec
+from ppu.models import MAX_NAME, Artifact, AuditEntry, Result, Sample, Task, TaskSpec
 
 T = TypeVar("T")
+M = TypeVar("M")
 SpecLike = TaskSpec | dict[str, Any]
 
 DEFAULT_BLOCK_ROWS = 131_072  # rows per columnar task: big enough to amortise a task, small enough to overlap
@@ -105,9 +107,39 @@ def _result(data: Any) -> Result | None:
 
 # ---- requests and their replies ------------------------------------------------------------
 
+def _invalid(exc: ValidationError, what: str, prefix: str = "") -> errors.ValidationFailed:
+    """A pydantic error as ValidationFailed naming the first bad field (``prefix`` before it)."""
+    def where(loc: tuple[Any, ...]) -> str:
+        return prefix + ".".join(str(x) for x in loc) if loc else prefix.rstrip(".")
+
+    text = "; ".join(f"{where(e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors())
+    return errors.ValidationFailed(f"{what} is invalid: {text}", field=where(exc.errors()[0]["loc"]) or None)
+
+
+def message(cls: Callable[..., M], **fields: Any) -> M:
+    """A protocol message built from an API call's arguments; a bad one is ValidationFailed naming it."""
+    try:
+        return cls(**fields)
+    except ValidationError as exc:
+        raise _invalid(exc, f"the {getattr(cls, '__name__', 'request')} request") from None
+
+
+def _count(name: str, value: Any, least: int) -> int:
+    """An integer argument (a bool or a float is not one), at least ``least``."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < least:
+        raise errors.ValidationFailed(f"{name} must be a whole number >= {least}, not {value!r}", field=name)
+    return int(value)
+
+
 def specs_of(specs: SpecLike | list[SpecLike]) -> list[TaskSpec]:
     items = specs if isinstance(specs, list) else [specs]
-    return [s if isinstance(s, TaskSpec) else TaskSpec.model_validate(s) for s in items]
+    out = []
+    for i, s in enumerate(items):
+        try:
+            out.append(s if isinstance(s, TaskSpec) else TaskSpec.model_validate(s))
+        except ValidationError as exc:
+            raise _invalid(exc, f"task spec {i}", f"tasks.{i}.") from None
+    return out
 
 
 def _submits(specs: SpecLike | list[SpecLike]) -> list[p.Submit]:
@@ -126,20 +158,66 @@ def _partly_accepted(exc: errors.PPUError, accepted: list[str], total: int) -> e
     return exc
 
 
-def _block_submits(capability: str, columns: dict[str, np.ndarray], block_rows: int,
-                   spec: dict[str, Any]) -> list[p.Submit]:
+@dataclass
+class Block:
+    """One columnar task of a submit_block or screen: its rows ``lo`` to ``hi`` (exclusive) and its submit."""
+
+    index: int
+    of: int
+    lo: int
+    hi: int
+    msg: p.Submit
+
+    def __str__(self) -> str:
+        return f"block {self.index + 1} of {self.of} (rows {self.lo}-{self.hi - 1})"
+
+
+def _check_block_size(columns: dict[str, np.ndarray], rows: int, block_rows: int, max_blob_bytes: int) -> None:
+    """Refuse, before sending, a block whose binary frames the orchestrator would refuse (or ZMQ drop)."""
+    row_bytes = sum(int(col.dtype.itemsize) for col in columns.values())
+    n = min(rows, block_rows)
+    if n * row_bytes <= max_blob_bytes:
+        return
+    fit = max_blob_bytes // row_bytes
+    raise errors.ValidationFailed(
+        f"a block of {n} rows x {len(columns)} columns is {n * row_bytes} bytes ({n * row_bytes / 2**20:.1f} MiB) "
+        f"of binary frames, above the orchestrator's limit of {max_blob_bytes} bytes "
+        f"({max_blob_bytes / 2**20:.1f} MiB)", field="block_rows",
+        hint=f"pass block_rows={fit} or fewer" if fit else "send fewer or narrower columns")
+
+
+def _blocks(capability: str, columns: dict[str, np.ndarray], block_rows: int, spec: dict[str, Any],
+            max_blob_bytes: int) -> list[Block]:
     """Columns as columnar tasks of at most ``block_rows`` rows, one submit (and its blobs) each."""
+    block_rows = _count("block_rows", block_rows, 1)
     rows = check_columns(columns, "columns")
-    if block_rows < 1:
-        raise errors.ValidationFailed("block_rows must be >= 1", field="block_rows")
+    for name in columns:
+        if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME:
+            shown = repr(name) if len(repr(name)) <= 40 else repr(name)[:36] + "...'"
+            raise errors.ValidationFailed(f"a column name is a string of 1 to {MAX_NAME} characters, not {shown} "
+                                          f"({len(str(name))} characters)", field="columns")
+    _check_block_size(columns, rows, block_rows, max_blob_bytes)
+    spans = [(lo, min(lo + block_rows, rows)) for lo in range(0, rows, block_rows)]
     out = []
-    for lo in range(0, rows, block_rows):
-        part = {name: col[lo:lo + block_rows] for name, col in columns.items()}
-        n = len(next(iter(part.values())))
-        task = TaskSpec.model_validate({**spec, "capability": capability,
-                                        "block": {"rows": n, "columns": list(part)}})
-        out.append(p.Submit(tasks=[task]).carrying({f"0:{name}": col for name, col in part.items()}))
+    for i, (lo, hi) in enumerate(spans):
+        try:
+            task = TaskSpec.model_validate({**spec, "capability": capability,
+                                            "block": {"rows": hi - lo, "columns": list(columns)}})
+        except ValidationError as exc:
+            raise _invalid(exc, f"the columnar task spec of {capability!r}") from None
+        msg = p.Submit(tasks=[task]).carrying({f"0:{name}": col[lo:hi] for name, col in columns.items()})
+        out.append(Block(i, len(spans), lo, hi, msg))
     return out
+
+
+def check_frames(frames: list[Any], max_blob_bytes: int) -> None:
+    """Refuse, before sending, a message whose binary frames together pass the orchestrator's limit:
+    ZMQ drops one far above it without a word, and the client would wait for an answer in vain."""
+    size = sum(memoryview(f).nbytes for f in frames[2:])
+    if size > max_blob_bytes:
+        raise errors.ValidationFailed(f"the message carries {size} bytes of binary frames, above the "
+                                      f"orchestrator's limit of {max_blob_bytes}", field="blobs",
+                                      hint="send fewer rows per message (block_rows)")
 
 
 def _artifact_columns(reply: p.Reply, sha: str) -> dict[str, np.ndarray]:
@@ -194,16 +272,28 @@ def submit(specs: SpecLike | list[SpecLike]) -> Op[list[str]]:
 
 
 def submit_block(capability: str, columns: dict[str, np.ndarray], block_rows: int, spec: dict[str, Any],
-                 timeout: float | None) -> Op[list[str]]:
+                 timeout: float | None, max_blob_bytes: int = p.MAX_BLOB_BYTES) -> Op[list[str]]:
+    return (yield from _submit_blocks(_blocks(capability, columns, block_rows, spec, max_blob_bytes), timeout))
+
+
+def _submit_blocks(blocks: list[Block], timeout: float | None) -> Op[list[str]]:
+    """One submit per block, in order; a refused one names its block and the blocks already accepted."""
     ids: list[str] = []
-    for msg in _block_submits(capability, columns, block_rows, spec):
-        ids += yield Call(msg, timeout)
+    for b in blocks:
+        try:
+            ids += yield Call(b.msg, timeout)
+        except errors.PPUError as exc:
+            exc.message += f" (submitting {b} of the columns"
+            exc.message += f"; the {len(ids)} block(s) before it were accepted and will run)" if ids else ")"
+            exc.data["accepted"] = list(ids)
+            raise
     return ids
 
 
 def artifact(ref: Artifact | str, timeout: float | None) -> Op[dict[str, np.ndarray]]:
     sha = ref if isinstance(ref, str) else ref.sha256
-    return _artifact_columns((yield Call(p.GetArtifact(sha256=sha), timeout, whole=True)), sha)
+    msg = message(p.GetArtifact, sha256=sha)
+    return _artifact_columns((yield Call(msg, timeout, whole=True)), sha)
 
 
 def wait(task_ids: str | list[str], timeout: float | None, client_timeout: float) -> Op[list[Task]]:
@@ -211,7 +301,8 @@ def wait(task_ids: str | list[str], timeout: float | None, client_timeout: float
     out: list[Task] = []
     for chunk in _wait_chunks(task_ids):
         rest = left(deadline)
-        out += read_tasks((yield Call(p.Wait(task_ids=chunk, timeout=rest), wait_timeout(rest, client_timeout))))
+        msg = message(p.Wait, task_ids=chunk, timeout=rest)
+        out += read_tasks((yield Call(msg, wait_timeout(rest, client_timeout))))
     return out
 
 
@@ -219,43 +310,86 @@ def run(specs: SpecLike | list[SpecLike], timeout: float | None, client_timeout:
     return (yield from wait((yield from submit(specs)), timeout, client_timeout))
 
 
+def _offered(capability: str, status: dict[str, Any]) -> None:
+    """Refuse a screen that would wait forever: no backend the orchestrator knows offers ``capability``."""
+    backends = status.get("backends", [])
+    if any(capability in b.get("capabilities", []) for b in backends):
+        return
+    offered = sorted({c for b in backends for c in b.get("capabilities", [])})
+    raise errors.UnknownCapabilityError(
+        f"no backend of the lab offers {capability!r}, so its blocks would wait forever "
+        f"(offered now: {', '.join(offered) or 'nothing'}; nothing was submitted)", field="capability",
+        hint="start a worker hosting a backend that offers it, or pass timeout= to submit anyway and wait "
+             "that long for one")
+
+
+def _failed(block: Block, tid: str, capability: str, task: Task, res: Result | None) -> errors.BackendError:
+    why = res.error if res is not None else task.error or task.state.value
+    return errors.BackendError(
+        f"{block} of the columns failed: columnar task {tid} ({capability}) ended {task.state.value}: {why} "
+        f"(row numbers in it count from the block's first row, row {block.lo} of the columns)",
+        hint=f"`ppu tasks --state {task.state.value}` lists it with its attempts and error; "
+                              f"client.task({tid!r}) returns it", task_id=tid, block=block.index)
+
+
 def screen(capability: str, columns: dict[str, np.ndarray], block_rows: int, timeout: float | None,
-           spec: dict[str, Any], client_timeout: float,
-           big: float | None) -> Op[tuple[dict[str, np.ndarray], list[Result]]]:
+           spec: dict[str, Any], client_timeout: float, big: float | None,
+           max_blob_bytes: int = p.MAX_BLOB_BYTES) -> Op[tuple[dict[str, np.ndarray], list[Result]]]:
     deadline = None if timeout is None else time.monotonic() + timeout
-    ids = yield from submit_block(capability, columns, block_rows, spec, big)
+    blocks = _blocks(capability, columns, block_rows, spec, max_blob_bytes)
+    if timeout is None:
+        _offered(capability, (yield Call(p.Status())))
+    ids = yield from _submit_blocks(blocks, big)
     parts, results = [], []
-    for tid in ids:
-        [task] = yield from wait([tid], left(deadline), client_timeout)
-        res = yield from result(tid)
-        if res is None or res.artifact is None:
-            why = res.error if res is not None else task.state.value
-            raise errors.BackendError(f"columnar task {tid} ({capability}) ended {task.state.value}: {why}",
-                                      hint=f"ppu task {tid} shows its attempts")
-        parts.append((yield from artifact(res.artifact, big)))
-        results.append(res)
+    done = 0
+    try:
+        for block, tid in zip(blocks, ids, strict=True):
+            [task] = yield from wait([tid], left(deadline), client_timeout)
+            res = yield from result(tid)
+            if res is None or res.artifact is None:
+                raise _failed(block, tid, capability, task, res)
+            parts.append((yield from artifact(res.artifact, big)))
+            results.append(res)
+            done += 1
+    except (errors.BackendError, p.WaitTimeout) as exc:
+        # All or nothing: the caller gets no columns, so the blocks still queued or running are cancelled.
+        timed_out = isinstance(exc, p.WaitTimeout)
+        rest = ids[done:] if timed_out else ids[done + 1:]
+        why = "timed out" if timed_out else "failed"
+        for tid in rest:
+            try:
+                yield Call(p.Cancel(task_id=tid, reason=f"screen of {capability}: {blocks[done]} {why}"))
+            except p.NotAnswering:
+                break  # the orchestrator went away: the error the caller gets says what was left
+            except errors.PPUError:
+                pass  # it ended meanwhile, or the orchestrator is busy: nothing more to do here
+        if timed_out:
+            exc.message += f" (waiting for {blocks[done]})"
+        if rest:
+            exc.message += f"; {len(rest)} block(s) still queued or running were cancelled"
+        exc.data.update(task_ids=list(ids), cancelled=rest)
+        raise
     return _concat(parts), results
 
 
 def cancel(task_id: str, reason: str) -> Op[None]:
-    return ask(p.Cancel(task_id=task_id, reason=reason), _none)
+    return ask(message(p.Cancel, task_id=task_id, reason=reason), _none)
 
 
 def approve(task_id: str, note: str) -> Op[None]:
-    return ask(p.Approve(task_id=task_id, note=note), _none)
+    return ask(message(p.Approve, task_id=task_id, note=note), _none)
 
 
 def reject(task_id: str, reason: str) -> Op[None]:
-    return ask(p.Reject(task_id=task_id, reason=reason), _none)
+    return ask(message(p.Reject, task_id=task_id, reason=reason), _none)
 
 
 def review(task_id: str, decision: str, reason: str, outputs: dict[str, Any] | None) -> Op[None]:
-    return ask(p.Review(task_id=task_id, decision=decision, reason=reason,  # type: ignore[arg-type]
-                        outputs=outputs), _none)
+    return ask(message(p.Review, task_id=task_id, decision=decision, reason=reason, outputs=outputs), _none)
 
 
 def hold(backend: str | None, held: bool, now: bool) -> Op[dict[str, str]]:
-    return ask(p.Hold(backend=backend, held=held, now=now), _as_is)
+    return ask(message(p.Hold, backend=backend, held=held, now=now), _as_is)
 
 
 def approvals() -> Op[list[dict[str, Any]]]:
@@ -267,16 +401,15 @@ def reviews() -> Op[list[dict[str, Any]]]:
 
 
 def busy(since: float) -> Op[list[dict[str, Any]]]:
-    return ask(p.BusyLog(since=since), _rows)
+    return ask(message(p.BusyLog, since=since), _rows)
 
 
 def sample(sample_id: str) -> Op[dict[str, Any]]:
-    return ask(p.SampleShow(sample_id=sample_id), _dict)
+    return ask(message(p.SampleShow, sample_id=sample_id), _dict)
 
 
 def set_autonomy(level: str, backend: str | None, capability: str | None) -> Op[None]:
-    return ask(p.SetAutonomy(level=level, backend=backend, capability=capability),  # type: ignore[arg-type]
-               _none)
+    return ask(message(p.SetAutonomy, level=level, backend=backend, capability=capability), _none)
 
 
 def status() -> Op[dict[str, Any]]:
@@ -285,10 +418,11 @@ def status() -> Op[dict[str, Any]]:
 
 def tasks(state: str | None, campaign: str | None, capability: str | None, limit: int) -> Op[list[Task]]:
     """The newest ``limit`` tasks, in pages of at most MAX_LIST_ROWS; stops at a short page."""
+    limit = _count("limit", limit, 1)
     out: list[Task] = []
     for offset in range(0, limit, p.MAX_LIST_ROWS):
-        page = p.Tasks(state=state, campaign=campaign, capability=capability,
-                       limit=min(p.MAX_LIST_ROWS, limit - offset), offset=offset)
+        page = message(p.Tasks, state=state, campaign=campaign, capability=capability,
+                        limit=min(p.MAX_LIST_ROWS, limit - offset), offset=offset)
         rows = read_tasks((yield Call(page)))
         out += rows
         if len(rows) < page.limit:
@@ -297,16 +431,16 @@ def tasks(state: str | None, campaign: str | None, capability: str | None, limit
 
 
 def task(task_id: str) -> Op[Task]:
-    return ask(p.GetTask(task_id=task_id), Task.model_validate)
+    return ask(message(p.GetTask, task_id=task_id), Task.model_validate)
 
 
 def result(task_id: str) -> Op[Result | None]:
-    return ask(p.GetResult(task_id=task_id), _result)
+    return ask(message(p.GetResult, task_id=task_id), _result)
 
 
 def samples(campaign: str | None) -> Op[list[Sample]]:
-    return ask(p.Samples(campaign=campaign), lambda data: [Sample.model_validate(s) for s in data])
+    return ask(message(p.Samples, campaign=campaign), lambda data: [Sample.model_validate(s) for s in data])
 
 
 def audit(since: float) -> Op[list[AuditEntry]]:
-    return ask(p.Audit(since=since), lambda data: [AuditEntry.model_validate(a) for a in data])
+    return ask(message(p.Audit, since=since), lambda data: [AuditEntry.model_validate(a) for a in data])
