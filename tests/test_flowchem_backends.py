@@ -227,3 +227,20 @@ def test_the_twin_screens_a_block_of_recipes_as_one_task_with_the_row_tasks_numb
     assert seen == pytest.approx([128 / 300, 256 / 300, 1.0])
     assert bad.status is ResultStatus.failed and not bad.retryable
     assert "temperature_c" in (bad.error or "") and "7" in (bad.error or ""), bad.error
+
+
+def test_a_recipe_block_with_a_column_it_does_not_know_is_refused_naming_it() -> None:
+    """A misspelt column (``temprature_c`` beside the real ones) used to be left out without a word."""
+    import numpy as np
+
+    from ppu.drivers.flowchem.coding import COLUMNS, checked
+    from ppu.drivers.flowchem.models import PROCESS_BOX
+    from ppu.errors import ValidationFailed
+
+    cols: dict[str, Any] = {"ligand": np.zeros(3, dtype=np.int64)}
+    for name, (lo, hi, *_) in PROCESS_BOX.items():  # the middle of each parameter's range
+        cols[name] = np.full(3, (lo + hi) / 2)
+    assert set(checked(cols)) == set(COLUMNS)  # every known column, nothing else: fine
+    with pytest.raises(ValidationFailed) as err:
+        checked({**cols, "temprature_c": np.ones(3)})
+    assert err.value.field == "columns.temprature_c" and "ligand" in (err.value.hint or "")

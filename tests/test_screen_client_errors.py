@@ -33,8 +33,10 @@ from ppu.transport.lab import EmbeddedLab
 class ScriptedLab:
     """Answers the calls of an operation as an orchestrator would; block ``fail`` (0-based) fails."""
 
-    def __init__(self, offers: tuple[str, ...] = (CAP,), fail: int | None = None, wait_times_out: bool = False):
+    def __init__(self, offers: tuple[str, ...] = (CAP,), fail: int | None = None, wait_times_out: bool = False,
+                 non_finite: dict[int, int] | None = None):
         self.offers, self.fail, self.wait_times_out = offers, fail, wait_times_out
+        self.non_finite = non_finite or {}  # block (0-based) -> rows its model answered with NaN or inf
         self.calls: list[Any] = []
         self.blocks: dict[str, int] = {}  # task id -> rows
 
@@ -61,7 +63,8 @@ class ScriptedLab:
             if t["state"] == "failed":
                 return {"task_id": msg.task_id, "attempt": 1, "status": "failed", "error": t["error"]}
             raw = npz_bytes({"y": np.zeros(self.blocks[msg.task_id])})
-            return {"task_id": msg.task_id, "attempt": 1, "status": "succeeded",
+            bad = self.non_finite.get(list(self.blocks).index(msg.task_id), 0)
+            return {"task_id": msg.task_id, "attempt": 1, "status": "succeeded", "outputs": {"non_finite_rows": bad},
                     "artifact": {"rows": self.blocks[msg.task_id], "columns": ["y"], "sha256": sha256(raw)}}
         if isinstance(msg, p.GetArtifact):
             sha = msg.sha256
@@ -269,3 +272,17 @@ def test_through_a_lab_a_nan_row_names_its_block_and_a_missing_capability_does_n
     failed, missing = asyncio.run(asyncio.wait_for(go(), 60))
     assert "block 3 of 3 (rows 40-49)" in str(failed), failed
     assert "predict.co2_uptake" in missing.message
+
+
+def test_rows_a_model_answered_with_nan_are_named_in_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """A block whose model gave NaN for some rows succeeds (the rows are the model's, not the task's
+    fault), but the caller hears of them: argmax over the columns would pick a NaN."""
+    with caplog.at_level("WARNING", logger="ppu.transport.ops"):
+        out, results = _screen(ScriptedLab(non_finite={1: 7}), _cols(50))
+    assert len(out["y"]) == 50 and len(results) == 3
+    [record] = [r for r in caplog.records if "non-finite" in r.getMessage()]
+    assert "7 row(s)" in record.getMessage() and "7 in block 2 of 3 (rows 20-39)" in record.getMessage()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ppu.transport.ops"):
+        _screen(ScriptedLab(), _cols(50))
+    assert not [r for r in caplog.records if "non-finite" in r.getMessage()]

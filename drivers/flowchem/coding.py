@@ -44,11 +44,16 @@ def _rows(bad: np.ndarray) -> str:
 
 
 def checked(columns: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """A block's columns as arrays, each within the recipe's limits (an error names the column and rows)."""
+    """A block's columns as arrays, each within the recipe's limits (an error names the column and rows);
+    a column it does not know is refused, as the MOF pack's block encoder refuses one."""
     missing = [c for c in COLUMNS if c not in columns]
     if missing:
         raise ValidationFailed(f"a recipe block needs the columns {list(COLUMNS)}; missing {missing}",
                                field=f"columns.{missing[0]}")
+    unknown = sorted(c for c in columns if c not in COLUMNS)  # a misspelt column is not silently left out
+    if unknown:
+        raise ValidationFailed(f"unknown column(s) {', '.join(unknown[:5])}", field=f"columns.{unknown[0]}",
+                               hint=f"a recipe block has exactly the columns {', '.join(COLUMNS)}")
     out: dict[str, np.ndarray] = {}
     lig = np.asarray(columns["ligand"])
     if lig.ndim != 1 or not np.issubdtype(lig.dtype, np.integer):

@@ -377,7 +377,10 @@ class AsyncPPUClient(_Client):
           in the caller's numbering (``block 3 of 3 (rows 40-49)``; a row number in the backend's error
           counts from that block's first row), and the blocks still queued or running are cancelled; so
           are they when ``timeout`` passes (:class:`~ppu.protocol.WaitTimeout`). The error's ``data``
-          holds ``task_ids`` (every block's task) and ``cancelled``."""
+          holds ``task_ids`` (every block's task) and ``cancelled``.
+        - Rows the model answered with NaN or inf leave their block succeeded (its result's
+          ``non_finite_rows`` counts them) and are named in a warning on the ``ppu.transport.ops``
+          logger: mask them (``np.isfinite(out["mean"])``) before ranking."""
         return await self._drive(ops.screen(capability, columns, block_rows, timeout, spec, self.timeout,
                                             max(self.timeout, ops.BIG), self.max_blob_bytes))
 

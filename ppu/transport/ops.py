@@ -9,6 +9,7 @@ twin), so that both clients build the same messages and read the same replies.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from ppu import errors
 from ppu import protocol as p
 from ppu.artifacts import check_columns, load_npz, verify
 from ppu.models import MAX_NAME, Artifact, AuditEntry, Result, Sample, Task, TaskSpec
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 M = TypeVar("M")
@@ -369,6 +372,11 @@ def screen(capability: str, columns: dict[str, np.ndarray], block_rows: int, tim
             exc.message += f"; {len(rest)} block(s) still queued or running were cancelled"
         exc.data.update(task_ids=list(ids), cancelled=rest)
         raise
+    bad = {str(b): int(r.outputs.get("non_finite_rows") or 0) for b, r in zip(blocks, results, strict=True)}
+    if any(bad.values()):  # a model's NaN is no error of the task's, but argmax would pick it
+        log.warning("screen of %s: %d row(s) came back non-finite (NaN or inf): %s; mask them, e.g. "
+                    "np.isfinite(out['mean'])", capability, sum(bad.values()),
+                    ", ".join(f"{n} in {b}" for b, n in bad.items() if n))
     return _concat(parts), results
 
 
