@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from test_digital_columnar import CAP, candidates
+from test_digital_ray_config import start
 from transport_helpers import lab_config
 
 from ppu.backends.base import TaskRun
@@ -211,15 +212,8 @@ def test_weights_that_are_missing_or_do_not_fit_fail_the_start_naming_the_field(
     else:
         entry["models"][CAP]["kwargs"]["hidden"] = 16  # the file holds a 32-wide net
     backend = build_backend(entry)
-
-    async def go() -> None:
-        try:
-            await backend.start()
-        finally:
-            await backend.close()
-
     with pytest.raises(ConfigError) as err:
-        asyncio.run(go())
+        start(backend)
     assert err.value.field == f"models.{CAP}.weights"
     assert ("does not exist" if weights == "missing" else "does not fit") in str(err.value)
     assert "ray::" not in str(err.value) and not backend.actors  # type: ignore[attr-defined]

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from ppu.backends.base import Backend
 from ppu.backends.registry import build_backend
 from ppu.errors import ConfigError
 
@@ -46,8 +47,9 @@ def no_ray(monkeypatch: pytest.MonkeyPatch) -> FakeInit:
     return fake
 
 
-def start(cfg: dict[str, Any]) -> None:
-    backend = build_backend(cfg)
+def start(cfg: dict[str, Any] | Backend) -> None:
+    """Start the backend (or build it from its lab-file entry first), then close it whatever happened."""
+    backend = cfg if isinstance(cfg, Backend) else build_backend(cfg)
 
     async def go() -> None:
         try:
