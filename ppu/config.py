@@ -149,8 +149,8 @@ class LabConfig(Strict):
         """
         from ppu.backends.registry import check_entry
 
-        for b in self.backends:
-            check_entry(b)
+        for i, b in enumerate(self.backends):
+            check_entry(b, f"backends.{i}")
 
     def load_packs(self) -> PackRegistry:
         """Load this lab's packs into this process (every process of the lab does the same)."""

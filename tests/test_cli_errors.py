@@ -78,8 +78,12 @@ BAD: dict[str, Bad] = {
     "config-empty": Bad(["status", "-c", "{tmp}/empty.yaml"], ["is empty", "--config"]),
     "PPU_CONFIG-empty": Bad(["tasks"], ["is empty"], env={"PPU_CONFIG": "{tmp}/empty.yaml"}),
     # item 10: the whole lab file is validated where it is read
-    "backend-unknown-key": Bad(["orchestrator", "-c", "{tmp}/lab.yaml"], ["backends.colour", "has no field"],
+    "backend-unknown-key": Bad(["orchestrator", "-c", "{tmp}/lab.yaml"], ["backends.0.colour", "has no field"],
                                lab=_lab(backends=[{"type": "echo", "name": "e1", "colour": "red"}])),
+    "backend-bad-value": Bad(["orchestrator", "-c", "{tmp}/lab.yaml"], ["backends.1.slots", "e2"],
+                             lab=_lab(backends=[{"type": "echo", "name": "e1"}, {"type": "echo", "name": "e2",
+                                                                                   "slots": 0}]),
+                             not_says=["Value error"]),
     "backend-unknown-type": Bad(["orchestrator", "-c", "{tmp}/lab.yaml"], ["backends.type", "teleporter"],
                                 lab=_lab(backends=[{"type": "teleporter", "name": "t1"}])),
     "backend-without-name": Bad(["status", "-c", "{tmp}/lab.yaml"], ["backends", "'name'"],

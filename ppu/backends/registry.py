@@ -45,8 +45,9 @@ def backend_class(type_name: str) -> type[Backend]:
     return cls
 
 
-def check_entry(raw: dict[str, Any]) -> tuple[type[Backend], Any]:
-    """The backend class of a lab-file entry and its validated config; ConfigError naming the field."""
+def check_entry(raw: dict[str, Any], where: str = "backends") -> tuple[type[Backend], Any]:
+    """The backend class of a lab-file entry and its validated config; ConfigError naming the field
+    (under ``where``: ``backends.2`` for the lab file's third entry)."""
     if "type" not in raw:
         raise ConfigError("a backend entry needs a 'type'", field="backends", hint=f"entry: {raw}")
     cls = backend_class(raw["type"])
@@ -57,8 +58,8 @@ def check_entry(raw: dict[str, Any]) -> tuple[type[Backend], Any]:
         loc = ".".join(str(p) for p in e["loc"])
         hint = f"{cls.__name__} has no field {loc!r}; see its Config for the fields it takes" \
             if e["type"] == "extra_forbidden" else None
-        raise ConfigError(f"backend {raw.get('name', '?')}: {loc}: {e['msg']}", field=f"backends.{loc}",
-                          hint=hint) from None
+        raise ConfigError(f"backend {raw.get('name', '?')}: {loc}: {e['msg'].removeprefix('Value error, ')}",
+                          field=f"{where}.{loc}", hint=hint) from None
 
 
 def build_backend(raw: dict[str, Any]) -> Backend:
