@@ -159,5 +159,8 @@ def test_a_declared_campaign_runs_on_a_flow_lab_started_as_separate_processes(tm
     by_cap: dict[str, int] = {}
     for t in tasks:
         by_cap[t.capability] = by_cap.get(t.capability, 0) + 1
-    assert by_cap.get("react.flow") == 5 and by_cap.get("measure.hplc", 0) >= 4, by_cap  # each step once
+    # each step once: a reaction per experiment, an analysis per reaction that gave a fraction (how many
+    # clog depends on the recipes the optimiser picks, which depends on the order results come back in)
+    measured = sum(line["status"] == "measured" for line in lines)
+    assert by_cap.get("react.flow") == 5 and by_cap.get("measure.hplc", 0) == measured >= 1, (by_cap, measured)
     assert by_cap.get("predict.yield", 0) >= 1  # the screen ran on the lab's twin
