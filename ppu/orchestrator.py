@@ -186,7 +186,7 @@ class Orchestrator:
         self.store.acquire_writer(self.writer_id, self.cfg.bind)
         self.journal.start()
         live, done = self.store.load()
-        self.sched.restore(live, done, self.clock())
+        self.sched.restore(live, done, self.clock(), self.store.next_seq())
         for s in self.store.list_samples():
             if s.made_with and s.made_by:
                 self._known_processes.add(approval_key(s.made_with) or "")

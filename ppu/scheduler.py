@@ -360,16 +360,18 @@ class Scheduler:
             d[t.state.value] = d.get(t.state.value, 0) + 1
         return out
 
-    def restore(self, tasks: Iterable[Task], done: Iterable[tuple[str, TaskState]], at: float) -> None:
-        """Rebuild from the store after a restart: same tasks, same queue order, same seq counter.
+    def restore(self, tasks: Iterable[Task], done: Iterable[tuple[str, TaskState]], at: float,
+                next_seq: int = 0) -> None:
+        """Rebuild from the store after a restart: same tasks, same queue order, same seq counter
+        (``next_seq``: one past the highest ever given, ended tasks included; see Store.next_seq).
 
         Tasks that were in flight keep their backend; that backend gets ``restart_grace_s`` to
         re-register and say which of them it still holds (see ``_on_register``).
         """
         self._now = at
+        self._seq = max(self._seq, next_seq)
         for tid, st in done:
             self._done[tid] = st
-            self._seq = max(self._seq, 0)
         live = [_T(t) for t in tasks]
         for t in live:
             self._tasks[t.id] = t

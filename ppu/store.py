@@ -451,6 +451,14 @@ class Store:
                 sa.select(tasks.c.id, tasks.c.state).where(tasks.c.state.in_(terminal)))]
         return live, done
 
+    def next_seq(self) -> int:
+        """One past the highest submission number ever given, ended tasks included: numbers keep rising
+        across restarts, so that "newest first" stays true (a scheduler restored with no live task
+        started again at 0)."""
+        with self.engine.connect() as conn:
+            top = conn.execute(sa.select(sa.func.max(tasks.c.seq))).scalar()
+        return 0 if top is None else int(top) + 1
+
     def get_task(self, task_id: str) -> Task | None:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(tasks.c.body).where(tasks.c.id == task_id)).first()

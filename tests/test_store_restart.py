@@ -49,6 +49,27 @@ def test_restart_from_store_reproduces_the_queue_exactly(store_url: str):
     store2.close()
 
 
+def test_submission_numbers_keep_rising_across_a_restart_with_no_live_task(store_url: str):
+    """Every task ended before the restart: the next one still sorts after them (the rebuilt counter
+    started again at 0, so "newest first" listed the old tasks before the new one)."""
+    store = Store(store_url)
+    s = Scheduler()
+    steps = register(s, spec("busy", "echo"))
+    for i in range(3):
+        steps += [s.handle(Submit(task(f"old{i}"), 1.0)), s.handle(Finished(ok(f"old{i}"), 2.0))]
+    store.apply(steps)
+    store.close()
+    store2 = Store(store_url)
+    s2 = Scheduler()
+    live, done = store2.load()
+    assert not live
+    s2.restore(live, done, at=3.0, next_seq=store2.next_seq())
+    register(s2, spec("busy", "echo"), at=3.5)
+    store2.apply([s2.handle(Submit(task("new"), 4.0))])
+    assert [t.id for t in store2.list_tasks(limit=2)] == ["new", "old2"]
+    store2.close()
+
+
 def test_in_flight_once_task_goes_to_review_when_its_worker_never_returns(store_url: str):
     store = Store(store_url)
     s = Scheduler()
