@@ -43,8 +43,27 @@ def non_finite_path(value: Any) -> str | None:
     return None
 
 
-def _all_finite(v: Any) -> bool:
-    """The fast check (about a microsecond for a small dict); :func:`non_finite_path` says where."""
+MAX_DEPTH = 32
+"""Levels of objects and lists in free-form JSON (inputs, outputs): deeper is refused at the door, with
+the path (the wire's encoders and decoders give up at 200-255 levels, with errors that name nothing)."""
+
+
+def too_deep_path(value: Any) -> str | None:
+    """The dotted path of the first object or list nested deeper than MAX_DEPTH levels, else None."""
+    stack: list[tuple[str, Any, int]] = [("", value, 1)]
+    while stack:
+        path, v, depth = stack.pop()
+        if isinstance(v, dict | list | tuple):
+            if depth > MAX_DEPTH:
+                return path
+            items = v.items() if isinstance(v, dict) else enumerate(v)
+            stack.extend((f"{path}.{k}" if path else str(k), x, depth + 1) for k, x in items)
+    return None
+
+
+def _all_finite(v: Any, depth: int = 1) -> bool:
+    """The fast check (about a microsecond for a small dict), false also past MAX_DEPTH levels;
+    :func:`non_finite_path` and :func:`too_deep_path` say where."""
     for x in v.values() if isinstance(v, dict) else v:
         t = type(x)
         if t is str or t is int or t is bool or x is None:
@@ -52,17 +71,18 @@ def _all_finite(v: Any) -> bool:
         if isinstance(x, float):
             if x - x != 0.0:  # NaN and +-inf give NaN
                 return False
-        elif isinstance(x, dict | list | tuple) and not _all_finite(x):
+        elif isinstance(x, dict | list | tuple) and (depth >= MAX_DEPTH or not _all_finite(x, depth + 1)):
             return False
     return True
 
 
 def _finite(value: Any) -> Any:
-    try:
-        if _all_finite(value):
-            return value
-    except RecursionError:
-        pass
+    if _all_finite(value):
+        return value
+    deep = too_deep_path(value)
+    if deep is not None:
+        where = deep if len(deep) <= 200 else "..." + deep[-200:]
+        raise ValueError(f"{where} is nested deeper than {MAX_DEPTH} levels of objects and lists; flatten it")
     path = non_finite_path(value)
     if path is not None:
         where = path if len(path) <= 200 else "..." + path[-200:]

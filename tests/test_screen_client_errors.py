@@ -286,3 +286,54 @@ def test_rows_a_model_answered_with_nan_are_named_in_a_warning(caplog: pytest.Lo
     with caplog.at_level("WARNING", logger="ppu.transport.ops"):
         _screen(ScriptedLab(), _cols(50))
     assert not [r for r in caplog.records if "non-finite" in r.getMessage()]
+
+
+# ---- a wait lost in an orchestrator restart is asked again -----------------------------------
+
+class Restarting:
+    """An orchestrator that loses the first wait (it restarted: the client hears nothing), then says
+    "not yet" once, then answers."""
+
+    def __init__(self) -> None:
+        self.waits: list[float | None] = []
+
+    def __call__(self, call: ops.Call) -> Any:
+        assert isinstance(call.msg, p.Wait)
+        self.waits.append(call.msg.timeout)
+        if len(self.waits) == 1:
+            raise p.NotAnswering("the orchestrator at tcp://x did not answer within 40s")
+        if len(self.waits) == 2:
+            raise p.WaitTimeout(f"the tasks did not all end within {call.msg.timeout}s")
+        return [{"id": t, "capability": CAP, "action": "repeatable", "state": "succeeded", "attempts": 1}
+                for t in call.msg.task_ids]
+
+
+def test_a_wait_the_orchestrator_lost_is_asked_again_while_time_is_left() -> None:
+    """With no timeout a wait used to be one request of 1e9 s: lost in a restart, it hung for ever
+    (the tasks all succeeded meanwhile). Now each request asks for at most WAIT_SLICE_S."""
+    lab = Restarting()
+    [task] = ops.drive(ops.wait(["t-1"], None, 1.0), lab)
+    assert task.state.value == "succeeded"
+    assert lab.waits == [ops.WAIT_SLICE_S] * 3
+
+
+def test_a_wait_whose_own_time_is_up_says_the_time_the_caller_gave() -> None:
+    lab = Restarting()
+    lab.waits.append(None)  # skip the lost request: the first one says "not yet"
+    with pytest.raises(p.WaitTimeout) as err:
+        ops.drive(ops.wait(["t-1"], 2.0, 1.0), lab)
+    assert "within the 2 s given" in err.value.message and len(lab.waits) == 2
+
+
+def test_inputs_nested_too_deep_are_refused_naming_where_not_with_a_serialiser_traceback() -> None:
+    """600 levels used to pass the door's model and then break the message encoder (a pydantic
+    serialisation error, a traceback in the CLI); 200-254 levels gave the server's "not valid JSON"."""
+    deep: dict[str, Any] = {"x": 1}
+    cur = deep
+    for _ in range(600):
+        cur["n"] = {}
+        cur = cur["n"]
+    with pytest.raises(ValidationFailed) as err:
+        ops.specs_of({"capability": "echo", "inputs": deep})
+    assert err.value.field == "tasks.0.inputs" and "nested deeper than 32 levels" in err.value.message
+    assert "Value error" not in err.value.message

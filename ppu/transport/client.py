@@ -399,10 +399,12 @@ class AsyncPPUClient(_Client):
         ids = [s.id for s in items if s.id]
         loop = asyncio.get_running_loop()
         # Tasks start in the order they were made, so the submit leaves first (DEALER keeps order).
-        wait = ops.message(p.Wait, task_ids=ids, timeout=timeout)  # a bad timeout: refused before the submit
+        start = time.monotonic()
+        part = ops.wait_slice(timeout)
+        ops.message(p.Wait, task_ids=ids, timeout=timeout)  # a bad timeout: refused before the submit
+        wait = p.Wait(task_ids=ids, timeout=part)
         submitted = loop.create_task(self.request(p.Submit(tasks=items)))
-        waited = loop.create_task(self.request(wait,
-                                               ops.wait_timeout(timeout, self.timeout)))
+        waited = loop.create_task(self.request(wait, ops.wait_timeout(part, self.timeout)))
         try:
             await submitted
         except BaseException:
@@ -410,7 +412,13 @@ class AsyncPPUClient(_Client):
             with contextlib.suppress(BaseException):
                 await waited
             raise
-        return ops.read_tasks(await waited)
+        try:
+            return ops.read_tasks(await waited)
+        except (p.WaitTimeout, p.NotAnswering):
+            if timeout is not None and timeout <= part:
+                raise
+        # not all ended within the first slice, or that wait was lost: the rest as a plain wait
+        return await self.wait(ids, None if timeout is None else max(0.0, timeout - (time.monotonic() - start)))
 
     async def cancel(self, task_id: str, reason: str = "") -> None:
         return await self._drive(ops.cancel(task_id, reason))

@@ -115,7 +115,7 @@ def _invalid(exc: ValidationError, what: str, prefix: str = "") -> errors.Valida
     def where(loc: tuple[Any, ...]) -> str:
         return prefix + ".".join(str(x) for x in loc) if loc else prefix.rstrip(".")
 
-    text = "; ".join(f"{where(e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors())
+    text = "; ".join(f"{where(e['loc']) or '(root)'}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
     return errors.ValidationFailed(f"{what} is invalid: {text}", field=where(exc.errors()[0]["loc"]) or None)
 
 
@@ -248,9 +248,19 @@ def left(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
+# One wait request asks for at most this long, then the operation asks again: a wait the orchestrator
+# lost (it restarted while the request was out) costs at most this, never the whole wait.
+WAIT_SLICE_S = 30.0
+
+
 def wait_timeout(timeout: float | None, client_timeout: float) -> float:
     """How long a wait request may go unanswered: the wait's own timeout and the client's on top."""
     return 1e9 if timeout is None else timeout + client_timeout
+
+
+def wait_slice(rest: float | None) -> float:
+    """The timeout of the next wait request, of ``rest`` seconds left (None: as long as it takes)."""
+    return WAIT_SLICE_S if rest is None else min(rest, WAIT_SLICE_S)
 
 
 # ---- the operations ------------------------------------------------------------------------
@@ -300,12 +310,27 @@ def artifact(ref: Artifact | str, timeout: float | None) -> Op[dict[str, np.ndar
 
 
 def wait(task_ids: str | list[str], timeout: float | None, client_timeout: float) -> Op[list[Task]]:
+    """Until every task has ended (``timeout``: seconds for all of them; None: as long as it takes),
+    in requests of at most MAX_WAIT_IDS ids and WAIT_SLICE_S seconds each. A request the orchestrator
+    did not answer (it restarted) or answered "not yet" is asked again while time is left: a wait is
+    a read, safe to repeat."""
     deadline = None if timeout is None else time.monotonic() + timeout
     out: list[Task] = []
     for chunk in _wait_chunks(task_ids):
-        rest = left(deadline)
-        msg = message(p.Wait, task_ids=chunk, timeout=rest)
-        out += read_tasks((yield Call(msg, wait_timeout(rest, client_timeout))))
+        while True:
+            rest = left(deadline)
+            part = wait_slice(rest)
+            msg = message(p.Wait, task_ids=chunk, timeout=part)
+            try:
+                out += read_tasks((yield Call(msg, wait_timeout(part, client_timeout))))
+                break
+            except (p.WaitTimeout, p.NotAnswering) as exc:
+                if rest is not None and rest <= part:  # the caller's own time is up
+                    if isinstance(exc, p.WaitTimeout):
+                        exc.message = f"the tasks did not all end within the {timeout:g} s given"
+                    raise
+                if isinstance(exc, p.NotAnswering):
+                    log.warning("the orchestrator did not answer a wait (restarting?); asking again")
     return out
 
 
