@@ -102,6 +102,14 @@ class StoreConfig(Strict):
         "(a lab bench, CI, a laptop; several times faster per task). SQLite only: on PostgreSQL the "
         "server's own synchronous_commit decides")
 
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("sqlite://", "postgresql://", "postgresql+")):
+            raise ValueError(f"{v[:80]!r} is not a store URL: use sqlite:///path/to/ppu.sqlite or "
+                             "postgresql+psycopg://user@host/db (or leave it out: SQLite under run_dir)")
+        return v
+
     @model_validator(mode="after")
     def _dialect(self) -> StoreConfig:
         if self.durability == "process" and self.url and not self.url.startswith("sqlite"):

@@ -337,3 +337,9 @@ def test_inputs_nested_too_deep_are_refused_naming_where_not_with_a_serialiser_t
         ops.specs_of({"capability": "echo", "inputs": deep})
     assert err.value.field == "tasks.0.inputs" and "nested deeper than 32 levels" in err.value.message
     assert "Value error" not in err.value.message
+
+
+def test_an_empty_submission_is_refused_naming_tasks() -> None:
+    with pytest.raises(ValidationFailed) as err:  # it was a raw pydantic error from the Submit message
+        ops.drive(ops.submit([]), ScriptedLab())
+    assert err.value.field == "tasks"

@@ -148,8 +148,10 @@ def specs_of(specs: SpecLike | list[SpecLike]) -> list[TaskSpec]:
 def _submits(specs: SpecLike | list[SpecLike]) -> list[p.Submit]:
     """A submission as requests of at most MAX_SUBMIT_TASKS specs (each accepted all or none)."""
     items = specs_of(specs)
+    if not items:
+        raise errors.ValidationFailed("a submission needs at least one task spec", field="tasks")
     n = p.MAX_SUBMIT_TASKS
-    return [p.Submit(tasks=items[i:i + n]) for i in range(0, len(items), n)] or [p.Submit(tasks=items)]
+    return [p.Submit(tasks=items[i:i + n]) for i in range(0, len(items), n)]
 
 
 def _partly_accepted(exc: errors.PPUError, accepted: list[str], total: int) -> errors.PPUError:
