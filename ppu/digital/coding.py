@@ -18,6 +18,7 @@ batch-mates are encoded as usual.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -135,6 +136,17 @@ class Coding:
         if x.ndim != 2:
             raise BackendError(f"the columnar encoder of {self.capability} returned shape {x.shape}, not (rows, F)")
         return x
+
+
+async def block_error(coding: Coding, columns: dict[str, np.ndarray], part_error: object) -> object:
+    """Why a block does not encode, as the encoder words it for the WHOLE block, so that the rows it
+    names count from the block's first row; a backend that encodes a block part by part calls this
+    only once a part was refused (``part_error``, what that part's encoder said, is the fallback)."""
+    try:
+        await asyncio.to_thread(coding.encode_block, columns)
+    except Exception as exc:
+        return exc
+    return part_error
 
 
 def block_outcome(coding: Coding, mean: np.ndarray, std: np.ndarray,

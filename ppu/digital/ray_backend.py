@@ -45,7 +45,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ppu.artifacts import check_columns
 from ppu.backends.base import Backend, BackendConfig, ProgressFn, TaskRun
-from ppu.digital.coding import Coding, block_outcome
+from ppu.digital.coding import Coding, block_error, block_outcome
 from ppu.digital.loading import ModelSpec, check_encoders
 from ppu.errors import ConfigError, PPUError
 from ppu.models import BackendKind, CapabilityOffer, Result
@@ -438,7 +438,7 @@ class RayBackend(Backend):
             return self.fail(run, f"cannot run the block: {_cause(exc)}", started, retryable=False)
         refused = next((p["unencodable"] for p in parts if "unencodable" in p), None)
         if refused is not None:
-            return self.fail(run, f"cannot encode the block: {await _block_error(coding, cols, refused)}", started,
+            return self.fail(run, f"cannot encode the block: {await block_error(coding, cols, refused)}", started,
                              retryable=False)
         last = parts[-1]
         cols_out, summary = block_outcome(self.codings[run.capability], np.concatenate([p["mean"] for p in parts]),
@@ -447,16 +447,6 @@ class RayBackend(Backend):
         extra = {"forward_batch": self.cfg.max_batch, "dtype": last["dtype"], "ray_actors": len(self.actors),
                  "parts": len(parts)}
         return self.ok(run, summary, started, extra=extra, **prov).with_columns(cols_out)
-
-
-async def _block_error(coding: Coding, columns: dict[str, np.ndarray], part_error: str) -> str:
-    """The encoder's error for the whole block, so that the rows it names count from the block's first
-    row (an actor's part counts from the part's); encoded here only when a part was refused."""
-    try:
-        await asyncio.to_thread(coding.encode_block, columns)
-    except Exception as exc:
-        return str(exc)
-    return part_error
 
 
 def _cause(exc: BaseException) -> BaseException:

@@ -70,7 +70,7 @@ from pydantic import Field, field_validator
 from ppu.artifacts import check_columns
 from ppu.backends.base import Backend, BackendConfig, ProgressFn, TaskRun
 from ppu.digital.batcher import MicroBatcher
-from ppu.digital.coding import Coding, block_outcome
+from ppu.digital.coding import Coding, block_error, block_outcome
 from ppu.digital.loading import (
     LoadedModel,
     ModelSpec,
@@ -354,7 +354,7 @@ class TorchBackend(Backend):
             for _, fut in out:  # parts still computing end on their own; their outcome is not wanted
                 fut.add_done_callback(_forget)
             if isinstance(exc, _Unencodable):
-                return self.fail(run, f"cannot encode the block: {await self._block_error(s, columns, exc)}",
+                return self.fail(run, f"cannot encode the block: {await block_error(s.coding, columns, exc.error)}",
                                  started, retryable=False)
             return self.fail(run, f"forward pass failed: {exc}", started, device=str(self.device))
         cols, summary = block_outcome(s.coding, np.concatenate(means), np.concatenate(stds), m.version)
@@ -369,16 +369,6 @@ class TorchBackend(Backend):
         except Exception as exc:
             raise _Unencodable(exc) from exc
         return self._forward_block(m, x)
-
-    @staticmethod
-    async def _block_error(s: _Served, columns: dict[str, np.ndarray], part_error: _Unencodable) -> Exception:
-        """The encoder's error for the whole block, so that the rows it names count from the block's
-        first row (a part's error counts from the part's)."""
-        try:
-            await asyncio.to_thread(s.coding.encode_block, columns)
-        except Exception as exc:
-            return exc
-        return part_error.error
 
 
 class _Unencodable(Exception):
