@@ -23,7 +23,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,7 +70,7 @@ class LabScanIds:
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
-    def __call__(self, md: dict[str, Any] | None = None) -> int:
+    def __call__(self, md: MutableMapping[str, Any] | None = None) -> int:
         import fcntl
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,7 +89,7 @@ class LabScanIds:
 
 class RunEngineHost:
     def __init__(self, name: str, *, md: dict[str, Any] | None = None,
-                 scan_ids: Callable[[dict[str, Any]], int] | None = None,
+                 scan_ids: Callable[[MutableMapping[str, Any]], int] | None = None,
                  suspenders: Iterable[SuspenderBase] = ()):
         self.name = name
         self._suspenders = list(suspenders)
