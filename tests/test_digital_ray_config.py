@@ -121,6 +121,44 @@ def test_a_head_that_never_answers_fails_within_the_connect_timeout(no_ray: Fake
     assert not no_ray.calls  # the timeout ended it, not ray.init
 
 
+def test_a_port_that_accepts_but_never_speaks_fails_the_start_naming_the_field(
+        no_ray: FakeInit, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ppu.digital import ray_backend
+
+    monkeypatch.setattr(ray_backend, "CONNECT_TIMEOUT_S", 0.5)
+    with socket.socket() as listener:  # the kernel completes the connection; nobody ever reads it
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        with pytest.raises(ConfigError) as err:
+            start(entry(address=f"127.0.0.1:{listener.getsockname()[1]}"))
+    assert err.value.field == "address" and "is not a Ray head: no answer within 0.5 s" in str(err.value)
+    assert not no_ray.calls  # ray.init would have waited minutes for it
+
+
+def test_a_web_server_given_as_the_head_fails_the_start_naming_the_field(no_ray: FakeInit) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    web = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)  # a dashboard in the head's place
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(ConfigError) as err:
+            start(entry(address=f"127.0.0.1:{web.server_address[1]}"))
+    finally:
+        web.shutdown()
+        web.server_close()
+    assert err.value.field == "address" and "is not a Ray head" in str(err.value) and "8265" in (err.value.hint or "")
+    assert not no_ray.calls
+
+
+def test_a_real_ray_head_passes_the_check(ray_local: Any) -> None:
+    from ppu.digital.ray_backend import _reachable
+
+    gcs = ray_local.get_runtime_context().gcs_address
+    host, port = gcs.rsplit(":", 1)
+    asyncio.run(_reachable(host, int(port), gcs))  # its GCS answers gRPC: no error
+
+
 def test_a_ray_client_address_without_ray_client_names_the_extra(no_ray: FakeInit,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     find_spec = importlib.util.find_spec
@@ -186,3 +224,14 @@ def test_weights_that_are_missing_or_do_not_fit_name_the_field_on_torch_too(tmp_
         with pytest.raises(ConfigError) as err:
             start(cfg)
         assert err.value.field == f"models.{CAP}.weights" and why in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["exported", "torchscript"])
+def test_a_damaged_model_file_names_the_field_on_torch_too(tmp_path: Path, kind: str) -> None:
+    damaged = tmp_path / "model.pt2"
+    damaged.write_bytes(b"not a model")
+    cfg = {"type": "torch", "name": "t", "warmup": False,
+           "models": {CAP: {kind: str(damaged)}}}
+    with pytest.raises(ConfigError) as err:
+        start(cfg)
+    assert err.value.field == f"models.{CAP}.{kind}" and "torch can load" in str(err.value)

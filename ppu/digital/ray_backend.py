@@ -23,9 +23,10 @@ actors, progress reported as parts finish, and answered with output columns like
 Failure is a failed attempt, never a lost task: an actor that dies mid-batch (or a Ray cluster
 that goes away) fails the runs it held as *retryable*, so the scheduler re-queues them (digital
 work is repeatable), and the actor is replaced before its next use. A mistake in the lab file (an
-address where no head answers within ``CONNECT_TIMEOUT_S``, weights that do not fit) fails the start
-with a :class:`~ppu.errors.ConfigError` naming the field; a block its encoder refuses fails, not
-retryable, with the encoder's error for the whole block, as on ``torch``.
+address where no head answers within ``CONNECT_TIMEOUT_S`` or where something else listens, weights
+that do not fit) fails the start with a :class:`~ppu.errors.ConfigError` naming the field; a block
+its encoder refuses fails, not retryable, with the encoder's error for the whole block, as on
+``torch``.
 """
 
 from __future__ import annotations
@@ -210,21 +211,45 @@ def _check_address(address: str | None) -> tuple[str, int] | None:
     return m["host"].strip("[]"), int(m["port"])
 
 
+# The HTTP/2 client preface and an empty SETTINGS frame: any gRPC server (a Ray head's GCS, a Ray Client
+# server) answers with a SETTINGS frame of its own; a web page, a database or a silent port does not.
+_H2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+_H2_SETTINGS = 0x4  # frame type, the 4th byte of a frame's 9-byte header
+
+
 async def _reachable(host: str, port: int, address: str) -> None:
-    """A head that does not accept a TCP connection within CONNECT_TIMEOUT_S fails the start now (ray.init
-    would wait minutes for it)."""
+    """A head that does not accept a TCP connection within CONNECT_TIMEOUT_S, or whose port does not speak
+    gRPC (a dashboard, another service), fails the start now: ray.init would wait minutes for it. With
+    RAY_USE_TLS the handshake is TLS's, so only the connection is tried."""
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT_S)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT_S)
     except (OSError, TimeoutError) as exc:
         why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
         raise ConfigError(f"no Ray head answers at {address} ({why} within {CONNECT_TIMEOUT_S:g} s)",
                           field="address", hint="start the head there (ray start --head) or correct the "
                           "address; " + _ADDRESS_HINT) from None
-    writer.close()
     try:
-        await writer.wait_closed()
-    except OSError:
-        pass
+        if os.environ.get("RAY_USE_TLS", "0").lower() in ("0", "", "false"):
+            try:
+                writer.write(_H2_HELLO)
+                await writer.drain()
+                head = await asyncio.wait_for(reader.readexactly(9), CONNECT_TIMEOUT_S)
+            except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+                head = b""
+                why = (f"no answer within {CONNECT_TIMEOUT_S:g} s" if isinstance(exc, TimeoutError)
+                       else "it closed the connection")
+            else:
+                why = f"it answered {head[:9]!r}, not gRPC"
+            if len(head) < 9 or head[3] != _H2_SETTINGS:
+                raise ConfigError(f"{address} accepts connections but is not a Ray head: {why}", field="address",
+                                  hint="give the head's GCS port (6379 by default; not the dashboard's 8265) or "
+                                  "its Ray Client port (ray://host:10001); " + _ADDRESS_HINT)
+    finally:
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except OSError:
+            pass
 
 
 def _lost(exc: BaseException) -> bool:
