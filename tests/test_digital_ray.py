@@ -217,3 +217,18 @@ def test_weights_that_are_missing_or_do_not_fit_fail_the_start_naming_the_field(
     assert err.value.field == f"models.{CAP}.weights"
     assert ("does not exist" if weights == "missing" else "does not fit") in str(err.value)
     assert "ray::" not in str(err.value) and not backend.actors  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("kind", ["exported", "torchscript"])
+def test_a_damaged_model_file_fails_the_start_naming_the_field(tmp_path: Path, kind: str) -> None:
+    from ppu.errors import ConfigError
+
+    damaged = tmp_path / "model.pt2"
+    damaged.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 8)  # a zip's first bytes, then nothing a zip holds
+    entry = ray_entry(tmp_path, actors=1)
+    entry["models"][CAP] = {kind: str(damaged)}
+    backend = build_backend(entry)
+    with pytest.raises(ConfigError) as err:
+        start(backend)
+    assert err.value.field == f"models.{CAP}.{kind}" and "torch can load" in str(err.value)
+    assert "ray::" not in str(err.value) and not backend.actors  # type: ignore[attr-defined]

@@ -8,6 +8,7 @@ Shared by the ``torch`` backend and the ``ray`` backend's actors, which load the
 from __future__ import annotations
 
 import importlib
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,16 +139,34 @@ def load_model(spec: ModelSpec, capability: str, device: torch.device,
         return _finish(module, device, half, spec.name or spec.factory, spec.version, sha)
     path = spec.exported or spec.torchscript
     assert path is not None
-    sha = file_sha256(_existing(path, f"models.{capability}.{'exported' if spec.exported else 'torchscript'}"))
-    if spec.exported:
-        module = torch.export.load(path).module()
-    else:
+    field = f"models.{capability}.{'exported' if spec.exported else 'torchscript'}"
+    sha = file_sha256(_existing(path, field))
+    module = _load_file(path, field, exported=bool(spec.exported))
+    return _finish(module, device, half, spec.name or Path(path).name, spec.version, sha)
+
+
+def _load_file(path: str, field: str, exported: bool) -> nn.Module:
+    """A torch.export archive or a TorchScript file; ConfigError naming ``field`` when torch cannot read it
+    (a damaged or wrong file: torch's own error kept to its first lines, its logged traceback muted)."""
+    export_log = logging.getLogger("torch.export")
+    level = export_log.level
+    try:
         with warnings.catch_warnings():
             # torch >= 2.10 deprecates TorchScript; files made with it still load. Muted only here.
             warnings.filterwarnings("ignore", message=r"`torch\.jit\.load` is deprecated",
                                     category=DeprecationWarning)
-            module = torch.jit.load(path, map_location="cpu")
-    return _finish(module, device, half, spec.name or Path(path).name, spec.version, sha)
+            export_log.setLevel(logging.ERROR)  # torch.export.load logs each format it tried, with tracebacks
+            module: nn.Module = (torch.export.load(path).module() if exported
+                                 else torch.jit.load(path, map_location="cpu"))
+    except Exception as exc:
+        kind = "a torch.export archive (.pt2)" if exported else "a TorchScript file"
+        raise ConfigError(f"{path} is not {kind} torch can load: {_brief(exc)}", field=field,
+                          hint=("save it with torch.export.save(torch.export.export(model, example), path)"
+                                if exported else "save it with torch.jit.save(torch.jit.script(model), path)")
+                          ) from None
+    finally:
+        export_log.setLevel(level)
+    return module
 
 
 def _existing(path: str, field: str) -> str:
