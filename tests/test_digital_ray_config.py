@@ -102,6 +102,21 @@ def test_auto_with_a_ray_address_that_does_not_answer_fails_at_once(no_ray: Fake
     assert err.value.field == "address" and "no Ray head answers" in str(err.value) and not no_ray.calls
 
 
+def test_auto_with_a_stale_address_file_from_an_earlier_ray_start_fails_at_once(
+        no_ray: FakeInit, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from ray._private import services
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))  # Ray's temp folder, where `ray start` leaves the file
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{_closed_port()}")  # its head is gone
+    monkeypatch.setattr(services, "find_gcs_addresses", lambda: [])  # and no other head runs on this machine
+    with pytest.raises(ConfigError) as err:
+        start(entry(address="auto"))
+    assert err.value.field == "address" and "no Ray head answers" in str(err.value)
+    assert "auto found it" in str(err.value) and not no_ray.calls
+
+
 def test_a_head_that_never_answers_fails_within_the_connect_timeout(no_ray: FakeInit,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from ppu.digital import ray_backend

@@ -252,6 +252,21 @@ async def _reachable(host: str, port: int, address: str) -> None:
             pass
 
 
+def _auto_address() -> str | None:
+    """The address ``auto`` leads ray.init to, found as it finds it: RAY_ADDRESS, else a head running on this
+    machine, else the file the last ``ray start`` left in Ray's temp folder (stale once that head is gone,
+    and then ray.init would wait minutes). None where none is found (ray.init says so)."""
+    try:
+        from ray._private.services import get_ray_address_from_environment
+    except ImportError:  # another Ray layout: RAY_ADDRESS at least
+        return os.environ.get("RAY_ADDRESS") or None
+    try:
+        found = get_ray_address_from_environment("auto", None)
+    except ConnectionError:
+        return None
+    return found if isinstance(found, str) else None
+
+
 def _lost(exc: BaseException) -> bool:
     """An actor or the cluster went away (retry elsewhere), as opposed to a bug in the model or inputs."""
     ray = _ray()
@@ -323,11 +338,10 @@ class RayBackend(Backend):
             # set; plain None would join that one and refuse num_cpus.
             address, kw["num_cpus"] = "local", self.cfg.local_cpus
         else:
-            # auto: RAY_ADDRESS first, as ray.init reads it (a stale one would hang it just the same)
-            target = (os.environ.get("RAY_ADDRESS") or address) if address == "auto" else address
+            target, where = (_auto_address(), "auto found it") if address == "auto" else (address, "")
             head = _check_address(target)
             if head is not None:
-                await _reachable(*head, target)
+                await _reachable(*head, f"{target} ({where})" if where else str(target))
         try:
             # On this thread, not a helper one: a local Ray's processes die with the thread that
             # started them (PR_SET_PDEATHSIG), and start() runs once, before the first task.
