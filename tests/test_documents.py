@@ -5,15 +5,22 @@ with the task's ids."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import bluesky
 import pytest
 from conformance import no_progress
 from event_model import DocumentNames, schema_validators
+from packaging.version import Version
 
 from ppu.backends.base import TaskRun
+from ppu.backends.documents import TiledSink
 from ppu.backends.physical import PhysicalBackend
 from ppu.backends.registry import build_backend
 from ppu.models import ResultStatus
@@ -115,11 +122,14 @@ def test_runs_are_read_back_from_tiled(tmp_path: Path, tiled_server: str, monkey
     start = run.metadata["start"]
     assert start["task_id"] == "x1" and start["campaign"] == "c7" and start["sample_id"]
     assert run.metadata["stop"]["exit_status"] == "success"
-    table = run["primary"].read()
-    # the event stream is a Tiled table with the instrument's data keys, one row per event; its units and
-    # shapes travel in the table's metadata (the data keys of the descriptor)
-    assert {"seq_num", "time"} <= set(table.data_vars)
-    assert table.sizes[next(iter(table.sizes))] == 1
+    # the event stream is one Tiled node with a column per data key (seq_num and time too), one row per event;
+    # its units and shapes travel in its metadata (the data keys of the descriptor). Where bluesky-tiled-plugins
+    # is installed the client reads it the Bluesky way (time is the dimension, seq_num left out of `read()`),
+    # else as plain columns: the same rows either way.
+    stream = run["primary"]
+    assert {"seq_num", "time"} <= set(stream)
+    assert stream["seq_num"].read().tolist() == [1]
+    assert stream.read()["xrd_intensity"].shape[0] == 1
     keys = run["primary"].metadata["data_keys"]
     assert keys["xrd_two_theta"]["units"] == "deg" and keys["xrd_intensity"]["shape"][0] > 100
     # array readings are Tiled arrays beside the table (one row per event), numbers as measured, equal to
@@ -131,3 +141,71 @@ def test_runs_are_read_back_from_tiled(tmp_path: Path, tiled_server: str, monkey
     [event] = [d for n, d in (json.loads(line) for line in Path(jsonl).read_text().splitlines()) if n == "event"]
     assert intensity[0].tolist() == event["data"]["xrd_intensity"]
     client.context.close()
+
+
+def test_the_tiled_sink_writes_with_the_tiled_writer_installed(tiled_server: str) -> None:
+    """bluesky 1.16 moved TiledWriter into bluesky-tiled-plugins and left its old module as a shim that warns
+    (an error here); bluesky 1.13 to 1.15 have it in bluesky itself. ppu[tiled] installs the plugin."""
+    if importlib.util.find_spec("bluesky_tiled_plugins"):
+        from bluesky_tiled_plugins import TiledWriter
+    else:
+        assert Version(bluesky.__version__) < Version("1.16"), "bluesky 1.16 needs bluesky-tiled-plugins"
+        from bluesky.callbacks.tiled_writer import TiledWriter
+    sink = TiledSink(tiled_server, api_key="secret")
+    try:
+        assert type(sink.writer) is TiledWriter
+    finally:
+        sink.close()
+
+
+# Builds a simulated XRD with a Tiled sink in a fresh interpreter in which the named top-level packages cannot
+# be imported, as if they were not installed; prints the TiledWriter's module, or the ConfigError.
+_WITHOUT = """
+import importlib.abc, json, sys
+
+absent = set(sys.argv[1].split(","))
+
+class Absent(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in absent:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, Absent())
+
+from ppu.backends.registry import build_backend
+from ppu.errors import ConfigError
+
+entry = json.loads(sys.argv[2])
+try:
+    backend = build_backend(entry)
+except ConfigError as exc:
+    print(json.dumps({"error": str(exc), "field": exc.field, "hint": exc.hint}))
+else:
+    print(json.dumps({"writer": type(backend.sink.sinks[1].writer).__module__}))
+"""
+
+
+def _xrd_without(absent: str, tmp: Path, tiled_server: str) -> dict[str, Any]:
+    entry = {**_entry(tmp, "xrd", "xrd"), "tiled": {"uri": tiled_server, "api_key_env": "PPU_TEST_TILED_KEY"}}
+    out = subprocess.run([sys.executable, "-c", _WITHOUT, absent, json.dumps(entry)], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "PPU_TEST_TILED_KEY": "secret"})
+    assert out.returncode == 0, out.stderr
+    return dict(json.loads(out.stdout.splitlines()[-1]))
+
+
+def test_without_bluesky_tiled_plugins_the_sink_falls_back_or_names_the_extra(tmp_path: Path,
+                                                                               tiled_server: str) -> None:
+    got = _xrd_without("bluesky_tiled_plugins", tmp_path, tiled_server)
+    if Version(bluesky.__version__) < Version("1.16"):
+        assert got == {"writer": "bluesky.callbacks.tiled_writer"}  # bluesky's own, as before the move
+    else:  # the shim left in bluesky fails without the plugin: the lab file's error says what to install
+        assert got["field"] == "tiled" and "bluesky-tiled-plugins" in got["error"], got
+        assert "pip install 'ppu[tiled]'" in got["error"] and got["hint"] == "pip install 'ppu[tiled]'"
+
+
+def test_without_the_tiled_extra_a_tiled_sink_is_a_config_error_naming_it(tmp_path: Path, tiled_server: str) -> None:
+    """`pip install ppu` without [tiled]: neither tiled nor bluesky-tiled-plugins, whatever the bluesky."""
+    got = _xrd_without("tiled,bluesky_tiled_plugins", tmp_path, tiled_server)
+    assert got["field"] == "tiled" and got["hint"] == "pip install 'ppu[tiled]'", got
+    assert "ppu[tiled]" in got["error"] and "TiledWriter" in got["error"]

@@ -116,19 +116,40 @@ class StoreSink:
         return list(self.store.documents_for(run_uid))
 
 
+def tiled_writer() -> type:
+    """Bluesky's ``TiledWriter`` class, from bluesky-tiled-plugins where that is installed (bluesky 1.16 moved it
+    there, leaving ``bluesky.callbacks.tiled_writer`` as a shim that warns, and fails without the plugin), else
+    from bluesky itself (1.13 to 1.15). Neither: an ImportError that names the extra to install."""
+    try:
+        from bluesky_tiled_plugins import TiledWriter
+    except ModuleNotFoundError as exc:
+        if exc.name != "bluesky_tiled_plugins":
+            raise  # installed but one of its own imports fails: that is the error to see, not the fallback's
+        try:
+            from bluesky.callbacks.tiled_writer import TiledWriter  # type: ignore[no-redef]
+        except ImportError as old:
+            import bluesky
+
+            raise ImportError(
+                f"no TiledWriter: bluesky-tiled-plugins is not installed and bluesky {bluesky.__version__}'s "
+                f"bluesky.callbacks.tiled_writer cannot be imported ({old}); pip install 'ppu[tiled]' installs "
+                "tiled and bluesky-tiled-plugins") from None
+    return TiledWriter
+
+
 class TiledSink:
-    """Documents into a Tiled server through bluesky's own ``TiledWriter`` (``ppu[tiled]``): runs then read as
-    Tiled nodes (``client[run_uid]``, its ``metadata["start"]`` and its streams as tables), as the Bluesky
-    ecosystem expects. ``read`` gives back the run's start and stop documents; event data is read with the
-    Tiled client. The API key comes from the environment variable the lab file names, never from the file."""
+    """Documents into a Tiled server through Bluesky's ``TiledWriter`` (``ppu[tiled]``; see :func:`tiled_writer`):
+    runs then read as Tiled nodes (``client[run_uid]``, its ``metadata["start"]`` and its streams as tables), as
+    the Bluesky ecosystem expects. ``read`` gives back the run's start and stop documents; event data is read with
+    the Tiled client. The API key comes from the environment variable the lab file names, never from the file."""
 
     def __init__(self, uri: str, api_key: str | None = None):
-        from bluesky.callbacks.tiled_writer import TiledWriter
+        writer_class = tiled_writer()
         from tiled.client import from_uri
 
         self.uri = uri.rstrip("/")
         self.client = from_uri(self.uri, api_key=api_key)
-        self.writer = TiledWriter(self.client, batch_size=1)
+        self.writer = writer_class(self.client, batch_size=1)
         self._arrays: dict[str, set[str]] = {}  # descriptor uid -> its array-valued data keys
         self._streams: dict[str, str] = {}  # descriptor uid -> stream name
         self._runs_of: dict[str, str] = {}  # descriptor uid -> run uid
