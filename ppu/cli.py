@@ -9,12 +9,15 @@ orchestrator holds the store's writer lease; otherwise the command fails and cha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import re
 import sys
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -27,6 +30,9 @@ from ppu.config import LabConfig, check_address, load_lab
 from ppu.errors import ConfigError, PPUError
 from ppu.models import TaskSpec
 
+if TYPE_CHECKING:
+    from ppu.models import Task
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="PPU: one scheduler for digital and physical compute.")
 console = Console()
@@ -36,6 +42,12 @@ T = TypeVar("T")
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="lab YAML (default $PPU_CONFIG or ./lab.yaml)")]
 ConnectOpt = Annotated[str | None, typer.Option(
     "--connect", help="address of a running orchestrator (default: the lab's orchestrator.bind)")]
+PlainOpt = Annotated[bool, typer.Option(
+    "--plain", help="one tab-separated line per row, no header (what a pipe gets anyway)")]
+JsonLinesOpt = Annotated[bool, typer.Option(
+    "--json", help="one JSON object per row, one per line (JSON lines), and nothing else on stdout; "
+    "`jq -s` makes them an array")]
+JsonDocOpt = Annotated[bool, typer.Option("--json", help="one JSON document on stdout, and nothing else")]
 # CLI-READY
 
 
@@ -110,6 +122,7 @@ def _act(lab: LabConfig, connect: str | None, remote: Callable[[Any], T]) -> T:
         if connect is not None:
             _fail(PPUError(f"no orchestrator answers at {connect}",
                            hint="start it with `ppu orchestrator --config lab.yaml`"))
+        lab.check_store()  # this process opens the store: a mistake in its location names store.url or run_dir
         with private_orchestrator(lab) as private, PPUClient(private, actor=cli_actor()) as offline:
             return remote(offline)
     except StoreHeld as exc:
@@ -163,18 +176,147 @@ def _writable(folder: Path, option: str) -> None:
                        hint=f"pass {option} a folder you can write"))
 
 
+# ---- output: a table for a person at a terminal; one line per row, or JSON, for a pipe ---------------
+
+TABLE_ROWS = 200  # rich measures every cell of a table (over a minute for 60,000 rows): above this, plain columns
+SHOWN_RUNNING = 10  # running tasks `ppu status` lists one by one; the others are counted in groups
+GROUPED_RUNNING = 20_000  # status lists at most this many running tasks to count them by backend and capability
+_LINE_BREAKS = re.compile(r"[\t\n\r\v\f\x1c-\x1e\x85\u2028\u2029]+")
+
+
+def _is_terminal(stream: Any) -> bool:
+    """Whether ``stream`` is a terminal, a person reading (not a pipe, a file, or a test's capture)."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
+
+
+def _one_line(value: object) -> str:
+    """A cell of a tab-separated line: tabs and line breaks inside it become one space."""
+    return _LINE_BREAKS.sub(" ", str(value)) if value is not None else ""
+
+
+def _write_lines(lines: Iterable[str]) -> None:
+    """Lines on stdout as they are: no markup, no wrapping, no measuring (fast for any number)."""
+    sys.stdout.write("".join(f"{line}\n" for line in lines))
+    sys.stdout.flush()
+
+
+def _json_doc(doc: Any) -> None:
+    _write_lines([json.dumps(doc, indent=2, default=str)])
+
+
+def _json_lines(rows: Iterable[Any]) -> None:
+    """One JSON object per line; pydantic models as their own JSON, anything else through json.dumps."""
+    _write_lines(r.model_dump_json() if hasattr(r, "model_dump_json") else json.dumps(r, default=str) for r in rows)
+
+
+def _one_format(plain: bool, json_out: bool) -> None:
+    if plain and json_out:
+        _fail(PPUError("--plain and --json each choose how rows are printed: give one",
+                       field="--json", hint="--plain: tab-separated lines; --json: JSON lines"))
+
+
+def _remark(text: str) -> None:
+    """A line for the person (an empty list, what to do next): on stdout at a terminal, on stderr in a pipe,
+    so that a pipe carries only rows."""
+    (console if _is_terminal(sys.stdout) else err).print(text, highlight=False)
+
+
+@contextlib.contextmanager
+def _progress(what: str, long: bool) -> Iterator[None]:
+    """A live line on stderr while long work runs, when stderr is a terminal; never in a pipe or a log."""
+    if not (long and _is_terminal(sys.stderr)):
+        yield
+        return
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                  console=err, transient=True) as bar:
+        bar.add_task(what, total=None)
+        yield
+
+
+def _listing(title: str, columns: Sequence[tuple[str, int]], rows: Sequence[Sequence[str]], *,
+             plain: bool = False, empty: str = "", after: str = "") -> None:
+    """A listing, every command's the same way.
+
+    In a pipe, or with --plain: one tab-separated line per row with nothing else (whole cells, no
+    header), so ``wc -l`` counts rows and ``cut -f1`` gives the first column. At a terminal: a table,
+    or above TABLE_ROWS rows plain aligned columns cut to the terminal's width (a rich table measures
+    every cell first). ``columns``: each column's name and the width a cell is cut to at a terminal
+    (0: whole); the first column is never folded.
+    """
+    if plain or not _is_terminal(sys.stdout):
+        _write_lines("\t".join(_one_line(c) for c in row) for row in rows)
+        if not rows and empty:
+            _remark(empty)
+        return
+    if not rows:
+        console.print(empty or f"{title}: none", highlight=False)
+        return
+    cut = [[c if not w or len(c) <= w else c[:w - 1] + "…" for c, (_, w) in
+            zip(map(_one_line, row), columns, strict=True)] for row in rows]
+    if len(rows) <= TABLE_ROWS:
+        t = Table(title=f"{title} ({len(rows)})")
+        key = max(len(row[0]) for row in cut)  # whole ids: every other column folds first
+        for i, (name, _) in enumerate(columns):
+            t.add_column(name, no_wrap=True, min_width=key) if i == 0 else t.add_column(name, overflow="fold")
+        for row in cut:
+            t.add_row(*(escape(c) for c in row))
+        console.print(t)
+    else:
+        widths = [max(len(name), *(len(row[i]) for row in cut)) for i, (name, _) in enumerate(columns)]
+        room = max(console.width, 40)
+
+        def line(cells: Sequence[str]) -> str:
+            text = "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+            return text if len(text) <= room else text[:room - 1] + "…"
+
+        console.print(f"{title} ({len(rows)})", highlight=False, soft_wrap=True)
+        console.print(escape(line([name for name, _ in columns])), style="bold", highlight=False, soft_wrap=True)
+        _write_lines(line(row) for row in cut)
+    if after:
+        console.print(after, highlight=False)
+
+
 # ---- commands ----------------------------------------------------------------------------------
 
 
 @app.command()
-def status(config: ConfigOpt = None, connect: ConnectOpt = None) -> None:
-    """Backends, queue depth per capability, utilisation."""
+def status(config: ConfigOpt = None, json_out: JsonDocOpt = False, connect: ConnectOpt = None) -> None:
+    """Backends, running tasks, queue depth per capability, utilisation.
+
+    Running tasks are counted by backend and capability; the first 10 are listed (held ones, ones
+    reporting progress, physical ones, then the oldest). --json: the orchestrator's status as one
+    JSON document (its ``running`` list is cut at 200; ``queues`` counts them all).
+    """
     lab = _lab(config)
-    st = _act(lab, connect, lambda c: c.status())
-    _print_status(st)
+    if json_out:
+        _json_doc(_act(lab, connect, lambda c: c.status()))
+        return
+    st, running = _act(lab, connect, _status_and_running)
+    _print_status(st, running)
 
 
-def _print_status(st: dict[str, Any]) -> None:
+def _running_total(st: dict[str, Any]) -> int:
+    """Running tasks, all of them: the orchestrator lists a few (``running``) and counts them all (``queues``)."""
+    counted = sum(states.get("running", 0) for states in st.get("queues", {}).values())
+    return max(counted, len(st.get("running") or []))
+
+
+def _status_and_running(c: Any) -> tuple[dict[str, Any], list[Task] | None]:
+    """The status, and the running tasks themselves when its list of them is cut short but they are not
+    too many to count by backend and capability (the status counts them by capability alone)."""
+    st = c.status()
+    total = _running_total(st)
+    if len(st.get("running") or []) < total <= GROUPED_RUNNING:
+        return st, c.tasks("running", limit=total)
+    return st, None
+
+
+def _print_status(st: dict[str, Any], running: list[Task] | None = None) -> None:
     t = Table(title="backends")
     for col in ("name", "kind", "state", "slots", "used", "utilisation", "capabilities"):
         t.add_column(col)
@@ -182,16 +324,7 @@ def _print_status(st: dict[str, Any]) -> None:
         t.add_row(b["name"], b["kind"], b["state"] + (" (held)" if b.get("held") else ""), str(b["slots"]),
                   str(b["used"]), f"{b.get('utilisation', 0):.0%}", ", ".join(b["capabilities"]))
     console.print(t)
-    if st.get("running"):
-        r = Table(title="running")
-        for col in ("task", "capability", "backend", "plan"):
-            r.add_column(col, overflow="fold")
-        for row in st["running"]:
-            last = (row.get("progress") or {}).get("message") or "running"
-            if row.get("held"):
-                last += " (lab stopped: this backend takes nothing new)"
-            r.add_row(row["task_id"], row["capability"], row.get("backend") or "", last)
-        console.print(r)
+    _print_running(st, running)
     q = Table(title="queues (live tasks by state)")
     q.add_column("capability")
     q.add_column("states")
@@ -203,29 +336,87 @@ def _print_status(st: dict[str, Any]) -> None:
         console.print("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(st["counters"].items())))
 
 
+def _print_running(st: dict[str, Any], listed: list[Task] | None) -> None:
+    """Running tasks in a bounded number of lines: counted by backend and capability, then the first
+    SHOWN_RUNNING of them (held ones, ones with a progress message, physical ones first; then the
+    oldest), then how many more there are and how to list them."""
+    rows: list[dict[str, Any]] = st.get("running") or []
+    total = _running_total(st)
+    if not total:
+        return
+    if total > SHOWN_RUNNING:
+        g = Table(title=f"running ({total})")
+        for col in ("backend", "capability", "tasks"):
+            g.add_column(col, justify="right" if col == "tasks" else "left")
+        if listed is not None or len(rows) >= total:
+            pairs = ((t.backend, t.capability) for t in listed) if listed is not None else \
+                ((r.get("backend"), r["capability"]) for r in rows)
+            groups = [((backend or "", cap), n) for (backend, cap), n in Counter(pairs).items()]
+        else:  # too many to list: counted by capability (exact); the backends are those running it
+            busy = [b for b in st["backends"] if b.get("used")]
+            groups = [((", ".join(b["name"] for b in busy if cap in b["capabilities"]), cap), states["running"])
+                      for cap, states in st["queues"].items() if states.get("running")]
+        groups.sort(key=lambda kv: (-kv[1], kv[0]))
+        for (backend, cap), n in groups[:SHOWN_RUNNING]:
+            g.add_row(backend, cap, str(n))
+        if len(groups) > SHOWN_RUNNING:
+            rest = groups[SHOWN_RUNNING:]
+            g.add_row(f"… {len(rest)} more", "", str(sum(n for _, n in rest)))
+        console.print(g)
+    kinds = {b["name"]: b["kind"] for b in st["backends"]}
+    first = sorted(rows, key=lambda r: (not r.get("held"), not (r.get("progress") or {}).get("message"),
+                                        kinds.get(r.get("backend") or "") != "physical"))[:SHOWN_RUNNING]
+    r = Table(title="running" if total <= SHOWN_RUNNING else f"running: the first {len(first)}")
+    for col in ("task", "capability", "backend", "plan"):
+        r.add_column(col, overflow="fold")
+    for row in first:
+        last = (row.get("progress") or {}).get("message") or "running"
+        if row.get("held"):
+            last += " (lab stopped: this backend takes nothing new)"
+        r.add_row(row["task_id"], row["capability"], row.get("backend") or "", escape(last))
+    console.print(r)
+    if total > len(first):
+        console.print(f"… and {total - len(first)} more: ppu tasks --state running --limit {total}", highlight=False)
+
+
+TASK_COLUMNS = (("id", 0), ("capability", 0), ("state", 0), ("prio", 0), ("attempts", 0), ("backend", 0),
+                ("campaign", 0), ("by", 0), ("error", 60))
+
+
+def _task_cells(t: Task) -> tuple[str, ...]:
+    return (t.id, t.capability, t.state.value, str(t.priority), str(t.attempts), t.backend or "",
+            t.campaign or "", t.submitted_by or "", t.error or "")
+
+
 @app.command()
 def tasks(
     config: ConfigOpt = None,
     state: Annotated[str | None, typer.Option(help="only tasks in this state")] = None,
     campaign: Annotated[str | None, typer.Option(help="only tasks of this campaign")] = None,
     limit: Annotated[int, typer.Option(min=1, help="the newest this many")] = 50,
+    plain: PlainOpt = False,
+    json_out: JsonLinesOpt = False,
     connect: ConnectOpt = None,
 ) -> None:
-    """List tasks, newest first."""
-    from ppu.models import TaskState
+    """List tasks, newest first.
 
+    At a terminal: a table (plain columns for long listings). In a pipe, or with --plain: one line
+    per task, tab-separated: id, capability, state, priority, attempts, backend, campaign, submitted
+    by, error. --json: one JSON object per task per line.
+    """
+    from ppu.models import TaskState
+    from ppu.protocol import MAX_LIST_ROWS
+
+    _one_format(plain, json_out)
     if state is not None and state not in TaskState.__members__:
         _fail(PPUError(f"unknown state {state!r}", hint=f"one of {', '.join(TaskState.__members__)}"))
     lab = _lab(config)
-    rows = _act(lab, connect, lambda c: c.tasks(state, campaign, limit=limit))
-    t = Table(title=f"tasks ({len(rows)})")
-    t.add_column("id", no_wrap=True, min_width=26)
-    for col in ("capability", "state", "prio", "attempts", "backend", "campaign", "by", "error"):
-        t.add_column(col, overflow="fold")
-    for task in rows:
-        t.add_row(task.id, task.capability, task.state.value, str(task.priority), str(task.attempts),
-                  task.backend or "", task.campaign or "", task.submitted_by or "", (task.error or "")[:60])
-    console.print(t)
+    with _progress(f"listing up to {limit:,} tasks", long=limit > MAX_LIST_ROWS):
+        rows = _act(lab, connect, lambda c: c.tasks(state, campaign, limit=limit))
+    if json_out:
+        _json_lines(rows)
+        return
+    _listing("tasks", TASK_COLUMNS, [_task_cells(t) for t in rows], plain=plain)
 
 
 @app.command()
@@ -285,14 +476,23 @@ def review(
     retry: Annotated[bool, typer.Option("--retry", help="run it again")] = False,
     fail: Annotated[str | None, typer.Option("--fail", help="fail it, with this reason")] = None,
     result: Annotated[str | None, typer.Option("--result", help="enter the outputs by hand (JSON or @file)")] = None,
+    plain: PlainOpt = False,
+    json_out: JsonLinesOpt = False,
     connect: ConnectOpt = None,
 ) -> None:
     """List interrupted physical tasks (needs_review), or decide on one: retry, fail, or enter its result."""
     if task_id is None:
+        _one_format(plain, json_out)
         lab = _lab(config)
         rows = _act(lab, connect, lambda c: c.reviews())
-        _print_reviews(rows)
+        if json_out:
+            _json_lines(rows)
+        else:
+            _print_reviews(rows, plain)
         return
+    if plain or json_out:
+        _fail(PPUError(f"{'--json' if json_out else '--plain'} goes with the list, not with a decision",
+                       field="--json" if json_out else "--plain", hint="ppu review --json"))
     chosen = [x for x in (retry, fail is not None, result is not None) if x]
     if len(chosen) != 1:
         _fail(PPUError("choose exactly one of --retry, --fail REASON, --result JSON",
@@ -311,24 +511,20 @@ def review(
     console.print(f"reviewed {task_id}")
 
 
-def _print_reviews(rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        console.print("no task waits for review")
-        return
-    t = Table(title=f"waiting for review ({len(rows)})")
-    t.add_column("task", no_wrap=True, min_width=26)
-    for col in ("capability", "backend", "why", "last progress", "runs", "sample last seen"):
-        t.add_column(col, overflow="fold")
+def _print_reviews(rows: list[dict[str, Any]], plain: bool = False) -> None:
+    cells = []
     for r in rows:
         prog = r.get("last_progress") or {}
         sample = r.get("sample") or {}
         loc = sample.get("location") or {}
-        t.add_row(r["task_id"], r["capability"], r.get("backend") or "", (r.get("why") or "")[:60],
-                  f"{prog.get('fraction', 0):.0%} {prog.get('message', '')}" if prog else "",
-                  ", ".join(u[:8] for u in r.get("run_uids", [])),
-                  f"{loc.get('device', '')} {loc.get('slot') or ''}".strip())
-    console.print(t)
-    console.print("decide with: ppu review ID --retry | --fail REASON | --result JSON")
+        cells.append((r["task_id"], r["capability"], r.get("backend") or "", r.get("why") or "",
+                      f"{prog.get('fraction', 0):.0%} {prog.get('message', '')}" if prog else "",
+                      ", ".join(u[:8] for u in r.get("run_uids", [])),
+                      f"{loc.get('device', '')} {loc.get('slot') or ''}".strip()))
+    _listing("waiting for review", (("task", 0), ("capability", 0), ("backend", 0), ("why", 60),
+                                    ("last progress", 0), ("runs", 0), ("sample last seen", 0)), cells,
+             plain=plain, empty="no task waits for review",
+             after="decide with: ppu review ID --retry | --fail REASON | --result JSON")
 
 
 def _summary(capability: str, inputs: dict[str, Any]) -> str:
@@ -338,24 +534,25 @@ def _summary(capability: str, inputs: dict[str, Any]) -> str:
 
 
 @app.command()
-def approvals(config: ConfigOpt = None, connect: ConnectOpt = None) -> None:
+def approvals(config: ConfigOpt = None, plain: PlainOpt = False, json_out: JsonLinesOpt = False,
+              connect: ConnectOpt = None) -> None:
     """Tasks waiting for a person's approval: why, and what each would do."""
+    _one_format(plain, json_out)
     lab = _lab(config)
     rows = _act(lab, connect, lambda c: c.approvals())
-    if not rows:
-        console.print("nothing waits for approval")
+    if json_out:
+        _json_lines(rows)
         return
-    t = Table(title=f"waiting for approval ({len(rows)})")
-    t.add_column("task", no_wrap=True, min_width=26)
-    for col in ("capability", "why", "would do", "on", "duration", "cost"):
-        t.add_column(col, overflow="fold")
+    cells = []
     for r in rows:
         dur, cost = r.get("expected_duration_s"), r.get("expected_cost")
-        t.add_row(r["task_id"], r["capability"], r.get("reason", ""), _summary(r["capability"], r.get("inputs", {})),
-                  ", ".join(r.get("backends", [])), f"{dur:g} s" if dur is not None else "",
-                  f"{cost:g}" if cost is not None else "")
-    console.print(t)
-    console.print("decide with: ppu approve ID [--note ...] or ppu reject ID --reason ...")
+        cells.append((r["task_id"], r["capability"], r.get("reason", ""),
+                      _summary(r["capability"], r.get("inputs", {})), ", ".join(r.get("backends", [])),
+                      f"{dur:g} s" if dur is not None else "", f"{cost:g}" if cost is not None else ""))
+    _listing("waiting for approval", (("task", 0), ("capability", 0), ("why", 0), ("would do", 0), ("on", 0),
+                                      ("duration", 0), ("cost", 0)), cells, plain=plain,
+             empty="nothing waits for approval",
+             after="decide with: ppu approve ID [--note ...] or ppu reject ID --reason ...")
 
 
 samples_app = typer.Typer(help="The sample registry: where every sample is and what was done to it.",
@@ -365,27 +562,33 @@ app.add_typer(samples_app, name="samples")
 
 @samples_app.callback()
 def samples_list(ctx: typer.Context, config: ConfigOpt = None, campaign: str | None = None,
-                 connect: ConnectOpt = None) -> None:
+                 plain: PlainOpt = False, json_out: JsonLinesOpt = False, connect: ConnectOpt = None) -> None:
     """List samples (newest last)."""
     if ctx.invoked_subcommand is not None:
         return
+    _one_format(plain, json_out)
     lab = _lab(config)
     rows = _act(lab, connect, lambda c: c.samples(campaign))
-    t = Table(title=f"samples ({len(rows)})")
-    t.add_column("id", no_wrap=True, min_width=20)
-    for col in ("state", "made by", "location", "measurements", "campaign"):
-        t.add_column(col, overflow="fold")
+    if json_out:
+        _json_lines(rows)
+        return
+    cells = []
     for s in rows:
         loc = f"{s.location.device} {s.location.slot or ''}".strip() if s.location else ""
-        t.add_row(s.id, s.state.value, s.made_by or "", loc, str(len(s.measurements)), s.campaign or "")
-    console.print(t)
+        cells.append((s.id, s.state.value, s.made_by or "", loc, str(len(s.measurements)), s.campaign or ""))
+    _listing("samples", (("id", 0), ("state", 0), ("made by", 0), ("location", 0), ("measurements", 0),
+                         ("campaign", 0)), cells, plain=plain, empty="no samples")
 
 
 @samples_app.command("show")
-def samples_show(sample_id: str, config: ConfigOpt = None, connect: ConnectOpt = None) -> None:
+def samples_show(sample_id: str, config: ConfigOpt = None, json_out: JsonDocOpt = False,
+                 connect: ConnectOpt = None) -> None:
     """One sample's lineage: what made it and with which inputs, every task that used it, where it is."""
     lab = _lab(config)
     d = _act(lab, connect, lambda c: c.sample(sample_id))
+    if json_out:
+        _json_doc(d)
+        return
     s = d["sample"]
     loc = s.get("location") or {}
     console.print(f"[bold]{s['id']}[/]  state={s['state']}  at {loc.get('device', '?')} {loc.get('slot') or ''}")
@@ -405,29 +608,34 @@ def samples_show(sample_id: str, config: ConfigOpt = None, connect: ConnectOpt =
 def audit(
     config: ConfigOpt = None,
     since: Annotated[float, typer.Option(min=0, help="only entries after this many hours ago (0: all)")] = 0.0,
-    json_out: Annotated[Path | None, typer.Option("--json", help="also write the entries as JSON lines here")] = None,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", help="the entries as JSON lines: into this file (and the list as usual), or with - on "
+        "stdout and nothing else")] = None,
+    plain: PlainOpt = False,
     connect: ConnectOpt = None,
 ) -> None:
     """Every approval, rejection, manual result, autonomy change, stop and resume: who, when, what, why."""
     import time as _time
 
+    to_stdout = json_out is not None and str(json_out) == "-"
+    _one_format(plain, to_stdout)
     lab = _lab(config)
     t0 = _time.time() - since * 3600 if since else 0.0
     rows = _act(lab, connect, lambda c: c.audit(t0))
-    t = Table(title=f"audit log ({len(rows)})")
-    for col in ("when", "who", "what", "target", "detail"):
-        t.add_column(col)
-    for a in rows:
-        when = _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(a.at))
-        t.add_row(when, a.actor, a.action, a.target or "", json.dumps(a.detail)[:80])
-    console.print(t)
+    if to_stdout:
+        _json_lines(rows)
+        return
+    cells = [(_time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(a.at)), a.actor, a.action, a.target or "",
+              json.dumps(a.detail)) for a in rows]
+    _listing("audit log", (("when", 0), ("who", 0), ("what", 0), ("target", 0), ("detail", 80)), cells,
+             plain=plain, empty="the audit log is empty" + (" for that period" if since else ""))
     if json_out is not None:
         try:
             json_out.write_text("".join(a.model_dump_json() + "\n" for a in rows))
         except OSError as exc:
             _fail(PPUError(f"cannot write {json_out}: {exc.strerror}", field="--json",
-                           hint="pass a file in a folder you can write"))
-        console.print(f"wrote {len(rows)} entries to {json_out}")
+                           hint="pass a file in a folder you can write, or - for stdout"))
+        _remark(f"wrote {len(rows)} entries to {json_out}")
 
 
 @app.command()
@@ -513,6 +721,10 @@ def orchestrator(
 
     lab = _lab(config, backends=True)
     _address_option(bind, "--bind")
+    try:
+        lab.check_store()
+    except PPUError as exc:
+        _fail(exc)
     _serve(lambda: serve_orchestrator(lab, bind, insecure, announce=lambda s: console.print(s, highlight=False)))
 
 

@@ -6,6 +6,7 @@ rebuilt through :mod:`ppu.backends.registry`, where each type validates its own 
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -41,6 +42,18 @@ def check_address(address: str, field: str) -> str:
     if why is not None:
         raise ConfigError(f"{address!r} is not a valid address: {why}", field=field, hint=ADDRESS_HINT)
     return address
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file a SQLite URL names (relative to the current folder unless absolute), or None: not
+    SQLite, or a database in memory. SQLAlchemy's reading: ``sqlite:///`` + path, any ``?query`` aside."""
+    if not url.startswith("sqlite://"):
+        return None
+    path = url.removeprefix("sqlite://").removeprefix("/").split("?", 1)[0]
+    return path if path and path != ":memory:" else None
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 class OrchestratorConfig(Strict):
@@ -108,6 +121,15 @@ class StoreConfig(Strict):
         if v is not None and not v.startswith(("sqlite://", "postgresql://", "postgresql+")):
             raise ValueError(f"{v[:80]!r} is not a store URL: use sqlite:///path/to/ppu.sqlite or "
                              "postgresql+psycopg://user@host/db (or leave it out: SQLite under run_dir)")
+        if v is not None and v.startswith("sqlite://"):
+            rest = v.removeprefix("sqlite://")
+            if rest and not rest.startswith("/"):  # sqlite://name reads `name` as a host
+                raise ValueError(f"{v[:80]!r} is not a SQLite URL: the path follows three slashes "
+                                 "(sqlite:///relative/ppu.sqlite) or four (sqlite:////absolute/ppu.sqlite)")
+            if sqlite_path(v) is None:
+                raise ValueError(f"{v[:80]!r} names no file: a store in memory keeps nothing once the command "
+                                 "ends; name a file, e.g. sqlite:////path/to/ppu.sqlite (or leave store out: "
+                                 "SQLite under run_dir)")
         return v
 
     @model_validator(mode="after")
@@ -168,6 +190,55 @@ class LabConfig(Strict):
         if self.store is not None and self.store.url:
             return self.store.url
         return f"sqlite:///{(Path(self.run_dir) / 'ppu.sqlite').resolve()}"
+
+    def store_field(self) -> str:
+        """The lab-file field the store's location comes from: store.url, or run_dir when that is left out."""
+        return "store.url" if self.store is not None and self.store.url else "run_dir"
+
+    def check_store(self) -> None:
+        """Before this process opens a SQLite store: its file is a SQLite database or not there yet, and
+        its folder is one this process can write (or make). A ConfigError names the field the location
+        comes from (store.url or run_dir) and says what to do.
+
+        Only a process that opens the store calls it: a client of a running orchestrator may not see
+        the orchestrator's disk at all.
+        """
+        url = self.store_url()
+        path = sqlite_path(url)
+        if path is None:
+            return
+        field = self.store_field()
+        hint = ("point store.url at a file in a folder you can write, e.g. sqlite:////home/you/lab/ppu.sqlite "
+                "(or leave store out: SQLite under run_dir)" if field == "store.url" else
+                "point run_dir at a folder you can write (or set store.url)")
+        db = Path(path)
+        if db.is_dir():
+            raise ConfigError(f"the store at {url} is a folder, not a database file", field=field,
+                              hint=f"name a file in it: sqlite:///{db / 'ppu.sqlite'}")
+        if db.exists():
+            try:
+                with db.open("rb") as f:
+                    head = f.read(len(_SQLITE_MAGIC))
+            except OSError as exc:
+                raise ConfigError(f"cannot open the store at {url}: {exc.strerror}", field=field, hint=hint) from None
+            if head and head != _SQLITE_MAGIC:
+                raise ConfigError(f"the store at {url} is not a SQLite database (the file {db} holds something else)",
+                                  field=field, hint="name a new file (it is made on first use) or the lab's "
+                                  "existing store; PPU never writes over a file it did not make")
+        folder = db.parent
+        while not folder.exists() and folder != folder.parent:  # the folders to make are made in the nearest one
+            folder = folder.parent
+        if not folder.is_dir():
+            raise ConfigError(f"cannot make the store's folder {db.parent}: {folder} is a file", field=field,
+                              hint=hint)
+        probe = folder / f".ppu-write-test-{os.getpid()}"
+        try:
+            probe.touch()
+            probe.unlink()
+        except OSError as exc:
+            made = "" if folder == db.parent else f" (to make {db.parent} in)"
+            raise ConfigError(f"cannot open the store at {url}: the folder {folder}{made} is not writable "
+                              f"({exc.strerror})", field=field, hint=hint) from None
 
     def store_durability(self) -> Durability:
         return self.store.durability if self.store is not None else "power"

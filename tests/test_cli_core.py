@@ -73,3 +73,29 @@ def test_humans_in_charge_commands(tmp_path: Path):
     assert r.exit_code == 2 and "unknown sample" in r.output
     r = runner.invoke(app, ["autonomy", "reckless", "-c", str(lab)])
     assert r.exit_code == 2 and "manual, supervised or autonomous" in r.output
+
+
+def test_listings_print_json_lines_or_rows_alone(tmp_path: Path):
+    """--json on every listing: one JSON object per line and nothing else on stdout; without it, a pipe gets
+    one tab-separated line per row (the remarks for a person, such as an empty list, go to stderr)."""
+    lab = _lab(tmp_path)
+    assert runner.invoke(app, ["autonomy", "manual", "--capability", "echo", "-c", str(lab)]).exit_code == 0
+    ids = [runner.invoke(app, ["submit", "echo", "-i", json.dumps({"x": i}), "-c", str(lab)]).stdout.split()[-1]
+           for i in range(3)]
+    r = runner.invoke(app, ["approvals", "--json", "-c", str(lab)])
+    assert r.exit_code == 0, r.output
+    waiting = [json.loads(line) for line in r.stdout.splitlines()]
+    assert sorted(w["task_id"] for w in waiting) == sorted(ids) and {w["capability"] for w in waiting} == {"echo"}
+    r = runner.invoke(app, ["approvals", "-c", str(lab)])
+    assert sorted(line.split("\t")[0] for line in r.stdout.splitlines()) == sorted(ids)
+    assert runner.invoke(app, ["reject", ids[0], "--reason", "not now", "-c", str(lab)]).exit_code == 0
+    r = runner.invoke(app, ["audit", "--json", "-", "-c", str(lab)])
+    assert r.exit_code == 0, r.output
+    assert [json.loads(line)["action"] for line in r.stdout.splitlines()] == \
+        ["autonomy", "approval_required", "approval_required", "approval_required", "reject"]
+    for argv in (["samples", "--json"], ["review", "--json"], ["review"], ["samples"]):
+        r = runner.invoke(app, [*argv, "-c", str(lab)])
+        assert r.exit_code == 0 and r.stdout == "", (argv, r.output)  # nothing to list: nothing on stdout
+    assert "no task waits for review" in runner.invoke(app, ["review", "-c", str(lab)]).stderr
+    r = runner.invoke(app, ["review", ids[1], "--retry", "--json", "-c", str(lab)])
+    assert r.exit_code == 2 and "goes with the list" in r.output

@@ -7,6 +7,7 @@ and leaves the task as it was.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -153,10 +154,10 @@ def test_ppu_tasks_shows_who_submitted(tmp_path: Path, monkeypatch: pytest.Monke
     r = runner.invoke(cli.app, ["submit", "echo", "--input", '{"x": 2}', "-c", str(lab)])
     assert r.exit_code == 0, r.output
     tid = r.output.strip().splitlines()[-1]
-    r = runner.invoke(cli.app, ["tasks", "-c", str(lab)])
-    assert r.exit_code == 0 and " by " in r.output, r.output
-    [row] = [line for line in r.output.splitlines() if tid in line]
-    assert f" {user or 'cli'} " in row, row
+    r = runner.invoke(cli.app, ["tasks", "--json", "-c", str(lab)])
+    assert r.exit_code == 0, r.output
+    [row] = [json.loads(line) for line in r.output.splitlines() if tid in line]
+    assert row["submitted_by"] == (user or "cli"), row
 
 
 def test_the_submitter_survives_a_restart(tmp_path: Path):
