@@ -192,6 +192,8 @@ class BackendSpec(Strict):
     safe_limits: dict[str, Limit] = Field(default_factory=dict)
     site: str = Field("local", max_length=MAX_NAME)
     state: BackendState = BackendState.online
+    columnar: bool = Field(False, description="runs columnar tasks (blocks of rows); the scheduler places blocks "
+                           "only on such backends")
 
     @field_validator("capabilities")
     @classmethod
@@ -268,7 +270,7 @@ class TaskSpec(Strict):
     deadline: float | None = Field(None, description="epoch seconds; earlier deadlines go first")
     pin_backend: str | None = Field(None, max_length=MAX_NAME, description="run only on this backend")
     min_fidelity: float = Field(0.0, ge=0.0, le=1.0, description="only backends offering at least this fidelity")
-    max_attempts: int = Field(3, ge=1, le=100, description="runs before it fails (a `once` task: always 1)")
+    max_attempts: int = Field(3, ge=1, le=100, description="assignments before it fails (a `once` task: always 1)")
     sample_id: str | None = Field(None, max_length=MAX_NAME, description="the physical sample this task works on")
     block: Artifact | None = Field(None, description="a columnar task: its rows travel as binary frames "
                                    "(docs/protocol.md, Blocks); inputs then stay empty")
@@ -293,7 +295,8 @@ class Task(Strict):
     seq: int = Field(0, description="submission order (FIFO among equal priority and deadline)")
     state: TaskState = TaskState.pending
     approval: ApprovalState = ApprovalState.not_required
-    attempts: int = Field(0, description="runs started so far")
+    attempts: int = Field(0, description="assignments so far, each under its own number (one that never "
+                        "reached a worker counts too)")
     backend: str | None = Field(None, description="the backend it is on, or last ran on")
     submitted_at: float = Field(default_factory=time.time, description="epoch seconds")
     submitted_by: str | None = Field(None, max_length=256, description="the actor who submitted it (audit form)")

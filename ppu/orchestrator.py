@@ -601,6 +601,11 @@ class Orchestrator:
             if not pinned.offer(spec.capability):
                 raise NotAllowed(f"{spec.pin_backend} does not offer {spec.capability}", field="pin_backend")
             offering = [pinned]
+        if spec.block is not None and offering and not any(s.columnar for s in offering):
+            raise ValidationFailed(f"no backend that offers {spec.capability} runs columnar blocks "
+                                   f"({', '.join(sorted(s.name for s in offering))} take one row per task)",
+                                   field="block", hint=f"submit {spec.capability} row by row, or serve it with "
+                                   "a backend type that runs blocks, such as torch or ray")
         limited = [s for s in offering if s.safe_limits]
         if limited and len(limited) == len(offering):
             problems = {s.name: limit_violations(s.safe_limits, inputs) for s in limited}

@@ -813,6 +813,8 @@ class Scheduler:
         offer = b.offers.get(t.capability)
         if offer is None or offer[0] < t.min_fidelity or (t.pin and t.pin != b.name):
             return False
+        if t.block is not None and not b.spec.columnar:  # a block waits for a backend that runs blocks
+            return False
         if b.spec.safe_limits and limit_violations(b.spec.safe_limits, t.inputs):
             return False
         if t.sample_id and self._sample_holder.get(t.sample_id, t.id) != t.id:

@@ -70,21 +70,40 @@ def test_a_block_that_cannot_be_read_fails_alone_and_its_batch_mates_run(tmp_pat
     assert counters.get("unrunnable") == 1 and not counters.get("assign_undelivered")
 
 
-def test_a_backend_that_takes_no_blocks_fails_a_block_instead_of_answering_nothing(tmp_path: Path) -> None:
-    """echo reads a task's inputs; a block's are empty. It used to "succeed" with y=0.0 and no columns."""
+def test_a_block_no_backend_of_its_capability_runs_is_refused_at_the_door(tmp_path: Path) -> None:
+    """echo reads a task's inputs; a block's are empty. It used to "succeed" with y=0.0 and no columns,
+    then to fail on the worker; now the door says so, and stores nothing."""
     lab = lab_config(tmp_path)  # one echo backend
-    cols = {"x": np.arange(10, dtype=np.float64)}
 
-    async def go() -> tuple[Task, Task]:
+    async def go() -> Task:
         async with EmbeddedLab(lab) as client:
-            [block] = await client.submit_block("echo", cols)
-            [row] = await client.submit([{"capability": "echo", "inputs": {"x": 1.0}}])
-            return tuple(await client.wait([block, row], timeout=30))  # type: ignore[return-value]
+            with pytest.raises(PPUError) as err:
+                await client.submit_block("echo", {"x": np.arange(10, dtype=np.float64)})
+            assert err.value.field == "block" and "no backend that offers echo runs columnar blocks" in str(err.value)
+            [row] = await client.run([{"capability": "echo", "inputs": {"x": 1.0}}], timeout=30)
+            return row
 
-    block_t, row_t = asyncio.run(go())
-    assert block_t.state is TaskState.failed and block_t.attempts == 1
-    assert block_t.error is not None and "takes no columnar blocks" in block_t.error
-    assert row_t.state is TaskState.succeeded
+    assert asyncio.run(go()).state is TaskState.succeeded
+    assert not list((tmp_path / "artifacts").rglob("*.npz"))
+
+
+def test_blocks_go_only_to_a_backend_that_runs_them_where_another_offers_the_capability_too(
+        tmp_path: Path, weights: Path) -> None:
+    """An echo backend offers the capability too, and by the default policy (earliest completion) it is
+    the first choice: blocks must still all go to the torch backend, rows to either."""
+    lab = lab_config(tmp_path, [torch_entry(weights, slots=1),
+                                {"type": "echo", "name": "echo-1", "duration_s": 0.0, "slots": 8,
+                                 "capabilities": [{"name": CAP, "duration_s": 0.001}]}])
+    cols = candidate_columns(candidates(60, seed=5))
+
+    async def go() -> list[Task]:
+        async with EmbeddedLab(lab) as client:
+            blocks = await client.submit_block(CAP, cols, block_rows=10)
+            return await client.wait(blocks, timeout=60)
+
+    done = asyncio.run(go())
+    assert len(done) == 6 and all(t.state is TaskState.succeeded for t in done), [t.error for t in done]
+    assert {t.backend for t in done} == {"surrogate"} and all(t.attempts == 1 for t in done)
 
 
 def test_a_block_that_waits_for_its_rows_is_not_overtaken_by_the_next_assignment(

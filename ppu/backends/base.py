@@ -79,8 +79,10 @@ class BackendConfig(Strict):
 class Backend(abc.ABC):
     kind: ClassVar[BackendKind]
     Config: ClassVar[type[BackendConfig]] = BackendConfig
-    # Runs columnar tasks (``TaskRun.block``: rows as columns, answered with columns). A backend type
-    # that does not is never handed one: its host fails the run (see ppu.host), not retried.
+    # Runs columnar tasks (``TaskRun.block``: rows as columns, answered with columns). Sent in its
+    # registration (BackendSpec.columnar): the scheduler places blocks only on backends that run them, the
+    # door refuses a block that no backend offering its capability runs, and a host handed one anyway (an
+    # orchestrator of another version) fails the run, not retried (see ppu.host).
     columnar: ClassVar[bool] = False
 
     def __init__(self, config: BackendConfig):
@@ -100,6 +102,7 @@ class Backend(abc.ABC):
             capabilities=self.config.capabilities or self.default_offers(),
             slots=self.config.slots, batch_size=self.config.batch_size, batch_wait_s=self.config.batch_wait_s,
             safe_limits=self.config.safe_limits or self.default_limits(), site=self.config.site,
+            columnar=self.columnar,
         )
 
     def default_limits(self) -> dict[str, Limit]:
