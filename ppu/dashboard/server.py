@@ -46,6 +46,7 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        sock.listen(2048)  # connections wait in the backlog from now on: the URL is printed before uvicorn runs
     except OSError:
         sock.close()
         raise
