@@ -755,22 +755,26 @@ class Orchestrator:
 
     def sample_detail(self, sample_id: str) -> dict[str, Any]:
         """A sample's lineage: what made it and with which inputs, every task that used it, where it is."""
+        s = self.sample_record(sample_id)
+        return {"sample": s.model_dump(mode="json"), "made_by": self.sample_task(s.made_by),
+                "measurements": [self.sample_task(tid) for tid in s.measurements]}
+
+    def sample_record(self, sample_id: str) -> Sample:
         s = self.store.get_sample(sample_id)
         if s is None:
             raise ValidationFailed(f"unknown sample {sample_id!r}", field="sample_id",
                                    hint="ppu samples lists the known samples")
+        return s
 
-        def with_result(tid: str | None) -> dict[str, Any] | None:
-            if tid is None:
-                return None
-            t = self.get_task(tid)
-            r = self.store.final_result(tid)
-            return {"task_id": tid, "capability": t.capability if t else None, "state": t.state.value if t else None,
-                    "outputs": r.outputs if r else None,
-                    "entered_by": r.provenance.entered_by if r and r.provenance else None}
-
-        measured = [m for tid in s.measurements if (m := with_result(tid)) is not None]
-        return {"sample": s.model_dump(mode="json"), "made_by": with_result(s.made_by), "measurements": measured}
+    def sample_task(self, tid: str | None) -> dict[str, Any] | None:
+        """A task that made or used a sample, with its outputs (one entry of :meth:`sample_detail`)."""
+        if tid is None:
+            return None
+        t = self.get_task(tid)
+        r = self.store.final_result(tid)
+        return {"task_id": tid, "capability": t.capability if t else None, "state": t.state.value if t else None,
+                "outputs": r.outputs if r else None,
+                "entered_by": r.provenance.entered_by if r and r.provenance else None}
 
     def set_backend_state(self, backend: str, state: BackendState, actor: str = "local") -> None:
         self._apply([SetBackendState(backend, state, self.clock())],
@@ -820,33 +824,36 @@ class Orchestrator:
                     if not waiting:
                         del self._waiters[tid]
 
-    def approvals(self) -> list[dict[str, Any]]:
-        """Tasks waiting for a person's approval: why, and what they would do."""
+    def approvals(self, after_seq: int = -1) -> list[dict[str, Any]]:
+        """Tasks waiting for a person's approval: why, and what they would do; in submission order
+        (``seq``), those after ``after_seq``."""
+        waiting = sorted((t for t in self.sched.live_tasks()
+                          if t.approval is ApprovalState.waiting and t.seq > after_seq), key=lambda t: t.seq)
+        if not waiting:
+            return []
         reasons = {e.target: e.detail.get("reason", "") for e in self.store.audit_entries()
                    if e.action == "approval_required"}
         out = []
-        for t in self.sched.live_tasks():
-            if t.approval is not ApprovalState.waiting:
-                continue
+        for t in waiting:
             offers = [(n, o) for n, s in self.specs.items() if (o := s.offer(t.capability))]
             out.append({
-                "task_id": t.id, "capability": t.capability, "campaign": t.campaign, "inputs": t.inputs,
+                "task_id": t.id, "seq": t.seq, "capability": t.capability, "campaign": t.campaign, "inputs": t.inputs,
                 "reason": reasons.get(t.id, ""), "backends": [n for n, _ in offers],
                 "expected_duration_s": min((o.duration_s for _, o in offers), default=None),
                 "expected_cost": min((o.cost for _, o in offers), default=None),
             })
         return out
 
-    def reviews(self) -> list[dict[str, Any]]:
-        """Interrupted physical tasks waiting for a person, with what is known about them."""
+    def reviews(self, after_seq: int = -1) -> list[dict[str, Any]]:
+        """Interrupted physical tasks waiting for a person, with what is known about them; in
+        submission order (``seq``), those after ``after_seq``."""
         out = []
-        for t in self.sched.live_tasks():
-            if t.state is not TaskState.needs_review:
-                continue
+        for t in sorted((t for t in self.sched.live_tasks()
+                         if t.state is TaskState.needs_review and t.seq > after_seq), key=lambda t: t.seq):
             sample = self.store.get_sample(t.sample_id) if t.sample_id else None
             results = self.store.results_for(t.id)
             out.append({
-                "task_id": t.id, "capability": t.capability, "backend": t.backend, "attempts": t.attempts,
+                "task_id": t.id, "seq": t.seq, "capability": t.capability, "backend": t.backend, "attempts": t.attempts,
                 "why": t.error, "inputs": t.inputs, "last_progress": self.progress_of.get(t.id),
                 "run_uids": [u for r in results if r.provenance for u in r.provenance.run_uids],
                 "results": [{"attempt": r.attempt, "status": r.status.value, "outputs": r.outputs,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -47,6 +48,12 @@ MAX_WAIT_IDS = 1000  # task ids per wait
 MAX_LIST_ROWS = 1000  # rows per tasks / samples / audit reply
 MAX_BLOBS = 4096  # binary frames after the json (columns of blocks)
 MAX_BLOB_BYTES = 512 * 1024 * 1024  # default bound on a message's binary frames together (orchestrator.max_blob_bytes)
+# The most a lab may set those two to (ppu.config.OrchestratorConfig's upper bounds). The orchestrator never
+# sends a reply over its own max_message_bytes (a long answer comes in parts, docs/protocol.md "Long
+# answers"), so a client decodes replies against these: it takes whatever the lab it talks to may send.
+MAX_REPLY_BYTES = 1024**3
+MAX_REPLY_BLOB_BYTES = 8 * 1024**3
+MAX_CURSOR = 256  # characters of a reply's ``next`` (and so of a request's ``cursor``)
 
 Name = Annotated[str, Field(max_length=MAX_NAME)]
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
@@ -66,6 +73,13 @@ class NotAnswering(PPUError, TimeoutError):
     """Raised client-side: the orchestrator did not answer in time."""
 
     code = "not_answering"
+
+
+class ReplyTooLarge(PPUError):
+    """An answer the orchestrator cannot send within its ``max_message_bytes``, even cut into parts:
+    one record of it (a task, a result, a sample's measurement) is larger than that on its own."""
+
+    code = "reply_too_large"
 
 
 def new_req() -> str:
@@ -138,6 +152,14 @@ class _Carrier(_Msg):
 class _Req(_Msg):
     req: str = Field("", max_length=MAX_REQ, description="request id the answer echoes")
     actor: str | None = Field(None, max_length=MAX_ACTOR, description="the person acting, for the audit log")
+
+
+class _Paged(_Req):
+    """A request whose answer may come in parts (docs/protocol.md "Long answers")."""
+
+    cursor: str | None = Field(None, max_length=MAX_CURSOR,
+                               description="the `next` of the previous reply to this same request: the answer "
+                                           "goes on from there (null: from its start)")
 
 
 # ---- worker -> orchestrator -------------------------------------------------------------------
@@ -314,26 +336,26 @@ class Hold(_Req):
     now: bool = False
 
 
-class Approvals(_Req):
+class Approvals(_Paged):
     """Tasks waiting for a person's approval, with the reason and what they would do."""
 
     type: Literal["approvals"] = "approvals"
 
 
-class Reviews(_Req):
+class Reviews(_Paged):
     """Interrupted physical tasks (needs_review), with what is known about them."""
 
     type: Literal["reviews"] = "reviews"
 
 
-class BusyLog(_Req):
+class BusyLog(_Paged):
     """Backends' closed busy intervals ending at or after ``since`` (for Gantt charts)."""
 
     type: Literal["busy"] = "busy"
     since: float = Field(0.0, description="epoch seconds")
 
 
-class SampleShow(_Req):
+class SampleShow(_Paged):
     type: Literal["sample"] = "sample"
     sample_id: Name
 
@@ -349,13 +371,14 @@ class Status(_Req):
     type: Literal["status"] = "status"
 
 
-class Tasks(_Req):
+class Tasks(_Paged):
     type: Literal["tasks"] = "tasks"
     state: TaskState | None = None
     campaign: Name | None = None
     capability: Name | None = None
     limit: int = Field(MAX_LIST_ROWS, ge=1, le=MAX_LIST_ROWS)
-    offset: int = Field(0, ge=0, description="skip this many of the newest first (paging)")
+    offset: int = Field(0, ge=0, description="skip this many more (old clients' paging, which repeats and "
+                                             "misses tasks while tasks are submitted: page with cursor)")
 
 
 class GetTask(_Req):
@@ -378,7 +401,7 @@ class GetArtifact(_Req):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
-class Wait(_Req):
+class Wait(_Paged):
     type: Literal["wait"] = "wait"
     task_ids: list[Name] = Field(min_length=1, max_length=MAX_WAIT_IDS)
     timeout: float | None = Field(None, ge=0, description="seconds; None waits until they all end")
@@ -392,13 +415,13 @@ class Unsubscribe(_Req):
     type: Literal["unsubscribe"] = "unsubscribe"
 
 
-class Samples(_Req):
+class Samples(_Paged):
     type: Literal["samples"] = "samples"
     campaign: Name | None = None
     limit: int = Field(MAX_LIST_ROWS, ge=1, le=MAX_LIST_ROWS, description="the newest this many")
 
 
-class Audit(_Req):
+class Audit(_Paged):
     type: Literal["audit"] = "audit"
     since: float = Field(0.0, description="epoch seconds")
     limit: int = Field(MAX_LIST_ROWS, ge=1, le=MAX_LIST_ROWS, description="the newest this many")
@@ -412,6 +435,10 @@ class Reply(_Carrier):
     req: str = ""
     ok: bool = True
     data: Any = None
+    next: str | None = Field(None, max_length=MAX_CURSOR,
+                             description="left out when the reply is the whole answer; else data holds whole "
+                                         "records of its first part: send the same request again with cursor "
+                                         "set to this for the rest")
 
 
 class Error(_Msg):
@@ -479,24 +506,46 @@ CLIENT_REQUESTS = (Submit, Cancel, Approve, Reject, Review, Hold, Status, Tasks,
 class RawReply:
     """A :class:`Reply` whose data is a list of values already serialised as JSON (the task records
     the orchestrator keeps serialised for the store): it encodes to the same message as
-    ``Reply(req=req, data=[json.loads(i) for i in items])`` without a model per item."""
+    ``Reply(req=req, data=[json.loads(i) for i in items], next=next)`` without a model per item.
 
-    __slots__ = ("items", "req")
+    ``head`` and ``tail`` wrap the items instead of ``[`` and ``]`` (a list inside an object)."""
 
-    def __init__(self, req: str, items: list[str]):
+    __slots__ = ("head", "items", "next", "req", "tail")
+
+    def __init__(self, req: str, items: list[str], next: str | None = None, head: str = "[", tail: str = "]"):
         self.req = req
         self.items = items
+        self.next = next
+        self.head = head
+        self.tail = tail
+
+    def envelope(self) -> int:
+        """Bytes of the body besides the items and the commas between them."""
+        return len(self._open()) + len(self._close())
+
+    def _open(self) -> bytes:
+        return ('{"blobs":[],"type":"reply","req":' + json.dumps(self.req) + ',"ok":true,"data":'
+                + self.head).encode()
+
+    def _close(self) -> bytes:
+        return (self.tail + ("" if self.next is None else ',"next":' + json.dumps(self.next)) + "}").encode()
 
     def body(self) -> bytes:
-        return ('{"blobs":[],"type":"reply","req":' + json.dumps(self.req) + ',"ok":true,"data":['
-                + ",".join(self.items) + "]}").encode()
+        return self._open() + ",".join(self.items).encode() + self._close()
+
+
+_NO_NEXT: set[str] = {"next"}
 
 
 def encode(msg: _Msg | RawReply) -> list[Any]:
-    """Frames of a message: version, json, then one buffer per blob (zero-copy memoryviews)."""
+    """Frames of a message: version, json, then one buffer per blob (zero-copy memoryviews).
+
+    A reply that is the whole answer leaves ``next`` out (a client older than it decodes it)."""
     if isinstance(msg, RawReply):
         return [PROTOCOL_VERSION, msg.body()]
-    frames: list[Any] = [PROTOCOL_VERSION, msg.model_dump_json(exclude_none=False).encode()]
+    whole = isinstance(msg, Reply) and msg.next is None
+    frames: list[Any] = [PROTOCOL_VERSION, msg.model_dump_json(exclude_none=False,
+                                                               exclude=_NO_NEXT if whole else None).encode()]
     if isinstance(msg, _Carrier) and msg.blobs:
         frames.extend(memoryview(msg._data[b.name]).cast("B") for b in msg.blobs)  # type: ignore[arg-type]
     return frames
@@ -504,6 +553,44 @@ def encode(msg: _Msg | RawReply) -> list[Any]:
 
 def _bad(reason: str, message: str, field: str | None = None, hint: str | None = None) -> ProtocolError:
     return ProtocolError(message, field=field, hint=hint, reason=reason)
+
+
+_OVERSIZE_HEAD = "a message of "
+
+
+def oversize(size: int, limit: int) -> ProtocolError:
+    """A message body over the limit. The door does not parse it, so the hint covers both ways there: the
+    Python clients then say which it was (:func:`ppu.transport.ops.submit`)."""
+    return _bad(OVERSIZE, f"{_OVERSIZE_HEAD}{size} bytes is above the orchestrator's limit of {limit} bytes "
+                "(orchestrator.max_message_bytes)",
+                hint="split a submit of several tasks into smaller ones (the Python clients do); a single "
+                     "task this large cannot travel: keep its bulk data out of inputs (a columnar block, or "
+                     "a file the task names) or raise orchestrator.max_message_bytes in the lab file")
+
+
+def is_oversize(exc: BaseException) -> bool:
+    """Is ``exc`` the door's refusal of a message body over the limit (:func:`oversize`)?"""
+    return isinstance(exc, ProtocolError) and exc.message.startswith(_OVERSIZE_HEAD)
+
+
+_REQ_AT = re.compile(rb'"req"\s*:\s*"([^"\\]{0,64})"')
+
+
+def guess_req(body: Any) -> str:
+    """The request id of a message that could not be decoded, so that its sender can match the error.
+
+    A body of up to 1 MB is parsed; a larger one (over the limit, say) is searched for ``req`` in its
+    first 4 KiB, before any task (where our clients put it), never parsed."""
+    try:
+        raw = bytes(body[:1_000_000])
+        if len(body) < 1_000_000:
+            req = json.loads(raw).get("req", "")
+            return req if isinstance(req, str) and len(req) <= MAX_REQ else ""
+        head = raw[:4096].split(b'"tasks"', 1)[0]
+        m = _REQ_AT.search(head)
+        return m.group(1).decode() if m else ""
+    except Exception:
+        return ""
 
 
 class _NonFinite:
@@ -605,8 +692,7 @@ def _decode_json(version: Any, body: Any, max_bytes: int) -> Message:
         raise _bad(BAD_VERSION, f"unsupported protocol version {bytes(version[:16])!r}",
                    hint=f"this orchestrator speaks {PROTOCOL_VERSION.decode()}")
     if len(body) > max_bytes:
-        raise _bad(OVERSIZE, f"message of {len(body)} bytes is above the limit of {max_bytes}",
-                   hint="submit fewer tasks per message or raise orchestrator.max_message_bytes")
+        raise oversize(len(body), max_bytes)
     if b"NaN" in body or b"Infinity" in body:  # not JSON, though Python's parsers take them
         _refuse_non_finite(body)
     try:

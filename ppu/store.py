@@ -39,11 +39,16 @@ tasks = sa.Table(
     "tasks", metadata,
     sa.Column("id", sa.String(128), primary_key=True),
     sa.Column("seq", sa.BigInteger, nullable=False),
-    sa.Column("state", sa.String(16), nullable=False, index=True),
+    sa.Column("state", sa.String(16), nullable=False),
     sa.Column("capability", sa.String(128), nullable=False),
-    sa.Column("campaign", sa.String(128), index=True),
+    sa.Column("campaign", sa.String(128)),
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Column("body", sa.Text, nullable=False),
+    # Listings go newest first and page by key (list_task_rows: ORDER BY seq DESC, id DESC, below a
+    # (seq, id)); with a state or a campaign the index leads with it, so that a page reads only its rows.
+    sa.Index("ix_tasks_seq_id", "seq", "id"),
+    sa.Index("ix_tasks_state_seq", "state", "seq", "id"),
+    sa.Index("ix_tasks_campaign_seq", "campaign", "seq", "id"),
 )
 journal = sa.Table(
     "journal", metadata,
@@ -92,6 +97,25 @@ meta = sa.Table(
     sa.Column("key", sa.String(256), primary_key=True),
     sa.Column("value", sa.Text, nullable=False),
 )
+
+
+# create_all makes a table's indexes only with the table: a store made before these indexes gets them
+# when it opens, and loses the ones they replace (one index per filter keeps each write as cheap as before).
+_REPLACED_INDEXES = ("ix_tasks_state", "ix_tasks_campaign")
+
+
+def _migrate_indexes(engine: Engine) -> None:
+    with engine.begin() as conn:
+        have = {ix["name"] for ix in sa.inspect(conn).get_indexes("tasks")}
+        for ix in tasks.indexes:
+            if ix.name not in have:
+                conn.execute(sa.schema.CreateIndex(ix, if_not_exists=True))
+        old = [name for name in _REPLACED_INDEXES if name in have]
+        if old and conn.dialect.name == "postgresql":  # the store's own schema, never another's on the path
+            schema = conn.execute(sa.text("SELECT current_schema()")).scalar()
+            old = [f"{conn.dialect.identifier_preparer.quote_schema(str(schema))}.{name}" for name in old]
+        for name in old:
+            conn.execute(sa.text(f"DROP INDEX IF EXISTS {name}"))
 
 
 _HELD_HINT = ("one orchestrator writes a store at a time: talk to the running one (ppu ... --connect ADDRESS), "
@@ -170,6 +194,7 @@ class Store:
             else:
                 self.engine = sa.create_engine(url, pool_pre_ping=True)
             metadata.create_all(self.engine)
+            _migrate_indexes(self.engine)
         except sa.exc.SQLAlchemyError as exc:
             raise StoreError(f"cannot open the store at {url}: {exc}",
                              hint="check the store URL in the lab config (store: ...)"
@@ -474,8 +499,25 @@ class Store:
         return out
 
     def list_tasks(self, state: str | None = None, campaign: str | None = None, capability: str | None = None,
-                   limit: int = 1000, offset: int = 0) -> list[Task]:
-        q = sa.select(tasks.c.body).order_by(tasks.c.seq.desc()).limit(limit).offset(offset)
+                   limit: int = 1000, offset: int = 0, before: tuple[int, str] | None = None) -> list[Task]:
+        """The newest ``limit`` tasks that match, newest first (see :meth:`list_task_rows`)."""
+        return [Task.model_validate_json(body) for _, _, body in
+                self.list_task_rows(state, campaign, capability, limit, offset, before)]
+
+    def list_task_rows(self, state: str | None = None, campaign: str | None = None, capability: str | None = None,
+                       limit: int = 1000, offset: int = 0,
+                       before: tuple[int, str] | None = None) -> list[tuple[int, str, str]]:
+        """(seq, id, the Task's JSON) of the newest ``limit`` tasks that match, newest first: by
+        submission number, then id (stores from before numbers rose across restarts repeat some).
+
+        ``before`` (the (seq, id) of the last task of a page) pages by key: only tasks older than
+        it. Unlike ``offset``, a task submitted meanwhile never shifts the next page, so a listing
+        holds no task twice and misses none that was there when it began."""
+        q = (sa.select(tasks.c.seq, tasks.c.id, tasks.c.body)
+             .order_by(tasks.c.seq.desc(), tasks.c.id.desc()).limit(limit).offset(offset))
+        if before is not None:
+            seq, tid = before  # (seq, id) < before, written so that the index on (seq, id) bounds the scan
+            q = q.where(tasks.c.seq <= seq, sa.or_(tasks.c.seq < seq, tasks.c.id < tid))
         if state:
             q = q.where(tasks.c.state == state)
         if campaign:
@@ -483,7 +525,7 @@ class Store:
         if capability:
             q = q.where(tasks.c.capability == capability)
         with self.engine.connect() as conn:
-            return [Task.model_validate_json(r.body) for r in conn.execute(q)]
+            return [(int(r.seq), str(r.id), str(r.body)) for r in conn.execute(q)]
 
     def count_tasks(self) -> dict[str, int]:
         with self.engine.connect() as conn:
@@ -520,18 +562,34 @@ class Store:
 
     def list_samples(self, campaign: str | None = None, limit: int | None = None) -> list[Sample]:
         """Samples, oldest change first (with ``limit``: the newest ``limit`` of them)."""
-        q = sa.select(samples.c.body).order_by(samples.c.updated_at.desc()).limit(limit)
+        return [s for _, s in self.sample_rows(campaign, limit)][::-1]
+
+    def sample_rows(self, campaign: str | None = None, limit: int | None = None,
+                    before: tuple[float, str] | None = None) -> list[tuple[tuple[float, str], Sample]]:
+        """((updated_at, id), sample), newest change first; ``before``: only those older than that key."""
+        q = (sa.select(samples.c.updated_at, samples.c.id, samples.c.body)
+             .order_by(samples.c.updated_at.desc(), samples.c.id.desc()).limit(limit))
+        if before is not None:
+            at, sid = before
+            q = q.where(samples.c.updated_at <= at, sa.or_(samples.c.updated_at < at, samples.c.id < sid))
         if campaign:
             q = q.where(samples.c.campaign == campaign)
         with self.engine.connect() as conn:
-            return [Sample.model_validate_json(r.body) for r in conn.execute(q)][::-1]
+            return [((float(r.updated_at), str(r.id)), Sample.model_validate_json(r.body)) for r in conn.execute(q)]
 
     def audit_entries(self, since: float = 0.0, limit: int | None = None) -> list[AuditEntry]:
         """Entries at or after ``since``, oldest first (with ``limit``: the newest ``limit`` of them)."""
+        return [e for _, e in self.audit_rows(since, limit)][::-1]
+
+    def audit_rows(self, since: float = 0.0, limit: int | None = None,
+                   before: int | None = None) -> list[tuple[int, AuditEntry]]:
+        """(row id, entry) at or after ``since``, newest first; ``before``: only rows below that id."""
+        q = sa.select(audit).where(audit.c.at >= since).order_by(audit.c.id.desc()).limit(limit)
+        if before is not None:
+            q = q.where(audit.c.id < before)
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(audit).where(audit.c.at >= since).order_by(audit.c.id.desc()).limit(limit))
-            return [AuditEntry(at=r.at, actor=r.actor, action=r.action, target=r.target,
-                               detail=json.loads(r.detail)) for r in rows][::-1]
+            return [(int(r.id), AuditEntry(at=r.at, actor=r.actor, action=r.action, target=r.target,
+                                           detail=json.loads(r.detail))) for r in conn.execute(q)]
 
     def documents_for(self, run_uid: str) -> list[tuple[str, dict[str, Any]]]:
         with self.engine.connect() as conn:

@@ -57,7 +57,8 @@ class ScriptedLab:
         if isinstance(msg, p.Wait):
             if self.wait_times_out:
                 raise p.WaitTimeout("the tasks did not all end within 1s")
-            return [self.task(t) for t in msg.task_ids]
+            tasks = [self.task(t) for t in msg.task_ids]
+            return p.Reply(data=tasks) if call.whole else tasks  # a wait reads the Reply: it may say next
         if isinstance(msg, p.GetResult):
             t = self.task(msg.task_id)
             if t["state"] == "failed":
@@ -304,8 +305,9 @@ class Restarting:
             raise p.NotAnswering("the orchestrator at tcp://x did not answer within 40s")
         if len(self.waits) == 2:
             raise p.WaitTimeout(f"the tasks did not all end within {call.msg.timeout}s")
-        return [{"id": t, "capability": CAP, "action": "repeatable", "state": "succeeded", "attempts": 1}
-                for t in call.msg.task_ids]
+        tasks = [{"id": t, "capability": CAP, "action": "repeatable", "state": "succeeded", "attempts": 1}
+                 for t in call.msg.task_ids]
+        return p.Reply(data=tasks) if call.whole else tasks
 
 
 def test_a_wait_the_orchestrator_lost_is_asked_again_while_time_is_left() -> None:

@@ -59,6 +59,13 @@ def _not_answering(address: str, timeout: float) -> p.NotAnswering:
                           hint="start it with `ppu orchestrator --config lab.yaml` (or check --connect)")
 
 
+def _decode(frames: list[Any]) -> Any:
+    """A message from the orchestrator. Its replies are bounded by the lab's max_message_bytes and
+    max_blob_bytes (a long answer comes in parts), which may be larger than the defaults: they are
+    read against the most any lab may set, so that a client takes whatever its lab may send."""
+    return p.decode(frames, p.MAX_REPLY_BYTES, p.MAX_REPLY_BLOB_BYTES)
+
+
 def _socket(ctx: zmq.Context[Any], address: str, curve: CurveKeys | None) -> Any:
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -127,7 +134,7 @@ class PPUClient(_Client):
                 raise _not_answering(self.address, t)
             if not self._sock.poll(min(left, _POLL_SLICE_S) * 1000, zmq.POLLIN):
                 continue  # zmq polls at most 2**31 ms at once: a wait without timeout asks for 1e9 s
-            reply = p.decode(self._sock.recv_multipart())
+            reply = _decode(self._sock.recv_multipart())
             if isinstance(reply, p.Event):
                 self._events.append(reply.event)
             elif isinstance(reply, p.Error) and reply.req in (msg.req, ""):
@@ -245,7 +252,7 @@ class PPUClient(_Client):
                     yield self._events.popleft()
                 if not self._sock.poll(None if timeout is None else timeout * 1000, zmq.POLLIN):
                     return
-                msg = p.decode(self._sock.recv_multipart())
+                msg = _decode(self._sock.recv_multipart())
                 if isinstance(msg, p.Event):
                     self._events.append(msg.event)
         finally:
@@ -294,8 +301,11 @@ class AsyncPPUClient(_Client):
         while True:
             frames = await sock.recv_multipart()
             try:
-                msg = p.decode(frames)
-            except p.ProtocolError:
+                msg = _decode(frames)
+            except p.ProtocolError as exc:  # the request it answers fails with it, rather than wait in vain
+                fut = self._futs.pop(p.guess_req(frames[1]) if len(frames) >= 2 else "", None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(exc)
                 continue
             if isinstance(msg, p.Event):
                 for q in self._queues:
@@ -404,21 +414,30 @@ class AsyncPPUClient(_Client):
         ops.message(p.Wait, task_ids=ids, timeout=timeout)  # a bad timeout: refused before the submit
         wait = p.Wait(task_ids=ids, timeout=part)
         submitted = loop.create_task(self.request(p.Submit(tasks=items)))
-        waited = loop.create_task(self.request(wait, ops.wait_timeout(part, self.timeout)))
+        waited = loop.create_task(self.request(wait, ops.wait_timeout(part, self.timeout), whole=True))
         try:
             await submitted
-        except BaseException:
+        except BaseException as exc:
             waited.cancel()
             with contextlib.suppress(BaseException):
                 await waited
-            raise
+            if not (p.is_oversize(exc) and len(items) > 1):
+                raise
+            # too large for one message (none was accepted): submitted in parts, then waited for
+            return await self.wait(await self.submit(list[SpecLike](items)), timeout)
+        done: list[Task] = []
         try:
-            return ops.read_tasks(await waited)
+            reply = await waited
+            done = ops.read_tasks(reply.data)
+            if reply.next is None:
+                return done
         except (p.WaitTimeout, p.NotAnswering):
             if timeout is not None and timeout <= part:
                 raise
-        # not all ended within the first slice, or that wait was lost: the rest as a plain wait
-        return await self.wait(ids, None if timeout is None else max(0.0, timeout - (time.monotonic() - start)))
+        # not all ended within the first slice, that wait was lost, or its answer came in parts: the
+        # rest as a plain wait
+        rest = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+        return done + await self.wait(ids[len(done):], rest)
 
     async def cancel(self, task_id: str, reason: str = "") -> None:
         return await self._drive(ops.cancel(task_id, reason))

@@ -157,7 +157,7 @@ def _submits(specs: SpecLike | list[SpecLike]) -> list[p.Submit]:
 def _partly_accepted(exc: errors.PPUError, accepted: list[str], total: int) -> errors.PPUError:
     """A later request of a split submission failed: say which tasks the earlier ones made real."""
     if accepted:
-        exc.message += (f" (the submission of {total} tasks went out in requests of {p.MAX_SUBMIT_TASKS}; "
+        exc.message += (f" (the submission of {total} tasks went out in several requests; "
                         f"the first {len(accepted)} were accepted and will run)")
         exc.data["accepted"] = list(accepted)
     return exc
@@ -275,14 +275,34 @@ def ping(timeout: float) -> Op[bool]:
         return False
 
 
+def _too_large(exc: errors.PPUError, index: int, spec: TaskSpec) -> errors.PPUError:
+    """The door's refusal of a one-task submit over the byte limit, said of the task."""
+    exc.message = f"task {index} of the submission ({spec.capability}) is too large to send on its own: {exc.message}"
+    exc.field = f"tasks.{index}"
+    exc.hint = ("keep its bulk data out of inputs: rows as a columnar block (client.submit_block), or a file the "
+                "task names; or raise orchestrator.max_message_bytes in the lab file")
+    return exc
+
+
 def submit(specs: SpecLike | list[SpecLike]) -> Op[list[str]]:
+    """Submit in requests of at most MAX_SUBMIT_TASKS; a request the orchestrator refuses as over its
+    byte limit (it accepted none of it) goes again as two halves, so a submission fits any lab's limit
+    but for a task too large on its own."""
     ids: list[str] = []
-    msgs = _submits(specs)
-    for msg in msgs:
+    todo = _submits(specs)
+    total = sum(len(m.tasks) for m in todo)
+    while todo:
+        msg = todo.pop(0)
         try:
             ids += yield Call(msg)
         except errors.PPUError as exc:
-            raise _partly_accepted(exc, ids, sum(len(m.tasks) for m in msgs)) from None
+            if p.is_oversize(exc) and len(msg.tasks) > 1:
+                half = len(msg.tasks) // 2
+                todo[:0] = [p.Submit(tasks=msg.tasks[:half]), p.Submit(tasks=msg.tasks[half:])]
+                continue
+            if p.is_oversize(exc):
+                exc = _too_large(exc, len(ids), msg.tasks[0])
+            raise _partly_accepted(exc, ids, total) from None
     return ids
 
 
@@ -319,13 +339,17 @@ def wait(task_ids: str | list[str], timeout: float | None, client_timeout: float
     deadline = None if timeout is None else time.monotonic() + timeout
     out: list[Task] = []
     for chunk in _wait_chunks(task_ids):
+        cursor: str | None = None
         while True:
             rest = left(deadline)
             part = wait_slice(rest)
-            msg = message(p.Wait, task_ids=chunk, timeout=part)
+            msg = message(p.Wait, task_ids=chunk, timeout=part, cursor=cursor)
             try:
-                out += read_tasks((yield Call(msg, wait_timeout(part, client_timeout))))
-                break
+                reply = yield Call(msg, wait_timeout(part, client_timeout), whole=True)
+                out += read_tasks(reply.data)
+                if reply.next is None:
+                    break
+                cursor = reply.next  # the tasks did not fit in one reply: the rest (all ended) from there
             except (p.WaitTimeout, p.NotAnswering) as exc:
                 if rest is not None and rest <= part:  # the caller's own time is up
                     if isinstance(exc, p.WaitTimeout):
@@ -427,20 +451,47 @@ def hold(backend: str | None, held: bool, now: bool) -> Op[dict[str, str]]:
     return ask(message(p.Hold, backend=backend, held=held, now=now), _as_is)
 
 
+def parts(msg: Any, read: Callable[[Any], list[T]], *, limit: int | None = None,
+          older: bool = False) -> Op[list[T]]:
+    """An answer that may come in parts (docs/protocol.md "Long answers"): the same request again,
+    from each reply's ``next``, until a reply has none or ``limit`` records are in. ``older``: each
+    part holds older records than the last, each in oldest-first order (samples, audit)."""
+    out: list[T] = []
+    while True:
+        reply = yield Call(msg, whole=True)
+        rows = read(reply.data)
+        out = rows + out if older else out + rows
+        if reply.next is None or (limit is not None and len(out) >= limit):
+            return out
+        msg = msg.model_copy(update={"req": "", "cursor": reply.next})
+        if limit is not None:
+            msg.limit = min(p.MAX_LIST_ROWS, limit - len(out))
+
+
 def approvals() -> Op[list[dict[str, Any]]]:
-    return ask(p.Approvals(), _rows)
+    return parts(p.Approvals(), _rows)
 
 
 def reviews() -> Op[list[dict[str, Any]]]:
-    return ask(p.Reviews(), _rows)
+    return parts(p.Reviews(), _rows)
 
 
 def busy(since: float) -> Op[list[dict[str, Any]]]:
-    return ask(message(p.BusyLog, since=since), _rows)
+    return parts(message(p.BusyLog, since=since), _rows)
 
 
 def sample(sample_id: str) -> Op[dict[str, Any]]:
-    return ask(message(p.SampleShow, sample_id=sample_id), _dict)
+    """A sample's detail; its measurements may come in several replies (each with its task's outputs)."""
+    msg = message(p.SampleShow, sample_id=sample_id)
+    detail: dict[str, Any] = {}
+    while True:
+        reply = yield Call(msg, whole=True)
+        measured = list(reply.data.get("measurements", []))
+        detail = detail or dict(reply.data, measurements=[])
+        detail["measurements"] += measured
+        if reply.next is None:
+            return detail
+        msg = msg.model_copy(update={"req": "", "cursor": reply.next})
 
 
 def set_autonomy(level: str, backend: str | None, capability: str | None) -> Op[None]:
@@ -452,17 +503,13 @@ def status() -> Op[dict[str, Any]]:
 
 
 def tasks(state: str | None, campaign: str | None, capability: str | None, limit: int) -> Op[list[Task]]:
-    """The newest ``limit`` tasks, in pages of at most MAX_LIST_ROWS; stops at a short page."""
+    """The newest ``limit`` tasks, in pages of at most MAX_LIST_ROWS (and max_message_bytes) that go on
+    below the last task of the page before (by key, so tasks submitted meanwhile shift nothing: no task
+    twice, none missed that was there when the listing began)."""
     limit = _count("limit", limit, 1)
-    out: list[Task] = []
-    for offset in range(0, limit, p.MAX_LIST_ROWS):
-        page = message(p.Tasks, state=state, campaign=campaign, capability=capability,
-                        limit=min(p.MAX_LIST_ROWS, limit - offset), offset=offset)
-        rows = read_tasks((yield Call(page)))
-        out += rows
-        if len(rows) < page.limit:
-            break
-    return out
+    first = message(p.Tasks, state=state, campaign=campaign, capability=capability,
+                    limit=min(p.MAX_LIST_ROWS, limit))
+    return (yield from parts(first, read_tasks, limit=limit))
 
 
 def task(task_id: str) -> Op[Task]:
@@ -474,8 +521,12 @@ def result(task_id: str) -> Op[Result | None]:
 
 
 def samples(campaign: str | None) -> Op[list[Sample]]:
-    return ask(message(p.Samples, campaign=campaign), lambda data: [Sample.model_validate(s) for s in data])
+    """The newest MAX_LIST_ROWS samples, oldest change first."""
+    return parts(message(p.Samples, campaign=campaign), lambda data: [Sample.model_validate(s) for s in data],
+                 limit=p.MAX_LIST_ROWS, older=True)
 
 
 def audit(since: float) -> Op[list[AuditEntry]]:
-    return ask(message(p.Audit, since=since), lambda data: [AuditEntry.model_validate(a) for a in data])
+    """The newest MAX_LIST_ROWS entries at or after ``since``, oldest first."""
+    return parts(message(p.Audit, since=since), lambda data: [AuditEntry.model_validate(a) for a in data],
+                 limit=p.MAX_LIST_ROWS, older=True)

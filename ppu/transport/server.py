@@ -23,14 +23,17 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import zmq
 import zmq.asyncio
+from pydantic_core import to_json
 from zmq.auth.asyncio import AsyncioAuthenticator
 
 from ppu import protocol as p
@@ -52,6 +55,7 @@ from ppu.transport.aiosock import AsyncSocket
 from ppu.transport.security import OWN_ONLY, Authorizer, authorise, check_bind, load_keypair
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -196,8 +200,14 @@ class OrchestratorServer:
             return True
         if self._sock is None:
             return False
+        frames = p.encode(msg)
+        if isinstance(msg, p.Reply | p.RawReply) and len(frames[1]) > self.cfg.max_message_bytes:
+            # One record too large to cut (a get_task, get_result, status...): said, never sent over the limit.
+            self.orch.counters["error_" + p.ReplyTooLarge.code] += 1
+            frames = p.encode(p.Error.of(_too_large("the answer", len(frames[1]), self.cfg.max_message_bytes),
+                                         msg.req))
         try:
-            self._sock.send_nowait([identity, *p.encode(msg)])
+            self._sock.send_nowait([identity, *frames])
             return True
         except zmq.ZMQError as exc:
             self.orch.counters["unroutable" if exc.errno == zmq.EHOSTUNREACH else "send_dropped"] += 1
@@ -287,7 +297,7 @@ class OrchestratorServer:
             reason = str(exc.data.get("reason", "bad"))
             self.orch.counters["protocol_" + reason] += 1
             log.info("refused a malformed message from %s: %s", identity.hex(), exc)
-            await self.send(identity, p.Error.of(exc, _guess_req(body)))
+            await self.send(identity, p.Error.of(exc, p.guess_req(body[1]) if len(body) >= 2 else ""))
             return
         peer = self.peers.get(identity)
         if peer is not None:
@@ -480,7 +490,7 @@ class OrchestratorServer:
             return
         try:
             data = self._call(identity, msg, actor, key)
-            reply: Any = p.Reply(req=msg.req, data=data)
+            reply: Any = data if isinstance(data, p.RawReply) else p.Reply(req=msg.req, data=data)
         except PPUError as exc:
             self.orch.counters["error_" + exc.code] += 1
             reply = p.Error.of(exc, msg.req)
@@ -587,14 +597,18 @@ class OrchestratorServer:
                 o.reject(msg.task_id, actor, msg.reason)
             case p.Review():
                 o.review(msg.task_id, msg.decision, actor, msg.reason, msg.outputs)
-            case p.Approvals():
-                return o.approvals()
-            case p.Reviews():
-                return o.reviews()
+            case p.Approvals() | p.Reviews():
+                after = _cursor(msg, int)
+                rows = (o.approvals if isinstance(msg, p.Approvals) else o.reviews)(-1 if after is None else after)
+                return self._page(msg.req, [_json(r) for r in rows], lambda k: str(rows[k - 1]["seq"]),
+                                  lambda k: f"task {rows[k]['task_id']}'s entry")
             case p.BusyLog():
-                return [iv for iv in o.busy_log if iv["end"] >= msg.since]
+                skip = _cursor(msg, int) or 0
+                ivs = [iv for iv in o.busy_log if iv["end"] >= msg.since]  # appended in order: positions stay
+                return self._page(msg.req, (_json(iv) for iv in ivs[skip:]), lambda k: str(skip + k),
+                                  lambda k: "a busy interval")
             case p.SampleShow():
-                return o.sample_detail(msg.sample_id)
+                return self._sample(msg)
             case p.SetAutonomy():
                 o.set_autonomy(msg.level, actor, msg.backend, msg.capability)
             case p.Status():
@@ -602,8 +616,14 @@ class OrchestratorServer:
                 st["workers"] = len(self.peers)
                 return st
             case p.Tasks():
-                return [t.model_dump(mode="json") for t in
-                        o.store.list_tasks(msg.state, msg.campaign, msg.capability, msg.limit, msg.offset)]
+                before = _cursor(msg, _seq_id)
+                found = o.store.list_task_rows(msg.state, msg.campaign, msg.capability, msg.limit + 1, msg.offset,
+                                               before)
+                more = len(found) > msg.limit
+                del found[msg.limit:]
+                return self._page(msg.req, [body for _, _, body in found],
+                                  lambda k: f"{found[k - 1][0]}:{found[k - 1][1]}",
+                                  lambda k: f"task {found[k][1]}'s record", more=more)
             case p.GetTask():
                 t = o.get_task(msg.task_id)
                 if t is None:
@@ -614,10 +634,20 @@ class OrchestratorServer:
                     raise UnknownTaskError(f"unknown task {msg.task_id!r}", hint="ppu tasks lists the tasks")
                 r = o.store.final_result(msg.task_id)
                 return r.model_dump(mode="json") if r else None
-            case p.Samples():
-                return [s.model_dump(mode="json") for s in o.store.list_samples(msg.campaign, msg.limit)]
+            case p.Samples():  # the newest first, each page oldest first (as a whole listing is)
+                samples = o.store.sample_rows(msg.campaign, msg.limit + 1, _cursor(msg, _at_id))
+                more = len(samples) > msg.limit
+                del samples[msg.limit:]
+                return self._page(msg.req, [s.model_dump_json() for _, s in samples],
+                                  lambda k: "{!r}:{}".format(*samples[k - 1][0]),
+                                  lambda k: f"sample {samples[k][1].id}", more=more, reverse=True)
             case p.Audit():
-                return [a.model_dump(mode="json") for a in o.store.audit_entries(msg.since, msg.limit)]
+                entries = o.store.audit_rows(msg.since, msg.limit + 1, _cursor(msg, int))
+                more = len(entries) > msg.limit
+                del entries[msg.limit:]
+                return self._page(msg.req, [e.model_dump_json() for _, e in entries],
+                                  lambda k: str(entries[k - 1][0]), lambda k: "an audit entry", more=more,
+                                  reverse=True)
             case p.Subscribe():
                 self._subscribe(identity)
             case p.Unsubscribe():
@@ -638,9 +668,35 @@ class OrchestratorServer:
             reply = p.Error.of(exc, msg.req)
         await self.send(identity, reply)
 
+    def _page(self, req: str, items: Iterable[str], cursor_of: Callable[[int], str], what: Callable[[int], str],
+              *, more: bool = False, head: str = "[", tail: str = "]", reverse: bool = False) -> p.RawReply:
+        """The reply of as many leading items as fit in ``max_message_bytes`` (see :func:`page`)."""
+        return page(req, items, self.cfg.max_message_bytes, cursor_of, what, more=more, head=head, tail=tail,
+                    reverse=reverse)
+
+    def _sample(self, msg: p.SampleShow) -> p.RawReply:
+        """A sample's detail; its measurements (each with its task's outputs) in parts when they do not
+        fit: a later part holds only ``measurements``."""
+        o = self.orch
+        skip = _cursor(msg, int) or 0
+        s = o.sample_record(msg.sample_id)
+        head = '{"measurements":['
+        if not skip:
+            head = f'{{"sample":{s.model_dump_json()},"made_by":{_json(o.sample_task(s.made_by))},"measurements":['
+        tids = s.measurements[skip:]
+        return self._page(msg.req, (_json(o.sample_task(tid)) for tid in tids), lambda k: str(skip + k),
+                          lambda k: f"sample {s.id}'s measurement by task {tids[k]}" if k >= 0
+                          else f"sample {s.id} with the task that made it", head=head, tail="]}")
+
     async def _wait(self, identity: bytes, msg: p.Wait) -> None:
         try:
-            reply: Any = p.RawReply(msg.req, await self.orch.wait_json(msg.task_ids, msg.timeout))
+            skip = _cursor(msg, int) or 0
+            if not 0 <= skip < len(msg.task_ids):
+                raise ValidationFailed(f"cursor {skip} is past the {len(msg.task_ids)} task ids", field="cursor",
+                                       hint=_CURSOR_HINT)
+            ids = msg.task_ids[skip:]
+            reply: Any = self._page(msg.req, await self.orch.wait_json(ids, msg.timeout), lambda k: str(skip + k),
+                                    lambda k: f"task {ids[k]}'s record")
         except TimeoutError:
             reply = p.Error.of(p.WaitTimeout(f"the tasks did not all end within {msg.timeout}s",
                                              hint="wait again, or check them with ppu tasks"), msg.req)
@@ -680,14 +736,90 @@ def _holding(reg: str, h: p.Holding | None) -> tuple[str, int, list[Any], list[A
     return None if h is None else (reg, h.seq, list(h.running), list(h.unacked))
 
 
-def _guess_req(body: list[bytes]) -> str:
-    """The request id of a message that failed validation, so the client can match the error."""
+# ---- answers in parts (docs/protocol.md "Long answers") ---------------------------------------
+
+_CURSOR_HINT = "pass the next of the previous reply to this same request, unchanged"
+_TOO_LARGE_HINT = ("raise orchestrator.max_message_bytes in the lab file; keep bulk data out of task inputs and "
+                   "outputs (a columnar block, or a file the task names)")
+
+
+def _too_large(what: str, size: int, limit: int) -> p.ReplyTooLarge:
+    return p.ReplyTooLarge(f"{what} is {size} bytes as JSON, more than one reply may hold: the orchestrator's "
+                           f"max_message_bytes is {limit}", hint=_TOO_LARGE_HINT)
+
+
+_ENVELOPE = len(p.RawReply("", [], None, "", "").body())  # a reply's body besides req, head, items and tail
+
+
+def _nbytes(s: str) -> int:
+    return len(s) if s.isascii() else len(s.encode())  # isascii is a flag lookup: no copy for ASCII text
+
+
+def page(req: str, items: Iterable[str], limit: int, cursor_of: Callable[[int], str], what: Callable[[int], str],
+         *, more: bool = False, head: str = "[", tail: str = "]", reverse: bool = False) -> p.RawReply:
+    """A reply whose body takes at most ``limit`` bytes: the leading ``items`` (records as JSON) that fit.
+
+    When some are left (or ``more``: records follow the last item) its ``next`` is ``cursor_of(k)``,
+    ``k`` the number of items it holds: the client asks again from there. At least one item goes,
+    else :class:`~ppu.protocol.ReplyTooLarge` names it (``what(0)``; ``what(-1)``: the reply without
+    items, when that alone is too large). ``reverse``: the chosen items in the opposite order (a
+    listing whose pages go newest first but read oldest first)."""
+    if isinstance(items, list) and not more and (4 * (sum(map(len, items)) + len(head) + len(tail)) + len(items)
+                                                 + 6 * len(req) + _ENVELOPE <= limit):
+        return p.RawReply(req, items[::-1] if reverse else items, None, head, tail)  # surely fits: nothing measured
+    envelope = p.RawReply(req, [], None, head, tail).envelope()
+    if envelope > limit:
+        raise _too_large(what(-1), envelope, limit)
+    room = limit - envelope
+    taken: list[str] = []
+    ends: list[int] = []  # ends[i]: bytes of the first i + 1 items with the commas between them
+    used = -1
+    left = more
+    for item in items:
+        used += 1 + _nbytes(item)
+        if used > room:
+            if not taken:
+                raise _too_large(what(0), _nbytes(item), limit)
+            left = True
+            break
+        taken.append(item)
+        ends.append(used)
+    k = len(taken)
+    if left:  # the cursor takes room too: give back items until it fits
+        while k and ends[k - 1] + len(',"next":') + len(json.dumps(cursor_of(k))) > room:
+            k -= 1
+        if not k:
+            raise _too_large(what(0), ends[0], limit)
+    chosen = taken[:k]
+    return p.RawReply(req, chosen[::-1] if reverse else chosen, cursor_of(k) if left else None, head, tail)
+
+
+def _cursor(msg: Any, parse: Callable[[str], T]) -> T | None:
+    """A request's ``cursor`` read back (it is the ``next`` of a reply to the same kind of request)."""
+    if msg.cursor is None:
+        return None
     try:
-        # a message with binary frames (blobs) has its request id in the same header as any other
-        req = json.loads(body[1]).get("req", "") if len(body) >= 2 and len(body[1]) < 1_000_000 else ""
-        return req if isinstance(req, str) and len(req) <= 64 else ""
-    except Exception:
-        return ""
+        return parse(msg.cursor)
+    except (ValueError, TypeError):
+        raise ValidationFailed(f"cursor {msg.cursor[:64]!r} is not one a {msg.type} reply gives", field="cursor",
+                               hint=_CURSOR_HINT) from None
+
+
+def _seq_id(cursor: str) -> tuple[int, str]:
+    seq, tid = cursor.split(":", 1)
+    return int(seq), tid
+
+
+def _at_id(cursor: str) -> tuple[float, str]:
+    at, sid = cursor.split(":", 1)
+    if not math.isfinite(float(at)):
+        raise ValueError(at)
+    return float(at), sid
+
+
+def _json(value: Any) -> str:
+    """A reply's record as JSON, as the Reply model would write it inside data."""
+    return to_json(value).decode()
 
 
 def _merge_acks(outbox: list[tuple[bytes, Any]]) -> list[tuple[bytes, Any]]:
