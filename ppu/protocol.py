@@ -173,7 +173,10 @@ class Register(_Req):
     boot: str = Field("", max_length=64, description="random id of the worker process (not shown anywhere)")
     backends: list[BackendSpec] = Field(min_length=1)
     in_flight: dict[str, list[str]] = Field(default_factory=dict, description="backend -> task ids it holds")
-    pending: dict[str, list[Result]] = Field(default_factory=dict, description="backend -> unacked results")
+    pending: dict[str, list[Result]] = Field(
+        default_factory=dict,
+        description="backend -> unacked results, as many as fit in 1 MiB of JSON; the others are in in_flight and "
+                    "re-sent as results")
 
 
 RunKey = tuple[str, int]  # (task id, attempt)

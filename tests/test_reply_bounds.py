@@ -417,3 +417,42 @@ def test_a_whole_reply_leaves_next_out_and_a_bad_cursor_is_refused(tmp_path: Pat
             with pytest.raises(errors.ValidationFailed) as e:
                 c.request(msg)
             assert e.value.field == "cursor", msg
+
+
+def test_an_assignment_of_a_batch_larger_than_the_default_limit_reaches_the_worker(tmp_path: Path):
+    """24 tasks of 800 kB in one batch: a 19 MB assignment. The worker decoded it against the default 16 MiB,
+    refused it as malformed, and the batch never ran."""
+    lab = lab_config(tmp_path, backends=[{"type": "echo", "name": "e", "duration_s": 0.0, "batch_size": N_BIG,
+                                          "batch_wait_s": 0.0}],
+                     orchestrator={**ORCH, "heartbeat_s": 2.0})  # 19 MB through one loop takes longer than 0.3 s
+    with LabThread(lab) as lt, lt.client(timeout=30) as c:
+        c.stop("e")  # held: the tasks queue, and resuming assigns them as one batch
+        ids = c.submit([big(i) for i in range(N_BIG)])  # split by the client into requests that fit
+        sent = spy(lt.embedded.server)
+        c.resume("e")
+        done = c.wait(ids, timeout=60)
+    assert all(t.state is TaskState.succeeded for t in done) and all(t.attempts == 1 for t in done)
+    _check_big(done, ids)
+    [assign] = [b for b in sent if b'"type":"assign"' in b[:200]]
+    assert len(assign) > p.MAX_MESSAGE_BYTES  # one assignment, over the default limit
+
+
+def test_a_registration_carries_only_the_unacknowledged_results_that_fit():
+    """A worker that reconnects with 19 MB of unacknowledged results sent them all in its registration,
+    which the orchestrator refused as over its limit, again at every try. Now the registration carries
+    what fits; the others stay held (in_flight) and follow as re-sent results."""
+    from ppu.backends.echo import EchoBackend, EchoConfig
+    from ppu.host import BackendHost
+    from ppu.transport.worker import RESULTS_MESSAGE_BYTES, _pending_within
+
+    async def report(kind: str, payload: dict[str, Any]) -> None:
+        pass
+
+    host = BackendHost(EchoBackend(EchoConfig(type="echo", name="e")), report)
+    for i in range(N_BIG):
+        r = Result(task_id=f"t-{i}", attempt=1, status=ResultStatus.succeeded, outputs=big(i)["inputs"])
+        host.unacked[(r.task_id, r.attempt)] = r
+    pending = _pending_within({"e": host}, RESULTS_MESSAGE_BYTES)
+    carried = pending.get("e", [])
+    assert 0 < len(carried) < N_BIG and sum(len(r.model_dump_json()) for r in carried) <= RESULTS_MESSAGE_BYTES
+    assert set(host.in_flight()) == {f"t-{i}" for i in range(N_BIG)}  # all still held, so none is taken for lost

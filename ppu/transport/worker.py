@@ -155,7 +155,7 @@ class Worker:
         specs = [h.backend.spec() for h in self.hosts.values()]
         self._send(p.Register(req=self._register_req, worker=self.name, boot=self.boot, backends=specs,
                               in_flight={n: h.in_flight() for n, h in self.hosts.items()},
-                              pending={n: h.pending_results() for n, h in self.hosts.items() if h.unacked}))
+                              pending=_pending_within(self.hosts, RESULTS_MESSAGE_BYTES)))
 
     def _reporter(self, backend: str) -> Any:
         async def report(kind: str, payload: dict[str, Any]) -> None:
@@ -193,7 +193,9 @@ class Worker:
                     if frames is None:
                         break  # nothing more waiting
                     try:
-                        self._on_message(p.decode(frames))
+                        # bounded by what a lab may set, as a client's replies are: an assignment of a
+                        # batch of large tasks passes the default limit, and the lab has set its own
+                        self._on_message(p.decode(frames, p.MAX_REPLY_BYTES, p.MAX_REPLY_BLOB_BYTES))
                     except p.ProtocolError as exc:
                         log.warning("ignored a malformed message from the orchestrator: %s", exc)
                     if self._sock is not sock:
@@ -311,6 +313,20 @@ class Worker:
 
 RESULTS_PER_MESSAGE = 256
 RESULTS_MESSAGE_BYTES = 1 << 20  # a results message larger than this is split (the orchestrator's limit is 16 MiB)
+
+
+def _pending_within(hosts: dict[str, BackendHost], budget: int) -> dict[str, list[Result]]:
+    """The unacknowledged results a registration carries: as many as fit in ``budget`` bytes of JSON. The
+    others are named among its in_flight tasks, so the orchestrator waits for them, and they follow as
+    re-sent results (a registration over the orchestrator's limit would be refused, again and again)."""
+    out: dict[str, list[Result]] = {}
+    for name, host in hosts.items():
+        for r in host.pending_results():
+            budget -= len(r.model_dump_json())
+            if budget < 0:
+                return out
+            out.setdefault(name, []).append(r)
+    return out
 
 
 def _result_msgs(backend: str, results: list[Result]) -> list[list[Any]]:
