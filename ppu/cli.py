@@ -14,7 +14,6 @@ import json
 import os
 import re
 import sys
-from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -180,7 +179,6 @@ def _writable(folder: Path, option: str) -> None:
 
 TABLE_ROWS = 200  # rich measures every cell of a table (over a minute for 60,000 rows): above this, plain columns
 SHOWN_RUNNING = 10  # running tasks `ppu status` lists one by one; the others are counted in groups
-GROUPED_RUNNING = 20_000  # status lists at most this many running tasks to count them by backend and capability
 _LINE_BREAKS = re.compile(r"[\t\n\r\v\f\x1c-\x1e\x85\u2028\u2029]+")
 
 
@@ -296,8 +294,7 @@ def status(config: ConfigOpt = None, json_out: JsonDocOpt = False, connect: Conn
     if json_out:
         _json_doc(_act(lab, connect, lambda c: c.status()))
         return
-    st, running = _act(lab, connect, _status_and_running)
-    _print_status(st, running)
+    _print_status(_act(lab, connect, lambda c: c.status()))
 
 
 def _running_total(st: dict[str, Any]) -> int:
@@ -306,17 +303,7 @@ def _running_total(st: dict[str, Any]) -> int:
     return max(counted, len(st.get("running") or []))
 
 
-def _status_and_running(c: Any) -> tuple[dict[str, Any], list[Task] | None]:
-    """The status, and the running tasks themselves when its list of them is cut short but they are not
-    too many to count by backend and capability (the status counts them by capability alone)."""
-    st = c.status()
-    total = _running_total(st)
-    if len(st.get("running") or []) < total <= GROUPED_RUNNING:
-        return st, c.tasks("running", limit=total)
-    return st, None
-
-
-def _print_status(st: dict[str, Any], running: list[Task] | None = None) -> None:
+def _print_status(st: dict[str, Any]) -> None:
     t = Table(title="backends")
     for col in ("name", "kind", "state", "slots", "used", "utilisation", "capabilities"):
         t.add_column(col)
@@ -324,7 +311,7 @@ def _print_status(st: dict[str, Any], running: list[Task] | None = None) -> None
         t.add_row(b["name"], b["kind"], b["state"] + (" (held)" if b.get("held") else ""), str(b["slots"]),
                   str(b["used"]), f"{b.get('utilisation', 0):.0%}", ", ".join(b["capabilities"]))
     console.print(t)
-    _print_running(st, running)
+    _print_running(st)
     q = Table(title="queues (live tasks by state)")
     q.add_column("capability")
     q.add_column("states")
@@ -336,10 +323,10 @@ def _print_status(st: dict[str, Any], running: list[Task] | None = None) -> None
         console.print("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(st["counters"].items())))
 
 
-def _print_running(st: dict[str, Any], listed: list[Task] | None) -> None:
-    """Running tasks in a bounded number of lines: counted by backend and capability, then the first
-    SHOWN_RUNNING of them (held ones, ones with a progress message, physical ones first; then the
-    oldest), then how many more there are and how to list them."""
+def _print_running(st: dict[str, Any]) -> None:
+    """Running tasks in a bounded number of lines: counted by backend and capability (the orchestrator
+    counts them all), then the first SHOWN_RUNNING of them (held ones, ones with a progress message,
+    physical ones first; then the oldest), then how many more there are and how to list them."""
     rows: list[dict[str, Any]] = st.get("running") or []
     total = _running_total(st)
     if not total:
@@ -348,24 +335,14 @@ def _print_running(st: dict[str, Any], listed: list[Task] | None) -> None:
         g = Table(title=f"running ({total})")
         for col in ("backend", "capability", "tasks"):
             g.add_column(col, justify="right" if col == "tasks" else "left")
-        if listed is not None or len(rows) >= total:
-            pairs = ((t.backend, t.capability) for t in listed) if listed is not None else \
-                ((r.get("backend"), r["capability"]) for r in rows)
-            groups = [((backend or "", cap), n) for (backend, cap), n in Counter(pairs).items()]
-        else:  # too many to list: counted by capability (exact); the backends are those running it
-            busy = [b for b in st["backends"] if b.get("used")]
-            groups = [((", ".join(b["name"] for b in busy if cap in b["capabilities"]), cap), states["running"])
-                      for cap, states in st["queues"].items() if states.get("running")]
-        groups.sort(key=lambda kv: (-kv[1], kv[0]))
+        groups = [((gr["backend"], gr["capability"]), gr["running"]) for gr in st.get("running_groups") or []]
         for (backend, cap), n in groups[:SHOWN_RUNNING]:
             g.add_row(backend, cap, str(n))
         if len(groups) > SHOWN_RUNNING:
             rest = groups[SHOWN_RUNNING:]
             g.add_row(f"… {len(rest)} more", "", str(sum(n for _, n in rest)))
         console.print(g)
-    kinds = {b["name"]: b["kind"] for b in st["backends"]}
-    first = sorted(rows, key=lambda r: (not r.get("held"), not (r.get("progress") or {}).get("message"),
-                                        kinds.get(r.get("backend") or "") != "physical"))[:SHOWN_RUNNING]
+    first = rows[:SHOWN_RUNNING]  # in the orchestrator's order: the ones a person looks for first
     r = Table(title="running" if total <= SHOWN_RUNNING else f"running: the first {len(first)}")
     for col in ("task", "capability", "backend", "plan"):
         r.add_column(col, overflow="fold")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import os
 import socket
@@ -71,6 +72,7 @@ from ppu.journal import Journal
 from ppu.models import (
     MAX_NAME,
     TERMINAL_STATES,
+    ActionClass,
     ApprovalState,
     AuditEntry,
     BackendKind,
@@ -900,11 +902,22 @@ class Orchestrator:
         backends = self.sched.backends()
         for row in backends:
             row["utilisation"] = min(1.0, busy.get(row["name"], 0.0) / span / max(1, row["slots"]))
-        running = [{"task_id": t.id, "capability": t.capability, "backend": t.backend,
-                    "held": bool(t.backend and self._holds.get(t.backend)), "progress": self.progress_of.get(t.id)}
-                   for t in self.sched.live_tasks() if t.state is TaskState.running][:MAX_RUNNING_SHOWN]
+        # Running tasks: all counted by backend and capability; listed up to MAX_RUNNING_SHOWN, those a
+        # person looks for first (on a stopped backend, reporting progress, physical; then the oldest).
+        groups: Counter[tuple[str, str]] = Counter()
+        running = []
+        for tid, cap, backend, action, seq in self.sched.running():
+            groups[(backend or "", cap)] += 1
+            held = bool(backend and self._holds.get(backend))
+            progress = self.progress_of.get(tid)
+            key = (not held, not (progress or {}).get("message"), action is not ActionClass.once, seq)
+            running.append((key, {"task_id": tid, "capability": cap, "backend": backend, "held": held,
+                                  "progress": progress}))
+        shown = [row for _, row in heapq.nsmallest(MAX_RUNNING_SHOWN, running, key=lambda kv: kv[0])]
         return {"backends": backends, "queues": self.sched.queue_depths(), "counters": dict(self.counters),
-                "tasks": self.store.count_tasks(), "uptime_s": span, "running": running}
+                "tasks": self.store.count_tasks(), "uptime_s": span, "running": shown,
+                "running_groups": [{"backend": b, "capability": c, "running": n}
+                                   for (b, c), n in sorted(groups.items(), key=lambda kv: (-kv[1], kv[0]))]}
 
 
 class LocalWorker:

@@ -19,7 +19,7 @@ import functools
 import heapq
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -303,6 +303,12 @@ class Scheduler:
 
     def live_tasks(self) -> Iterable[Task]:
         return (t.to_task() for t in self._tasks.values())
+
+    def running(self) -> Iterator[tuple[str, str, str | None, ActionClass, int]]:
+        """(id, capability, backend, action, seq) of each running task, no model built (a status of a lab
+        with tens of thousands of live tasks must not build one per task)."""
+        return ((t.id, t.capability, t.backend, t.action, t.seq) for t in self._tasks.values()
+                if t.state is S.running)
 
     def backends(self) -> list[dict[str, Any]]:
         out = []

@@ -168,8 +168,8 @@ def test_status_json_is_one_document_and_nothing_else(busy_lab: tuple[Path, str,
 
 
 def test_status_counts_a_flood_by_capability_when_too_many_to_list(monkeypatch: pytest.MonkeyPatch):
-    """Beyond GROUPED_RUNNING running tasks, status does not list them: it counts them by capability (the
-    orchestrator's count) and names the backends running each."""
+    """50,000 running tasks: status prints the orchestrator's counts by backend and capability and the
+    first few of its list, in a bounded number of lines."""
     from rich.console import Console
 
     def backend(name: str, kind: str, caps: list[str], used: int) -> dict[str, object]:
@@ -182,7 +182,9 @@ def test_status_counts_a_flood_by_capability_when_too_many_to_list(monkeypatch: 
     st = {"backends": [backend(f"ray-{i}", "digital", ["screen"], 8) for i in range(3)] +
           [backend("xrd", "physical", ["characterize.xrd"], 1), backend("idle", "digital", ["screen"], 0)],
           "queues": {"screen": {"running": 49_999, "ready": 7}, "characterize.xrd": {"running": 1}},
-          "tasks": {"running": 50_000, "ready": 7}, "counters": {}, "running": running}
+          "tasks": {"running": 50_000, "ready": 7}, "counters": {}, "running": [running[150], *running[:150]],
+          "running_groups": [{"backend": f"ray-{i}", "capability": "screen", "running": 16_667 - (i == 2)}
+                             for i in range(3)] + [{"backend": "xrd", "capability": "characterize.xrd", "running": 1}]}
     out = Console(record=True, width=200)
     monkeypatch.setattr(cli, "console", out)
     cli._print_status(st)
@@ -190,5 +192,5 @@ def test_status_counts_a_flood_by_capability_when_too_many_to_list(monkeypatch: 
     assert len(text.splitlines()) < 60, text
     assert "running (50000)" in text and "ppu tasks --state running" in text
     lines = [" ".join(ln.replace("│", " ").split()) for ln in text.splitlines()]
-    assert "ray-0, ray-1, ray-2 screen 49999" in lines and "xrd characterize.xrd 1" in lines
+    assert "ray-0 screen 16667" in lines and "ray-2 screen 16666" in lines and "xrd characterize.xrd 1" in lines
     assert "scanning 2-theta" in text
