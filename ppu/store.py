@@ -175,7 +175,9 @@ def _positional(order: tuple[str, ...], rows: list[dict[str, Any]]) -> list[Any]
 
 
 class Store:
-    def __init__(self, url: str, durability: str = "power"):
+    def __init__(self, url: str, durability: str = "power", field: str = "store.url"):
+        """``field``: the lab-file field the URL comes from (store.url, or run_dir where the store lies
+        under it: LabConfig.store_field), which an error opening it names."""
         self.url = url
         if durability not in SQLITE_SYNCHRONOUS:
             raise StoreError(f"unknown store durability {durability!r}", field="store.durability",
@@ -196,13 +198,13 @@ class Store:
             metadata.create_all(self.engine)
             _migrate_indexes(self.engine)
         except sa.exc.SQLAlchemyError as exc:
-            raise StoreError(f"cannot open the store at {url}: {exc}",
+            raise StoreError(f"cannot open the store at {url}: {exc}", field=field,
                              hint="check the store URL in the lab config (store: ...)"
                                   + (" and that its folder is writable" if url.startswith("sqlite") else
                                      " and that the database server runs")) from exc
         except OSError as exc:  # the store's folder cannot be made (run_dir on a read-only or missing path)
             raise StoreError(f"cannot create the store's folder for {url}: {exc.strerror} ({exc.filename})",
-                             field="run_dir", hint="point run_dir (or store:) at a folder you can write") from None
+                             field=field, hint="point run_dir (or store.url) at a folder you can write") from None
         except ImportError as exc:  # the database driver is an optional extra
             raise StoreError(f"the store {url} needs a database driver that is not installed ({exc.name})",
                              field="store", hint="pip install 'ppu[postgres]' for postgresql+psycopg:// "

@@ -6,6 +6,8 @@ Every test runs on SQLite and on PostgreSQL (the ``store_url`` fixture, ``store_
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+from typing import Any
 
 import pytest
 from sched_helpers import ok, register, spec, task
@@ -240,3 +242,25 @@ def test_stop_resume_reviews_and_autonomy_are_audited(orch_env):
         await orch.close()
         store.close()
     asyncio.run(body())
+
+
+@pytest.mark.parametrize("where", ["store.url", "run_dir"])
+def test_a_store_that_cannot_be_made_names_the_field_its_place_came_from(tmp_path: Path, where: str) -> None:
+    """The store's folder lies under a file. A lab that set store.url was told to fix run_dir."""
+    from ppu.config import parse_lab
+    from ppu.errors import PPUError
+    from ppu.transport import EmbeddedLab
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    raw: dict[str, Any] = {"name": "t", "run_dir": str(blocker / "run")}
+    if where == "store.url":
+        raw = {"name": "t", "run_dir": str(tmp_path / "run"), "store": f"sqlite:///{blocker / 'db' / 'ppu.sqlite'}"}
+
+    async def go() -> None:
+        async with EmbeddedLab(parse_lab(raw)):
+            pass
+
+    with pytest.raises(PPUError) as err:
+        asyncio.run(go())
+    assert err.value.field == where, err.value

@@ -65,7 +65,7 @@ class EmbeddedLab:
     async def _start(self) -> AsyncPPUClient:
         lab = self.lab
         lab.load_packs()
-        self.store = Store(lab.store_url(), lab.store_durability())
+        self.store = Store(lab.store_url(), lab.store_durability(), lab.store_field())
         self.orch = Orchestrator(self.store, lab.orchestrator, lab.autonomy)
         await self.orch.start()
         self.server = OrchestratorServer(self.orch, self.bind, lab.security)

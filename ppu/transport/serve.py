@@ -50,7 +50,7 @@ async def serve_orchestrator(lab: LabConfig, bind: str | None = None, insecure: 
                              announce: Callable[[str], None] = print) -> None:
     """Serve until SIGINT/SIGTERM; raises JournalFailed (the CLI exits non-zero) when a commit failed."""
     announce(f"packs: {', '.join(lab.load_packs().names)}")
-    store = Store(lab.store_url(), lab.store_durability())
+    store = Store(lab.store_url(), lab.store_durability(), lab.store_field())
     orch = Orchestrator(store, lab.orchestrator, lab.autonomy)
     server: OrchestratorServer | None = None
     try:
@@ -106,7 +106,7 @@ def private_orchestrator(lab: LabConfig) -> Iterator[str]:
     state: dict[str, Any] = {}
 
     async def main() -> None:
-        store = Store(lab.store_url(), lab.store_durability())
+        store = Store(lab.store_url(), lab.store_durability(), lab.store_field())
         orch = Orchestrator(store, lab.orchestrator.model_copy(update={"bind": address}), lab.autonomy)
         server: OrchestratorServer | None = None
         try:
