@@ -25,6 +25,11 @@ def _contract(pack: str, type_: str, path: str) -> type[CaseContract]:
     case = packs.resolve(path, "conformance case")()
     absent = [m for m in case.requires if importlib.util.find_spec(m) is None]
     marks = [pytest.mark.skip(reason=f"needs {', '.join(absent)} (an optional extra)")] if absent else []
+    if "ray" in case.requires and not absent:
+        # the session's one local Ray (conftest): each backend joins it instead of starting and
+        # stopping a Ray of its own per test (seconds each; a Ray started for you is tested in
+        # test_digital_ray_config)
+        marks.append(pytest.mark.usefixtures("ray_local"))
     cls = type(f"Test_{pack}_{type_}", (CaseContract,), {"case": case, "__module__": __name__})
     for m in marks:
         cls = m(cls)

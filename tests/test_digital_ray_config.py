@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import socket
 from pathlib import Path
 from typing import Any
@@ -250,3 +251,34 @@ def test_a_damaged_model_file_names_the_field_on_torch_too(tmp_path: Path, kind:
     with pytest.raises(ConfigError) as err:
         start(cfg)
     assert err.value.field == f"models.{CAP}.{kind}" and "torch can load" in str(err.value)
+
+
+def test_a_ray_started_for_the_backend_serves_and_is_shut_down_on_close(tmp_path: Path) -> None:
+    """The real thing, in a fresh process (this session's tests share one Ray): no address, so the
+    backend starts a local Ray, serves a batch on it, and stops it when it closes."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import asyncio, json, ray
+        from ppu.backends.base import TaskRun
+        from ppu.backends.registry import build_backend
+
+        async def main():
+            model = {"factory": "ppu.corepack:doubler", "encoder": "ppu.corepack:encode_echo",
+                     "decoder": "ppu.corepack:decode_echo", "version": "1"}
+            b = build_backend({"type": "ray", "name": "own", "actors": 1, "local_cpus": 1, "models": {"echo": model}})
+            await b.start()
+            up = ray.is_initialized()
+            [r] = await b.run([TaskRun(task_id="t1", attempt=1, capability="echo", inputs={"x": 3.0})],
+                              lambda *a: None)
+            await b.close()
+            print(json.dumps({"up": up, "status": r.status.value, "outputs": r.outputs, "after": ray.is_initialized()}))
+
+        asyncio.run(main())
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["up"] and not got["after"] and got["status"] == "succeeded", got
