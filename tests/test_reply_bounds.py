@@ -383,7 +383,7 @@ def test_a_submission_too_large_together_is_split_to_fit(tmp_path: Path):
 
 
 def test_a_reply_in_parts_holds_whole_records_within_the_limit_and_says_where_to_go_on():
-    from ppu.transport.server import page
+    from ppu.transport.paging import page
 
     rng = random.Random(7)
     for case in range(400):

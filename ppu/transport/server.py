@@ -21,19 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import zmq
 import zmq.asyncio
-from pydantic_core import to_json
 from zmq.auth.asyncio import AsyncioAuthenticator
 
 from ppu import protocol as p
@@ -52,10 +49,10 @@ from ppu.errors import (
 from ppu.models import AuditEntry, Result, TaskSpec
 from ppu.orchestrator import Orchestrator
 from ppu.transport.aiosock import AsyncSocket
+from ppu.transport.paging import CURSOR_HINT, as_json, at_id, cursor, page, seq_id, too_large
 from ppu.transport.security import OWN_ONLY, Authorizer, authorise, check_bind, load_keypair
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 @dataclass
@@ -204,7 +201,7 @@ class OrchestratorServer:
         if isinstance(msg, p.Reply | p.RawReply) and len(frames[1]) > self.cfg.max_message_bytes:
             # One record too large to cut (a get_task, get_result, status...): said, never sent over the limit.
             self.orch.counters["error_" + p.ReplyTooLarge.code] += 1
-            frames = p.encode(p.Error.of(_too_large("the answer", len(frames[1]), self.cfg.max_message_bytes),
+            frames = p.encode(p.Error.of(too_large("the answer", len(frames[1]), self.cfg.max_message_bytes),
                                          msg.req))
         try:
             self._sock.send_nowait([identity, *frames])
@@ -598,14 +595,14 @@ class OrchestratorServer:
             case p.Review():
                 o.review(msg.task_id, msg.decision, actor, msg.reason, msg.outputs)
             case p.Approvals() | p.Reviews():
-                after = _cursor(msg, int)
+                after = cursor(msg, int)
                 rows = (o.approvals if isinstance(msg, p.Approvals) else o.reviews)(-1 if after is None else after)
-                return self._page(msg.req, [_json(r) for r in rows], lambda k: str(rows[k - 1]["seq"]),
+                return self._page(msg.req, [as_json(r) for r in rows], lambda k: str(rows[k - 1]["seq"]),
                                   lambda k: f"task {rows[k]['task_id']}'s entry")
             case p.BusyLog():
-                skip = _cursor(msg, int) or 0
+                skip = cursor(msg, int) or 0
                 ivs = [iv for iv in o.busy_log if iv["end"] >= msg.since]  # appended in order: positions stay
-                return self._page(msg.req, (_json(iv) for iv in ivs[skip:]), lambda k: str(skip + k),
+                return self._page(msg.req, (as_json(iv) for iv in ivs[skip:]), lambda k: str(skip + k),
                                   lambda k: "a busy interval")
             case p.SampleShow():
                 return self._sample(msg)
@@ -616,7 +613,7 @@ class OrchestratorServer:
                 st["workers"] = len(self.peers)
                 return st
             case p.Tasks():
-                before = _cursor(msg, _seq_id)
+                before = cursor(msg, seq_id)
                 found = o.store.list_task_rows(msg.state, msg.campaign, msg.capability, msg.limit + 1, msg.offset,
                                                before)
                 more = len(found) > msg.limit
@@ -635,14 +632,14 @@ class OrchestratorServer:
                 r = o.store.final_result(msg.task_id)
                 return r.model_dump(mode="json") if r else None
             case p.Samples():  # the newest first, each page oldest first (as a whole listing is)
-                samples = o.store.sample_rows(msg.campaign, msg.limit + 1, _cursor(msg, _at_id))
+                samples = o.store.sample_rows(msg.campaign, msg.limit + 1, cursor(msg, at_id))
                 more = len(samples) > msg.limit
                 del samples[msg.limit:]
                 return self._page(msg.req, [s.model_dump_json() for _, s in samples],
                                   lambda k: "{!r}:{}".format(*samples[k - 1][0]),
                                   lambda k: f"sample {samples[k][1].id}", more=more, reverse=True)
             case p.Audit():
-                entries = o.store.audit_rows(msg.since, msg.limit + 1, _cursor(msg, int))
+                entries = o.store.audit_rows(msg.since, msg.limit + 1, cursor(msg, int))
                 more = len(entries) > msg.limit
                 del entries[msg.limit:]
                 return self._page(msg.req, [e.model_dump_json() for _, e in entries],
@@ -678,22 +675,22 @@ class OrchestratorServer:
         """A sample's detail; its measurements (each with its task's outputs) in parts when they do not
         fit: a later part holds only ``measurements``."""
         o = self.orch
-        skip = _cursor(msg, int) or 0
+        skip = cursor(msg, int) or 0
         s = o.sample_record(msg.sample_id)
         head = '{"measurements":['
         if not skip:
-            head = f'{{"sample":{s.model_dump_json()},"made_by":{_json(o.sample_task(s.made_by))},"measurements":['
+            head = f'{{"sample":{s.model_dump_json()},"made_by":{as_json(o.sample_task(s.made_by))},"measurements":['
         tids = s.measurements[skip:]
-        return self._page(msg.req, (_json(o.sample_task(tid)) for tid in tids), lambda k: str(skip + k),
+        return self._page(msg.req, (as_json(o.sample_task(tid)) for tid in tids), lambda k: str(skip + k),
                           lambda k: f"sample {s.id}'s measurement by task {tids[k]}" if k >= 0
                           else f"sample {s.id} with the task that made it", head=head, tail="]}")
 
     async def _wait(self, identity: bytes, msg: p.Wait) -> None:
         try:
-            skip = _cursor(msg, int) or 0
+            skip = cursor(msg, int) or 0
             if not 0 <= skip < len(msg.task_ids):
                 raise ValidationFailed(f"cursor {skip} is past the {len(msg.task_ids)} task ids", field="cursor",
-                                       hint=_CURSOR_HINT)
+                                       hint=CURSOR_HINT)
             ids = msg.task_ids[skip:]
             reply: Any = self._page(msg.req, await self.orch.wait_json(ids, msg.timeout), lambda k: str(skip + k),
                                     lambda k: f"task {ids[k]}'s record")
@@ -734,92 +731,6 @@ class OrchestratorServer:
 def _holding(reg: str, h: p.Holding | None) -> tuple[str, int, list[Any], list[Any]] | None:
     """A heartbeat's inventory of one backend, as plain data for the orchestrator."""
     return None if h is None else (reg, h.seq, list(h.running), list(h.unacked))
-
-
-# ---- answers in parts (docs/protocol.md "Long answers") ---------------------------------------
-
-_CURSOR_HINT = "pass the next of the previous reply to this same request, unchanged"
-_TOO_LARGE_HINT = ("raise orchestrator.max_message_bytes in the lab file; keep bulk data out of task inputs and "
-                   "outputs (a columnar block, or a file the task names)")
-
-
-def _too_large(what: str, size: int, limit: int) -> p.ReplyTooLarge:
-    return p.ReplyTooLarge(f"{what} is {size} bytes as JSON, more than one reply may hold: the orchestrator's "
-                           f"max_message_bytes is {limit}", hint=_TOO_LARGE_HINT)
-
-
-_ENVELOPE = len(p.RawReply("", [], None, "", "").body())  # a reply's body besides req, head, items and tail
-
-
-def _nbytes(s: str) -> int:
-    return len(s) if s.isascii() else len(s.encode())  # isascii is a flag lookup: no copy for ASCII text
-
-
-def page(req: str, items: Iterable[str], limit: int, cursor_of: Callable[[int], str], what: Callable[[int], str],
-         *, more: bool = False, head: str = "[", tail: str = "]", reverse: bool = False) -> p.RawReply:
-    """A reply whose body takes at most ``limit`` bytes: the leading ``items`` (records as JSON) that fit.
-
-    When some are left (or ``more``: records follow the last item) its ``next`` is ``cursor_of(k)``,
-    ``k`` the number of items it holds: the client asks again from there. At least one item goes,
-    else :class:`~ppu.protocol.ReplyTooLarge` names it (``what(0)``; ``what(-1)``: the reply without
-    items, when that alone is too large). ``reverse``: the chosen items in the opposite order (a
-    listing whose pages go newest first but read oldest first)."""
-    if isinstance(items, list) and not more and (4 * (sum(map(len, items)) + len(head) + len(tail)) + len(items)
-                                                 + 6 * len(req) + _ENVELOPE <= limit):
-        return p.RawReply(req, items[::-1] if reverse else items, None, head, tail)  # surely fits: nothing measured
-    envelope = p.RawReply(req, [], None, head, tail).envelope()
-    if envelope > limit:
-        raise _too_large(what(-1), envelope, limit)
-    room = limit - envelope
-    taken: list[str] = []
-    ends: list[int] = []  # ends[i]: bytes of the first i + 1 items with the commas between them
-    used = -1
-    left = more
-    for item in items:
-        used += 1 + _nbytes(item)
-        if used > room:
-            if not taken:
-                raise _too_large(what(0), _nbytes(item), limit)
-            left = True
-            break
-        taken.append(item)
-        ends.append(used)
-    k = len(taken)
-    if left:  # the cursor takes room too: give back items until it fits
-        while k and ends[k - 1] + len(',"next":') + len(json.dumps(cursor_of(k))) > room:
-            k -= 1
-        if not k:
-            raise _too_large(what(0), ends[0], limit)
-    chosen = taken[:k]
-    return p.RawReply(req, chosen[::-1] if reverse else chosen, cursor_of(k) if left else None, head, tail)
-
-
-def _cursor(msg: Any, parse: Callable[[str], T]) -> T | None:
-    """A request's ``cursor`` read back (it is the ``next`` of a reply to the same kind of request)."""
-    if msg.cursor is None:
-        return None
-    try:
-        return parse(msg.cursor)
-    except (ValueError, TypeError):
-        raise ValidationFailed(f"cursor {msg.cursor[:64]!r} is not one a {msg.type} reply gives", field="cursor",
-                               hint=_CURSOR_HINT) from None
-
-
-def _seq_id(cursor: str) -> tuple[int, str]:
-    seq, tid = cursor.split(":", 1)
-    return int(seq), tid
-
-
-def _at_id(cursor: str) -> tuple[float, str]:
-    at, sid = cursor.split(":", 1)
-    if not math.isfinite(float(at)):
-        raise ValueError(at)
-    return float(at), sid
-
-
-def _json(value: Any) -> str:
-    """A reply's record as JSON, as the Reply model would write it inside data."""
-    return to_json(value).decode()
 
 
 def _merge_acks(outbox: list[tuple[bytes, Any]]) -> list[tuple[bytes, Any]]:
