@@ -9,22 +9,28 @@ orchestrator holds the store's writer lease; otherwise the command fails and cha
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import re
 import sys
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from ppu import capabilities
+from ppu.cli_output import (
+    console,
+    err,
+    json_doc,
+    json_lines,
+    listing,
+    progress,
+    remark,
+)
 from ppu.config import LabConfig, check_address, load_lab
 from ppu.errors import ConfigError, PPUError
 from ppu.models import TaskSpec
@@ -34,8 +40,6 @@ if TYPE_CHECKING:
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="PPU: one scheduler for digital and physical compute.")
-console = Console()
-err = Console(stderr=True, soft_wrap=True)  # error lines stay whole for logs and grep
 T = TypeVar("T")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="lab YAML (default $PPU_CONFIG or ./lab.yaml)")]
@@ -177,109 +181,13 @@ def _writable(folder: Path, option: str) -> None:
 
 # ---- output: a table for a person at a terminal; one line per row, or JSON, for a pipe ---------------
 
-TABLE_ROWS = 200  # rich measures every cell of a table (over a minute for 60,000 rows): above this, plain columns
 SHOWN_RUNNING = 10  # running tasks `ppu status` lists one by one; the others are counted in groups
-_LINE_BREAKS = re.compile(r"[\t\n\r\v\f\x1c-\x1e\x85\u2028\u2029]+")
-
-
-def _is_terminal(stream: Any) -> bool:
-    """Whether ``stream`` is a terminal, a person reading (not a pipe, a file, or a test's capture)."""
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):  # no isatty, or closed
-        return False
-
-
-def _one_line(value: object) -> str:
-    """A cell of a tab-separated line: tabs and line breaks inside it become one space."""
-    return _LINE_BREAKS.sub(" ", str(value)) if value is not None else ""
-
-
-def _write_lines(lines: Iterable[str]) -> None:
-    """Lines on stdout as they are: no markup, no wrapping, no measuring (fast for any number)."""
-    sys.stdout.write("".join(f"{line}\n" for line in lines))
-    sys.stdout.flush()
-
-
-def _json_doc(doc: Any) -> None:
-    _write_lines([json.dumps(doc, indent=2, default=str)])
-
-
-def _json_lines(rows: Iterable[Any]) -> None:
-    """One JSON object per line; pydantic models as their own JSON, anything else through json.dumps."""
-    _write_lines(r.model_dump_json() if hasattr(r, "model_dump_json") else json.dumps(r, default=str) for r in rows)
 
 
 def _one_format(plain: bool, json_out: bool) -> None:
     if plain and json_out:
         _fail(PPUError("--plain and --json each choose how rows are printed: give one",
                        field="--json", hint="--plain: tab-separated lines; --json: JSON lines"))
-
-
-def _remark(text: str) -> None:
-    """A line for the person (an empty list, what to do next): on stdout at a terminal, on stderr in a pipe,
-    so that a pipe carries only rows."""
-    (console if _is_terminal(sys.stdout) else err).print(text, highlight=False)
-
-
-@contextlib.contextmanager
-def _progress(what: str, long: bool) -> Iterator[None]:
-    """A live line on stderr while long work runs, when stderr is a terminal; never in a pipe or a log."""
-    if not (long and _is_terminal(sys.stderr)):
-        yield
-        return
-    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                  console=err, transient=True) as bar:
-        bar.add_task(what, total=None)
-        yield
-
-
-def _listing(title: str, columns: Sequence[tuple[str, int]], rows: Sequence[Sequence[str]], *,
-             plain: bool = False, empty: str = "", after: str = "") -> None:
-    """A listing, every command's the same way.
-
-    In a pipe, or with --plain: one tab-separated line per row with nothing else (whole cells, no
-    header), so ``wc -l`` counts rows and ``cut -f1`` gives the first column. At a terminal: a table,
-    or above TABLE_ROWS rows plain aligned columns cut to the terminal's width (a rich table measures
-    every cell first). ``columns``: each column's name and the width a cell is cut to at a terminal
-    (0: whole); the first column is never folded.
-    """
-    if plain or not _is_terminal(sys.stdout):
-        _write_lines("\t".join(_one_line(c) for c in row) for row in rows)
-        if not rows and empty:
-            _remark(empty)
-        return
-    if not rows:
-        console.print(empty or f"{title}: none", highlight=False)
-        return
-    cut = [[c if not w or len(c) <= w else c[:w - 1] + "…" for c, (_, w) in
-            zip(map(_one_line, row), columns, strict=True)] for row in rows]
-    if len(rows) <= TABLE_ROWS:
-        t = Table(title=f"{title} ({len(rows)})")
-        key = max(len(row[0]) for row in cut)  # whole ids: every other column folds first
-        for i, (name, _) in enumerate(columns):
-            t.add_column(name, no_wrap=True, min_width=key) if i == 0 else t.add_column(name, overflow="fold")
-        for row in cut:
-            t.add_row(*(escape(c) for c in row))
-        console.print(t)
-    else:
-        widths = [max(len(name), *(len(row[i]) for row in cut)) for i, (name, _) in enumerate(columns)]
-        room = max(console.width, 40)
-
-        def line(cells: Sequence[str]) -> str:
-            text = "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
-            return text if len(text) <= room else text[:room - 1] + "…"
-
-        console.print(f"{title} ({len(rows)})", highlight=False, soft_wrap=True)
-        console.print(escape(line([name for name, _ in columns])), style="bold", highlight=False, soft_wrap=True)
-        _write_lines(line(row) for row in cut)
-    if after:
-        console.print(after, highlight=False)
-
-
-# ---- commands ----------------------------------------------------------------------------------
 
 
 @app.command()
@@ -292,7 +200,7 @@ def status(config: ConfigOpt = None, json_out: JsonDocOpt = False, connect: Conn
     """
     lab = _lab(config)
     if json_out:
-        _json_doc(_act(lab, connect, lambda c: c.status()))
+        json_doc(_act(lab, connect, lambda c: c.status()))
         return
     _print_status(_act(lab, connect, lambda c: c.status()))
 
@@ -388,12 +296,12 @@ def tasks(
     if state is not None and state not in TaskState.__members__:
         _fail(PPUError(f"unknown state {state!r}", hint=f"one of {', '.join(TaskState.__members__)}"))
     lab = _lab(config)
-    with _progress(f"listing up to {limit:,} tasks", long=limit > MAX_LIST_ROWS):
+    with progress(f"listing up to {limit:,} tasks", long=limit > MAX_LIST_ROWS):
         rows = _act(lab, connect, lambda c: c.tasks(state, campaign, limit=limit))
     if json_out:
-        _json_lines(rows)
+        json_lines(rows)
         return
-    _listing("tasks", TASK_COLUMNS, [_task_cells(t) for t in rows], plain=plain)
+    listing("tasks", TASK_COLUMNS, [_task_cells(t) for t in rows], plain=plain)
 
 
 @app.command()
@@ -463,7 +371,7 @@ def review(
         lab = _lab(config)
         rows = _act(lab, connect, lambda c: c.reviews())
         if json_out:
-            _json_lines(rows)
+            json_lines(rows)
         else:
             _print_reviews(rows, plain)
         return
@@ -498,7 +406,7 @@ def _print_reviews(rows: list[dict[str, Any]], plain: bool = False) -> None:
                       f"{prog.get('fraction', 0):.0%} {prog.get('message', '')}" if prog else "",
                       ", ".join(u[:8] for u in r.get("run_uids", [])),
                       f"{loc.get('device', '')} {loc.get('slot') or ''}".strip()))
-    _listing("waiting for review", (("task", 0), ("capability", 0), ("backend", 0), ("why", 60),
+    listing("waiting for review", (("task", 0), ("capability", 0), ("backend", 0), ("why", 60),
                                     ("last progress", 0), ("runs", 0), ("sample last seen", 0)), cells,
              plain=plain, empty="no task waits for review",
              after="decide with: ppu review ID --retry | --fail REASON | --result JSON")
@@ -518,7 +426,7 @@ def approvals(config: ConfigOpt = None, plain: PlainOpt = False, json_out: JsonL
     lab = _lab(config)
     rows = _act(lab, connect, lambda c: c.approvals())
     if json_out:
-        _json_lines(rows)
+        json_lines(rows)
         return
     cells = []
     for r in rows:
@@ -526,7 +434,7 @@ def approvals(config: ConfigOpt = None, plain: PlainOpt = False, json_out: JsonL
         cells.append((r["task_id"], r["capability"], r.get("reason", ""),
                       _summary(r["capability"], r.get("inputs", {})), ", ".join(r.get("backends", [])),
                       f"{dur:g} s" if dur is not None else "", f"{cost:g}" if cost is not None else ""))
-    _listing("waiting for approval", (("task", 0), ("capability", 0), ("why", 0), ("would do", 0), ("on", 0),
+    listing("waiting for approval", (("task", 0), ("capability", 0), ("why", 0), ("would do", 0), ("on", 0),
                                       ("duration", 0), ("cost", 0)), cells, plain=plain,
              empty="nothing waits for approval",
              after="decide with: ppu approve ID [--note ...] or ppu reject ID --reason ...")
@@ -547,13 +455,13 @@ def samples_list(ctx: typer.Context, config: ConfigOpt = None, campaign: str | N
     lab = _lab(config)
     rows = _act(lab, connect, lambda c: c.samples(campaign))
     if json_out:
-        _json_lines(rows)
+        json_lines(rows)
         return
     cells = []
     for s in rows:
         loc = f"{s.location.device} {s.location.slot or ''}".strip() if s.location else ""
         cells.append((s.id, s.state.value, s.made_by or "", loc, str(len(s.measurements)), s.campaign or ""))
-    _listing("samples", (("id", 0), ("state", 0), ("made by", 0), ("location", 0), ("measurements", 0),
+    listing("samples", (("id", 0), ("state", 0), ("made by", 0), ("location", 0), ("measurements", 0),
                          ("campaign", 0)), cells, plain=plain, empty="no samples")
 
 
@@ -564,7 +472,7 @@ def samples_show(sample_id: str, config: ConfigOpt = None, json_out: JsonDocOpt 
     lab = _lab(config)
     d = _act(lab, connect, lambda c: c.sample(sample_id))
     if json_out:
-        _json_doc(d)
+        json_doc(d)
         return
     s = d["sample"]
     loc = s.get("location") or {}
@@ -600,11 +508,11 @@ def audit(
     t0 = _time.time() - since * 3600 if since else 0.0
     rows = _act(lab, connect, lambda c: c.audit(t0))
     if to_stdout:
-        _json_lines(rows)
+        json_lines(rows)
         return
     cells = [(_time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(a.at)), a.actor, a.action, a.target or "",
               json.dumps(a.detail)) for a in rows]
-    _listing("audit log", (("when", 0), ("who", 0), ("what", 0), ("target", 0), ("detail", 80)), cells,
+    listing("audit log", (("when", 0), ("who", 0), ("what", 0), ("target", 0), ("detail", 80)), cells,
              plain=plain, empty="the audit log is empty" + (" for that period" if since else ""))
     if json_out is not None:
         try:
@@ -612,7 +520,7 @@ def audit(
         except OSError as exc:
             _fail(PPUError(f"cannot write {json_out}: {exc.strerror}", field="--json",
                            hint="pass a file in a folder you can write, or - for stdout"))
-        _remark(f"wrote {len(rows)} entries to {json_out}")
+        remark(f"wrote {len(rows)} entries to {json_out}")
 
 
 @app.command()
