@@ -456,3 +456,17 @@ def test_a_registration_carries_only_the_unacknowledged_results_that_fit():
     carried = pending.get("e", [])
     assert 0 < len(carried) < N_BIG and sum(len(r.model_dump_json()) for r in carried) <= RESULTS_MESSAGE_BYTES
     assert set(host.in_flight()) == {f"t-{i}" for i in range(N_BIG)}  # all still held, so none is taken for lost
+
+
+def test_run_of_one_task_too_large_on_its_own_names_it_as_submit_does(tmp_path: Path):
+    """AsyncPPUClient.run sends its submit itself (its wait right behind): a lone task over the limit got
+    the door's words for any message; it gets submit's, which name the task."""
+    lab = lab_config(tmp_path, backends=[], orchestrator={**ORCH, "max_message_bytes": 256 * 1024})
+
+    async def body() -> None:
+        async with EmbeddedLab(lab, timeout=10) as c:
+            with pytest.raises(p.ProtocolError) as e:
+                await c.run([big(0, 500_000)], timeout=10)
+            assert "task 0 of the submission (echo) is too large to send on its own" in str(e.value), e.value
+            assert e.value.field == "tasks.0" and await c.tasks() == []
+    run(body(), 60)

@@ -421,9 +421,10 @@ class AsyncPPUClient(_Client):
             waited.cancel()
             with contextlib.suppress(BaseException):
                 await waited
-            if not (p.is_oversize(exc) and len(items) > 1):
+            if not p.is_oversize(exc):
                 raise
-            # too large for one message (none was accepted): submitted in parts, then waited for
+            # too large for one message (none was accepted): submitted as submit() does (in parts, or a
+            # task too large on its own named as such), then waited for
             return await self.wait(await self.submit(list[SpecLike](items)), timeout)
         done: list[Task] = []
         try:
