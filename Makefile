@@ -37,6 +37,9 @@ typecheck: $(STAMP)
 # starts a throwaway server (initdb + pg_ctl in a temp folder, unix socket only), exports
 # PPU_TEST_POSTGRES_URL for pytest and stops it at the end.
 pytest: $(STAMP) postgres-deps
+	@# Compiled once here: where PYTHONDONTWRITEBYTECODE is set (as on CI images), every process a test
+	@# starts (orchestrators, workers, IOCs, Ray actors) would compile PPU's modules again.
+	@$(PY) -m compileall -q -j 0 ppu drivers simulators flows tests > /dev/null
 	$(PY) tests/pgserver.py $(VENV)/bin/pytest -q
 
 # The dashboard's browser tests drive Debian's chromium (playwright comes with the test extra; it

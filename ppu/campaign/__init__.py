@@ -9,16 +9,17 @@ Loaded lazily: reading a campaign config does not import BoTorch or matplotlib.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-_WHERE = {
-    "CampaignConfig": "config", "load_campaign": "config",
-    "Decision": "optimizer", "PoolOptimizer": "optimizer",
-    "run_campaign_cli": "report",
-    "CampaignLoop": "runner", "CampaignResult": "runner", "run_campaign": "runner",
-    "simulate": "simclock",
-    "LabCampaign": "declared", "load_lab_campaign": "declared", "run_lab_campaign": "declared",
+from ppu.lazy import exports
+
+_MODULES = {
+    ".config": ("CampaignConfig", "load_campaign"),
+    ".optimizer": ("Decision", "PoolOptimizer"),
+    ".report": ("run_campaign_cli",),
+    ".runner": ("CampaignLoop", "CampaignResult", "run_campaign"),
+    ".simclock": ("simulate",),
+    ".declared": ("LabCampaign", "load_lab_campaign", "run_lab_campaign"),
 }
 __all__ = ["CampaignConfig", "CampaignLoop", "CampaignResult", "Decision", "LabCampaign", "PoolOptimizer",
            "load_campaign", "load_lab_campaign", "run_campaign", "run_campaign_cli", "run_lab_campaign", "simulate"]
@@ -32,7 +33,4 @@ if TYPE_CHECKING:
     from ppu.campaign.simclock import simulate
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'ppu.campaign' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"ppu.campaign.{_WHERE[name]}"), name)
+__getattr__, __dir__ = exports(__name__, _MODULES)
