@@ -210,7 +210,7 @@ def main() -> None:
         if args.ray:
             import ray
 
-            ray.init(num_cpus=args.actors, include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", num_cpus=args.actors, include_dashboard=False, log_to_driver=False)
             try:
                 per_actor = {}
                 for n in sorted({1, args.actors}):

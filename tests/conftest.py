@@ -46,10 +46,13 @@ def _every_pack_loaded() -> None:
 
 @pytest.fixture(scope="session")
 def ray_local() -> Iterator[Any]:
-    """A local Ray of 2 CPUs, no dashboard; a backend with no ``address`` uses it."""
+    """A local Ray of 2 CPUs, no dashboard; a backend with no ``address`` uses it.
+
+    Its own Ray (``address="local"``), even where one runs on the machine already (``ray start``):
+    joining that one would refuse ``num_cpus`` and run the tests on somebody else's cluster."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
 
 
