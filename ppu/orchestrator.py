@@ -160,6 +160,8 @@ class Orchestrator:
         self.specs: dict[str, BackendSpec] = {}
         self.counters: Counter[str] = Counter()
         self.progress_of: dict[str, dict[str, Any]] = {}
+        # why each task waiting for approval waits (the policy's words, also in its audit entry)
+        self._approval_why: dict[str, str] = {}
         self.busy_log: list[dict[str, Any]] = []  # backend busy intervals, for Gantt charts
         self._busy_since: dict[tuple[str, str], float] = {}
         self._waiters: dict[str, list[asyncio.Future[Any]]] = {}  # each answered with the ended record
@@ -189,6 +191,9 @@ class Orchestrator:
         self.journal.start()
         live, done = self.store.load()
         self.sched.restore(live, done, self.clock(), self.store.next_seq())
+        waiting = [t.id for t in live if t.approval is ApprovalState.waiting]
+        self._approval_why = {t: str(d.get("reason", "")) for t, d in
+                              self.store.audit_details("approval_required", waiting).items()}
         for s in self.store.list_samples():
             if s.made_with and s.made_by:
                 self._known_processes.add(approval_key(s.made_with) or "")
@@ -317,6 +322,7 @@ class Orchestrator:
                                "campaign": getattr(rec, "campaign", None)})
             if tr.dst in TERMINAL_STATES:
                 self.progress_of.pop(tr.task_id, None)
+                self._approval_why.pop(tr.task_id, None)
                 if rec is not None:
                     self._remember_ended(tr.task_id, rec)
             if tr.dst in TERMINAL_STATES or tr.dst is TaskState.needs_review:
@@ -642,6 +648,7 @@ class Orchestrator:
         except PPUError:
             self.counters["rejected_submissions"] += 1
             raise
+        self._approval_why.update((t.id, why) for t, why in checked if why)
         self.counters["submitted"] += len(ids)
         return ids
 
@@ -678,10 +685,12 @@ class Orchestrator:
     def approve(self, task_id: str, actor: str = "local", note: str = "") -> None:
         self._apply([Approve(task_id, self.clock(), actor)],
                     [AuditEntry(actor=actor, action="approve", target=task_id, detail={"note": note})])
+        self._approval_why.pop(task_id, None)
 
     def reject(self, task_id: str, actor: str = "local", reason: str = "") -> None:
         self._apply([Reject(task_id, self.clock(), actor, reason)],
                     [AuditEntry(actor=actor, action="reject", target=task_id, detail={"reason": reason})])
+        self._approval_why.pop(task_id, None)
 
     def review(self, task_id: str, decision: str, actor: str = "local", reason: str = "",
                outputs: dict[str, Any] | None = None) -> None:
@@ -829,18 +838,14 @@ class Orchestrator:
     def approvals(self, after_seq: int = -1) -> list[dict[str, Any]]:
         """Tasks waiting for a person's approval: why, and what they would do; in submission order
         (``seq``), those after ``after_seq``."""
-        waiting = sorted((t for t in self.sched.live_tasks()
-                          if t.approval is ApprovalState.waiting and t.seq > after_seq), key=lambda t: t.seq)
-        if not waiting:
-            return []
-        reasons = {e.target: e.detail.get("reason", "") for e in self.store.audit_entries()
-                   if e.action == "approval_required"}
+        waiting = sorted(self.sched.live_tasks(approval=ApprovalState.waiting, after_seq=after_seq),
+                         key=lambda t: t.seq)
         out = []
         for t in waiting:
             offers = [(n, o) for n, s in self.specs.items() if (o := s.offer(t.capability))]
             out.append({
                 "task_id": t.id, "seq": t.seq, "capability": t.capability, "campaign": t.campaign, "inputs": t.inputs,
-                "reason": reasons.get(t.id, ""), "backends": [n for n, _ in offers],
+                "reason": self._approval_why.get(t.id, ""), "backends": [n for n, _ in offers],
                 "expected_duration_s": min((o.duration_s for _, o in offers), default=None),
                 "expected_cost": min((o.cost for _, o in offers), default=None),
             })
@@ -850,8 +855,8 @@ class Orchestrator:
         """Interrupted physical tasks waiting for a person, with what is known about them; in
         submission order (``seq``), those after ``after_seq``."""
         out = []
-        for t in sorted((t for t in self.sched.live_tasks()
-                         if t.state is TaskState.needs_review and t.seq > after_seq), key=lambda t: t.seq):
+        for t in sorted(self.sched.live_tasks(state=TaskState.needs_review, after_seq=after_seq),
+                        key=lambda t: t.seq):
             sample = self.store.get_sample(t.sample_id) if t.sample_id else None
             results = self.store.results_for(t.id)
             out.append({

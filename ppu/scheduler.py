@@ -301,8 +301,15 @@ class Scheduler:
         t = self._tasks.get(task_id)
         return t.state if t is not None else self._done.get(task_id)
 
-    def live_tasks(self) -> Iterable[Task]:
-        return (t.to_task() for t in self._tasks.values())
+    def live_tasks(self, state: S | None = None, approval: ApprovalState | None = None,
+                   after_seq: int = -1) -> Iterable[Task]:
+        """Live tasks, in no order; with ``state``, ``approval`` or ``after_seq`` only those that match
+        (chosen before any model is built: a lab may hold tens of thousands)."""
+        if state is None and approval is None and after_seq < 0:
+            return (t.to_task() for t in self._tasks.values())
+        return (t.to_task() for t in self._tasks.values()
+                if (state is None or t.state is state) and (approval is None or t.approval is approval)
+                and t.seq > after_seq)
 
     def running(self) -> Iterator[tuple[str, str, str | None, ActionClass, int]]:
         """(id, capability, backend, action, seq) of each running task, no model built (a status of a lab

@@ -83,6 +83,7 @@ audit = sa.Table(
     sa.Column("action", sa.String(64), nullable=False),
     sa.Column("target", sa.String(256)),
     sa.Column("detail", sa.Text, nullable=False),
+    sa.Index("ix_audit_action_target", "action", "target"),  # the reason each task waiting for approval waits
 )
 documents = sa.Table(
     "documents", metadata,
@@ -106,8 +107,8 @@ _REPLACED_INDEXES = ("ix_tasks_state", "ix_tasks_campaign")
 
 def _migrate_indexes(engine: Engine) -> None:
     with engine.begin() as conn:
-        have = {ix["name"] for ix in sa.inspect(conn).get_indexes("tasks")}
-        for ix in tasks.indexes:
+        have = {ix["name"] for table in (tasks, audit) for ix in sa.inspect(conn).get_indexes(table.name)}
+        for ix in (*tasks.indexes, *audit.indexes):
             if ix.name not in have:
                 conn.execute(sa.schema.CreateIndex(ix, if_not_exists=True))
         old = [name for name in _REPLACED_INDEXES if name in have]
@@ -592,6 +593,18 @@ class Store:
         with self.engine.connect() as conn:
             return [(int(r.id), AuditEntry(at=r.at, actor=r.actor, action=r.action, target=r.target,
                                            detail=json.loads(r.detail))) for r in conn.execute(q)]
+
+    def audit_details(self, action: str, targets: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The detail of the last ``action`` entry for each of ``targets`` that has one (a few hundred
+        targets per query: no database takes an IN list of any length)."""
+        wanted = list(dict.fromkeys(targets))
+        out: dict[str, dict[str, Any]] = {}
+        with self.engine.connect() as conn:
+            for lo in range(0, len(wanted), 500):
+                q = (sa.select(audit.c.target, audit.c.detail).order_by(audit.c.id)
+                     .where(audit.c.action == action, audit.c.target.in_(wanted[lo:lo + 500])))
+                out.update((str(r.target), json.loads(r.detail)) for r in conn.execute(q))
+        return out
 
     def documents_for(self, run_uid: str) -> list[tuple[str, dict[str, Any]]]:
         with self.engine.connect() as conn:

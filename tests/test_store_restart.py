@@ -203,6 +203,39 @@ def test_manual_autonomy_waits_for_approval_and_audits_it(orch_env):
     asyncio.run(body())
 
 
+def test_approvals_say_why_from_memory_and_again_after_a_restart(orch_env, store_url: str):
+    """The policy's reason comes with each waiting task without reading the audit log per listing, and a
+    restarted orchestrator reads it back, for the tasks still waiting only."""
+    async def body():
+        store, orch, worker = await orch_env(default="manual")
+        ids = orch.submit([TaskSpec(capability="echo", inputs={"x": i}) for i in range(4)])
+        orch.approve(ids[0], actor="alice")
+        orch.reject(ids[1], actor="alice", reason="no")
+
+        def no_audit_reads(*_: Any, **__: Any) -> Any:
+            raise AssertionError("approvals() read the audit log")
+
+        for name in ("audit_entries", "audit_rows", "audit_details"):
+            setattr(store, name, no_audit_reads)
+        listed = orch.approvals()
+        assert [a["task_id"] for a in listed] == ids[2:]
+        assert all("manual" in a["reason"] for a in listed), listed
+        assert [a["task_id"] for a in orch.approvals(after_seq=listed[0]["seq"])] == ids[3:]
+        await worker.close()
+        await orch.close()
+        store.close()
+
+        store2 = Store(store_url)
+        orch2 = Orchestrator(store2, orch.cfg, orch.autonomy)
+        await orch2.start()
+        assert [(a["task_id"], a["reason"]) for a in orch2.approvals()] == [(a["task_id"], a["reason"]) for a in listed]
+        orch2.approve(ids[2], actor="bob")
+        assert [a["task_id"] for a in orch2.approvals()] == ids[3:]
+        await orch2.close()
+        store2.close()
+    asyncio.run(body())
+
+
 def test_retry_on_other_backend_through_the_orchestrator(orch_env):
     async def body():
         store, orch, worker = await orch_env([
