@@ -95,6 +95,9 @@ from ppu.store import Store
 
 log = logging.getLogger(__name__)
 MAX_RUNNING_SHOWN = 200  # running tasks listed by status (a lab runs far fewer; a digital flood is counted, not listed)
+# An assignment's own fields beside its tasks' (a task's record, by which a batch is sized, holds more
+# than the task's part of the assignment).
+_ASSIGN_MARGIN = 4096
 ENDED_KEPT = 10_000  # ended tasks whose final record a wait finds without the store
 
 
@@ -155,7 +158,9 @@ class Orchestrator:
         self.sched = Scheduler(SchedulerConfig(
             backoff_base_s=self.cfg.backoff_base_s, backoff_max_s=self.cfg.backoff_max_s,
             restart_grace_s=self.cfg.restart_grace_s,
-            forget_after_s=10 * self.cfg.heartbeat_s * self.cfg.missed_heartbeats))
+            forget_after_s=10 * self.cfg.heartbeat_s * self.cfg.missed_heartbeats,
+            max_batch_bytes=max(1, self.cfg.max_message_bytes - _ASSIGN_MARGIN),
+            max_batch_blob_bytes=self.cfg.max_blob_bytes))
         self.links: dict[str, WorkerLink] = {}
         self.specs: dict[str, BackendSpec] = {}
         self.counters: Counter[str] = Counter()

@@ -137,6 +137,16 @@ class _T:
     def key(self) -> tuple[int, float, int]:
         return (-self.priority, self.deadline if self.deadline is not None else math.inf, self.seq)
 
+    def size(self) -> int:
+        """Bytes of the task's record as journaled (its inputs, mostly): what it adds to an assignment."""
+        if self._static is None:
+            self.body_json()
+        return len(self._static or "")
+
+    def blob_size(self) -> int:
+        """Bytes of a columnar task's rows (as stored): what it adds to an assignment's binary frames."""
+        return 0 if self.block is None else self.block.bytes
+
     def body_json(self) -> str:
         """The task as the store keeps it: the JSON of :meth:`to_task`, without building the model
         (this runs for every change of every task; tests check both forms agree). The fields fixed
@@ -206,6 +216,11 @@ class SchedulerConfig:
     restart_grace_s: float = 10.0  # how long a restarted scheduler waits for workers to come back
     forget_after_s: float = 60.0  # a lost backend holding nothing is forgotten this long after its loss
     tick_gap_s: float = 1.0  # ticks further apart than this mean the orchestrator itself stalled
+    # A batch stops growing before its tasks' records pass max_batch_bytes, or its columnar tasks' rows
+    # max_batch_blob_bytes: its assignment is one message. One task always goes, however large (the
+    # door bounds each task). 0: no bound.
+    max_batch_bytes: int = 0
+    max_batch_blob_bytes: int = 0
 
 
 class Scheduler:
@@ -880,6 +895,9 @@ class Scheduler:
             return False
         taken: list[tuple[list[Any], tuple[Any, int, str]]] = []
         aside: list[tuple[list[Any], tuple[Any, int, str]]] = []
+        budget, blob_budget = self.cfg.max_batch_bytes, self.cfg.max_batch_blob_bytes
+        size = blobs = 0
+        full = False
         while len(taken) < b.spec.batch_size and len(aside) < _SKIP_LIMIT:
             best: tuple[Any, int, str] | None = None
             best_heap: list[Any] | None = None
@@ -889,17 +907,23 @@ class Scheduler:
                     best, best_heap = e, h
             if best is None or best_heap is None:
                 break
-            heapq.heappop(best_heap)
             t = self._tasks[best[2]]
+            if taken and t.capability == cap and ((budget and size + t.size() > budget)
+                                                  or (blob_budget and blobs + t.blob_size() > blob_budget)):
+                full = True  # as many bytes as one assignment carries: it leaves now, the task waits
+                break
+            heapq.heappop(best_heap)
             if t.capability == cap and self._acceptable(b, t):
                 taken.append((best_heap, best))
+                size += t.size() if budget else 0
+                blobs += t.blob_size()
             else:
                 aside.append((best_heap, best))
         for h, e in aside:
             heapq.heappush(h, e)
         if not taken:
             return False
-        if len(taken) < b.spec.batch_size:
+        if len(taken) < b.spec.batch_size and not full:
             flush = min(self._tasks[e[2]].ready_at for _, e in taken) + b.spec.batch_wait_s
             if flush > self._now:
                 for h, e in taken:

@@ -42,7 +42,7 @@ def test_a_public_name_wins_over_its_submodule_of_the_same_name(order: str) -> N
 def test_an_unknown_name_is_an_attribute_error_naming_the_package() -> None:
     import ppu.simulators.mof as sims
 
-    with pytest.raises(AttributeError, match="'ppu.simulators.mof' has no attribute 'Nope'"):
+    with pytest.raises(AttributeError, match=r"'ppu\.simulators\.mof' has no attribute 'Nope'"):
         sims.Nope  # noqa: B018
     with pytest.raises(ImportError):
         exec("from ppu.drivers.flowchem import Nope", {})

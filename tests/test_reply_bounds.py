@@ -420,11 +420,12 @@ def test_a_whole_reply_leaves_next_out_and_a_bad_cursor_is_refused(tmp_path: Pat
 
 
 def test_an_assignment_of_a_batch_larger_than_the_default_limit_reaches_the_worker(tmp_path: Path):
-    """24 tasks of 800 kB in one batch: a 19 MB assignment. The worker decoded it against the default 16 MiB,
-    refused it as malformed, and the batch never ran."""
+    """24 tasks of 800 kB in one batch, in a lab that allows 64 MiB: a 19 MB assignment. The worker decoded it
+    against the default 16 MiB, refused it as malformed, and the batch never ran."""
     lab = lab_config(tmp_path, backends=[{"type": "echo", "name": "e", "duration_s": 0.0, "batch_size": N_BIG,
                                           "batch_wait_s": 0.0}],
-                     orchestrator={**ORCH, "heartbeat_s": 2.0})  # 19 MB through one loop takes longer than 0.3 s
+                     orchestrator={**ORCH, "heartbeat_s": 2.0,  # 19 MB through one loop takes longer than 0.3 s
+                                   "max_message_bytes": 64 * 1024 * 1024})
     with LabThread(lab) as lt, lt.client(timeout=30) as c:
         c.stop("e")  # held: the tasks queue, and resuming assigns them as one batch
         ids = c.submit([big(i) for i in range(N_BIG)])  # split by the client into requests that fit
@@ -435,6 +436,25 @@ def test_an_assignment_of_a_batch_larger_than_the_default_limit_reaches_the_work
     _check_big(done, ids)
     [assign] = [b for b in sent if b'"type":"assign"' in b[:200]]
     assert len(assign) > p.MAX_MESSAGE_BYTES  # one assignment, over the default limit
+
+
+def test_a_batch_is_cut_where_its_assignment_would_pass_the_labs_limit(tmp_path: Path):
+    """At the default 16 MiB, the same 24 tasks of 800 kB leave as two or more batches, each assignment within
+    the limit; every task runs once."""
+    lab = lab_config(tmp_path, backends=[{"type": "echo", "name": "e", "duration_s": 0.0, "batch_size": N_BIG,
+                                          "batch_wait_s": 0.0}],
+                     orchestrator={**ORCH, "heartbeat_s": 2.0})
+    with LabThread(lab) as lt, lt.client(timeout=30) as c:
+        c.stop("e")
+        ids = c.submit([big(i) for i in range(N_BIG)])
+        sent = spy(lt.embedded.server)
+        c.resume("e")
+        done = c.wait(ids, timeout=60)
+    assert all(t.state is TaskState.succeeded and t.attempts == 1 for t in done)
+    _check_big(done, ids)
+    assigns = [b for b in sent if b'"type":"assign"' in b[:200]]
+    assert len(assigns) >= 2 and all(len(b) <= p.MAX_MESSAGE_BYTES for b in assigns)
+    assert sum(b.count(b'"payload"') for b in assigns) == len(done)
 
 
 def test_a_registration_carries_only_the_unacknowledged_results_that_fit():

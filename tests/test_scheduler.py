@@ -265,6 +265,33 @@ def test_batch_leaves_full_at_batch_size():
     assert [tid for tid, _ in a.tasks] == ["t0", "t1", "t2", "t3"]
 
 
+def test_a_batch_leaves_when_its_tasks_reach_the_byte_bound_and_one_large_task_still_goes():
+    s = sched(max_batch_bytes=4_000)
+    register(s, spec("gpu", batch=8, wait=60.0))
+    s.handle(Hold("gpu", True, 0.0))
+    submit(s, *(task(f"t{i}", inputs={"x": 1, "pad": "p" * 1_000}) for i in range(4)),
+           task("huge", inputs={"x": 1, "pad": "h" * 10_000}), at=0.0)
+    # 3 records of ~1.3 kB fit in 4,000 bytes: the cut batch leaves at once, not after its 60 s wait
+    assert [a.tasks for a in assigns(s.handle(Hold("gpu", False, 0.1)))] == [(("t0", 1), ("t1", 1), ("t2", 1))]
+    for tid in ("t0", "t1", "t2"):
+        st = s.handle(Finished(ok(tid), 1.0))
+    assert [a.tasks for a in assigns(st)] == [(("t3", 1),)]  # the next would pass the bound: cut again
+    # the large one alone is a partial batch: it waits for its flush time, then goes, over the bound
+    assert not assigns(s.handle(Finished(ok("t3"), 2.0)))
+    assert [a.tasks for a in assigns(s.handle(Tick(60.0)))] == [(("huge", 1),)]
+
+
+def test_a_batch_of_blocks_is_cut_by_the_bytes_of_their_rows():
+    from ppu.models import Artifact
+
+    s = sched(max_batch_blob_bytes=2_500_000)
+    register(s, spec("gpu", batch=8, wait=60.0).model_copy(update={"columnar": True}))
+    s.handle(Hold("gpu", True, 0.0))
+    submit(s, *(task(f"b{i}", inputs={}, block=Artifact(rows=100_000, columns=["f"], sha256="0" * 64,
+                                                         bytes=1_000_000)) for i in range(3)), at=0.0)
+    assert [a.tasks for a in assigns(s.handle(Hold("gpu", False, 0.1)))] == [(("b0", 1), ("b1", 1))]
+
+
 def test_partial_batch_leaves_after_max_wait():
     s = sched()
     register(s, spec("gpu", batch=8, wait=0.5))
