@@ -18,6 +18,7 @@ The last line is one JSON object with the figures (keys as issues 3 and 17 name 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -40,12 +41,48 @@ from ppu.scheduler import Scheduler
 from ppu.store import Store
 from ppu.transport import EmbeddedLab
 
-N_LATENCY = int(os.environ.get("PPU_BENCH_LATENCY_N", "200"))
-N_THROUGHPUT = int(os.environ.get("PPU_BENCH_N", "8000"))  # ~2 s: 2,000 (0.5 s) drowned in this machine's noise
+# Settings: each one an option, its default from the environment (set by main() from the options)
+N_LATENCY = 200  # --latency-n, $PPU_BENCH_LATENCY_N
+N_THROUGHPUT = 8000  # --n, $PPU_BENCH_N; ~2 s: 2,000 (0.5 s) drowned in this machine's noise
 SUBMIT_CHUNK = 100
 BATCH = 100
 N_RAW = 5000
-N_PREFECT = int(os.environ.get("PPU_BENCH_PREFECT_N", "50"))
+N_PREFECT = 50  # --prefect-n, $PPU_BENCH_PREFECT_N; 0 skips Prefect
+
+
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (as the option, or in the "
+                                         "environment variable it defaults to)") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{n} is below 0")
+    return n
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options, each defaulting to its environment variable (and then to the figure above)."""
+    env = os.environ
+    ap = argparse.ArgumentParser(
+        prog="benchmarks/dispatch.py",
+        description="Dispatch overhead per task and tasks/s through PPU, against a raw pyzmq round trip, a raw "
+                    "relay, the store's commits and plain Prefect tasks. Prints a table; the last line is one "
+                    "JSON object with the figures.",
+        epilog="Each option's default comes from the environment variable named, when it is set.")
+    ap.add_argument("--n", type=_count, default=env.get("PPU_BENCH_N", str(N_THROUGHPUT)), metavar="N",
+                    help=f"tasks put in flight for the throughput figure ($PPU_BENCH_N; default {N_THROUGHPUT})")
+    ap.add_argument("--latency-n", type=_count, default=env.get("PPU_BENCH_LATENCY_N", str(N_LATENCY)),
+                    metavar="N", help=f"tasks run one at a time for the latency figures, per durability "
+                    f"($PPU_BENCH_LATENCY_N; default {N_LATENCY})")
+    ap.add_argument("--prefect-n", type=_count, default=env.get("PPU_BENCH_PREFECT_N", str(N_PREFECT)),
+                    metavar="N", help=f"Prefect task runs for its baseline; 0 skips it ($PPU_BENCH_PREFECT_N; "
+                    f"default {N_PREFECT})")
+    args = ap.parse_args(argv)
+    for name in ("n", "latency_n"):
+        if getattr(args, name) < 1:
+            ap.error(f"argument --{name.replace('_', '-')}: at least 1")
+    return args
 
 
 async def raw_zmq_roundtrip_us() -> list[float]:
@@ -294,14 +331,17 @@ def pct(xs: list[float], q: float) -> float:
     return float(statistics.quantiles(xs, n=100, method="inclusive")[q - 1]) if len(xs) > 1 else xs[0]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    global N_LATENCY, N_THROUGHPUT, N_PREFECT
+    args = parse_args(argv)
+    N_LATENCY, N_THROUGHPUT, N_PREFECT = args.latency_n, args.n, args.prefect_n
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         raw = asyncio.run(raw_zmq_roundtrip_us())
         relay = asyncio.run(relay_us())
         ppu = asyncio.run(ppu_figures(tmp))
         steps = step_costs(tmp)
-        prefect, prefect_note = (None, "skipped (PPU_BENCH_PREFECT_N=0)") if N_PREFECT <= 0 else prefect_tasks(tmp)
+        prefect, prefect_note = (None, "skipped (--prefect-n 0)") if N_PREFECT <= 0 else prefect_tasks(tmp)
     raw50, raw99 = pct(raw, 50), pct(raw, 99)
     relay50 = pct(relay, 50)
     lat = ppu["latencies_us"]

@@ -123,8 +123,7 @@ def _act(lab: LabConfig, connect: str | None, remote: Callable[[Any], T]) -> T:
             with client:
                 return remote(client)
         if connect is not None:
-            _fail(PPUError(f"no orchestrator answers at {connect}",
-                           hint="start it with `ppu orchestrator --config lab.yaml`"))
+            _fail(_nobody_at(connect, lab))
         lab.check_store()  # this process opens the store: a mistake in its location names store.url or run_dir
         with private_orchestrator(lab) as private, PPUClient(private, actor=cli_actor()) as offline:
             return remote(offline)
@@ -137,6 +136,23 @@ def _act(lab: LabConfig, connect: str | None, remote: Callable[[Any], T]) -> T:
     except PPUError as exc:
         _fail(exc)
     raise AssertionError("unreachable")
+
+
+def _nobody_at(connect: str, lab: LabConfig) -> PPUError:
+    """No orchestrator answers at --connect: say the address tried, and where the lab file says one is."""
+    from ppu.transport.serve import nobody_listens
+
+    bind = lab.orchestrator.bind
+    if connect == bind:
+        hint = (f"check the address and port, or start one there: `ppu orchestrator --config lab.yaml` "
+                f"(the lab file's orchestrator.bind is {bind})")
+    elif bind.startswith("tcp://") and "*" not in bind and not nobody_listens(bind):
+        hint = (f"check the address and port: something listens at {bind}, the lab file's orchestrator.bind; "
+                "leave out --connect to use it")
+    else:
+        hint = (f"check the address and port (the lab file's orchestrator.bind is {bind}; without --connect "
+                "that is used), or start one there: `ppu orchestrator --config lab.yaml --bind ADDRESS`")
+    return PPUError(f"no orchestrator answers at {connect} (--connect)", field="--connect", hint=hint)
 
 
 def _parse_json(text: str, what: str) -> Any:
@@ -226,7 +242,13 @@ def _print_status(st: dict[str, Any]) -> None:
     for cap, states in sorted(st["queues"].items()):
         q.add_row(cap, ", ".join(f"{k}={v}" for k, v in sorted(states.items())))
     console.print(q)
-    console.print("tasks in the store: " + ", ".join(f"{k}={v}" for k, v in sorted(st["tasks"].items())) or "none")
+    stored = st.get("tasks") or {}
+    console.print("tasks in the store: " + (", ".join(f"{k}={v}" for k, v in sorted(stored.items())) or "none"),
+                  highlight=False)
+    behind = _running_total(st) - stored.get("running", 0)
+    if behind > 0:  # the store journals a start with the task's next change, often its result
+        console.print(f"  ({behind} running task(s) are still assigned in the store until their next change is "
+                      "journaled; the queues above are live)", highlight=False)
     if st.get("counters"):
         console.print("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(st["counters"].items())))
 
@@ -265,12 +287,65 @@ def _print_running(st: dict[str, Any]) -> None:
 
 
 TASK_COLUMNS = (("id", 0), ("capability", 0), ("state", 0), ("prio", 0), ("attempts", 0), ("backend", 0),
-                ("campaign", 0), ("by", 0), ("error", 60))
+                ("campaign", 0), ("by", 0), ("error", 200))
+TASK_OPTIONAL = ("by", "prio", "campaign", "attempts", "backend")  # left out first at a narrow terminal
 
 
 def _task_cells(t: Task) -> tuple[str, ...]:
     return (t.id, t.capability, t.state.value, str(t.priority), str(t.attempts), t.backend or "",
             t.campaign or "", t.submitted_by or "", t.error or "")
+
+
+LIVE_CHECKS = 200  # tasks of a listing whose live state is asked one by one, at most
+
+
+def _live_tasks(c: Any, state: str | None, campaign: str | None, limit: int) -> tuple[list[Task], str]:
+    """The newest ``limit`` tasks in ``state``, as the orchestrator sees them now; and a remark for the
+    person when the store's record was behind.
+
+    The store journals a repeatable task's start with its next change (often its result: one commit
+    fewer per task), so it may keep a running task as ``assigned``. The listing reads the store (cheap
+    at any size); the tasks it has as assigned get their state from the orchestrator: those its status
+    lists as running (all of them, unless more than it lists run), the others asked one by one (at most
+    LIVE_CHECKS). ``--state running`` looks among the assigned ones too."""
+    from ppu.models import TaskState
+
+    if state == TaskState.running.value:
+        both = c.tasks("running", campaign, limit=limit) + c.tasks("assigned", campaign, limit=limit)
+        rows = sorted(both, key=lambda t: (t.seq, t.id), reverse=True)[:limit]  # the store's order
+    else:
+        rows = c.tasks(state, campaign, limit=limit)
+    stored = [k for k, t in enumerate(rows) if t.state is TaskState.assigned]
+    if not stored:
+        return rows, ""
+    st = c.status()
+    listed = {r["task_id"] for r in st.get("running") or []}
+    every = _running_total(st) <= len(listed)  # the status lists every running task
+    unsure: set[str] = set()  # left as the store has them
+    asked = 0
+    for k in stored:
+        t = rows[k]
+        if t.id in listed:
+            rows[k] = t.model_copy(update={"state": TaskState.running})
+        elif not every and asked < LIVE_CHECKS:
+            asked += 1
+            try:
+                rows[k] = c.task(t.id)
+            except PPUError:  # gone meanwhile (a restart): the store's record stands
+                unsure.add(t.id)
+        elif not every:
+            unsure.add(t.id)
+    lifted = sum(1 for k in stored if rows[k].state is TaskState.running)
+    if state is not None:  # the orchestrator's state decides what the filter keeps, as `ppu status` counts
+        rows = [t for t in rows if t.state.value == state or (state == "running" and t.id in unsure)]
+    said = []
+    if lifted:
+        said.append(f"{lifted} running task(s) are still assigned in the store (a start is journaled with the "
+                    "task's next change, often its result): " +
+                    ("left out" if state == "assigned" else "their state here is the orchestrator's"))
+    if unsure:
+        said.append(f"{len(unsure)} task(s) are shown as the store has them: assigned (running, or about to start)")
+    return rows, "; ".join(said)
 
 
 @app.command()
@@ -285,9 +360,11 @@ def tasks(
 ) -> None:
     """List tasks, newest first.
 
-    At a terminal: a table (plain columns for long listings). In a pipe, or with --plain: one line
-    per task, tab-separated: id, capability, state, priority, attempts, backend, campaign, submitted
-    by, error. --json: one JSON object per task per line.
+    At a terminal: a table (plain columns for long listings), one line per task. In a pipe, or with
+    --plain: one line per task, tab-separated: id, capability, state, priority, attempts, backend,
+    campaign, submitted by, error. --json: one JSON object per task per line. A running task the
+    store still has as assigned (a start is journaled with the task's next change) is shown as
+    running, and --state running finds it.
     """
     from ppu.models import TaskState
     from ppu.protocol import MAX_LIST_ROWS
@@ -297,11 +374,13 @@ def tasks(
         _fail(PPUError(f"unknown state {state!r}", hint=f"one of {', '.join(TaskState.__members__)}"))
     lab = _lab(config)
     with progress(f"listing up to {limit:,} tasks", long=limit > MAX_LIST_ROWS):
-        rows = _act(lab, connect, lambda c: c.tasks(state, campaign, limit=limit))
+        rows, said = _act(lab, connect, lambda c: _live_tasks(c, state, campaign, limit))
+    if said:
+        (err.print if json_out else remark)(said)  # --json: nothing but rows on stdout, at a terminal too
     if json_out:
         json_lines(rows)
         return
-    listing("tasks", TASK_COLUMNS, [_task_cells(t) for t in rows], plain=plain)
+    listing("tasks", TASK_COLUMNS, [_task_cells(t) for t in rows], plain=plain, optional=TASK_OPTIONAL)
 
 
 @app.command()
@@ -407,8 +486,8 @@ def _print_reviews(rows: list[dict[str, Any]], plain: bool = False) -> None:
                       ", ".join(u[:8] for u in r.get("run_uids", [])),
                       f"{loc.get('device', '')} {loc.get('slot') or ''}".strip()))
     listing("waiting for review", (("task", 0), ("capability", 0), ("backend", 0), ("why", 60),
-                                    ("last progress", 0), ("runs", 0), ("sample last seen", 0)), cells,
-             plain=plain, empty="no task waits for review",
+                                    ("last progress", 60), ("runs", 0), ("sample last seen", 0)), cells,
+             plain=plain, empty="no task waits for review", optional=("runs", "last progress", "sample last seen"),
              after="decide with: ppu review ID --retry | --fail REASON | --result JSON")
 
 
@@ -434,9 +513,9 @@ def approvals(config: ConfigOpt = None, plain: PlainOpt = False, json_out: JsonL
         cells.append((r["task_id"], r["capability"], r.get("reason", ""),
                       _summary(r["capability"], r.get("inputs", {})), ", ".join(r.get("backends", [])),
                       f"{dur:g} s" if dur is not None else "", f"{cost:g}" if cost is not None else ""))
-    listing("waiting for approval", (("task", 0), ("capability", 0), ("why", 0), ("would do", 0), ("on", 0),
+    listing("waiting for approval", (("task", 0), ("capability", 0), ("why", 120), ("would do", 120), ("on", 0),
                                       ("duration", 0), ("cost", 0)), cells, plain=plain,
-             empty="nothing waits for approval",
+             empty="nothing waits for approval", optional=("cost", "duration", "on"),
              after="decide with: ppu approve ID [--note ...] or ppu reject ID --reason ...")
 
 
@@ -462,7 +541,8 @@ def samples_list(ctx: typer.Context, config: ConfigOpt = None, campaign: str | N
         loc = f"{s.location.device} {s.location.slot or ''}".strip() if s.location else ""
         cells.append((s.id, s.state.value, s.made_by or "", loc, str(len(s.measurements)), s.campaign or ""))
     listing("samples", (("id", 0), ("state", 0), ("made by", 0), ("location", 0), ("measurements", 0),
-                         ("campaign", 0)), cells, plain=plain, empty="no samples")
+                         ("campaign", 0)), cells, plain=plain, empty="no samples",
+            optional=("measurements", "campaign"))
 
 
 @samples_app.command("show")
@@ -513,7 +593,8 @@ def audit(
     cells = [(_time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(a.at)), a.actor, a.action, a.target or "",
               json.dumps(a.detail)) for a in rows]
     listing("audit log", (("when", 0), ("who", 0), ("what", 0), ("target", 0), ("detail", 80)), cells,
-             plain=plain, empty="the audit log is empty" + (" for that period" if since else ""))
+             plain=plain, empty="the audit log is empty" + (" for that period" if since else ""),
+             optional=("who",))
     if json_out is not None:
         try:
             json_out.write_text("".join(a.model_dump_json() + "\n" for a in rows))

@@ -6,18 +6,23 @@ rebuilt through :mod:`ppu.backends.registry`, where each type validates its own 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from ppu.errors import ConfigError
+from ppu.errors import ConfigError, PPUError
 from ppu.models import Autonomy, Strict
 from ppu.packs import PackRegistry
 from ppu.packs import load as load_packs
+
+if TYPE_CHECKING:
+    from ppu.backends.base import Backend
 
 _TCP = re.compile(r"^tcp://(\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+(;[A-Za-z0-9_.\-]+)?):(\*|\d{1,5})$")
 ADDRESS_HINT = "use tcp://HOST:PORT (e.g. tcp://127.0.0.1:5555), ipc:///path/to/socket or inproc://name"
@@ -180,7 +185,35 @@ class LabConfig(Strict):
         from ppu.backends.registry import check_entry
 
         for i, b in enumerate(self.backends):
-            check_entry(b, f"backends.{i}")
+            with self.backend_errors(i):
+                check_entry(b, f"backends.{i}")
+
+    def build_backends(self, names: list[str] | None = None) -> list[Backend]:
+        """The backends of the entries named (default: all), built; an error names its entry's field
+        (``backends.2.device``), whatever the backend type called it."""
+        from ppu.backends.registry import build_backend
+
+        out = []
+        for name in names if names is not None else [str(b.get("name")) for b in self.backends]:
+            entry = self.backend_entry(name)
+            with self.backend_errors(name):
+                out.append(build_backend(entry))
+        return out
+
+    @contextlib.contextmanager
+    def backend_errors(self, backend: int | str) -> Iterator[None]:
+        """Around building or starting the backend of one entry (its index or name): a PPUError out of
+        it names the lab file's field, ``backends.<i>.`` before the backend's own field (a backend
+        knows its fields, such as ``device`` or ``models.<capability>.factory``, not where its entry
+        sits), and the backend by name."""
+        i = backend if isinstance(backend, int) else \
+            next((k for k, b in enumerate(self.backends) if b.get("name") == backend), None)
+        try:
+            yield
+        except PPUError as exc:
+            if i is not None:
+                raise in_backend_entry(exc, i, str(self.backends[i].get("name") or "")) from None
+            raise
 
     def load_packs(self) -> PackRegistry:
         """Load this lab's packs into this process (every process of the lab does the same)."""
@@ -249,6 +282,24 @@ class LabConfig(Strict):
                 return b
         raise ConfigError(f"no backend named {name!r} in lab {self.name}",
                           hint=f"backends in the config: {', '.join(str(b.get('name')) for b in self.backends)}")
+
+
+_ENTRY_FIELD = re.compile(r"^backends\.\d+(\.|$)")
+
+
+def in_backend_entry(exc: PPUError, index: int, name: str = "") -> PPUError:
+    """A backend's error said of the lab file's entry ``backends.<index>``: its field under
+    ``backends.<index>.`` (``device`` -> ``backends.0.device``, the registry's ``backends.type`` ->
+    ``backends.0.type``, none -> ``backends.0``); a field already naming an entry stays as it is."""
+    where = f"backends.{index}"
+    field = exc.field
+    if not field or field == "backends":
+        exc.field = where
+    elif not _ENTRY_FIELD.match(field):
+        exc.field = f"{where}.{field.removeprefix('backends.')}"
+    if name and not exc.message.startswith(f"backend {name}"):
+        exc.message = f"backend {name}: {exc.message}"
+    return exc
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -84,8 +84,11 @@ BAD: dict[str, Bad] = {
                              lab=_lab(backends=[{"type": "echo", "name": "e1"}, {"type": "echo", "name": "e2",
                                                                                    "slots": 0}]),
                              not_says=["Value error"]),
-    "backend-unknown-type": Bad(["orchestrator", "-c", "{tmp}/lab.yaml"], ["backends.type", "teleporter"],
+    "backend-unknown-type": Bad(["orchestrator", "-c", "{tmp}/lab.yaml"], ["field: backends.0.type", "teleporter"],
                                 lab=_lab(backends=[{"type": "teleporter", "name": "t1"}])),
+    "worker-backend-unknown-type": Bad(["worker", "-c", "{tmp}/lab.yaml"], ["field: backends.1.type", "backend t2"],
+                                       lab=_lab(backends=[{"type": "echo", "name": "e1"},
+                                                          {"type": "teleporter", "name": "t2"}])),
     "backend-without-name": Bad(["status", "-c", "{tmp}/lab.yaml"], ["backends", "'name'"],
                                 lab=_lab(backends=[{"type": "echo"}])),
     "store-url-typo": Bad(["status", "-c", "{tmp}/lab.yaml"], ["store.url", "not a store URL", "sqlite:///"],
@@ -126,6 +129,10 @@ BAD: dict[str, Bad] = {
     # more of the same kind, found on the way
     "--bind-nonsense": Bad(["orchestrator", "-c", "{tmp}/lab.yaml", "--bind", "nonsense"], ["--bind", "tcp://"],
                            lab=_lab(), not_says=["CURVE"]),
+    "--connect-nobody-there": Bad(["status", "-c", "{tmp}/lab.yaml", "--connect", "tcp://127.0.0.1:1"],
+                                  ["no orchestrator answers at tcp://127.0.0.1:1", "check the address and port",
+                                   "orchestrator.bind is tcp://127.0.0.1:2"],
+                                  lab=_lab(orchestrator={"bind": "tcp://127.0.0.1:2"}), not_says=["start it with"]),
     "--connect-nonsense": Bad(["status", "-c", "{tmp}/lab.yaml", "--connect", "nonsense"], ["--connect", "tcp://"],
                               lab=_lab()),
     "worker---connect-nonsense": Bad(["worker", "-c", "{tmp}/lab.yaml", "--connect", "localhost"], ["--connect"],
@@ -217,3 +224,80 @@ def test_curve_without_keys_fails_at_once_as_a_process(tmp_path: Path):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     assert "ppu keys generate orchestrator" in proc.stderr
+
+
+def test_connect_to_nobody_while_the_labs_orchestrator_listens_says_to_leave_out_connect(tmp_path: Path):
+    """A user trial: `ppu status --connect` with a wrong port said "start it with `ppu orchestrator`"
+    while one was running at the lab's address."""
+    import socket
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        bind = f"tcp://127.0.0.1:{listening.getsockname()[1]}"
+        (tmp_path / "lab.yaml").write_text(yaml.safe_dump(_lab(orchestrator={"bind": bind}, run_dir=str(tmp_path))))
+        cli.err.width = 400
+        r = runner.invoke(app, ["status", "-c", str(tmp_path / "lab.yaml"), "--connect", "tcp://127.0.0.1:1"])
+    assert r.exit_code == 2
+    assert "no orchestrator answers at tcp://127.0.0.1:1" in r.output
+    assert f"something listens at {bind}, the lab file's orchestrator.bind; leave out --connect" in r.output
+
+
+# ---- a backend's own error, said of its entry in the lab file ------------------------------------------
+
+def _torch_lab(tmp_path: Path, **model: Any) -> Any:
+    from ppu.config import parse_lab
+
+    lab = parse_lab({"name": "t", "run_dir": str(tmp_path), "backends": [
+        {"type": "echo", "name": "e1"},
+        {"type": "torch", "name": "surrogate", "models": {"predict.co2_uptake": {
+            "factory": "ppu.digital.nets:mlp", "kwargs": {"n_features": 4, "hidden": 8}, **model}}}]})
+    lab.load_packs()
+    return lab
+
+
+def test_a_backends_error_when_built_names_its_entry_in_the_lab_file(tmp_path: Path):
+    """An encoder typo named no field; `device: cuda` on a machine without one named `device`."""
+    pytest.importorskip("torch")
+    from ppu.errors import ConfigError
+
+    lab = _torch_lab(tmp_path, encoder="ppu.digital.nets:encdoe")
+    lab.check_backends()  # the fields are fine: it is the import that fails
+    with pytest.raises(ConfigError) as err:
+        lab.build_backends()
+    assert (err.value.field or "").startswith("backends.1"), err.value.field
+    assert err.value.message.startswith("backend surrogate: ") and "encdoe" in err.value.message
+    assert [b.name for b in lab.build_backends(["e1"])] == ["e1"]
+
+
+def test_a_device_the_machine_lacks_is_named_under_its_entry(tmp_path: Path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    from ppu.errors import ConfigError
+
+    lab = _torch_lab(tmp_path)
+    lab.backends[1]["device"] = "cuda"
+    with pytest.raises(ConfigError) as err:
+        lab.build_backends(["surrogate"])
+    assert err.value.field == "backends.1.device" and "surrogate" in err.value.message
+    # and so `ppu worker` says it, building its backends the same way
+    (tmp_path / "lab.yaml").write_text(yaml.safe_dump({"name": "t", "run_dir": str(tmp_path),
+                                                       "backends": lab.backends}))
+    cli.err.width = 400
+    r = runner.invoke(app, ["worker", "-c", str(tmp_path / "lab.yaml"), "--backend", "surrogate"])
+    assert r.exit_code == 2 and "field: backends.1.device" in r.output and "Traceback" not in r.output, r.output
+
+
+def test_an_error_field_goes_under_its_entry_once() -> None:
+    from ppu.config import in_backend_entry
+    from ppu.errors import ConfigError
+
+    cases = {None: "backends.3", "backends": "backends.3", "device": "backends.3.device",
+             "backends.type": "backends.3.type", "models.predict.x.factory": "backends.3.models.predict.x.factory",
+             "backends.3.slots": "backends.3.slots"}
+    for given, named in cases.items():
+        exc = in_backend_entry(ConfigError("bad", field=given), 3, "b3")
+        assert exc.field == named and exc.message == "backend b3: bad"
+    again = in_backend_entry(ConfigError("backend b3: bad", field="backends.3.x"), 3, "b3")
+    assert again.message == "backend b3: bad" and again.field == "backends.3.x"

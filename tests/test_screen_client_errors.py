@@ -34,8 +34,9 @@ class ScriptedLab:
     """Answers the calls of an operation as an orchestrator would; block ``fail`` (0-based) fails."""
 
     def __init__(self, offers: tuple[str, ...] = (CAP,), fail: int | None = None, wait_times_out: bool = False,
-                 non_finite: dict[int, int] | None = None):
+                 non_finite: dict[int, int] | None = None, live: tuple[int, ...] = ()):
         self.offers, self.fail, self.wait_times_out = offers, fail, wait_times_out
+        self.live = live  # blocks (0-based) not yet ended when the screen gives up: the ones it cancels
         self.non_finite = non_finite or {}  # block (0-based) -> rows its model answered with NaN or inf
         self.calls: list[Any] = []
         self.blocks: dict[str, int] = {}  # task id -> rows
@@ -72,6 +73,9 @@ class ScriptedLab:
             rows = next(n for n in self.blocks.values()
                         if sha256(npz_bytes({"y": np.zeros(n)})) == sha)
             return p.Reply().carrying({"npz": np.frombuffer(npz_bytes({"y": np.zeros(rows)}), np.uint8)})
+        if isinstance(msg, p.GetTask):
+            t = self.task(msg.task_id)
+            return {**t, "state": "ready"} if list(self.blocks).index(msg.task_id) in self.live else t
         if isinstance(msg, p.Cancel):
             return None
         raise AssertionError(f"unexpected call {msg!r}")
@@ -231,16 +235,16 @@ def test_a_screen_of_a_capability_no_backend_offers_is_refused_before_submitting
 
 
 def test_a_failed_block_cancels_the_blocks_after_it() -> None:
-    lab = ScriptedLab(fail=0)
+    lab = ScriptedLab(fail=0, live=(1, 2))
     with pytest.raises(BackendError) as err:
         _screen(lab, _cols(50), block_rows=20)
     assert [m.task_id for m in lab.calls if isinstance(m, p.Cancel)] == ["t-1", "t-2"]
-    assert err.value.data["cancelled"] == ["t-1", "t-2"] and "2 block(s) still queued or running were cancelled" \
-        in err.value.message
+    assert err.value.data["cancelled"] == ["t-1", "t-2"] and "of the 2 block(s) after it, 2 not yet ended were " \
+        "cancelled" in err.value.message
 
 
 def test_a_screen_that_times_out_cancels_the_blocks_not_ended() -> None:
-    lab = ScriptedLab(wait_times_out=True)
+    lab = ScriptedLab(wait_times_out=True, live=(0, 1, 2))
     with pytest.raises(p.WaitTimeout) as err:
         _screen(lab, _cols(50), block_rows=20, timeout=1.0)
     assert [m.task_id for m in lab.calls if isinstance(m, p.Cancel)] == ["t-0", "t-1", "t-2"]

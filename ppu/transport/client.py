@@ -24,7 +24,7 @@ from ppu import protocol as p
 from ppu.models import Artifact, AuditEntry, Result, Sample, Task, new_id
 from ppu.transport import ops
 from ppu.transport.aiosock import AsyncSocket
-from ppu.transport.ops import DEFAULT_BLOCK_ROWS, SpecLike
+from ppu.transport.ops import DEFAULT_BLOCK_ROWS, ColumnsLike, SpecLike
 from ppu.transport.security import CurveKeys
 
 T = TypeVar("T")
@@ -56,7 +56,9 @@ _POLL_SLICE_S = 3600.0
 
 def _not_answering(address: str, timeout: float) -> p.NotAnswering:
     return p.NotAnswering(f"the orchestrator at {address} did not answer within {timeout:g}s",
-                          hint="start it with `ppu orchestrator --config lab.yaml` (or check --connect)")
+                          hint=f"is one running and listening at {address}? check the address and port "
+                               "(--connect, or orchestrator.bind in the lab file); else start it with "
+                               "`ppu orchestrator --config lab.yaml`")
 
 
 def _decode(frames: list[Any]) -> Any:
@@ -157,7 +159,7 @@ class PPUClient(_Client):
 
     submit_many = submit
 
-    def submit_block(self, capability: str, columns: dict[str, np.ndarray], *,
+    def submit_block(self, capability: str, columns: ColumnsLike, *,
                      block_rows: int = DEFAULT_BLOCK_ROWS, **spec: Any) -> list[str]:
         """Submit rows as columnar tasks (binary frames) of at most ``block_rows`` rows each."""
         return self._drive(ops.submit_block(capability, columns, block_rows, spec, None, self.max_blob_bytes))
@@ -166,7 +168,7 @@ class PPUClient(_Client):
         """The columns of a block or block result, fetched and checked against its sha256."""
         return self._drive(ops.artifact(ref, None))
 
-    def screen(self, capability: str, columns: dict[str, np.ndarray], *,
+    def screen(self, capability: str, columns: ColumnsLike, *,
                block_rows: int = DEFAULT_BLOCK_ROWS, timeout: float | None = None,
                **spec: Any) -> tuple[dict[str, np.ndarray], list[Result]]:
         """Run rows through a capability as columnar tasks: (output columns in row order, one result per block).
@@ -360,7 +362,7 @@ class AsyncPPUClient(_Client):
 
     submit_many = submit
 
-    async def submit_block(self, capability: str, columns: dict[str, np.ndarray], *,
+    async def submit_block(self, capability: str, columns: ColumnsLike, *,
                      block_rows: int = DEFAULT_BLOCK_ROWS, **spec: Any) -> list[str]:
         """Submit rows as columnar tasks (binary frames) of at most ``block_rows`` rows each."""
         return await self._drive(ops.submit_block(capability, columns, block_rows, spec, max(self.timeout, ops.BIG),
@@ -370,12 +372,14 @@ class AsyncPPUClient(_Client):
         """The columns of a block or block result, fetched and checked against its sha256."""
         return await self._drive(ops.artifact(ref, max(self.timeout, ops.BIG)))
 
-    async def screen(self, capability: str, columns: dict[str, np.ndarray], *,
+    async def screen(self, capability: str, columns: ColumnsLike, *,
                block_rows: int = DEFAULT_BLOCK_ROWS, timeout: float | None = None,
                **spec: Any) -> tuple[dict[str, np.ndarray], list[Result]]:
         """Run rows through a capability as columnar tasks: (output columns in row order, one result per block).
 
-        Blocks are fetched as each one ends, so fetching overlaps the blocks still running.
+        ``columns``: a mapping of column name -> 1-d numpy array (or any array-like: a pandas Series, a
+        list), or a pandas DataFrame. Blocks are fetched as each one ends, so fetching overlaps the
+        blocks still running.
 
         - Refused before anything is sent (:class:`~ppu.errors.ValidationFailed` naming the argument):
           a bad ``block_rows`` or column, and a block whose binary frames pass the orchestrator's
@@ -385,9 +389,11 @@ class AsyncPPUClient(_Client):
           rather than wait forever; with a timeout it submits anyway (a worker may still register).
         - All or nothing: the first block that fails raises :class:`~ppu.errors.BackendError` naming it
           in the caller's numbering (``block 3 of 3 (rows 40-49)``; a row number in the backend's error
-          counts from that block's first row), and the blocks still queued or running are cancelled; so
-          are they when ``timeout`` passes (:class:`~ppu.protocol.WaitTimeout`). The error's ``data``
-          holds ``task_ids`` (every block's task) and ``cancelled``.
+          counts from that block's first row), and the blocks after it that have not ended are cancelled;
+          so are they when ``timeout`` passes (:class:`~ppu.protocol.WaitTimeout`, naming that timeout).
+          The message counts the blocks cancelled and those that had already finished; the error's
+          ``data`` holds ``task_ids`` (every block's task), ``cancelled``, ``finished`` and ``left``
+          (blocks it could not cancel, e.g. the orchestrator stopped answering).
         - Rows the model answered with NaN or inf leave their block succeeded (its result's
           ``non_finite_rows`` counts them) and are named in a warning on the ``ppu.transport.ops``
           logger: mask them (``np.isfinite(out["mean"])``) before ranking."""
@@ -432,13 +438,15 @@ class AsyncPPUClient(_Client):
             done = ops.read_tasks(reply.data)
             if reply.next is None:
                 return done
-        except (p.WaitTimeout, p.NotAnswering):
+        except (p.WaitTimeout, p.NotAnswering) as exc:
             if timeout is not None and timeout <= part:
+                if isinstance(exc, p.WaitTimeout):
+                    exc.message = ops.timed_out(timeout)
                 raise
         # not all ended within the first slice, that wait was lost, or its answer came in parts: the
-        # rest as a plain wait
+        # rest as a plain wait (a timeout names the caller's, not what was left of it)
         rest = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
-        return done + await self.wait(ids[len(done):], rest)
+        return done + await self._drive(ops.wait(ids[len(done):], rest, self.timeout, given=timeout))
 
     async def cancel(self, task_id: str, reason: str = "") -> None:
         return await self._drive(ops.cancel(task_id, reason))

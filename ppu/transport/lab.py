@@ -16,7 +16,6 @@ import threading
 from typing import Any
 
 from ppu.backends.base import Backend
-from ppu.backends.registry import build_backend
 from ppu.config import LabConfig
 from ppu.orchestrator import Orchestrator
 from ppu.store import Store
@@ -70,7 +69,7 @@ class EmbeddedLab:
         await self.orch.start()
         self.server = OrchestratorServer(self.orch, self.bind, lab.security)
         self.address = await self.server.start()
-        backends = self._backends if self._backends is not None else [build_backend(b) for b in lab.backends]
+        backends = self._backends if self._backends is not None else lab.build_backends()
         by_name = {b.name: b for b in backends}
         groups = self._groups or ([list(by_name)] if by_name else [])
         hb = lab.orchestrator
@@ -79,7 +78,7 @@ class EmbeddedLab:
                        heartbeat_s=hb.heartbeat_s, missed_heartbeats=hb.missed_heartbeats,
                        curve=self._keys(self.worker_key))
             self.workers.append(w)
-            await w.start()
+            await w.start(lab.backend_errors)
         for w in self.workers:
             await w.wait_registered(self.timeout)
         self.client = AsyncPPUClient(self.address, timeout=self.timeout, curve=self._keys(self.client_key),

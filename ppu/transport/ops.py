@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -21,13 +21,16 @@ from pydantic import ValidationError
 from ppu import errors
 from ppu import protocol as p
 from ppu.artifacts import check_columns, load_npz, verify
-from ppu.models import MAX_NAME, Artifact, AuditEntry, Result, Sample, Task, TaskSpec
+from ppu.models import MAX_NAME, TERMINAL_STATES, Artifact, AuditEntry, Result, Sample, Task, TaskSpec
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 M = TypeVar("M")
 SpecLike = TaskSpec | dict[str, Any]
+# Rows as columns: a mapping of column name -> 1-d array-like (numpy array, pandas Series, list), or a
+# pandas DataFrame (see as_columns); Any, as pandas may be absent
+ColumnsLike = Any
 
 DEFAULT_BLOCK_ROWS = 131_072  # rows per columnar task: big enough to amortise a task, small enough to overlap
 BIG = 60.0  # the least seconds an async client gives a request that carries a block (submit_block, artifact)
@@ -191,10 +194,38 @@ def _check_block_size(columns: dict[str, np.ndarray], rows: int, block_rows: int
         hint=f"pass block_rows={fit} or fewer" if fit else "send fewer or narrower columns")
 
 
-def _blocks(capability: str, columns: dict[str, np.ndarray], block_rows: int, spec: dict[str, Any],
+def as_columns(columns: ColumnsLike) -> dict[str, np.ndarray]:
+    """Columns as numpy arrays, from a mapping of name -> array-like (numpy arrays, pandas Series,
+    lists) or a pandas DataFrame (each column by its ``to_numpy()``); pandas is never imported here.
+    What is neither is ValidationFailed naming ``columns``; a column is checked by check_columns."""
+    if not (isinstance(columns, Mapping) or (hasattr(columns, "columns") and hasattr(columns, "items")
+                                             and hasattr(columns, "to_numpy"))):
+        raise errors.ValidationFailed(
+            f"columns must be a mapping of column name -> 1-d array, or a pandas DataFrame, not "
+            f"{type(columns).__name__}", field="columns", hint="e.g. {'x': np.array([0.1, 0.2])}, or df itself")
+    out: dict[str, np.ndarray] = {}
+    for name, col in columns.items():
+        if name in out:  # a DataFrame may have two columns of one name: a dict keeps one
+            raise errors.ValidationFailed(f"two columns are named {name!r}", field=f"columns.{name}",
+                                          hint="rename one (df.columns = [...])")
+        if isinstance(col, np.ndarray):
+            out[name] = col
+            continue
+        to_numpy = getattr(col, "to_numpy", None)  # a pandas Series (or Index, or a polars Series)
+        try:
+            out[name] = to_numpy() if callable(to_numpy) else np.asarray(col)
+        except (TypeError, ValueError) as exc:
+            raise errors.ValidationFailed(f"column {name!r} cannot be read as an array: {exc}",
+                                          field=f"columns.{name}",
+                                          hint="pass a 1-d numpy array (a pandas Series: .to_numpy())") from None
+    return out
+
+
+def _blocks(capability: str, columns: ColumnsLike, block_rows: int, spec: dict[str, Any],
             max_blob_bytes: int) -> list[Block]:
     """Columns as columnar tasks of at most ``block_rows`` rows, one submit (and its blobs) each."""
     block_rows = _count("block_rows", block_rows, 1)
+    columns = as_columns(columns)
     rows = check_columns(columns, "columns")
     for name in columns:
         if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME:
@@ -306,7 +337,7 @@ def submit(specs: SpecLike | list[SpecLike]) -> Op[list[str]]:
     return ids
 
 
-def submit_block(capability: str, columns: dict[str, np.ndarray], block_rows: int, spec: dict[str, Any],
+def submit_block(capability: str, columns: ColumnsLike, block_rows: int, spec: dict[str, Any],
                  timeout: float | None, max_blob_bytes: int = p.MAX_BLOB_BYTES) -> Op[list[str]]:
     return (yield from _submit_blocks(_blocks(capability, columns, block_rows, spec, max_blob_bytes), timeout))
 
@@ -331,12 +362,15 @@ def artifact(ref: Artifact | str, timeout: float | None) -> Op[dict[str, np.ndar
     return _artifact_columns((yield Call(msg, timeout, whole=True)), sha)
 
 
-def wait(task_ids: str | list[str], timeout: float | None, client_timeout: float) -> Op[list[Task]]:
+def wait(task_ids: str | list[str], timeout: float | None, client_timeout: float,
+         given: float | None = None) -> Op[list[Task]]:
     """Until every task has ended (``timeout``: seconds for all of them; None: as long as it takes),
     in requests of at most MAX_WAIT_IDS ids and WAIT_SLICE_S seconds each. A request the orchestrator
     did not answer (it restarted) or answered "not yet" is asked again while time is left: a wait is
-    a read, safe to repeat."""
+    a read, safe to repeat. ``given``: the timeout the caller gave, when ``timeout`` is what is left of
+    it (the WaitTimeout names the caller's, not what was left)."""
     deadline = None if timeout is None else time.monotonic() + timeout
+    given = timeout if given is None else given
     out: list[Task] = []
     for chunk in _wait_chunks(task_ids):
         cursor: str | None = None
@@ -353,11 +387,17 @@ def wait(task_ids: str | list[str], timeout: float | None, client_timeout: float
             except (p.WaitTimeout, p.NotAnswering) as exc:
                 if rest is not None and rest <= part:  # the caller's own time is up
                     if isinstance(exc, p.WaitTimeout):
-                        exc.message = f"the tasks did not all end within the {timeout:g} s given"
+                        exc.message = timed_out(given)
                     raise
                 if isinstance(exc, p.NotAnswering):
                     log.warning("the orchestrator did not answer a wait (restarting?); asking again")
     return out
+
+
+def timed_out(given: float | None) -> str:
+    """What a WaitTimeout says: the timeout the caller gave (never the seconds that were left of it)."""
+    return f"the tasks did not all end within the {given:g} s given" if given is not None else \
+        "the tasks did not all end in time"
 
 
 def run(specs: SpecLike | list[SpecLike], timeout: float | None, client_timeout: float) -> Op[list[Task]]:
@@ -386,7 +426,61 @@ def _failed(block: Block, tid: str, capability: str, task: Task, res: Result | N
                               f"client.task({tid!r}) returns it", task_id=tid, block=block.index)
 
 
-def screen(capability: str, columns: dict[str, np.ndarray], block_rows: int, timeout: float | None,
+@dataclass
+class LeftBehind:
+    """What became of a screen's blocks not yet fetched when it gave up: cancelled (they had not
+    ended), already finished (nothing to cancel), or left as they were (``why``)."""
+
+    cancelled: list[str]
+    finished: list[str]
+    left: list[str]
+    why: str = ""
+
+    def said(self, of: str) -> str:
+        """``; of the 3 block(s) after it, 2 not yet ended were cancelled, 1 had already finished``."""
+        n = len(self.cancelled) + len(self.finished) + len(self.left)
+        if not n:
+            return ""
+        parts = []
+        if self.cancelled:
+            parts.append(f"{len(self.cancelled)} not yet ended {'was' if len(self.cancelled) == 1 else 'were'} "
+                         "cancelled")
+        if self.finished:
+            parts.append(f"{'all ' if len(self.finished) == n > 1 else ''}{len(self.finished)} had already "
+                         f"finished{', so none was cancelled' if len(self.finished) == n else ''}")
+        if self.left:
+            parts.append(f"{len(self.left)} could not be cancelled ({self.why}): their ids are in the error's "
+                         "data['left']; `ppu cancel ID` cancels one")
+        return f"; of the {n} block(s) {of}, " + ", ".join(parts)
+
+
+def _cancel_rest(ids: list[str], reason: str) -> Op[LeftBehind]:
+    """Cancel the blocks of ``ids`` that have not ended; those that ended are only counted (cancelling
+    one would be refused, and counted as an error by the orchestrator)."""
+    out = LeftBehind([], [], [])
+    for k, tid in enumerate(ids):
+        try:
+            state = (yield from task(tid)).state
+            if state in TERMINAL_STATES:
+                out.finished.append(tid)
+                continue
+            yield from cancel(tid, reason)
+            out.cancelled.append(tid)
+        except p.NotAnswering:  # the orchestrator went away: the error the caller gets says what was left
+            out.left += ids[k:]
+            out.why = "the orchestrator did not answer"
+            break
+        except errors.NotAllowed as exc:  # it ended meanwhile, or this client may not cancel it
+            ended = "already ended" in exc.message
+            (out.finished if ended else out.left).append(tid)
+            out.why = out.why or ("" if ended else exc.message)
+        except errors.PPUError as exc:
+            out.left.append(tid)
+            out.why = out.why or exc.message
+    return out
+
+
+def screen(capability: str, columns: ColumnsLike, block_rows: int, timeout: float | None,
            spec: dict[str, Any], client_timeout: float, big: float | None,
            max_blob_bytes: int = p.MAX_BLOB_BYTES) -> Op[tuple[dict[str, np.ndarray], list[Result]]]:
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -398,30 +492,25 @@ def screen(capability: str, columns: dict[str, np.ndarray], block_rows: int, tim
     done = 0
     try:
         for block, tid in zip(blocks, ids, strict=True):
-            [task] = yield from wait([tid], left(deadline), client_timeout)
+            [t] = yield from wait([tid], left(deadline), client_timeout, given=timeout)
             res = yield from result(tid)
             if res is None or res.artifact is None:
-                raise _failed(block, tid, capability, task, res)
+                raise _failed(block, tid, capability, t, res)
             parts.append((yield from artifact(res.artifact, big)))
             results.append(res)
             done += 1
     except (errors.BackendError, p.WaitTimeout) as exc:
-        # All or nothing: the caller gets no columns, so the blocks still queued or running are cancelled.
-        timed_out = isinstance(exc, p.WaitTimeout)
-        rest = ids[done:] if timed_out else ids[done + 1:]
-        why = "timed out" if timed_out else "failed"
-        for tid in rest:
-            try:
-                yield Call(p.Cancel(task_id=tid, reason=f"screen of {capability}: {blocks[done]} {why}"))
-            except p.NotAnswering:
-                break  # the orchestrator went away: the error the caller gets says what was left
-            except errors.PPUError:
-                pass  # it ended meanwhile, or the orchestrator is busy: nothing more to do here
-        if timed_out:
-            exc.message += f" (waiting for {blocks[done]})"
-        if rest:
-            exc.message += f"; {len(rest)} block(s) still queued or running were cancelled"
-        exc.data.update(task_ids=list(ids), cancelled=rest)
+        # All or nothing: the caller gets no columns, so the blocks not yet ended are cancelled.
+        out_of_time = isinstance(exc, p.WaitTimeout)
+        rest = ids[done:] if out_of_time else ids[done + 1:]
+        why = "timed out" if out_of_time else "failed"
+        behind = yield from _cancel_rest(rest, f"screen of {capability}: {blocks[done]} {why}")
+        if out_of_time:
+            exc.message = f"{timed_out(timeout).replace('tasks', 'blocks')} (waiting for {blocks[done]})"
+            exc.hint = "screen again with a longer timeout, or timeout=None to wait as long as it takes"
+        exc.message += behind.said("not yet fetched" if out_of_time else "after it")
+        exc.data.update(task_ids=list(ids), cancelled=behind.cancelled, finished=behind.finished,
+                        left=behind.left)
         raise
     bad = {str(b): int(r.outputs.get("non_finite_rows") or 0) for b, r in zip(blocks, results, strict=True)}
     if any(bad.values()):  # a model's NaN is no error of the task's, but argmax would pick it

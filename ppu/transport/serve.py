@@ -148,13 +148,13 @@ async def serve_worker(lab: LabConfig, connect: str | None, backends: list[str],
                        announce: Callable[[str], None] = print) -> None:
     announce(f"packs: {', '.join(lab.load_packs().names)}")
     names = backends or [str(b.get("name")) for b in lab.backends]
-    built = [build_backend(lab.backend_entry(n)) for n in names]
+    built = lab.build_backends(names)
     curve = peer_keys(lab.security, key or os.environ.get("PPU_KEY", "worker")) if lab.security.curve else None
     address = connect or lab.orchestrator.bind
     worker = Worker(address, built, heartbeat_s=lab.orchestrator.heartbeat_s,
                     missed_heartbeats=lab.orchestrator.missed_heartbeats, curve=curve)
     try:
-        await worker.start()
+        await worker.start(lab.backend_errors)
         announce(f"worker {worker.name} hosting {', '.join(names)} for {address}")
         stop = _stop_event()
         main = worker._main
@@ -177,7 +177,10 @@ async def serve_iocs(lab: LabConfig, interfaces: list[str] | None = None,
     if not entries:
         raise ConfigError(f"no instrument of lab {lab.name} is in real mode", field="backends",
                           hint="give the instruments `simulated: false` and an `epics_prefix`")
-    twins = [build_backend({**b, "simulated": True}) for b in entries]
+    twins = []
+    for b in entries:
+        with lab.backend_errors(str(b.get("name"))):
+            twins.append(build_backend({**b, "simulated": True}))
     pvdb = lab_pvdb(twins)
     announce(f"IOCs of lab {lab.name}: {len(pvdb)} PVs for {', '.join(str(b['name']) for b in entries)} "
              f"(Channel Access port {os.environ.get('EPICS_CA_SERVER_PORT', '5064')})")

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -70,9 +71,12 @@ class Worker:
 
     # ---- life cycle ------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        for host in self.hosts.values():
-            await host.start()
+    async def start(self, errors_of: Callable[[str], contextlib.AbstractContextManager[Any]] | None = None) -> None:
+        """Start every backend, then connect. ``errors_of(name)``: a context around each backend's start,
+        e.g. the lab file's :meth:`~ppu.config.LabConfig.backend_errors`, so that an error names its entry."""
+        for name, host in self.hosts.items():
+            with errors_of(name) if errors_of is not None else contextlib.nullcontext():
+                await host.start()
         freeze_once()  # modules and models live as long as the process: no full collection rescans them
         self._open()
         self._main = asyncio.get_running_loop().create_task(self._loop())
