@@ -130,6 +130,12 @@ def made_sample(cap: capabilities.Capability, task_id: str, inputs: dict[str, An
                   state=SampleState.available)
 
 
+def block_output_columns(cap: capabilities.Capability) -> list[str]:
+    """The output columns every block result of ``cap`` carries at least: its row outputs that are required
+    floats (a served model's decoder answers a block with such columns, ``mean`` and ``std`` by default)."""
+    return [name for name, f in cap.output_model.model_fields.items() if f.is_required() and f.annotation is float]
+
+
 class WorkerLink(Protocol):
     """How the orchestrator reaches the worker that hosts a backend."""
 
@@ -531,7 +537,16 @@ class Orchestrator:
         work = self.sched.work_of(result.task_id) if result.status is ResultStatus.succeeded else None
         if work is not None:
             cap, block = work
-            if not (block and result.artifact is not None):  # a block result's rows are in its artifact
+            if block and result.artifact is None:
+                # A block's success is its output columns (stored as result.artifact); its outputs are only a
+                # summary, never the capability's row outputs. Refused, not recorded: the sender keeps it
+                # and sends it again with its columns as binary frames (it used to be judged against the
+                # row output model and fail the block for good).
+                self.counters["block_results_without_columns"] += 1
+                raise ValidationFailed(f"the result of block task {result.task_id} (attempt {result.attempt}) "
+                                       "came without its output columns", field="blobs",
+                                       hint="send it as a result message with its columns as binary frames")
+            if not block:  # a block result's rows are in its artifact
                 try:
                     outputs = capabilities.validate_outputs(cap, result.outputs)
                     result = result.model_copy(update={"outputs": outputs})
@@ -589,6 +604,7 @@ class Orchestrator:
             if stored and not spec.block.sha256:
                 raise ValidationFailed("the block's rows are not stored", field="block",
                                        hint="submit blocks through the client's submit_block or screen")
+            self._check_block_outputs(cap, spec.block.rows)
         inputs = {} if spec.block is not None else capabilities.validate_inputs(spec.capability, spec.inputs)
         used = cap.samples_used(inputs)
         sample_id = spec.sample_id or (used[0] if used else None)
@@ -637,6 +653,23 @@ class Orchestrator:
                     block=spec.block,
                     approval=ApprovalState.waiting if reason else ApprovalState.not_required)
         return task, reason
+
+    def _check_block_outputs(self, cap: capabilities.Capability, rows: int) -> None:
+        """Refuse a block whose result could not travel back: its output columns come as one result message's
+        binary frames, bounded by ``max_blob_bytes`` like the block's rows. Counted as the least any block of
+        the capability answers with: a float64 column per required float output (``mean``, ``std``)."""
+        names = block_output_columns(cap)
+        limit = self.cfg.max_blob_bytes
+        size = rows * 8 * len(names)
+        if size <= limit:
+            return
+        fit = limit // (8 * len(names))
+        raise ValidationFailed(
+            f"a block of {rows} rows of {cap.name} answers with at least {size} bytes of output columns "
+            f"({', '.join(names)}: 8 bytes a row each), above the orchestrator's limit of {limit} bytes "
+            "(orchestrator.max_blob_bytes): its result could not be sent back", field="block.rows",
+            hint=(f"pass block_rows={fit} or fewer" if fit else "submit it row by row")
+            + " to screen / submit_block, or raise orchestrator.max_blob_bytes in the lab file")
 
     def submit(self, specs: list[TaskSpec], actor: str = "local", key: str | None = None) -> list[str]:
         """Validate every spec, then accept all of them in one durable transaction (or none).

@@ -666,6 +666,19 @@ def decode(frames: list[Any], max_bytes: int = MAX_MESSAGE_BYTES, max_blob_bytes
     return msg
 
 
+def result_over_limit(frames: list[Any], max_bytes: int = MAX_MESSAGE_BYTES) -> ResultMsg | None:
+    """The ``result`` whose binary frames :func:`decode` refused as over the limit, read without them; None
+    for any other message (or one whose json fails too). Its attempt can then be ended, not re-sent forever:
+    the columns would be as large every time."""
+    if len(frames) < 3:
+        return None
+    try:
+        msg = _decode_json(frames[0], frames[1], max_bytes)
+    except ProtocolError:
+        return None
+    return msg if isinstance(msg, ResultMsg) and msg.blobs else None
+
+
 def _attach(msg: Message, extra: list[Any]) -> None:
     """Check the binary frames against the blobs the json declares and attach them as arrays."""
     specs: list[Blob] = msg.blobs if isinstance(msg, _Carrier) else []

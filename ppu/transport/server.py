@@ -46,7 +46,7 @@ from ppu.errors import (
     UnknownTaskError,
     ValidationFailed,
 )
-from ppu.models import AuditEntry, Result, TaskSpec
+from ppu.models import AuditEntry, Result, ResultStatus, TaskSpec
 from ppu.orchestrator import Orchestrator
 from ppu.transport.aiosock import AsyncSocket
 from ppu.transport.paging import CURSOR_HINT, as_json, at_id, cursor, page, seq_id, too_large
@@ -295,6 +295,11 @@ class OrchestratorServer:
             self.orch.counters["protocol_" + reason] += 1
             log.info("refused a malformed message from %s: %s", identity.hex(), exc)
             await self.send(identity, p.Error.of(exc, p.guess_req(body[1]) if len(body) >= 2 else ""))
+            big = (p.result_over_limit(body, self.cfg.max_message_bytes)
+                   if reason == p.OVERSIZE and identity in self.peers else None)  # from a registered worker
+            if big is not None:  # a block's output columns: as large at every re-send, so its attempt ends here
+                await self._on_worker(identity, key, self.peers.get(identity), _failed_over_limit(
+                    big, sum(len(f) for f in body[2:]), self.cfg.max_blob_bytes))
             return
         peer = self.peers.get(identity)
         if peer is not None:
@@ -726,6 +731,23 @@ class OrchestratorServer:
                     self._sub_queues.pop(identity, None)
                     self.orch.unsubscribe(q)
                     return
+
+
+def _failed_over_limit(msg: p.ResultMsg, size: int, limit: int) -> p.ResultMsg:
+    """A result whose output columns (``size`` bytes of binary frames) are over ``max_blob_bytes``, as the
+    failure of its attempt: not retryable, since another attempt's columns would be as large. Acked like any
+    result, so the worker stops re-sending it and the backend's slot is free."""
+    rows = max(b.shape[0] for b in msg.blobs)
+    per_row = max(1, sum(b.nbytes for b in msg.blobs) // max(1, rows))
+    fit = limit // per_row
+    why = (f"the block's output columns ({', '.join(b.name for b in msg.blobs)}: {rows} rows, {size} bytes) are above "
+           f"the orchestrator's limit of {limit} bytes (orchestrator.max_blob_bytes) and cannot be sent back; "
+           + (f"submit blocks of at most {fit} rows (block_rows={fit} in screen / submit_block)" if fit
+              else "submit it row by row") + " or raise orchestrator.max_blob_bytes in the lab file")
+    failed = msg.result.model_copy(update={"status": ResultStatus.failed, "outputs": {}, "error": why,
+                                           "retryable": False, "artifact": None})
+    log.warning("result of %s attempt %d from %s refused: %s", failed.task_id, failed.attempt, msg.backend, why)
+    return p.ResultMsg(backend=msg.backend, result=failed)
 
 
 def _holding(reg: str, h: p.Holding | None) -> tuple[str, int, list[Any], list[Any]] | None:

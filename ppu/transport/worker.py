@@ -3,7 +3,8 @@
 The backends run in the same :class:`~ppu.host.BackendHost` the in-process ``LocalWorker`` uses,
 so there is one code path for running work. This module only carries messages: register (with
 the tasks it still holds and the results not yet acknowledged), heartbeats, assignments in,
-started / progress / results out, results re-sent with backoff until acknowledged. When the
+started / progress / results out, results re-sent with backoff until acknowledged (a block result
+always as a result message with its columns as binary frames: never inside a registration). When the
 orchestrator is silent for ``heartbeat_s * missed_heartbeats`` (killed, restarted, network),
 the worker throws its socket away, connects a new one and registers again (zguide's Paranoid
 Pirate). One coroutine owns the socket, so replacing it needs no locks.
@@ -32,7 +33,7 @@ from ppu import protocol as p
 from ppu.backends.base import Backend
 from ppu.heap import freeze_once
 from ppu.host import BackendHost
-from ppu.models import Result
+from ppu.models import Result, ResultStatus
 from ppu.transport.aiosock import AsyncSocket
 from ppu.transport.security import CurveKeys
 
@@ -68,6 +69,8 @@ class Worker:
         self.registrations = 0
         self._silence_s = heartbeat_s * missed_heartbeats
         self._refused_at = 0.0
+        self._carried: set[tuple[str, int]] = set()  # the results carried by the registration awaiting its answer
+        self._blocks: set[tuple[str, int]] = set()  # attempts of columnar runs, until their result is acked
 
     # ---- life cycle ------------------------------------------------------------------------
 
@@ -157,9 +160,10 @@ class Worker:
         self.registered = False
         self.registrations += 1
         specs = [h.backend.spec() for h in self.hosts.values()]
+        pending = _pending_within(self.hosts, RESULTS_MESSAGE_BYTES)
+        self._carried = {(r.task_id, r.attempt) for rs in pending.values() for r in rs}
         self._send(p.Register(req=self._register_req, worker=self.name, boot=self.boot, backends=specs,
-                              in_flight={n: h.in_flight() for n, h in self.hosts.items()},
-                              pending=_pending_within(self.hosts, RESULTS_MESSAGE_BYTES)))
+                              in_flight={n: h.in_flight() for n, h in self.hosts.items()}, pending=pending))
 
     def _reporter(self, backend: str) -> Any:
         async def report(kind: str, payload: dict[str, Any]) -> None:
@@ -172,13 +176,28 @@ class Worker:
                                       message=str(payload["message"])[:4096]))
             elif kind == "results":
                 # the host keeps the Result objects (with a block result's columns) until they are acked
-                results: list[Result] = payload["results"]
+                results = self._vetted(self.hosts[backend], payload["results"])
                 hb, at = self.heartbeat_s, time.monotonic() + self.heartbeat_s
                 for r in results:
                     self._resend_at[(r.task_id, r.attempt)] = (at, hb)
                 for frames in _result_msgs(backend, results):
                     self._send_frames(frames)
         return report
+
+    def _vetted(self, host: BackendHost, results: list[Result]) -> list[Result]:
+        """A block's success without output columns (a backend's bug) becomes its failure here, where the
+        columns are known to be missing: the orchestrator refuses such a result, so re-sending it would go on
+        for ever. Retryable: another backend may answer the block properly."""
+        out = []
+        for r in results:
+            key = (r.task_id, r.attempt)
+            if key in self._blocks and r.status is ResultStatus.succeeded and not r.columns():
+                r = r.model_copy(update={"status": ResultStatus.failed, "outputs": {}, "error": (
+                    f"backend {host.name} answered block task {r.task_id} without output columns")})
+                if key in host.unacked:
+                    host.unacked[key] = r
+            out.append(r)
+        return out
 
     # ---- the loop --------------------------------------------------------------------------
 
@@ -246,6 +265,18 @@ class Worker:
             for frames in _result_msgs(name, due):  # re-sent as they were sent: a batch's in few messages
                 self._send_frames(frames)
 
+    def _resend_uncarried(self) -> None:
+        """Registered: the unacknowledged results the registration did not carry (a block result's columns
+        travel only as a result message's binary frames; others past its size) leave now, not after the
+        backoff a dead orchestrator's silence grew."""
+        now = time.monotonic()
+        for host in self.hosts.values():
+            for r in host.pending_results():
+                key = (r.task_id, r.attempt)
+                if key not in self._carried:
+                    self._resend_at[key] = (now, self.heartbeat_s)
+        self._resend(now)
+
     def _on_message(self, msg: Any) -> None:
         self._last_heard = time.monotonic()
         self._silence_s = self.heartbeat_s * self.missed
@@ -258,6 +289,7 @@ class Worker:
                 self.registered = True
                 self._register_sent_at = 0.0
                 log.info("registered %s at %s", ", ".join(msg.backends), self.connect_to)
+                self._resend_uncarried()
             case p.Assign():
                 host = self.hosts.get(msg.backend)
                 if host is not None:
@@ -267,13 +299,16 @@ class Worker:
                     runs = [r if r.block is None else r.with_columns(
                         {c: arrays[f"{r.task_id}:{c}"] for c in r.block.columns if f"{r.task_id}:{c}" in arrays})
                         for r in msg.runs]
-                    host.assign(msg.batch_id, runs)
+                    if host.assign(msg.batch_id, runs):
+                        self._blocks.update((r.task_id, r.attempt) for r in runs
+                                            if r.block is not None and host.attempt_of.get(r.task_id) == r.attempt)
             case p.Ack():
                 host = self.hosts.get(msg.backend)
                 for task_id, attempt in msg.runs:
                     if host is not None:
                         host.ack(task_id, attempt)
                     self._resend_at.pop((task_id, attempt), None)
+                    self._blocks.discard((task_id, attempt))
             case p.Abort():
                 host = self.hosts.get(msg.backend)
                 if host is not None:
@@ -297,6 +332,7 @@ class Worker:
                     for host in self.hosts.values():
                         host.ack(task_id, attempt)
                     self._resend_at.pop((task_id, attempt), None)
+                    self._blocks.discard((task_id, attempt))
                 elif msg.req and msg.req == self._register_req:
                     log.error("the orchestrator refused the registration: %s (%s)", msg.message, msg.hint)
                     self._refused_at = time.monotonic()
@@ -320,12 +356,16 @@ RESULTS_MESSAGE_BYTES = 1 << 20  # a results message larger than this is split (
 
 
 def _pending_within(hosts: dict[str, BackendHost], budget: int) -> dict[str, list[Result]]:
-    """The unacknowledged results a registration carries: as many as fit in ``budget`` bytes of JSON. The
-    others are named among its in_flight tasks, so the orchestrator waits for them, and they follow as
-    re-sent results (a registration over the orchestrator's limit would be refused, again and again)."""
+    """The unacknowledged results a registration carries: as many as fit in ``budget`` bytes of JSON, and
+    never a block result (a registration has no binary frames: its summary would arrive without its
+    columns). The others are named among its in_flight tasks, so the orchestrator waits for them, and they
+    follow as re-sent results (a registration over the orchestrator's limit would be refused, again and
+    again)."""
     out: dict[str, list[Result]] = {}
     for name, host in hosts.items():
         for r in host.pending_results():
+            if r.columns():
+                continue
             budget -= len(r.model_dump_json())
             if budget < 0:
                 return out
