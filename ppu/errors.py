@@ -37,6 +37,12 @@ class ConfigError(PPUError):
     code = "config_error"
 
 
+class ModelMisfit(ConfigError):
+    """A model that does not fit its capability: it takes rows of another width or a batch size fixed when
+    it was exported, or returns outputs the decoder cannot read. Every batch fails the same way: at run time
+    the attempt fails as not retryable."""
+
+
 class UnknownCapabilityError(PPUError):
     code = "unknown_capability"
 

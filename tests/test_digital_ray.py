@@ -41,7 +41,7 @@ def slow_echo_entry(delay_s: float, **kw: Any) -> dict[str, Any]:
     return {"type": "ray", "name": "slow", "actors": 1, "batch_size": 4,
             "models": {"echo": {"factory": "ppu.corepack:slow_doubler", "kwargs": {"delay_s": delay_s},
                                 "encoder": "ppu.corepack:encode_echo", "decoder": "ppu.corepack:decode_echo",
-                                "version": "1"}}, **kw}
+                                "version": "1"}}, "warmup": False, **kw}  # a warm-up pass would sleep too
 
 
 def test_slots_are_the_actors_capacity(tmp_path: Path) -> None:

@@ -282,3 +282,75 @@ def test_a_ray_started_for_the_backend_serves_and_is_shut_down_on_close(tmp_path
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["up"] and not got["after"] and got["status"] == "succeeded", got
+
+
+# ---- more actors than the Ray has CPUs (or GPUs): refused at once, or after a bounded wait, never a hang ----
+
+
+def test_more_actors_than_the_local_ray_has_cpus_fails_ppu_worker_at_once(tmp_path: Path) -> None:
+    """It used to print "Started a local Ray instance" and wait forever for the second actor."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    lab = {"name": "t", "run_dir": str(tmp_path / "run"), "backends": [entry(local_cpus=1, actors=2)]}
+    (tmp_path / "lab.yaml").write_text(yaml.safe_dump(lab))
+    env = {k: v for k, v in os.environ.items() if k != "PPU_CONFIG"}
+    try:  # the timeout only turns a hang into a failure
+        proc = subprocess.run([sys.executable, "-m", "ppu.cli", "worker", "-c", str(tmp_path / "lab.yaml")],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"ppu worker hung with 2 actors on 1 CPU: {exc.stdout!r} {exc.stderr!r}")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "field: backends.0.actors" in out and "= 2 CPUs needed, the Ray cluster has 1 CPU" in out, out
+    assert "local_cpus: 2" in out and "Traceback" not in out, out
+
+
+def test_more_actors_than_the_session_ray_has_cpus_is_refused_before_any_actor_starts(ray_local: Any) -> None:
+    backend = build_backend(entry(actors=3))  # the session's Ray has 2 CPUs, started in this process
+
+    async def go() -> None:
+        try:
+            await asyncio.wait_for(backend.start(), 120)  # only turns a hang into a failure
+        finally:
+            await backend.close()
+
+    with pytest.raises(ConfigError) as err:
+        asyncio.run(go())
+    assert err.value.field == "actors" and "3 CPUs needed, the Ray cluster has 2 CPUs" in str(err.value)
+    assert not backend.actors  # type: ignore[attr-defined]
+
+
+def test_a_joined_cluster_short_of_cpus_fails_after_the_bounded_wait(ray_local: Any,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cluster joined at an address may autoscale: the start waits ready_timeout_s, then says what is missing."""
+    from ppu.digital import ray_backend
+
+    monkeypatch.setattr(ray_backend, "_head_here", lambda: False)  # as if joined: it might grow
+    backend = build_backend(entry(actors=3, ready_timeout_s=2))
+    with pytest.raises(ConfigError) as err:
+        start(backend)
+    assert err.value.field in ("actors", "cpus_per_actor")  # as many as were placed by then
+    assert "of 3 actors within 2 s (ready_timeout_s)" in str(err.value) and "free now" in str(err.value)
+    assert "ready_timeout_s" in (err.value.hint or "") and not backend.actors  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("kw", "nodes", "field", "says"), [
+    ({"actors": 2}, [{"CPU": 2.0}], None, ""),
+    ({"actors": 2, "cpus_per_actor": 1.5}, [{"CPU": 1.0}, {"CPU": 1.0}], "cpus_per_actor", "3 CPUs needed"),
+    ({"actors": 3, "cpus_per_actor": 1.5}, [{"CPU": 2.0}, {"CPU": 2.0}], "actors", "2 of 3 actors fit"),
+    ({"actors": 1, "gpus_per_actor": 1}, [{"CPU": 8.0}], "gpus_per_actor", "= 1 GPU needed"),
+    ({"actors": 2, "gpus_per_actor": 1}, [{"CPU": 8.0, "GPU": 1.0}], "actors", "has 8 CPUs and 1 GPU"),
+])
+def test_the_shortfall_names_the_field_to_change(kw: dict[str, Any], nodes: list[dict[str, float]],
+                                                field: str | None, says: str) -> None:
+    from ppu.digital.ray_backend import RayConfig, _shortfall
+
+    cfg = build_backend(entry(**kw)).cfg  # type: ignore[attr-defined]
+    assert isinstance(cfg, RayConfig)
+    short = _shortfall(cfg, nodes, own=True)
+    assert (short.field if short else None) == field
+    assert short is None or says in str(short), str(short)

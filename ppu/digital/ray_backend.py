@@ -27,6 +27,20 @@ address where no head answers within ``CONNECT_TIMEOUT_S`` or where something el
 that do not fit) fails the start with a :class:`~ppu.errors.ConfigError` naming the field; a block
 its encoder refuses fails, not retryable, with the encoder's error for the whole block, as on
 ``torch``.
+
+Start-up, in order: Ray's own view of its nodes' resources (``ray.nodes()``, whose sums
+``ray.cluster_resources()`` gives) against what the actors ask for: ``actors`` x ``cpus_per_actor``
+CPUs and ``actors`` x ``gpus_per_actor`` GPUs. A Ray started by this process (no ``address``, or
+one started here before) cannot grow, so a shortfall fails the start at once, naming ``actors`` (or
+``cpus_per_actor``/``gpus_per_actor`` when not even one actor fits a node). A cluster joined at an
+address may have an autoscaler that adds nodes, so there a shortfall is logged and the start waits:
+every actor must be placed within ``ready_timeout_s`` (default 60 s; raise it to the time your
+autoscaler takes to add a node), else the start fails naming the same field with the resources that
+are missing (``ray.available_resources()``). Then each actor loads its models and, with ``warmup``
+(the default), runs the capability's example through each (as ``torch`` does): a model that does
+not fit or raises fails the start with a ConfigError naming ``models.<capability>.<source>``; the
+actor reports it as data (``ping``'s ``refused``), never as Ray's traceback of a dead actor. A
+misfit found at run time (``warmup: false``) fails its tasks in the same words, not retryable.
 """
 
 from __future__ import annotations
@@ -74,6 +88,10 @@ class RayConfig(BackendConfig):
     max_batch: int = Field(512, ge=1, le=1_000_000, description="rows per forward pass on an actor")
     part_rows: int = Field(65_536, ge=1, le=10_000_000, description="rows of a block sent to one actor at a time")
     reload_check_s: float = Field(0.0, ge=0, description="min s between registry checks on an actor")
+    warmup: bool = Field(True, description="each actor runs the capability's example through each model at start")
+    ready_timeout_s: float = Field(60.0, gt=0, le=86_400,
+                                   description="longest the start waits for Ray to place every actor (its CPUs "
+                                   "and GPUs); an autoscaling cluster needs the time it takes to add a node")
     fidelity: float = Field(0.5, ge=0, le=1)
     duration_s: float = Field(0.01, gt=0, description="expected lab seconds per batch")
 
@@ -101,60 +119,72 @@ class RayConfig(BackendConfig):
 
 
 class ModelActor:
-    """What one Ray actor holds: the models and their codings. Runs in the actor's process."""
+    """What one Ray actor holds: the models and their codings. Runs in the actor's process.
+
+    Its constructor does nothing that can fail or take long, so that :meth:`ready` answers as soon as
+    Ray has placed it; :meth:`ping` then loads and warms up the models and reports what refused."""
 
     def __init__(self, models: dict[str, dict[str, Any]], device: str, half: bool, max_batch: int,
-                 reload_check_s: float):
-        import torch
-
-        from ppu.digital.loading import select_device
-
-        torch.set_grad_enabled(False)
-        self.device = select_device(device)
+                 reload_check_s: float, warmup: bool = True):
+        self.requested = device
+        self.device: Any = None  # chosen on first use, with torch imported then
         self.half = half
         self.max_batch = max_batch
         self.reload_check_s = reload_check_s
+        self.warmup = warmup
         self.specs = {cap: ModelSpec.model_validate(spec) for cap, spec in models.items()}
-        self.codings = {cap: Coding.of(cap, spec.encoder, spec.decoder) for cap, spec in self.specs.items()}
         self.models: dict[str, Any] = {}
         self.checked: dict[str, float] = {}
-        # A model that cannot load (a missing or unfitting weights file) is reported by ping() as data:
-        # raised here it would reach the lab as Ray's traceback of the actor's death, without the field.
-        self.refused: dict[str, str | None] | None = None
-        try:
-            for cap in self.specs:
-                self._load(cap)
-        except PPUError as exc:
-            self.refused = {"message": exc.message, "field": exc.field, "hint": exc.hint}
+        self.codings: dict[str, Coding] = {}
+        self.refused: dict[str, str | None] | None = None  # what ping() reports: raised here, the actor would die
+        for cap, spec in self.specs.items():
+            try:
+                self.codings[cap] = Coding.of(cap, spec.encoder, spec.decoder)
+            except Exception as exc:  # this node lacks the pack that brings the encoder, say
+                self.refused = {"message": f"the encoder or decoder of {cap} cannot load on a Ray node: {exc}",
+                                "field": f"models.{cap}", "hint": "install the lab's packs on every Ray node"}
 
-    def _load(self, cap: str) -> Any:
+    def ready(self) -> bool:
+        """Placed: Ray found this actor its CPUs and GPUs, and it runs."""
+        return True
+
+    def _device(self) -> Any:
+        if self.device is None:
+            import torch
+
+            from ppu.digital.loading import select_device
+
+            torch.set_grad_enabled(False)
+            self.device = select_device(self.requested)
+        return self.device
+
+    def _load(self, cap: str, need: bool = True) -> Any:
         from ppu.digital.loading import load_model
 
         spec = self.specs[cap]
         now = time.monotonic()
         if cap not in self.models or (spec.registry and now - self.checked.get(cap, -math.inf) >= self.reload_check_s):
             self.checked[cap] = now
-            m = load_model(spec, cap, self.device, self.half, self.codings[cap].features)
+            m = load_model(spec, cap, self._device(), self.half, self.codings[cap].features)
             if m is not None:
                 self.models[cap] = m
         m = self.models.get(cap)
-        if m is None:
+        if m is None and need:
             raise RuntimeError(f"no trained model for {cap} yet in {spec.registry}")
         return m
 
     def _forward(self, m: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Passes of ``max_batch`` rows; a model that does not fit raises ModelMisfit (a ConfigError)."""
         import torch
 
-        from ppu.digital.loading import split_arrays
+        from ppu.digital.loading import run_model
 
         xt = torch.from_numpy(x)
         means, stds = [], []
-        with torch.inference_mode():
-            for lo in range(0, len(x), self.max_batch):
-                part = xt[lo:lo + self.max_batch]
-                mu, sd = split_arrays(m.module(part.to(self.device, m.dtype)), part.shape[0])
-                means.append(mu)
-                stds.append(sd)
+        for lo in range(0, len(x), self.max_batch):
+            mu, sd = run_model(m, xt[lo:lo + self.max_batch], self.device)
+            means.append(mu)
+            stds.append(sd)
         return np.concatenate(means), np.concatenate(stds)
 
     def _about(self, m: Any) -> dict[str, Any]:
@@ -185,8 +215,27 @@ class ModelActor:
         return {"mean": mean, "std": std, **self._about(m)}
 
     def ping(self) -> dict[str, Any]:
-        """The device, and what refused to load (None: every model is served)."""
-        return {"device": str(self.device), "refused": self.refused}
+        """Every model loaded and (``warmup``) run on its capability's example: the device, and what refused
+        (None: every model is served). A refusal is data: raised, it would reach the lab as Ray's traceback,
+        without the field. A registry with no version yet is not a refusal (it is served once trained)."""
+        from ppu.digital.loading import warm_up
+
+        if self.refused is not None:
+            return {"device": str(self.device), "refused": self.refused}
+        cap = ""
+        try:
+            for cap in self.specs:
+                m = self._load(cap, need=False)
+                if m is not None and self.warmup:
+                    warm_up(m, self.codings[cap], self._device())
+        except PPUError as exc:
+            return {"device": str(self.device), "refused": {"message": exc.message, "field": exc.field,
+                                                            "hint": exc.hint}}
+        except Exception as exc:  # loading names what it knows; anything else still gets words and a field
+            return {"device": str(self.device), "refused": {
+                "message": f"the model cannot load: {type(exc).__name__}: {str(exc)[:600]}",
+                "field": f"models.{cap}", "hint": None}}
+        return {"device": str(self.device), "refused": None}
 
 
 def _ray() -> Any:
@@ -312,7 +361,8 @@ class RayBackend(Backend):
         cls = ray.remote(num_cpus=self.cfg.cpus_per_actor, num_gpus=self.cfg.gpus_per_actor)(ModelActor)
         models = {cap: _absolute(spec.model_dump(exclude_none=True)) for cap, spec in self.cfg.models.items()}
         device = "cuda" if self.cfg.gpus_per_actor > 0 and self.cfg.device == "auto" else self.cfg.device
-        return cls.remote(models, device, self.cfg.half, self.cfg.max_batch, self.cfg.reload_check_s)
+        return cls.remote(models, device, self.cfg.half, self.cfg.max_batch, self.cfg.reload_check_s,
+                          self.cfg.warmup)
 
     async def start(self) -> None:
         async with self._start_lock:
@@ -321,14 +371,67 @@ class RayBackend(Backend):
             ray = _ray()
             if not ray.is_initialized():
                 await self._init_ray(ray)
+            try:
+                self._check_resources(ray)
+            except ConfigError:
+                await self.close()  # a Ray started for this backend ends with the failed start
+                raise
             self.actors = [self._new_actor() for _ in range(self.cfg.actors)]
             self.load = [0] * len(self.actors)
+            await self._placed(ray)
             pings = await asyncio.gather(*(a.ping.remote() for a in self.actors))  # models loaded, or why not
             refused = next((p["refused"] for p in pings if p["refused"]), None)
             if refused is not None:
                 await self.close()
                 raise ConfigError(str(refused["message"]), field=refused["field"], hint=refused["hint"])
             self._ready = True
+
+    def _check_resources(self, ray: Any) -> None:
+        """Ray's view of its nodes against what the actors ask for. A Ray of this process cannot grow: a
+        shortfall ends the start now. A joined cluster may autoscale: the shortfall is logged, and
+        :meth:`_placed` bounds the wait."""
+        try:
+            nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        except Exception:  # a Ray (client) that does not list its nodes: the bounded wait still holds
+            return
+        short = _shortfall(self.cfg, nodes, self._started_ray)
+        if short is None:
+            return
+        if self._started_ray or _head_here():
+            raise short
+        log.warning("%s: %s; waiting up to %g s (ready_timeout_s) for the cluster to add nodes", self.name,
+                    short.message, self.cfg.ready_timeout_s)
+
+    async def _placed(self, ray: Any) -> None:
+        """Every actor placed (given its CPUs and GPUs) within ready_timeout_s, or a ConfigError saying what
+        is missing; the actors made so far are ended either way it fails."""
+        waits = [asyncio.ensure_future(a.ready.remote()) for a in self.actors]
+        done, pending = await asyncio.wait(waits, timeout=self.cfg.ready_timeout_s)
+        for fut in pending:
+            fut.cancel()
+        try:
+            for fut in done:
+                fut.result()  # an actor that died starting: its error
+        except BaseException:
+            await self.close()
+            raise
+        if pending:
+            try:
+                total = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
+                free = {k: ray.available_resources().get(k, 0.0) for k in total}
+            except Exception:
+                total, free = {}, {}
+            await self.close()
+            cpu, gpu, left = self.cfg.cpus_per_actor, self.cfg.gpus_per_actor, len(pending)
+            missing = _amounts({"CPU": left * cpu, **({"GPU": left * gpu} if gpu else {})})
+            field = "actors" if done else ("gpus_per_actor" if gpu > 0 else "cpus_per_actor")
+            raise ConfigError(
+                f"Ray placed {len(done)} of {self.cfg.actors} actors within {self.cfg.ready_timeout_s:g} s "
+                f"(ready_timeout_s): the other {left} need {missing} more (cpus_per_actor: {cpu:g}"
+                + (f", gpus_per_actor: {gpu:g}" if gpu else "") + f" each); the cluster has {_amounts(total)} in "
+                f"all, {_amounts(free)} free now", field=field,
+                hint="lower actors, cpus_per_actor or gpus_per_actor, free the cluster's resources or add nodes; "
+                "an autoscaling cluster: raise ready_timeout_s to the time it takes to add a node") from None
 
     async def _init_ray(self, ray: Any) -> None:
         address = self.cfg.address
@@ -425,9 +528,11 @@ class RayBackend(Backend):
         try:
             out = await self._call("rows", cap, [batch[i].inputs for i in idx])
         except Exception as exc:
+            cause = _cause(exc)  # a ModelMisfit (a ConfigError): the same on every attempt
             for i in idx:
                 results[i] = (self._lost_result(batch[i], exc, started) if _lost(exc)
-                              else self.fail(batch[i], f"forward pass failed: {_cause(exc)}", started))
+                              else self.fail(batch[i], f"forward pass failed: {cause}", started,
+                                             retryable=not isinstance(cause, ConfigError)))
             return
         prov = {k: out[k] for k in ("model_name", "model_version", "weights_sha256", "device")}
         extra = {"forward_batch": out["batch"], "dtype": out["dtype"], "ray_actors": len(self.actors)}
@@ -486,6 +591,56 @@ class RayBackend(Backend):
         extra = {"forward_batch": self.cfg.max_batch, "dtype": last["dtype"], "ray_actors": len(self.actors),
                  "parts": len(parts)}
         return self.ok(run, summary, started, extra=extra, **prov).with_columns(cols_out)
+
+
+def _count(v: float, unit: str) -> str:
+    return f"{v:g} {unit}" + ("s" if v != 1 else "")
+
+
+def _amounts(resources: dict[str, float]) -> str:
+    return ", ".join(_count(v, k) for k, v in sorted(resources.items())) or "none"
+
+
+def _shortfall(cfg: RayConfig, nodes: list[dict[str, float]], own: bool) -> ConfigError | None:
+    """The error for nodes (each one's resources) that cannot hold ``cfg.actors`` actors, None when they can.
+    An actor sits on one node: the actors that fit are summed node by node."""
+    cpu, gpu = cfg.cpus_per_actor, cfg.gpus_per_actor
+
+    def fit(node: dict[str, float]) -> int:
+        n = math.floor(node.get("CPU", 0.0) / cpu + 1e-9)
+        return min(n, math.floor(node.get("GPU", 0.0) / gpu + 1e-9)) if gpu > 0 else n
+
+    fits = sum(fit(n) for n in nodes)
+    if fits >= cfg.actors:
+        return None
+    has_cpu, has_gpu = sum(n.get("CPU", 0.0) for n in nodes), sum(n.get("GPU", 0.0) for n in nodes)
+    need = f"actors: {cfg.actors} x cpus_per_actor: {cpu:g} = {_count(cfg.actors * cpu, 'CPU')}"
+    have = _count(has_cpu, "CPU")
+    if gpu > 0:
+        need += f" and actors: {cfg.actors} x gpus_per_actor: {gpu:g} = {_count(cfg.actors * gpu, 'GPU')}"
+        have += f" and {_count(has_gpu, 'GPU')}"
+    gpu_short = gpu > 0 and sum(math.floor(n.get("GPU", 0.0) / gpu + 1e-9) for n in nodes) < cfg.actors
+    if fits == 0:  # not even one actor fits a node: the per-actor ask is the mistake
+        field = "gpus_per_actor" if gpu_short else "cpus_per_actor"
+    else:
+        field = "actors"
+    more = (f"give the Ray more CPUs (local_cpus: {math.ceil(cfg.actors * cpu)})" if own and not gpu_short else
+            "run on a machine or cluster with more GPUs, or gpus_per_actor: 0 to run on CPU" if gpu_short else
+            "add nodes to the cluster")
+    where = f" ({fits} of {cfg.actors} actors fit)" if fits else ""
+    return ConfigError(f"{need} needed, the Ray cluster has {have}{where}", field=field,
+                       hint=f"lower actors or {'gpus_per_actor' if gpu_short else 'cpus_per_actor'}, or {more}")
+
+
+def _head_here() -> bool:
+    """Whether this process started the Ray it is connected to (ray.init without an address, as the tests'
+    shared Ray): nothing adds nodes to it. False where Ray does not say (then the start waits, bounded)."""
+    try:
+        from ray._private import worker
+    except ImportError:
+        return False
+    node = getattr(worker, "_global_node", None)
+    return bool(getattr(node, "head", False))
 
 
 def _cause(exc: BaseException) -> BaseException:

@@ -31,10 +31,16 @@ Models come from a :class:`ModelSpec` per capability, one of:
 The inputs become one feature row each through the capability's *encoder* and the model's
 ``(mean, std)`` become the outputs through its *decoder*: both are ``module:function`` names that
 the capability declares (its pack brings them) and a lab file may override per model
-(``encoder:``/``decoder:``). Warm-up runs the capability's example inputs through the encoder.
-A model maps features ``x[B, F]`` to ``[B, 2]`` (mean, std), a ``(mean, std)`` pair, or ``[B]`` /
-``[B, 1]`` (mean only; std reported as 0). An encoder with a ``version`` attribute refuses registry
-models trained on another feature layout.
+(``encoder:``/``decoder:``). A model maps features ``x[B, F]`` to ``[B, 2]`` (mean, std), a
+``(mean, std)`` pair, or ``[B]`` / ``[B, 1]`` (mean only; std reported as 0). An encoder with a
+``version`` attribute refuses registry models trained on another feature layout.
+
+Warm-up (``warmup: true``, the default) runs the capability's example through the encoder and
+each model at start (:func:`~ppu.digital.loading.warm_up`), and a newly published registry version
+before it is swapped in: a model that does not fit (rows of another width, a batch size fixed when
+it was exported, outputs of another shape) or that raises fails the start with a ConfigError naming
+``models.<capability>.<source>``, the words saying what was expected and what came. Without
+warm-up the same misfit found by a forward pass fails its tasks in the same words, not retryable.
 
 The serving path has no per-row Python beyond the task itself: a :class:`~ppu.digital.coding.Coding`
 bundles the encoder's vectorised forms. A single-row task is queued as it came (the run and its
@@ -77,11 +83,13 @@ from ppu.digital.loading import (
     check_encoders,
     load_model,
     load_registry_version,
+    run_model,
     select_device,
     split_arrays,
+    warm_up,
 )
 from ppu.digital.model_registry import ModelRegistry
-from ppu.errors import BackendError, PPUError
+from ppu.errors import BackendError, ConfigError, PPUError
 from ppu.models import BackendKind, CapabilityOffer, Provenance, Result
 
 __all__ = ["Coding", "LoadedModel", "ModelSpec", "TorchBackend", "TorchConfig", "block_outcome", "load_model",
@@ -187,9 +195,8 @@ class TorchBackend(Backend):
             s.last_check = time.monotonic()
             if s.model is None:
                 log.info("%s: no trained version of %s yet in %s", self.name, s.capability, s.spec.registry)
-            elif self.cfg.warmup and s.example is not None:  # warm-up on the capability's example
-                x = torch.from_numpy(s.coding.encode_batch([s.example] * 2))
-                self._forward_model(s.model, x)
+            elif self.cfg.warmup:  # the capability's example: a model that does not fit it fails the start
+                warm_up(s.model, s.coding, self.device)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
@@ -204,7 +211,11 @@ class TorchBackend(Backend):
                 s.model is not None and s.model.registry_number == latest.number):
             return
         try:
-            s.model = load_registry_version(latest.path, self.device, self.cfg.half, s.spec.name, s.features)
+            fresh = load_registry_version(latest.path, self.device, self.cfg.half, s.spec.name, s.features,
+                                          s.capability)
+            if self.cfg.warmup:
+                warm_up(fresh, s.coding, self.device)
+            s.model = fresh
             log.info("%s: %s now serves %s", self.name, s.capability, s.model.version)
         except Exception:  # a broken new version must not take down the one being served
             s.broken = latest.number
@@ -212,9 +223,7 @@ class TorchBackend(Backend):
                           s.model.version if s.model else "nothing")
 
     def _forward_model(self, m: LoadedModel, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        with torch.inference_mode():
-            out = m.module(x.to(self.device, m.dtype, non_blocking=True))
-        return split_arrays(out, x.shape[0])
+        return run_model(m, x, self.device)
 
     def _current(self, s: _Served) -> LoadedModel:
         with self._swap_lock:
@@ -294,7 +303,7 @@ class TorchBackend(Backend):
                 try:
                     return [await s.batcher.put((run, started))]
                 except Exception as exc:  # the whole forward batch failed (see _row)
-                    return [self.fail(run, f"forward pass failed: {exc}", started, device=str(self.device))]
+                    return [self._batch_failed(run, exc, started)]
         results: list[Result | None] = [None] * len(batch)
         waits: list[tuple[int, asyncio.Future[Result]]] = []
         for i, run in enumerate(batch):
@@ -319,7 +328,14 @@ class TorchBackend(Backend):
         try:
             return await fut
         except Exception as exc:  # the whole forward batch failed (out of memory, no model yet...)
-            return self.fail(run, f"forward pass failed: {exc}", started, device=str(self.device))
+            return self._batch_failed(run, exc, started)
+
+    def _batch_failed(self, run: TaskRun, exc: Exception, started: float) -> Result:
+        """A forward pass that failed whole. A model that does not fit its capability (a ModelMisfit, in the
+        words the start would have used) fails every attempt alike: not retryable; anything else (out of
+        memory, no trained model yet) may pass on another attempt."""
+        return self.fail(run, f"forward pass failed: {exc}", started, retryable=not isinstance(exc, ConfigError),
+                         device=str(self.device))
 
     async def _run_block(self, s: _Served, run: TaskRun, progress: ProgressFn, started: float) -> Result:
         """A columnar task: its parts encoded and forwarded on every instance (progress as each part
@@ -356,7 +372,7 @@ class TorchBackend(Backend):
             if isinstance(exc, _Unencodable):
                 return self.fail(run, f"cannot encode the block: {await block_error(s.coding, columns, exc.error)}",
                                  started, retryable=False)
-            return self.fail(run, f"forward pass failed: {exc}", started, device=str(self.device))
+            return self._batch_failed(run, exc, started)
         cols, summary = block_outcome(s.coding, np.concatenate(means), np.concatenate(stds), m.version)
         prov = self._provenance(m, min(self.block_batch, n))
         return self.ok(run, summary, started, **prov.model_dump(exclude={"backend", "kind"})).with_columns(cols)
