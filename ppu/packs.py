@@ -20,6 +20,7 @@ orchestrator, each worker, the CLI, the dashboard and the Prefect flow know the 
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import threading
 from collections.abc import Callable, Iterable
@@ -66,11 +67,18 @@ def resolve(path: str, what: str = "object") -> Any:
         raise ConfigError(f"{what} {path!r} is not of the form 'module:attr'", hint="e.g. 'mypack.nets:encode'")
     try:
         obj: Any = importlib.import_module(module)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
+    except ImportError as exc:
         raise ConfigError(f"{what} {path!r} cannot be loaded: {exc}",
-                          hint="is the pack (or the optional extra it needs) installed?") from exc
+                          hint="is the pack (or the optional extra it needs) installed? is the module's "
+                               "name spelt right?") from exc
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            near = difflib.get_close_matches(part, [n for n in dir(obj) if not n.startswith("_")], n=3)
+            raise ConfigError(f"{what} {path!r} cannot be loaded: {module} has no {attr!r}",
+                              hint=(f"did you mean {', '.join(repr(n) for n in near)}?" if near else
+                                    f"check the spelling of {attr!r}: the module {module} loaded")) from None
     return obj
 
 

@@ -165,3 +165,13 @@ def test_a_campaign_file_declaring_its_lab_finds_the_declared_loop(tmp_path: Pat
     f.write_text("name: x\nlab: [unclosed\n")
     with pytest.raises(ConfigError, match="cannot be read"):
         runner_for(f)
+
+
+def test_a_misspelt_name_in_a_module_path_says_so_not_that_the_pack_is_missing() -> None:
+    with pytest.raises(ConfigError) as err:
+        packs.resolve("ppu.digital.nets:mpl", "factory")
+    assert "ppu.digital.nets has no 'mpl'" in err.value.message and "'mlp'" in (err.value.hint or "")
+    assert "installed" not in (err.value.hint or "")
+    with pytest.raises(ConfigError) as err:
+        packs.resolve("ppu.digital.netz:mlp", "factory")
+    assert "No module named 'ppu.digital.netz'" in err.value.message and "installed" in (err.value.hint or "")
