@@ -354,3 +354,31 @@ def test_the_shortfall_names_the_field_to_change(kw: dict[str, Any], nodes: list
     short = _shortfall(cfg, nodes, own=True)
     assert (short.field if short else None) == field
     assert short is None or says in str(short), str(short)
+
+
+def test_joining_a_head_that_wants_a_token_says_so(ray_local: Any, tmp_path: Path) -> None:
+    """Ray 2.59+ turns token authentication on for the clusters it starts locally (the session's Ray is
+    one). A worker without RAY_AUTH_MODE=token could not join it and was told only to fix the address."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    if os.environ.get("RAY_AUTH_MODE") == "disabled":
+        pytest.skip("token authentication is disabled on this machine (RAY_AUTH_MODE=disabled)")
+    gcs = ray_local.get_runtime_context().gcs_address
+    lab = {"name": "t", "run_dir": str(tmp_path / "run"), "backends": [entry(address=gcs)]}
+    (tmp_path / "lab.yaml").write_text(yaml.safe_dump(lab))
+    env = {k: v for k, v in os.environ.items() if k not in ("PPU_CONFIG", "RAY_AUTH_MODE")}
+    try:  # the timeout only turns a hang into a failure
+        proc = subprocess.run([sys.executable, "-m", "ppu.cli", "worker", "-c", str(tmp_path / "lab.yaml")],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    except subprocess.TimeoutExpired as exc:
+        if "hosting" in str(exc.stdout):  # joined, and waits for an orchestrator nobody started
+            pytest.skip("this Ray joined without a token: its head does not use token authentication")
+        pytest.fail(f"ppu worker hung: {exc.stdout!r} {exc.stderr!r}")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "field: backends.0.address" in out and "may require a token" in out, out
+    assert "RAY_AUTH_MODE=token" in out and "Traceback" not in out, out

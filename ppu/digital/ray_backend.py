@@ -71,6 +71,8 @@ log = logging.getLogger(__name__)
 _ADDRESS = re.compile(r"^(?P<client>ray://)?(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])"
                       r":(?P<port>\d{1,5})$")
 CONNECT_TIMEOUT_S = 5.0  # a head that does not accept a TCP connection by then is not there
+_TOKEN_HINT = ("run the worker with RAY_AUTH_MODE=token and the head's token: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, or "
+               "~/.ray/auth_token on the head's machine (`ray get-auth-token` there prints it)")
 _ADDRESS_HINT = ("use 'auto' (a Ray started with `ray start` on this machine), 'host:port' (the head's GCS, "
                  "port 6379 by default), 'ray://host:port' (Ray Client, port 10001 by default), or omit it to "
                  "start a local Ray")
@@ -436,6 +438,7 @@ class RayBackend(Backend):
     async def _init_ray(self, ray: Any) -> None:
         address = self.cfg.address
         kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+        head: tuple[str, int] | None = None
         if address is None:
             # "local": a Ray of its own, even where one runs already (`ray start`), whose num_cpus it may
             # set; plain None would join that one and refuse num_cpus.
@@ -453,6 +456,11 @@ class RayBackend(Backend):
             hint = ("start one (ray start --head) or omit address for a local Ray" if address == "auto"
                     else _ADDRESS_HINT)
             why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if head is not None and isinstance(exc, ConnectionError) and os.environ.get("RAY_AUTH_MODE") != "token":
+                # Its GCS answered gRPC just now, yet Ray could not join: most often a head that wants a
+                # token (Ray 2.59+ turns token authentication on for the clusters it starts locally).
+                why += "; the head answers, so it may require a token (Ray's token authentication)"
+                hint = _TOKEN_HINT
             raise ConfigError(f"cannot start or join Ray at {address}: {why}", field="address", hint=hint) from None
         self._started_ray = self.cfg.address is None
 
