@@ -507,3 +507,40 @@ def test_registering_again_happens_on_a_new_connection_once(tmp_path: Path):
             await orch.close()
             store.close()
     run(body(), 60)
+
+
+def test_a_standby_worker_says_once_why_it_waits_and_takes_over_when_the_holder_goes(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """A second worker for a held backend was refused at every try, and logged each refusal as an error
+    (every 3 s with the default heartbeat): now once, until the holder goes quiet and it takes over."""
+    import logging
+
+    lab = lab_config(tmp_path, [{"type": "echo", "name": "echo-1", "duration_s": 0.0}])
+
+    async def body() -> None:
+        store, orch, server, addr = await _serve(lab, None)
+        holder = Worker(addr, [build_backend(lab.backend_entry("echo-1"))], heartbeat_s=HB)
+        standby = Worker(addr, [build_backend(lab.backend_entry("echo-1"))], heartbeat_s=HB)
+        client = AsyncPPUClient(addr, timeout=5)
+        try:
+            await holder.start()
+            await holder.wait_registered(10)
+            with caplog.at_level(logging.DEBUG, logger="ppu.transport.worker"):
+                await standby.start()
+                await until(lambda: standby.registrations >= 4, 20, "the standby to try four times")
+                refusals = [r for r in caplog.records if "refused the registration" in r.getMessage()]
+                assert len(refusals) >= 4 and [r.levelno for r in refusals].count(logging.ERROR) == 1, refusals
+                assert "held by another live connection" in refusals[0].getMessage()
+                await holder.close()  # the holder goes quiet: the standby takes over
+                await standby.wait_registered(20)
+            assert any("(refused until now)" in r.getMessage() for r in caplog.records)
+            [t] = await client.run([{"capability": "echo", "inputs": {"x": 1}}], timeout=20)
+            assert t.state is TaskState.succeeded
+        finally:
+            await client.close()
+            await standby.close()
+            await holder.close()
+            await server.close()
+            await orch.close()
+            store.close()
+    run(body(), 90)

@@ -69,6 +69,7 @@ class Worker:
         self.registrations = 0
         self._silence_s = heartbeat_s * missed_heartbeats
         self._refused_at = 0.0
+        self._refusal = ""  # why the last registration was refused, until one is accepted
         self._carried: set[tuple[str, int]] = set()  # the results carried by the registration awaiting its answer
         self._blocks: set[tuple[str, int]] = set()  # attempts of columnar runs, until their result is acked
 
@@ -288,7 +289,9 @@ class Worker:
                     return  # the answer to an earlier registration
                 self.registered = True
                 self._register_sent_at = 0.0
-                log.info("registered %s at %s", ", ".join(msg.backends), self.connect_to)
+                log.info("registered %s at %s%s", ", ".join(msg.backends), self.connect_to,
+                         " (refused until now)" if self._refusal else "")
+                self._refusal = ""
                 self._resend_uncarried()
             case p.Assign():
                 host = self.hosts.get(msg.backend)
@@ -334,7 +337,11 @@ class Worker:
                     self._resend_at.pop((task_id, attempt), None)
                     self._blocks.discard((task_id, attempt))
                 elif msg.req and msg.req == self._register_req:
-                    log.error("the orchestrator refused the registration: %s (%s)", msg.message, msg.hint)
+                    # said once, not at every try: a standby worker is refused until the holder goes quiet
+                    said = log.error if msg.message != self._refusal else log.debug
+                    said("the orchestrator refused the registration: %s (%s); trying again every %.3g s",
+                         msg.message, msg.hint, self.heartbeat_s * self.missed)
+                    self._refusal = msg.message
                     self._refused_at = time.monotonic()
                 else:
                     log.warning("orchestrator error: %s: %s", msg.code, msg.message)
