@@ -277,6 +277,10 @@ def soak(tmp: Path, plan: SoakPlan) -> dict[str, Any]:
         journal: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
         for row in store.iter_journal():
             journal[row["task_id"]].append(row)
+        registered: dict[str, list[float]] = collections.defaultdict(list)  # when each backend (re)registered
+        for e in store.audit_entries():
+            if e.action == "register" and e.target:
+                registered[e.target].append(e.at)
     finally:
         store.close()
     docs = _documents(tmp / "lab" / "documents")
@@ -307,8 +311,15 @@ def soak(tmp: Path, plan: SoakPlan) -> dict[str, Any]:
             if started:
                 continue
             backend = (assigned or {}).get("reason", "").removeprefix("on ")
+            # The worker process the assignment went to died before the review: whether it started is
+            # unknown. That process is the one that registered last before the assignment, so a kill from
+            # then on counts, even one a moment before the assignment: the orchestrator learns of a death
+            # by missed heartbeats, and a send into the dead peer's connection before its socket has seen
+            # the connection close leaves without an error (the one after it is refused, and requeued).
+            if assigned is not None:
+                since = max((at for at in registered[backend] if at <= assigned["at"]), default=0.0)
             killed = assigned is not None and any(
-                victim == hosts.get(backend) and assigned["at"] <= at <= row["at"] for at, victim in kills)
+                victim == hosts.get(backend) and since <= at <= row["at"] for at, victim in kills)
             (reviewed_unknown_start if killed else wrongly_reviewed).append((t, row["reason"]))
 
     figures = {"kills": len(kills), "kills_by_process": dict(collections.Counter(v for _, v in kills)),
