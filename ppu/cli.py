@@ -296,58 +296,6 @@ def _task_cells(t: Task) -> tuple[str, ...]:
             t.campaign or "", t.submitted_by or "", t.error or "")
 
 
-LIVE_CHECKS = 200  # tasks of a listing whose live state is asked one by one, at most
-
-
-def _live_tasks(c: Any, state: str | None, campaign: str | None, limit: int) -> tuple[list[Task], str]:
-    """The newest ``limit`` tasks in ``state``, as the orchestrator sees them now; and a remark for the
-    person when the store's record was behind.
-
-    The store journals a repeatable task's start with its next change (often its result: one commit
-    fewer per task), so it may keep a running task as ``assigned``. The listing reads the store (cheap
-    at any size); the tasks it has as assigned get their state from the orchestrator: those its status
-    lists as running (all of them, unless more than it lists run), the others asked one by one (at most
-    LIVE_CHECKS). ``--state running`` looks among the assigned ones too."""
-    from ppu.models import TaskState
-
-    if state == TaskState.running.value:
-        both = c.tasks("running", campaign, limit=limit) + c.tasks("assigned", campaign, limit=limit)
-        rows = sorted(both, key=lambda t: (t.seq, t.id), reverse=True)[:limit]  # the store's order
-    else:
-        rows = c.tasks(state, campaign, limit=limit)
-    stored = [k for k, t in enumerate(rows) if t.state is TaskState.assigned]
-    if not stored:
-        return rows, ""
-    st = c.status()
-    listed = {r["task_id"] for r in st.get("running") or []}
-    every = _running_total(st) <= len(listed)  # the status lists every running task
-    unsure: set[str] = set()  # left as the store has them
-    asked = 0
-    for k in stored:
-        t = rows[k]
-        if t.id in listed:
-            rows[k] = t.model_copy(update={"state": TaskState.running})
-        elif not every and asked < LIVE_CHECKS:
-            asked += 1
-            try:
-                rows[k] = c.task(t.id)
-            except PPUError:  # gone meanwhile (a restart): the store's record stands
-                unsure.add(t.id)
-        elif not every:
-            unsure.add(t.id)
-    lifted = sum(1 for k in stored if rows[k].state is TaskState.running)
-    if state is not None:  # the orchestrator's state decides what the filter keeps, as `ppu status` counts
-        rows = [t for t in rows if t.state.value == state or (state == "running" and t.id in unsure)]
-    said = []
-    if lifted:
-        said.append(f"{lifted} running task(s) are still assigned in the store (a start is journaled with the "
-                    "task's next change, often its result): " +
-                    ("left out" if state == "assigned" else "their state here is the orchestrator's"))
-    if unsure:
-        said.append(f"{len(unsure)} task(s) are shown as the store has them: assigned (running, or about to start)")
-    return rows, "; ".join(said)
-
-
 @app.command()
 def tasks(
     config: ConfigOpt = None,
@@ -374,9 +322,7 @@ def tasks(
         _fail(PPUError(f"unknown state {state!r}", hint=f"one of {', '.join(TaskState.__members__)}"))
     lab = _lab(config)
     with progress(f"listing up to {limit:,} tasks", long=limit > MAX_LIST_ROWS):
-        rows, said = _act(lab, connect, lambda c: _live_tasks(c, state, campaign, limit))
-    if said:
-        (err.print if json_out else remark)(said)  # --json: nothing but rows on stdout, at a terminal too
+        rows = _act(lab, connect, lambda c: c.tasks(state, campaign, limit=limit))
     if json_out:
         json_lines(rows)
         return

@@ -934,6 +934,34 @@ class Orchestrator:
             return self.sched.task(task_id)
         return self.store.get_task(task_id)
 
+    def task_rows(self, state: TaskState | None, campaign: str | None, capability: str | None, limit: int,
+                  offset: int = 0, before: tuple[int, str] | None = None) -> tuple[list[tuple[int, str, str]], bool]:
+        """(seq, id, the Task's JSON) of the newest ``limit`` tasks in ``state`` as they are now, newest
+        first, and whether more follow.
+
+        The journal writes a repeatable task's start with its next change (often its result: one
+        commit fewer per task), so the store may still hold a running task as ``assigned``: such a row
+        is listed with the scheduler's record, ``running`` looks among the stored ``assigned`` rows too,
+        and ``assigned`` leaves those out. Every other state is the store's own, and current."""
+        running, assigned = TaskState.running, TaskState.assigned
+        stored: tuple[str, ...] | str | None = (running.value, assigned.value) if state is running else \
+            state.value if state is not None else None
+        rows: list[tuple[int, str, str]] = []
+        while True:  # rows may be left out: read on until the page is full or the store has no more
+            want = limit + 1 - len(rows)
+            found = self.store.list_task_rows(stored, campaign, capability, want, offset, before)
+            offset = 0
+            for seq, tid, was, body in found:
+                now = was
+                if was == assigned.value and self.sched.state_of(tid) is running:
+                    now, body = running.value, self.sched.task(tid).model_dump_json()
+                if state is None or now == state.value:
+                    rows.append((seq, tid, body))
+            if len(found) < want or len(rows) > limit:
+                break
+            before = (found[-1][0], found[-1][1])
+        return rows[:limit], len(rows) > limit
+
     def status(self) -> dict[str, Any]:
         now = self.clock()
         span = max(now - self.started_at, 1e-9)

@@ -21,7 +21,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -504,31 +504,34 @@ class Store:
     def list_tasks(self, state: str | None = None, campaign: str | None = None, capability: str | None = None,
                    limit: int = 1000, offset: int = 0, before: tuple[int, str] | None = None) -> list[Task]:
         """The newest ``limit`` tasks that match, newest first (see :meth:`list_task_rows`)."""
-        return [Task.model_validate_json(body) for _, _, body in
+        return [Task.model_validate_json(body) for _, _, _, body in
                 self.list_task_rows(state, campaign, capability, limit, offset, before)]
 
-    def list_task_rows(self, state: str | None = None, campaign: str | None = None, capability: str | None = None,
-                       limit: int = 1000, offset: int = 0,
-                       before: tuple[int, str] | None = None) -> list[tuple[int, str, str]]:
-        """(seq, id, the Task's JSON) of the newest ``limit`` tasks that match, newest first: by
+    def list_task_rows(self, state: str | Sequence[str] | None = None, campaign: str | None = None,
+                       capability: str | None = None, limit: int = 1000, offset: int = 0,
+                       before: tuple[int, str] | None = None) -> list[tuple[int, str, str, str]]:
+        """(seq, id, state, the Task's JSON) of the newest ``limit`` tasks that match, newest first: by
         submission number, then id (stores from before numbers rose across restarts repeat some).
+        ``state``: one state, or any of several.
 
         ``before`` (the (seq, id) of the last task of a page) pages by key: only tasks older than
         it. Unlike ``offset``, a task submitted meanwhile never shifts the next page, so a listing
         holds no task twice and misses none that was there when it began."""
-        q = (sa.select(tasks.c.seq, tasks.c.id, tasks.c.body)
+        q = (sa.select(tasks.c.seq, tasks.c.id, tasks.c.state, tasks.c.body)
              .order_by(tasks.c.seq.desc(), tasks.c.id.desc()).limit(limit).offset(offset))
         if before is not None:
             seq, tid = before  # (seq, id) < before, written so that the index on (seq, id) bounds the scan
             q = q.where(tasks.c.seq <= seq, sa.or_(tasks.c.seq < seq, tasks.c.id < tid))
-        if state:
+        if isinstance(state, str) and state:
             q = q.where(tasks.c.state == state)
+        elif state:
+            q = q.where(tasks.c.state.in_(list(state)))
         if campaign:
             q = q.where(tasks.c.campaign == campaign)
         if capability:
             q = q.where(tasks.c.capability == capability)
         with self.engine.connect() as conn:
-            return [(int(r.seq), str(r.id), str(r.body)) for r in conn.execute(q)]
+            return [(int(r.seq), str(r.id), str(r.state), str(r.body)) for r in conn.execute(q)]
 
     def count_tasks(self) -> dict[str, int]:
         with self.engine.connect() as conn:

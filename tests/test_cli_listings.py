@@ -13,6 +13,7 @@ makes the listing's terminal a fixed-width recording console.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +28,8 @@ from ppu import cli, cli_output
 from ppu.backends.echo import EchoBackend, EchoConfig
 from ppu.cli import app
 from ppu.config import load_lab
-from ppu.models import TaskSpec
+from ppu.models import TaskSpec, TaskState
+from ppu.store import Store
 from ppu.transport.client import PPUClient
 from ppu.transport.lab import LabThread
 from ppu.transport.serve import cli_actor
@@ -154,20 +156,59 @@ def one_running(tmp_path: Path) -> Iterator[tuple[Path, str, PPUClient, str]]:
 
 def test_tasks_state_running_lists_a_task_the_store_still_has_as_assigned(
         one_running: tuple[Path, str, PPUClient, str]):
-    lab, address, c, tid = one_running
-    assert [t.state.value for t in c.tasks(limit=10)] == ["assigned"], \
-        "the premise: the store journals the start with the task's next change"
+    lab, address, _, tid = one_running
+    assert _stored_states(lab) == {tid: "assigned"}, "the premise: the store journals the start with the next change"
     r = runner.invoke(app, ["tasks", "--state", "running", "--connect", address, "-c", str(lab)])
     assert r.exit_code == 0, r.output
     [row] = [line.split("\t") for line in r.stdout.splitlines()]
     assert row[:3] == [tid, "echo", "running"] and row[5] == "gpu-a"
-    assert "still assigned in the store" in r.stderr and "orchestrator's" in r.stderr
     r = runner.invoke(app, ["tasks", "--connect", address, "-c", str(lab)])  # no filter: its live state too
     assert [line.split("\t")[2] for line in r.stdout.splitlines()] == ["running"]
     r = runner.invoke(app, ["tasks", "--state", "assigned", "--connect", address, "-c", str(lab)])
-    assert r.exit_code == 0 and r.stdout == "" and "left out" in r.stderr
+    assert r.exit_code == 0 and r.stdout == "" and r.stderr == "tasks: none\n"
     r = runner.invoke(app, ["tasks", "--json", "--state", "running", "--connect", address, "-c", str(lab)])
     assert r.exit_code == 0 and '"state":"running"' in r.stdout.replace(" ", "")
+
+
+def _stored_states(lab_file: Path) -> dict[str, str]:
+    """Each task's state as the store holds it, read from the file by a second connection."""
+    store = Store(load_lab(lab_file).store_url())
+    try:
+        return {tid: state for _, tid, state, _ in store.list_task_rows()}
+    finally:
+        store.close()
+
+
+def test_the_orchestrator_lists_running_tasks_the_store_has_as_assigned_across_pages(tmp_path: Path):
+    """The live state is the orchestrator's answer, not a CLI patch: a Python client's ``tasks`` sees it,
+    and a page whose stored rows are all left out reads on (``assigned`` here: every stored
+    ``assigned`` row is running)."""
+    lab_file = _lab_file(tmp_path)
+    with LabThread(load_lab(lab_file), "tcp://127.0.0.1:0", backends=[_slow_echo()]) as lt, \
+            lt.client(timeout=30) as c:
+        ids = c.submit([TaskSpec(capability="echo", inputs={"x": float(i)}) for i in range(5)])
+        deadline = time.monotonic() + 30
+        while c.status()["queues"].get("echo", {}).get("running", 0) < 5:
+            assert time.monotonic() < deadline, c.status()
+            time.sleep(0.05)
+        assert set(_stored_states(lab_file).values()) == {"assigned"}, "the premise"
+        newest_first = ids[::-1]
+        assert [t.id for t in c.tasks("running")] == newest_first
+        assert {t.state.value for t in c.tasks("running")} == {"running"}
+        assert [t.id for t in c.tasks("running", limit=2)] == newest_first[:2]
+        assert [t.state.value for t in c.tasks(None)] == ["running"] * 5
+        orch = lt.embedded.orch
+        assert orch is not None
+
+        async def rows_of(state: TaskState) -> tuple[list[tuple[int, str, str]], bool]:
+            assert orch is not None
+            return orch.task_rows(state, None, None, limit=2)  # on the lab's own loop
+
+        rows, more = asyncio.run_coroutine_threadsafe(rows_of(TaskState.assigned), lt._loop).result(10)
+        assert rows == [] and more is False  # 5 stored as assigned, read in two chunks, none kept
+        rows, more = asyncio.run_coroutine_threadsafe(rows_of(TaskState.running), lt._loop).result(10)
+        assert [tid for _, tid, _ in rows] == newest_first[:2] and more is True
+        assert c.tasks("assigned") == []
 
 
 def test_status_says_why_the_store_counts_a_running_task_as_assigned(

@@ -304,7 +304,7 @@ def test_the_store_pages_by_key_through_an_index_on_either_database(store_url: s
             before = None
             while True:
                 page_rows = store.list_task_rows(**filters, limit=4, before=before)  # type: ignore[arg-type]
-                got += [(seq, tid) for seq, tid, _ in page_rows]
+                got += [(seq, tid) for seq, tid, _, _ in page_rows]
                 if len(page_rows) < 4:
                     break
                 before = got[-1]

@@ -618,11 +618,8 @@ class OrchestratorServer:
                 st["workers"] = len(self.peers)
                 return st
             case p.Tasks():
-                before = cursor(msg, seq_id)
-                found = o.store.list_task_rows(msg.state, msg.campaign, msg.capability, msg.limit + 1, msg.offset,
-                                               before)
-                more = len(found) > msg.limit
-                del found[msg.limit:]
+                found, more = o.task_rows(msg.state, msg.campaign, msg.capability, msg.limit, msg.offset,
+                                          cursor(msg, seq_id))
                 return self._page(msg.req, [body for _, _, body in found],
                                   lambda k: f"{found[k - 1][0]}:{found[k - 1][1]}",
                                   lambda k: f"task {found[k][1]}'s record", more=more)
