@@ -75,6 +75,13 @@ class NotAnswering(PPUError, TimeoutError):
     code = "not_answering"
 
 
+class ConnectionDropped(NotAnswering):
+    """Raised client-side: the connection to the orchestrator dropped while a read that may be asked
+    again was out (the orchestrator stopped or restarted, and its answer will never come)."""
+
+    code = "connection_dropped"
+
+
 class ReplyTooLarge(PPUError):
     """An answer the orchestrator cannot send within its ``max_message_bytes``, even cut into parts:
     one record of it (a task, a result, a sample's measurement) is larger than that on its own."""

@@ -202,7 +202,8 @@ class ScriptedAsyncClient(AsyncPPUClient):
         super().__init__("tcp://127.0.0.1:1", timeout=1.0)
         self.lab = lab
 
-    async def request(self, msg: Any, timeout: float | None = None, *, whole: bool = False) -> Any:
+    async def request(self, msg: Any, timeout: float | None = None, *, whole: bool = False,
+                      again_on_drop: bool = False) -> Any:
         if isinstance(msg, p.Submit):  # the async run submits several specs in one request
             ids = [s.id for s in msg.tasks]
             for tid in ids:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar, cast
 
 import numpy as np
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from ppu import errors
 from ppu import protocol as p
@@ -68,6 +69,26 @@ def _decode(frames: list[Any]) -> Any:
     return p.decode(frames, p.MAX_REPLY_BYTES, p.MAX_REPLY_BLOB_BYTES)
 
 
+def _dropped(address: str) -> p.ConnectionDropped:
+    return p.ConnectionDropped(f"the connection to the orchestrator at {address} dropped while a request was out",
+                               hint="it stopped or restarted; a wait asks again by itself once it is back")
+
+
+def _watch(sock: Any) -> Any:
+    """A socket that gets a message each time ``sock``'s connection drops (see :func:`_drops`)."""
+    return sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+
+
+def _unwatch(sock: Any, monitor: Any) -> None:
+    with contextlib.suppress(zmq.ZMQError):
+        sock.disable_monitor()
+    monitor.close(linger=0)
+
+
+def _is_drop(frames: list[Any]) -> bool:
+    return parse_monitor_message(frames)["event"] == zmq.EVENT_DISCONNECTED
+
+
 def _socket(ctx: zmq.Context[Any], address: str, curve: CurveKeys | None) -> Any:
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -108,11 +129,29 @@ class PPUClient(_Client):
 
     def _open(self) -> None:
         self._ctx: zmq.Context[Any] = zmq.Context()
-        self._sock = _socket(self._ctx, self.address, self.curve)
+        self._connect()
         self._events: collections.deque[dict[str, Any]] = collections.deque()
 
-    def close(self) -> None:
+    def _connect(self) -> None:
+        self._sock = _socket(self._ctx, self.address, self.curve)
+        self._monitor = _watch(self._sock)
+        self._poller = zmq.Poller()
+        self._poller.register(self._sock, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
+
+    def _disconnect(self) -> None:
+        _unwatch(self._sock, self._monitor)
         self._sock.close(linger=0)
+
+    def _drops(self) -> int:
+        """How often the connection dropped since this was last asked."""
+        n = 0
+        while self._monitor.poll(0, zmq.POLLIN):
+            n += _is_drop(self._monitor.recv_multipart())
+        return n
+
+    def close(self) -> None:
+        self._disconnect()
         self._ctx.term()
 
     def __enter__(self) -> PPUClient:
@@ -121,21 +160,29 @@ class PPUClient(_Client):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def request(self, msg: Any, timeout: float | None = None, *, whole: bool = False) -> Any:
-        """The reply's data (``whole``: the Reply itself, with any arrays it carries)."""
+    def request(self, msg: Any, timeout: float | None = None, *, whole: bool = False,
+                again_on_drop: bool = False) -> Any:
+        """The reply's data (``whole``: the Reply itself, with any arrays it carries). ``again_on_drop``:
+        raise ConnectionDropped as soon as the connection drops, rather than wait for an answer that a
+        restarted orchestrator never gives (for reads the caller asks again)."""
         t = self._stamp(msg, timeout)
         frames = p.encode(msg)
         ops.check_frames(frames, self.max_blob_bytes)
+        self._drops()  # drops before this request are not its own
         self._sock.send_multipart(frames)
         deadline = time.monotonic() + t
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                self._sock.close(linger=0)
-                self._sock = _socket(self._ctx, self.address, self.curve)
+                self._disconnect()
+                self._connect()
                 raise _not_answering(self.address, t)
-            if not self._sock.poll(min(left, _POLL_SLICE_S) * 1000, zmq.POLLIN):
-                continue  # zmq polls at most 2**31 ms at once: a wait without timeout asks for 1e9 s
+            # zmq polls at most 2**31 ms at once: a wait without timeout asks for 1e9 s
+            ready = dict(self._poller.poll(int(min(left, _POLL_SLICE_S) * 1000) + 1))
+            if self._sock not in ready:
+                if self._monitor in ready and self._drops() and again_on_drop:
+                    raise _dropped(self.address)
+                continue
             reply = _decode(self._sock.recv_multipart())
             if isinstance(reply, p.Event):
                 self._events.append(reply.event)
@@ -145,7 +192,8 @@ class PPUClient(_Client):
                 return reply if whole else reply.data
 
     def _drive(self, op: ops.Op[T]) -> T:
-        return ops.drive(op, lambda call: self.request(call.msg, call.timeout, whole=call.whole))
+        return ops.drive(op, lambda call: self.request(call.msg, call.timeout, whole=call.whole,
+                                                       again_on_drop=call.again_on_drop))
 
     def ping(self, timeout: float = 1.0) -> bool:
         """Does an orchestrator answer at this address?"""
@@ -268,24 +316,44 @@ class AsyncPPUClient(_Client):
     def _open(self) -> None:
         self._ctx: zmq.Context[Any] = zmq.Context()
         self._sock: AsyncSocket | None = None
+        self._monitor: AsyncSocket | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._futs: dict[str, asyncio.Future[Any]] = {}
+        self._droppable: set[str] = set()  # requests given up when the connection drops
         self._queues: list[asyncio.Queue[dict[str, Any]]] = []
 
     def _ensure(self) -> None:
         if self._sock is None:
-            self._sock = AsyncSocket(_socket(self._ctx, self.address, self.curve))
-            self._reader = asyncio.get_running_loop().create_task(self._read(self._sock))
+            sock = _socket(self._ctx, self.address, self.curve)
+            self._sock, self._monitor = AsyncSocket(sock), AsyncSocket(_watch(sock))
+            loop = asyncio.get_running_loop()
+            self._reader = loop.create_task(self._read(self._sock))
+            self._watcher = loop.create_task(self._watch(self._monitor))
 
     async def _drop_socket(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-            self._reader = None
-        if self._sock is not None:
+        for task in (self._reader, self._watcher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._reader = self._watcher = None
+        if self._sock is not None and self._monitor is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self._sock.sock.disable_monitor()
+            self._monitor.close(linger=0)
             self._sock.close(linger=0)
-            self._sock = None
+            self._sock = self._monitor = None
+
+    async def _watch(self, monitor: AsyncSocket) -> None:
+        """Each time the connection drops, the requests out that may be asked again fail with ConnectionDropped."""
+        while True:
+            if not _is_drop(await monitor.recv_multipart()):
+                continue
+            for req in list(self._droppable):
+                fut = self._futs.pop(req, None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(_dropped(self.address))
 
     async def close(self) -> None:
         await self._drop_socket()
@@ -317,22 +385,30 @@ class AsyncPPUClient(_Client):
                 if fut is not None and not fut.done():
                     fut.set_result(msg)
 
-    async def request(self, msg: Any, timeout: float | None = None, *, whole: bool = False) -> Any:
-        """The reply's data (``whole``: the Reply itself, with any arrays it carries)."""
+    async def request(self, msg: Any, timeout: float | None = None, *, whole: bool = False,
+                      again_on_drop: bool = False) -> Any:
+        """The reply's data (``whole``: the Reply itself, with any arrays it carries); ``again_on_drop``
+        as for :meth:`PPUClient.request`."""
         self._ensure()
         t = self._stamp(msg, timeout)
         frames = p.encode(msg)
         ops.check_frames(frames, self.max_blob_bytes)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._futs[msg.req] = fut
+        if again_on_drop:
+            self._droppable.add(msg.req)
         assert self._sock is not None
-        await self._sock.send_multipart(frames)
         try:
+            await self._sock.send_multipart(frames)
             reply = await asyncio.wait_for(fut, t)
+        except p.ConnectionDropped:  # a TimeoutError too, but the socket is sound: it reconnects by itself
+            raise
         except TimeoutError:
             self._futs.pop(msg.req, None)
             await self._drop_socket()
             raise _not_answering(self.address, t) from None
+        finally:
+            self._droppable.discard(msg.req)
         if isinstance(reply, p.Error):
             raise error_from(reply)
         return reply if whole else reply.data
@@ -344,7 +420,9 @@ class AsyncPPUClient(_Client):
         try:
             while (at := ops.step(op, answer, error)).call is not None:
                 try:
-                    answer, error = await self.request(at.call.msg, at.call.timeout, whole=at.call.whole), None
+                    answer = await self.request(at.call.msg, at.call.timeout, whole=at.call.whole,
+                                                again_on_drop=at.call.again_on_drop)
+                    error = None
                 except BaseException as exc:  # the operation may catch it, as drive does
                     answer, error = None, exc
             return cast(T, at.value)

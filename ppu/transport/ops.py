@@ -38,12 +38,16 @@ BIG = 60.0  # the least seconds an async client gives a request that carries a b
 
 @dataclass
 class Call:
-    """One request an operation needs answered: the message, its timeout (None: the client's) and
-    whether the answer is the whole Reply (with its arrays) rather than its data."""
+    """One request an operation needs answered: the message, its timeout (None: the client's),
+    whether the answer is the whole Reply (with its arrays) rather than its data, and whether the
+    client gives it up as soon as its connection drops (a read the operation asks again:
+    ConnectionDropped, instead of waiting out a timeout for an answer a restarted orchestrator never
+    gives)."""
 
     msg: Any
     timeout: float | None = None
     whole: bool = False
+    again_on_drop: bool = False
 
 
 Op = Generator[Call, Any, T]
@@ -281,8 +285,9 @@ def left(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
-# One wait request asks for at most this long, then the operation asks again: a wait the orchestrator
-# lost (it restarted while the request was out) costs at most this, never the whole wait.
+# One wait request asks for at most this long, then the operation asks again. A wait the orchestrator
+# lost when it restarted is asked again as soon as the client sees its connection drop; one lost
+# without a drop the client sees (a network that went silent) costs at most this, never the whole wait.
 WAIT_SLICE_S = 30.0
 
 
@@ -365,9 +370,10 @@ def artifact(ref: Artifact | str, timeout: float | None) -> Op[dict[str, np.ndar
 def wait(task_ids: str | list[str], timeout: float | None, client_timeout: float,
          given: float | None = None) -> Op[list[Task]]:
     """Until every task has ended (``timeout``: seconds for all of them; None: as long as it takes),
-    in requests of at most MAX_WAIT_IDS ids and WAIT_SLICE_S seconds each. A request the orchestrator
-    did not answer (it restarted) or answered "not yet" is asked again while time is left: a wait is
-    a read, safe to repeat. ``given``: the timeout the caller gave, when ``timeout`` is what is left of
+    in requests of at most MAX_WAIT_IDS ids and WAIT_SLICE_S seconds each. A wait is a read, safe to
+    repeat: one out when the connection drops (the orchestrator stopped or restarted) is asked again
+    at once, to go out when the orchestrator is back; one not answered, or answered "not yet", is
+    asked again while time is left. ``given``: the timeout the caller gave, when ``timeout`` is what is left of
     it (the WaitTimeout names the caller's, not what was left)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     given = timeout if given is None else given
@@ -379,11 +385,13 @@ def wait(task_ids: str | list[str], timeout: float | None, client_timeout: float
             part = wait_slice(rest)
             msg = message(p.Wait, task_ids=chunk, timeout=part, cursor=cursor)
             try:
-                reply = yield Call(msg, wait_timeout(part, client_timeout), whole=True)
+                reply = yield Call(msg, wait_timeout(part, client_timeout), whole=True, again_on_drop=True)
                 out += read_tasks(reply.data)
                 if reply.next is None:
                     break
                 cursor = reply.next  # the tasks did not fit in one reply: the rest (all ended) from there
+            except p.ConnectionDropped:  # asked again at once: it goes out when the orchestrator is back
+                log.warning("the connection to the orchestrator dropped during a wait (restarting?); asking again")
             except (p.WaitTimeout, p.NotAnswering) as exc:
                 if rest is not None and rest <= part:  # the caller's own time is up
                     if isinstance(exc, p.WaitTimeout):

@@ -688,6 +688,7 @@ class OrchestratorServer:
                           else f"sample {s.id} with the task that made it", head=head, tail="]}")
 
     async def _wait(self, identity: bytes, msg: p.Wait) -> None:
+        self.orch.counters["waits"] += 1
         try:
             skip = cursor(msg, int) or 0
             if not 0 <= skip < len(msg.task_ids):

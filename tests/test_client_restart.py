@@ -1,0 +1,145 @@
+"""A wait out when the orchestrator restarts comes back when the task ends, not a slice and a timeout later.
+
+A user trial: after a restart, a client's ``screen`` returned ~19 s after its last block had ended. The
+wait request in flight died with the orchestrator, and the client only asked again once that request's
+own timeout ran out (the wait's slice, ``WAIT_SLICE_S``, plus the client's timeout). Now both clients
+watch their connection (a ZMQ socket monitor): when it drops, a wait out is asked again at once, and the
+request goes out when the orchestrator is back.
+
+Real processes, as a lab runs them: an orchestrator killed (SIGKILL) and restarted while a blocking and
+an asyncio client wait for a task that a worker process holds until the test lets it end. The clients'
+timeouts are 10 minutes, so a wait that is not asked again would not come back within the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import yaml
+from pydantic import Field
+from transport_helpers import free_port
+
+from ppu.backends.base import BackendConfig, ProgressFn, TaskRun
+from ppu.backends.echo import EchoBackend, EchoConfig
+from ppu.errors import PPUError
+from ppu.models import Result, TaskSpec, TaskState
+from ppu.transport import AsyncPPUClient, PPUClient
+
+TESTS = Path(__file__).parent
+LONG = 600.0  # the clients' timeout: a lost wait asked again only after it would outlast the test
+
+
+class GateConfig(EchoConfig):
+    gate: str = Field(description="a task runs until the file <gate>/go exists")
+
+
+class GatedEcho(EchoBackend):
+    """The echo backend, each batch held until the test lets it go (a file)."""
+
+    Config: ClassVar[type[BackendConfig]] = GateConfig
+
+    async def run(self, batch: list[TaskRun], progress: ProgressFn) -> list[Result]:
+        cfg = self.config
+        assert isinstance(cfg, GateConfig)
+        while not (Path(cfg.gate) / "go").exists():
+            await asyncio.sleep(0.01)
+        return await super().run(batch, progress)
+
+
+def _spawn(log: Path, *args: str) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    with open(log, "ab") as out:  # a file, not a pipe nobody reads
+        return subprocess.Popen([sys.executable, "-m", "ppu.cli", *args], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+
+
+def _until(pred: Any, what: str, procs: dict[str, subprocess.Popen[bytes]], log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        for name, proc in procs.items():
+            assert proc.poll() is None, f"the {name} exited ({proc.returncode}) waiting for {what}:\n" + \
+                log.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}:\n" + log.read_text()[-3000:]
+        time.sleep(0.05)
+
+
+def _counter(probe: PPUClient, name: str) -> int:
+    try:
+        return int(probe.status()["counters"].get(name, 0))
+    except PPUError:  # not answering yet (the probe's own request is replaced, not queued)
+        return -1
+
+
+def test_waits_out_when_the_orchestrator_restarts_are_asked_again_at_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    address = f"tcp://127.0.0.1:{free_port()}"
+    raw = {"name": "restart", "run_dir": str(tmp_path), "store": f"sqlite:///{tmp_path / 'ppu.sqlite'}",
+           "orchestrator": {"bind": address, "heartbeat_s": 0.1, "missed_heartbeats": 20,
+                            "restart_grace_s": 120.0},
+           "backends": [{"type": "test_client_restart:GatedEcho", "name": "gated", "duration_s": 0.0,
+                         "gate": str(gate)}]}
+    cfg = tmp_path / "lab.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    log = tmp_path / "processes.log"
+    procs = {"orchestrator": _spawn(log, "orchestrator", "--config", str(cfg)),
+             "worker": _spawn(log, "worker", "--config", str(cfg), "--backend", "gated")}
+    probe = PPUClient(address, timeout=2)
+    blocking = PPUClient(address, timeout=LONG)
+    got: dict[str, Any] = {}
+    caplog.set_level(logging.WARNING, logger="ppu.transport.ops")
+    try:
+        _until(lambda: _counter(probe, "waits") >= 0 and probe.status()["backends"], "the worker to register",
+               procs, log)
+        [tid] = blocking.submit([TaskSpec(capability="echo", inputs={"x": 2.0})])
+        _until(lambda: probe.task(tid).state is TaskState.running, "the task to run", procs, log)
+
+        def wait_blocking() -> None:
+            got["blocking"] = blocking.wait([tid])
+
+        async def wait_async() -> None:
+            async with AsyncPPUClient(address, timeout=LONG) as c:
+                got["async"] = await c.wait([tid])
+
+        loop = asyncio.new_event_loop()
+        threads = [threading.Thread(target=wait_blocking, daemon=True),
+                   threading.Thread(target=lambda: loop.run_until_complete(wait_async()), daemon=True)]
+        for t in threads:
+            t.start()
+        _until(lambda: _counter(probe, "waits") >= 2, "both waits to reach the orchestrator", procs, log)
+
+        killed = procs.pop("orchestrator")
+        killed.send_signal(signal.SIGKILL)  # the waits out die with it
+        killed.wait(30)
+        procs["orchestrator"] = _spawn(log, "orchestrator", "--config", str(cfg))
+        _until(lambda: _counter(probe, "waits") >= 2, "both waits to be asked again of the new orchestrator",
+               procs, log)
+        (gate / "go").touch()
+        for t in threads:
+            t.join(120)
+        assert not any(t.is_alive() for t in threads), "a wait did not come back after the restart"
+        loop.close()
+        for name in ("blocking", "async"):
+            [task] = got[name]
+            assert task.id == tid and task.state is TaskState.succeeded, (name, task)
+        said = [r.getMessage() for r in caplog.records if r.name == "ppu.transport.ops"]
+        assert sum("dropped during a wait" in m for m in said) == 2 and not any("did not answer" in m for m in said), \
+            said  # each client saw the drop, and neither waited out a request's timeout
+    finally:
+        probe.close()
+        blocking.close()
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
