@@ -32,6 +32,7 @@ from ppu.models import (
     BackendSpec,
     JsonDict,
     Result,
+    ResultStatus,
     Strict,
     TaskSpec,
     TaskState,
@@ -253,6 +254,12 @@ class RegisterOk(_Msg):
     req: str = ""
     backends: list[str]
     heartbeat_s: float
+    max_message_bytes: int = Field(MAX_MESSAGE_BYTES, ge=1, description=(
+        "the orchestrator's limit on a message's json: the worker fails a result over it (not retryable) "
+        "rather than send it"))
+    max_blob_bytes: int = Field(MAX_BLOB_BYTES, ge=0, description=(
+        "the orchestrator's limit on a message's binary frames: the worker fails a block result whose "
+        "columns are over it"))
 
 
 class Assign(_Carrier):
@@ -684,6 +691,31 @@ def result_over_limit(frames: list[Any], max_bytes: int = MAX_MESSAGE_BYTES) -> 
     except ProtocolError:
         return None
     return msg if isinstance(msg, ResultMsg) and msg.blobs else None
+
+
+def result_too_large(msg: ResultMsg, size: int, limit: int, columns: bool | None = None) -> ResultMsg:
+    """A result over the orchestrator's limits as the failure of its attempt: ``size`` bytes of binary
+    frames (a block's output columns) over ``limit`` (max_blob_bytes) when ``columns`` (by default: when
+    it carries any), else ``size`` bytes of json over ``limit`` (max_message_bytes). Not retryable:
+    another attempt's outputs would be as large. Acked like any result, so the worker stops re-sending it
+    and the backend's slot is free."""
+    if msg.blobs if columns is None else columns:
+        rows = max(b.shape[0] for b in msg.blobs)
+        per_row = max(1, sum(b.nbytes for b in msg.blobs) // max(1, rows))
+        fit = limit // per_row
+        why = (f"the block's output columns ({', '.join(b.name for b in msg.blobs)}: {rows} rows, {size} bytes) "
+               f"are above the orchestrator's limit of {limit} bytes (orchestrator.max_blob_bytes) and cannot be "
+               "sent back; " + (f"submit blocks of at most {fit} rows (block_rows={fit} in screen / submit_block)"
+                                if fit else "submit it row by row")
+               + " or raise orchestrator.max_blob_bytes in the lab file")
+    else:
+        why = (f"its result is {size} bytes of json, above the orchestrator's limit of {limit} bytes "
+               "(orchestrator.max_message_bytes), and cannot be sent back; have the backend return bulk data "
+               "as a columnar block's output columns or as a file its outputs name, or raise "
+               "orchestrator.max_message_bytes in the lab file")
+    failed = msg.result.model_copy(update={"status": ResultStatus.failed, "outputs": {}, "error": why,
+                                           "retryable": False, "artifact": None})
+    return ResultMsg(backend=msg.backend, result=failed)
 
 
 def _attach(msg: Message, extra: list[Any]) -> None:

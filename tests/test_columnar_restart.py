@@ -7,7 +7,9 @@
    SIGTERM) and restarted while a block runs and while its result waits for an ack.
 2. A block whose output columns were over ``orchestrator.max_blob_bytes`` never ended: the worker re-sent
    the refused result every 10 s for ever, holding the backend's slot. Now the door refuses a block whose
-   outputs cannot fit, and a result that still comes too large ends its attempt, failed, not retried.
+   outputs cannot fit, and a result that still comes too large ends its attempt, failed, not retried. So
+   does any result whose json is over ``orchestrator.max_message_bytes``: the worker knows both limits from
+   its registration's answer and never sends a result over them.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from test_digital_columnar import CAP, candidates, torch_entry
 from transport_helpers import free_port, lab_config, run, until
 
 from ppu.backends.base import Backend, BackendConfig, ProgressFn, TaskRun
+from ppu.backends.echo import EchoBackend, EchoConfig
 from ppu.digital.nets import mlp
 from ppu.digital.torch_backend import TorchBackend, TorchConfig
 from ppu.drivers.mof.featurize import N_FEATURES, candidate_columns, features_from_columns
@@ -259,9 +262,10 @@ def test_a_block_whose_outputs_cannot_fit_is_refused_at_the_door(tmp_path: Path)
 
 def test_a_block_result_over_max_blob_bytes_ends_its_attempt_and_frees_the_slot(tmp_path: Path) -> None:
     """A decoder answering with more columns than the door counts (here 4 float64 columns, 3.2 MB for 100,000
-    rows) passes the door; its result is then refused as too large. The attempt ends failed, not retried,
-    with an error naming max_blob_bytes and block_rows; the worker stops re-sending it; the backend's only
-    slot is free for the next block."""
+    rows) passes the door; its result is then too large to send. The worker knows the orchestrator's limit
+    (its registration's answer names it) and sends the result as its failure, never over the limit: the
+    attempt ends failed, not retried, with an error naming max_blob_bytes and block_rows, and the backend's
+    only slot is free for the next block."""
     lab = lab_config(tmp_path, orchestrator={"heartbeat_s": 0.1, "missed_heartbeats": 3, "backoff_base_s": 0.0,
                                              "restart_grace_s": 1.0, "max_blob_bytes": 2_000_000})
     backend = SumBlocks(BlockConfig(type="sum", name="sum", slots=1, extra_columns=2))
@@ -285,7 +289,42 @@ def test_a_block_result_over_max_blob_bytes_ends_its_attempt_and_frees_the_slot(
     assert "orchestrator.max_blob_bytes" in (t_big.error or "") and "block_rows=" in (t_big.error or ""), t_big.error
     assert t_small.state is TaskState.succeeded
     assert held == 0  # acknowledged: nothing left to re-send
-    assert counters.get("protocol_oversize", 0) >= 1
+    assert counters.get("protocol_oversize", 0) == 0  # never sent over the limit
+
+
+class BigOutputs(EchoBackend):
+    """Echo whose outputs carry a payload of x characters: a result as large as the test likes."""
+
+    async def run(self, batch: list[TaskRun], progress: ProgressFn) -> list[Result]:
+        started = time.time()
+        return [self.ok(r, {"y": 2 * r.inputs["x"], "payload": "n" * int(r.inputs["x"])}, started) for r in batch]
+
+
+def test_a_result_over_max_message_bytes_ends_its_attempt_and_frees_the_slot(tmp_path: Path) -> None:
+    """A result whose json is over the orchestrator's max_message_bytes was refused at every re-send (every
+    10 s, for ever): its task never ended and its backend's only slot was never free. Now the worker sends it
+    as the failure of its attempt, not retried, naming the limit and what to do; the next task runs."""
+    lab = lab_config(tmp_path, orchestrator={"heartbeat_s": 0.1, "missed_heartbeats": 3, "backoff_base_s": 0.0,
+                                             "restart_grace_s": 1.0, "max_message_bytes": 65536})
+    backend = BigOutputs(EchoConfig(type="echo", name="echo-1", slots=1, duration_s=0.0))
+
+    async def go() -> tuple[Any, Any, dict[str, Any], int]:
+        lab_ = EmbeddedLab(lab, backends=[backend])
+        client = await lab_.start()
+        try:
+            [big] = await client.run([{"capability": "echo", "inputs": {"x": 200_000}}], timeout=60)
+            [small] = await client.run([{"capability": "echo", "inputs": {"x": 3}}], timeout=60)
+            counters = (await client.status())["counters"]
+            held = sum(len(h.unacked) for w in lab_.workers for h in w.hosts.values())
+            return big, small, counters, held
+        finally:
+            await lab_.close()
+
+    big, small, counters, held = asyncio.run(go())
+    assert big.state is TaskState.failed and big.attempts == 1, (big.state, big.attempts, big.error)
+    assert "orchestrator.max_message_bytes" in (big.error or "") and "65536" in (big.error or ""), big.error
+    assert small.state is TaskState.succeeded, small.error
+    assert held == 0 and counters.get("protocol_oversize", 0) == 0, (held, counters)
 
 
 def test_a_block_success_without_its_columns_is_never_judged_as_one_row(tmp_path: Path) -> None:

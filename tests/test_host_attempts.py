@@ -114,6 +114,33 @@ def test_a_batch_of_results_travels_in_few_messages_and_a_big_one_alone():
     assert all(len(f[1]) <= w.RESULTS_MESSAGE_BYTES for f, m in zip(encoded, msgs, strict=True) if m.type == "results")
 
 
+def test_results_within_the_orchestrators_limits_and_failures_for_those_over_them():
+    """With the orchestrator's limits known (its answer to the registration), a batch's results are split
+    below max_message_bytes, not only below the worker's own 1 MiB (a lab of 64 KiB refused them all, at
+    every re-send); a result over a limit goes as its attempt's failure, not retryable, in the same place."""
+    import numpy as np
+
+    from ppu import protocol as p
+    from ppu.models import Result, ResultStatus
+    from ppu.transport import worker as w
+
+    def res(i: int, size: int = 1) -> Result:
+        return Result(task_id=f"t{i}", attempt=1, status=ResultStatus.succeeded, outputs={"y": [0.5] * size})
+    small = [res(i, 20) for i in range(300)]  # ~150 bytes each: 256 of them are ~40 kB
+    limits = (8192, 1000)
+    encoded = w._result_msgs("b", [*small, res(300, 5000), res(301).with_columns({"s": np.zeros(200)})], limits)
+    msgs = [p.decode(f, 8192, 1000) for f in encoded]
+    assert all(len(f[1]) <= 8192 and sum(map(len, f[2:])) <= 1000 for f in encoded)
+    ok = [r for m in msgs for r in (m.results if isinstance(m, p.Results) else [m.result])]
+    assert sorted(r.task_id for r in ok) == sorted(f"t{i}" for i in range(302))  # each once
+    failed = {r.task_id: r for r in ok if r.status is ResultStatus.failed}
+    assert sorted(failed) == ["t300", "t301"] and not any(r.retryable for r in failed.values())
+    assert "orchestrator.max_message_bytes" in (failed["t300"].error or "")
+    blob_error = failed["t301"].error or ""
+    assert "orchestrator.max_blob_bytes" in blob_error and "block_rows=125" in blob_error, blob_error
+    assert len(w._result_msgs("b", small)) == 2  # limits unknown (not registered yet): as before
+
+
 def test_acks_of_a_burst_are_one_message_per_worker_and_backend():
     from ppu import protocol as p
     from ppu.transport.server import _merge_acks

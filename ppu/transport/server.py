@@ -46,7 +46,7 @@ from ppu.errors import (
     UnknownTaskError,
     ValidationFailed,
 )
-from ppu.models import AuditEntry, Result, ResultStatus, TaskSpec
+from ppu.models import AuditEntry, Result, TaskSpec
 from ppu.orchestrator import Orchestrator
 from ppu.transport.aiosock import AsyncSocket
 from ppu.transport.paging import CURSOR_HINT, as_json, at_id, cursor, page, seq_id, too_large
@@ -298,8 +298,10 @@ class OrchestratorServer:
             big = (p.result_over_limit(body, self.cfg.max_message_bytes)
                    if reason == p.OVERSIZE and identity in self.peers else None)  # from a registered worker
             if big is not None:  # a block's output columns: as large at every re-send, so its attempt ends here
-                await self._on_worker(identity, key, self.peers.get(identity), _failed_over_limit(
-                    big, sum(len(f) for f in body[2:]), self.cfg.max_blob_bytes))
+                failed = p.result_too_large(big, sum(len(f) for f in body[2:]), self.cfg.max_blob_bytes)
+                log.warning("result of %s attempt %d from %s refused: %s", failed.result.task_id,
+                            failed.result.attempt, big.backend, failed.result.error)
+                await self._on_worker(identity, key, self.peers.get(identity), failed)
             return
         peer = self.peers.get(identity)
         if peer is not None:
@@ -440,7 +442,9 @@ class OrchestratorServer:
                 await self._results(identity, key, p.Results.model_construct(backend=backend, results=results))
         self.orch.counters["registrations"] += 1
         await self.send(identity, p.RegisterOk(req=msg.req, backends=sorted(peer.backends),
-                                               heartbeat_s=self.cfg.heartbeat_s))
+                                               heartbeat_s=self.cfg.heartbeat_s,
+                                               max_message_bytes=self.cfg.max_message_bytes,
+                                               max_blob_bytes=self.cfg.max_blob_bytes))
 
     async def _liveness(self) -> None:
         while True:
@@ -729,23 +733,6 @@ class OrchestratorServer:
                     self._sub_queues.pop(identity, None)
                     self.orch.unsubscribe(q)
                     return
-
-
-def _failed_over_limit(msg: p.ResultMsg, size: int, limit: int) -> p.ResultMsg:
-    """A result whose output columns (``size`` bytes of binary frames) are over ``max_blob_bytes``, as the
-    failure of its attempt: not retryable, since another attempt's columns would be as large. Acked like any
-    result, so the worker stops re-sending it and the backend's slot is free."""
-    rows = max(b.shape[0] for b in msg.blobs)
-    per_row = max(1, sum(b.nbytes for b in msg.blobs) // max(1, rows))
-    fit = limit // per_row
-    why = (f"the block's output columns ({', '.join(b.name for b in msg.blobs)}: {rows} rows, {size} bytes) are above "
-           f"the orchestrator's limit of {limit} bytes (orchestrator.max_blob_bytes) and cannot be sent back; "
-           + (f"submit blocks of at most {fit} rows (block_rows={fit} in screen / submit_block)" if fit
-              else "submit it row by row") + " or raise orchestrator.max_blob_bytes in the lab file")
-    failed = msg.result.model_copy(update={"status": ResultStatus.failed, "outputs": {}, "error": why,
-                                           "retryable": False, "artifact": None})
-    log.warning("result of %s attempt %d from %s refused: %s", failed.task_id, failed.attempt, msg.backend, why)
-    return p.ResultMsg(backend=msg.backend, result=failed)
 
 
 def _holding(reg: str, h: p.Holding | None) -> tuple[str, int, list[Any], list[Any]] | None:

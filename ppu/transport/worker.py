@@ -63,6 +63,7 @@ class Worker:
         self._main: asyncio.Task[None] | None = None
         self._side: set[asyncio.Task[Any]] = set()
         self._register_req = ""
+        self._limits: tuple[int, int] | None = None  # the orchestrator's (max_message_bytes, max_blob_bytes)
         self._register_sent_at = 0.0  # when the registration now awaiting an answer was sent (0: none)
         self.boot = uuid.uuid4().hex  # this process; tells the orchestrator "the same worker came back"
         self._seq: dict[str, int] = {}  # backend -> highest assignment number under the registration
@@ -181,7 +182,7 @@ class Worker:
                 hb, at = self.heartbeat_s, time.monotonic() + self.heartbeat_s
                 for r in results:
                     self._resend_at[(r.task_id, r.attempt)] = (at, hb)
-                for frames in _result_msgs(backend, results):
+                for frames in _result_msgs(backend, results, self._limits):
                     self._send_frames(frames)
         return report
 
@@ -263,7 +264,7 @@ class Worker:
                     due.append(r)
                     backoff = min(backoff * 2, self.resend_max_s)
                     self._resend_at[key] = (now + backoff, backoff)
-            for frames in _result_msgs(name, due):  # re-sent as they were sent: a batch's in few messages
+            for frames in _result_msgs(name, due, self._limits):  # re-sent as they were sent: a batch's in few messages
                 self._send_frames(frames)
 
     def _resend_uncarried(self) -> None:
@@ -289,6 +290,7 @@ class Worker:
                     return  # the answer to an earlier registration
                 self.registered = True
                 self._register_sent_at = 0.0
+                self._limits = (msg.max_message_bytes, msg.max_blob_bytes)
                 log.info("registered %s at %s%s", ", ".join(msg.backends), self.connect_to,
                          " (refused until now)" if self._refusal else "")
                 self._refusal = ""
@@ -380,22 +382,42 @@ def _pending_within(hosts: dict[str, BackendHost], budget: int) -> dict[str, lis
     return out
 
 
-def _result_msgs(backend: str, results: list[Result]) -> list[list[Any]]:
+def _result_msgs(backend: str, results: list[Result], limits: tuple[int, int] | None = None) -> list[list[Any]]:
     """A batch's results, encoded, in as few messages as fit: block results (binary frames) one
-    each, the others together, split where a message would grow large (a big result goes alone)."""
-    out = [p.encode(_result_msg(backend, r)) for r in results if r.columns()]
+    each, the others together, split where a message would grow large (a big result goes alone).
+
+    ``limits``: the orchestrator's (max_message_bytes, max_blob_bytes), known once registered. A result
+    over them goes as the failure of its attempt (not retryable), which the orchestrator records and
+    acks: sent as it is, it would be refused at every re-send and hold its backend's slot for ever."""
+    max_json, max_blob = limits or (p.MAX_REPLY_BYTES, p.MAX_REPLY_BLOB_BYTES)
+    out = [_within(_result_msg(backend, r), max_json, max_blob) for r in results if r.columns()]
     plain = [r for r in results if not r.columns()]
     todo = [plain[i:i + RESULTS_PER_MESSAGE] for i in range(0, len(plain), RESULTS_PER_MESSAGE)]
     while todo:
         chunk = todo.pop(0)
-        msg = p.Results(backend=backend, results=chunk) if len(chunk) > 1 else _result_msg(backend, chunk[0])
-        frames = p.encode(msg)
-        if len(chunk) > 1 and len(frames[1]) > RESULTS_MESSAGE_BYTES:
+        if len(chunk) == 1:
+            out.append(_within(_result_msg(backend, chunk[0]), max_json, max_blob))
+            continue
+        frames = p.encode(p.Results(backend=backend, results=chunk))
+        if len(frames[1]) > min(RESULTS_MESSAGE_BYTES, max_json):
             half = len(chunk) // 2
             todo[:0] = [chunk[:half], chunk[half:]]
             continue
         out.append(frames)
     return out
+
+
+def _within(msg: p.ResultMsg, max_json: int, max_blob: int) -> list[Any]:
+    """One result's frames, or those of its failure when they are over the orchestrator's limits."""
+    frames = p.encode(msg)
+    blob = sum(len(f) for f in frames[2:])
+    if blob <= max_blob and len(frames[1]) <= max_json:
+        return frames
+    failed = (p.result_too_large(msg, blob, max_blob, columns=True) if blob > max_blob
+              else p.result_too_large(msg, len(frames[1]), max_json, columns=False))
+    log.error("result of %s attempt %d is too large to send; sent as its failure: %s", msg.result.task_id,
+              msg.result.attempt, failed.result.error)
+    return p.encode(failed)
 
 
 def _result_msg(backend: str, r: Result) -> p.ResultMsg:
