@@ -465,10 +465,13 @@ class Error(_Msg):
     message: str
     field: str | None = None
     hint: str | None = None
+    reason: str | None = Field(None, max_length=MAX_NAME, description=(
+        "of a protocol_error: why the door refused the message (oversize, bad_json, ...; docs/protocol.md)"))
 
     @classmethod
     def of(cls, exc: PPUError, req: str = "") -> Error:
-        return cls(req=req, **exc.to_dict())
+        reason = exc.data.get("reason") if isinstance(exc, ProtocolError) else None
+        return cls(req=req, **exc.to_dict(), reason=str(reason) if reason else None)
 
 
 class Event(_Msg):
@@ -572,13 +575,10 @@ def _bad(reason: str, message: str, field: str | None = None, hint: str | None =
     return ProtocolError(message, field=field, hint=hint, reason=reason)
 
 
-_OVERSIZE_HEAD = "a message of "
-
-
 def oversize(size: int, limit: int) -> ProtocolError:
     """A message body over the limit. The door does not parse it, so the hint covers both ways there: the
     Python clients then say which it was (:func:`ppu.transport.ops.submit`)."""
-    return _bad(OVERSIZE, f"{_OVERSIZE_HEAD}{size} bytes is above the orchestrator's limit of {limit} bytes "
+    return _bad(OVERSIZE, f"a message of {size} bytes is above the orchestrator's limit of {limit} bytes "
                 "(orchestrator.max_message_bytes)",
                 hint="split a submit of several tasks into smaller ones (the Python clients do); a single "
                      "task this large cannot travel: keep its bulk data out of inputs (a columnar block, or "
@@ -586,8 +586,9 @@ def oversize(size: int, limit: int) -> ProtocolError:
 
 
 def is_oversize(exc: BaseException) -> bool:
-    """Is ``exc`` the door's refusal of a message body over the limit (:func:`oversize`)?"""
-    return isinstance(exc, ProtocolError) and exc.message.startswith(_OVERSIZE_HEAD)
+    """Is ``exc`` the door's refusal of a message body over the limit (:func:`oversize`)? Told by the
+    error's ``reason``, never by its words."""
+    return isinstance(exc, ProtocolError) and exc.data.get("reason") == OVERSIZE
 
 
 _REQ_AT = re.compile(rb'"req"\s*:\s*"([^"\\]{0,64})"')

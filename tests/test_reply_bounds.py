@@ -490,3 +490,17 @@ def test_run_of_one_task_too_large_on_its_own_names_it_as_submit_does(tmp_path: 
             assert "task 0 of the submission (echo) is too large to send on its own" in str(e.value), e.value
             assert e.value.field == "tasks.0" and await c.tasks() == []
     run(body(), 60)
+
+
+def test_an_oversize_refusal_is_told_by_its_reason_not_its_words():
+    """The clients halve a submit the door refused as over the limit: they tell that refusal by the error's
+    ``reason`` on the wire, not by the start of its message (which any rewording would break)."""
+    from ppu.transport.client import error_from
+
+    wire = p.Error.of(p.oversize(20_000_000, 16_777_216), "r1")
+    assert wire.reason == p.OVERSIZE
+    back = error_from(p.decode(p.encode(wire)))
+    assert p.is_oversize(back) and back.code == "protocol_error"
+    worded_alike = p.Error(code="protocol_error", message="a message of 3 bytes is not json", reason=p.BAD_JSON)
+    assert not p.is_oversize(error_from(worded_alike))
+    assert p.Error.of(p.NotAnswering("x")).reason is None  # other errors carry none

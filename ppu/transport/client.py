@@ -46,7 +46,8 @@ def error_from(msg: p.Error) -> errors.PPUError:
     _ = p.NotAnswering  # make sure the protocol's error classes are imported and found
     cls = _error_classes().get(msg.code, errors.PPUError)
     exc = cls.__new__(cls)
-    errors.PPUError.__init__(exc, msg.message, hint=msg.hint, field=msg.field)
+    errors.PPUError.__init__(exc, msg.message, hint=msg.hint, field=msg.field,
+                             **({"reason": msg.reason} if msg.reason else {}))
     if cls is errors.PPUError or cls.code != msg.code:
         exc.code = msg.code
     return exc
