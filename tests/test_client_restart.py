@@ -9,6 +9,10 @@ request goes out when the orchestrator is back.
 Real processes, as a lab runs them: an orchestrator killed (SIGKILL) and restarted while a blocking and
 an asyncio client wait for a task that a worker process holds until the test lets it end. The clients'
 timeouts are 10 minutes, so a wait that is not asked again would not come back within the test.
+
+The same holds for event streams: a restarted orchestrator knows no subscriber, so a dashboard's live
+feed went silent for good while its requests still worked. Both clients now subscribe again when the
+connection drops.
 """
 
 from __future__ import annotations
@@ -143,3 +147,76 @@ def test_waits_out_when_the_orchestrator_restarts_are_asked_again_at_once(
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
             proc.wait(30)
+
+
+def test_event_streams_subscribe_again_when_the_orchestrator_restarts(tmp_path: Path) -> None:
+    """A restarted orchestrator knows no subscriber: a dashboard's live feed (the asyncio client's
+    ``events``) and a blocking ``events`` loop went silent for good, though every request still worked.
+    Now both subscribe again when their connection drops, and see the next task's transitions."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    (gate / "go").touch()  # nothing held here
+    address = f"tcp://127.0.0.1:{free_port()}"
+    raw = {"name": "restart", "run_dir": str(tmp_path), "store": f"sqlite:///{tmp_path / 'ppu.sqlite'}",
+           "orchestrator": {"bind": address, "heartbeat_s": 0.1, "missed_heartbeats": 20, "restart_grace_s": 120.0},
+           "backends": [{"type": "test_client_restart:GatedEcho", "name": "gated", "duration_s": 0.0,
+                         "gate": str(gate)}]}
+    cfg = tmp_path / "lab.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    log = tmp_path / "processes.log"
+    procs = {"orchestrator": _spawn(log, "orchestrator", "--config", str(cfg)),
+             "worker": _spawn(log, "worker", "--config", str(cfg), "--backend", "gated")}
+    probe = PPUClient(address, timeout=2)
+    seen: dict[str, list[tuple[str, str]]] = {"blocking": [], "async": []}
+    stop = threading.Event()
+
+    def follow_blocking() -> None:
+        with PPUClient(address, timeout=5) as c:
+            for ev in c.events(timeout=1.0 if stop.is_set() else 60.0):
+                seen["blocking"].append((ev.get("task_id", ""), ev.get("dst", "")))
+                if stop.is_set():
+                    return
+
+    async def follow_async() -> None:
+        async with AsyncPPUClient(address, timeout=5) as c:
+            async for ev in c.events():
+                seen["async"].append((ev.get("task_id", ""), ev.get("dst", "")))
+                if stop.is_set():
+                    return
+
+    def ended(tid: str) -> bool:
+        return all((tid, "succeeded") in got for got in seen.values())
+
+    loop = asyncio.new_event_loop()
+    threads = [threading.Thread(target=follow_blocking, daemon=True),
+               threading.Thread(target=lambda: loop.run_until_complete(follow_async()), daemon=True)]
+    try:
+        _until(lambda: _counter(probe, "registrations") >= 1, "the worker to register", procs, log)
+        for t in threads:
+            t.start()
+        _until(lambda: _counter(probe, "subscriptions") >= 2, "both streams to subscribe", procs, log)
+        [first] = probe.submit([TaskSpec(capability="echo", inputs={"x": 1.0})])
+        _until(lambda: ended(first), "both streams to see a first task", procs, log)
+
+        killed = procs.pop("orchestrator")
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(30)
+        procs["orchestrator"] = _spawn(log, "orchestrator", "--config", str(cfg))
+        _until(lambda: _counter(probe, "registrations") >= 1, "the worker to register again", procs, log)
+        _until(lambda: _counter(probe, "subscriptions") >= 2, "both streams to subscribe again", procs, log)
+        [after] = probe.submit([TaskSpec(capability="echo", inputs={"x": 2.0})])
+        _until(lambda: ended(after), "both streams to see the task submitted after the restart", procs, log)
+        stop.set()
+        [last] = probe.submit([TaskSpec(capability="echo", inputs={"x": 3.0})])  # an event to stop on
+        for t in threads:
+            t.join(30)
+        assert not any(t.is_alive() for t in threads) and last
+    finally:
+        stop.set()
+        probe.close()
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+        if not any(t.is_alive() for t in threads):
+            loop.close()

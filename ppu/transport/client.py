@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -29,6 +30,7 @@ from ppu.transport.ops import DEFAULT_BLOCK_ROWS, ColumnsLike, SpecLike
 from ppu.transport.security import CurveKeys
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def _error_classes() -> dict[str, type[errors.PPUError]]:
@@ -295,20 +297,38 @@ class PPUClient(_Client):
         return self._drive(ops.audit(since))
 
     def events(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
-        """Subscribe and yield events (transitions, progress); stops after ``timeout`` s of silence."""
+        """Subscribe and yield events (transitions, progress); stops after ``timeout`` s of silence. When
+        the connection drops (the orchestrator restarted: it knows no subscriber) it subscribes again."""
         self.request(p.Subscribe())
         try:
             while True:
                 while self._events:
                     yield self._events.popleft()
-                if not self._sock.poll(None if timeout is None else timeout * 1000, zmq.POLLIN):
+                ready = dict(self._poller.poll(None if timeout is None else int(timeout * 1000) + 1))
+                if not ready:
                     return
-                msg = _decode(self._sock.recv_multipart())
-                if isinstance(msg, p.Event):
-                    self._events.append(msg.event)
+                if self._sock in ready:
+                    msg = _decode(self._sock.recv_multipart())
+                    if isinstance(msg, p.Event):
+                        self._events.append(msg.event)
+                elif self._drops() and not self._subscribe_again(timeout):
+                    return
         finally:
             with contextlib.suppress(errors.PPUError):
                 self.request(p.Unsubscribe(), 1.0)
+
+    def _subscribe_again(self, timeout: float | None) -> bool:
+        """Subscribe again after a drop, asking until the orchestrator answers; False when ``timeout``
+        seconds pass first (the stream's silence)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                self.request(p.Subscribe(), None if deadline is None else max(0.1, deadline - time.monotonic()))
+                log.info("subscribed again to %s after the connection dropped", self.address)
+                return True
+            except p.NotAnswering:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
 
 
 class AsyncPPUClient(_Client):
@@ -322,6 +342,7 @@ class AsyncPPUClient(_Client):
         self._watcher: asyncio.Task[None] | None = None
         self._futs: dict[str, asyncio.Future[Any]] = {}
         self._droppable: set[str] = set()  # requests given up when the connection drops
+        self._resubscribing: asyncio.Task[None] | None = None
         self._queues: list[asyncio.Queue[dict[str, Any]]] = []
 
     def _ensure(self) -> None:
@@ -355,8 +376,27 @@ class AsyncPPUClient(_Client):
                 fut = self._futs.pop(req, None)
                 if fut is not None and not fut.done():
                     fut.set_exception(_dropped(self.address))
+            if self._queues and (self._resubscribing is None or self._resubscribing.done()):
+                self._resubscribing = asyncio.get_running_loop().create_task(self._subscribe_again())
+
+    async def _subscribe_again(self) -> None:
+        """After a drop, subscribe again while anyone follows events (a restarted orchestrator knows no
+        subscriber), asking until it answers."""
+        while self._queues:
+            try:
+                await self.request(p.Subscribe(), again_on_drop=True)
+                log.info("subscribed again to %s after the connection dropped", self.address)
+                return
+            except p.ConnectionDropped:
+                continue  # dropped again before the answer: the request goes out when it is back
+            except errors.PPUError:  # not answering yet (the socket was replaced): ask again
+                await asyncio.sleep(0.2)
 
     async def close(self) -> None:
+        if self._resubscribing is not None:
+            self._resubscribing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resubscribing
         await self._drop_socket()
         for f in self._futs.values():
             f.cancel()

@@ -711,6 +711,7 @@ class OrchestratorServer:
     def _subscribe(self, identity: bytes) -> None:
         if identity in self._subs:
             return
+        self.orch.counters["subscriptions"] += 1
         q = self.orch.subscribe()
         self._sub_queues[identity] = q
         self._subs[identity] = asyncio.get_running_loop().create_task(self._forward(identity, q))
