@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -77,6 +78,49 @@ def _until(pred: Any, what: str, procs: dict[str, subprocess.Popen[bytes]], log:
         time.sleep(0.05)
 
 
+@dataclass
+class _Lab:
+    """An orchestrator process and a worker process hosting one gated echo backend."""
+
+    tmp: Path
+    gate: Path = field(init=False)
+    address: str = field(init=False)
+    cfg: Path = field(init=False)
+    log: Path = field(init=False)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.gate = self.tmp / "gate"
+        self.gate.mkdir()
+        self.address = f"tcp://127.0.0.1:{free_port()}"
+        raw = {"name": "restart", "run_dir": str(self.tmp), "store": f"sqlite:///{self.tmp / 'ppu.sqlite'}",
+               "orchestrator": {"bind": self.address, "heartbeat_s": 0.1, "missed_heartbeats": 20,
+                                "restart_grace_s": 120.0},
+               "backends": [{"type": "test_client_restart:GatedEcho", "name": "gated", "duration_s": 0.0,
+                             "gate": str(self.gate)}]}
+        self.cfg = self.tmp / "lab.yaml"
+        self.cfg.write_text(yaml.safe_dump(raw))
+        self.log = self.tmp / "processes.log"
+        self.procs = {"orchestrator": _spawn(self.log, "orchestrator", "--config", str(self.cfg)),
+                      "worker": _spawn(self.log, "worker", "--config", str(self.cfg), "--backend", "gated")}
+
+    def until(self, pred: Any, what: str, timeout: float = 120) -> None:
+        _until(pred, what, self.procs, self.log, timeout)
+
+    def restart_orchestrator(self) -> None:
+        """SIGKILL, then start it again on the same store."""
+        killed = self.procs.pop("orchestrator")
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(30)
+        self.procs["orchestrator"] = _spawn(self.log, "orchestrator", "--config", str(self.cfg))
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+
+
 def _counter(probe: PPUClient, name: str) -> int:
     try:
         return int(probe.status()["counters"].get(name, 0))
@@ -86,28 +130,16 @@ def _counter(probe: PPUClient, name: str) -> int:
 
 def test_waits_out_when_the_orchestrator_restarts_are_asked_again_at_once(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    address = f"tcp://127.0.0.1:{free_port()}"
-    raw = {"name": "restart", "run_dir": str(tmp_path), "store": f"sqlite:///{tmp_path / 'ppu.sqlite'}",
-           "orchestrator": {"bind": address, "heartbeat_s": 0.1, "missed_heartbeats": 20,
-                            "restart_grace_s": 120.0},
-           "backends": [{"type": "test_client_restart:GatedEcho", "name": "gated", "duration_s": 0.0,
-                         "gate": str(gate)}]}
-    cfg = tmp_path / "lab.yaml"
-    cfg.write_text(yaml.safe_dump(raw))
-    log = tmp_path / "processes.log"
-    procs = {"orchestrator": _spawn(log, "orchestrator", "--config", str(cfg)),
-             "worker": _spawn(log, "worker", "--config", str(cfg), "--backend", "gated")}
+    lab = _Lab(tmp_path)
+    address = lab.address
     probe = PPUClient(address, timeout=2)
     blocking = PPUClient(address, timeout=LONG)
     got: dict[str, Any] = {}
     caplog.set_level(logging.WARNING, logger="ppu.transport.ops")
     try:
-        _until(lambda: _counter(probe, "waits") >= 0 and probe.status()["backends"], "the worker to register",
-               procs, log)
+        lab.until(lambda: _counter(probe, "waits") >= 0 and probe.status()["backends"], "the worker to register")
         [tid] = blocking.submit([TaskSpec(capability="echo", inputs={"x": 2.0})])
-        _until(lambda: probe.task(tid).state is TaskState.running, "the task to run", procs, log)
+        lab.until(lambda: probe.task(tid).state is TaskState.running, "the task to run")
 
         def wait_blocking() -> None:
             got["blocking"] = blocking.wait([tid])
@@ -121,15 +153,11 @@ def test_waits_out_when_the_orchestrator_restarts_are_asked_again_at_once(
                    threading.Thread(target=lambda: loop.run_until_complete(wait_async()), daemon=True)]
         for t in threads:
             t.start()
-        _until(lambda: _counter(probe, "waits") >= 2, "both waits to reach the orchestrator", procs, log)
+        lab.until(lambda: _counter(probe, "waits") >= 2, "both waits to reach the orchestrator")
 
-        killed = procs.pop("orchestrator")
-        killed.send_signal(signal.SIGKILL)  # the waits out die with it
-        killed.wait(30)
-        procs["orchestrator"] = _spawn(log, "orchestrator", "--config", str(cfg))
-        _until(lambda: _counter(probe, "waits") >= 2, "both waits to be asked again of the new orchestrator",
-               procs, log)
-        (gate / "go").touch()
+        lab.restart_orchestrator()  # the waits out die with the one killed
+        lab.until(lambda: _counter(probe, "waits") >= 2, "both waits to be asked again of the new orchestrator")
+        (lab.gate / "go").touch()
         for t in threads:
             t.join(120)
         assert not any(t.is_alive() for t in threads), "a wait did not come back after the restart"
@@ -143,29 +171,16 @@ def test_waits_out_when_the_orchestrator_restarts_are_asked_again_at_once(
     finally:
         probe.close()
         blocking.close()
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
+        lab.stop()
 
 
 def test_event_streams_subscribe_again_when_the_orchestrator_restarts(tmp_path: Path) -> None:
     """A restarted orchestrator knows no subscriber: a dashboard's live feed (the asyncio client's
     ``events``) and a blocking ``events`` loop went silent for good, though every request still worked.
     Now both subscribe again when their connection drops, and see the next task's transitions."""
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    (gate / "go").touch()  # nothing held here
-    address = f"tcp://127.0.0.1:{free_port()}"
-    raw = {"name": "restart", "run_dir": str(tmp_path), "store": f"sqlite:///{tmp_path / 'ppu.sqlite'}",
-           "orchestrator": {"bind": address, "heartbeat_s": 0.1, "missed_heartbeats": 20, "restart_grace_s": 120.0},
-           "backends": [{"type": "test_client_restart:GatedEcho", "name": "gated", "duration_s": 0.0,
-                         "gate": str(gate)}]}
-    cfg = tmp_path / "lab.yaml"
-    cfg.write_text(yaml.safe_dump(raw))
-    log = tmp_path / "processes.log"
-    procs = {"orchestrator": _spawn(log, "orchestrator", "--config", str(cfg)),
-             "worker": _spawn(log, "worker", "--config", str(cfg), "--backend", "gated")}
+    lab = _Lab(tmp_path)
+    (lab.gate / "go").touch()  # nothing held here
+    address = lab.address
     probe = PPUClient(address, timeout=2)
     seen: dict[str, list[tuple[str, str]]] = {"blocking": [], "async": []}
     stop = threading.Event()
@@ -191,21 +206,18 @@ def test_event_streams_subscribe_again_when_the_orchestrator_restarts(tmp_path: 
     threads = [threading.Thread(target=follow_blocking, daemon=True),
                threading.Thread(target=lambda: loop.run_until_complete(follow_async()), daemon=True)]
     try:
-        _until(lambda: _counter(probe, "registrations") >= 1, "the worker to register", procs, log)
+        lab.until(lambda: _counter(probe, "registrations") >= 1, "the worker to register")
         for t in threads:
             t.start()
-        _until(lambda: _counter(probe, "subscriptions") >= 2, "both streams to subscribe", procs, log)
+        lab.until(lambda: _counter(probe, "subscriptions") >= 2, "both streams to subscribe")
         [first] = probe.submit([TaskSpec(capability="echo", inputs={"x": 1.0})])
-        _until(lambda: ended(first), "both streams to see a first task", procs, log)
+        lab.until(lambda: ended(first), "both streams to see a first task")
 
-        killed = procs.pop("orchestrator")
-        killed.send_signal(signal.SIGKILL)
-        killed.wait(30)
-        procs["orchestrator"] = _spawn(log, "orchestrator", "--config", str(cfg))
-        _until(lambda: _counter(probe, "registrations") >= 1, "the worker to register again", procs, log)
-        _until(lambda: _counter(probe, "subscriptions") >= 2, "both streams to subscribe again", procs, log)
+        lab.restart_orchestrator()
+        lab.until(lambda: _counter(probe, "registrations") >= 1, "the worker to register again")
+        lab.until(lambda: _counter(probe, "subscriptions") >= 2, "both streams to subscribe again")
         [after] = probe.submit([TaskSpec(capability="echo", inputs={"x": 2.0})])
-        _until(lambda: ended(after), "both streams to see the task submitted after the restart", procs, log)
+        lab.until(lambda: ended(after), "both streams to see the task submitted after the restart")
         stop.set()
         [last] = probe.submit([TaskSpec(capability="echo", inputs={"x": 3.0})])  # an event to stop on
         for t in threads:
@@ -214,9 +226,6 @@ def test_event_streams_subscribe_again_when_the_orchestrator_restarts(tmp_path: 
     finally:
         stop.set()
         probe.close()
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
+        lab.stop()
         if not any(t.is_alive() for t in threads):
             loop.close()

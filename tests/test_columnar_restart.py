@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -260,6 +261,26 @@ def test_a_block_whose_outputs_cannot_fit_is_refused_at_the_door(tmp_path: Path)
     assert len(results) == 2
 
 
+def _too_large_then_next(lab: Any, backend: Backend, big: Callable[[AsyncPPUClient], Awaitable[Any]],
+                         nxt: Callable[[AsyncPPUClient], Awaitable[Any]]) -> tuple[Any, Any, dict[str, Any], int]:
+    """In a lab served in this process: the task ``big`` runs (its result too large to send), then the task
+    ``nxt`` runs on the same slot; both ended tasks, the orchestrator's counters, and how many results its
+    worker still holds unacknowledged."""
+    async def go() -> tuple[Any, Any, dict[str, Any], int]:
+        lab_ = EmbeddedLab(lab, backends=[backend])
+        client = await lab_.start()
+        try:
+            first = await big(client)
+            second = await nxt(client)
+            counters = (await client.status())["counters"]
+            held = sum(len(h.unacked) for w in lab_.workers for h in w.hosts.values())
+            return first, second, counters, held
+        finally:
+            await lab_.close()
+
+    return asyncio.run(go())
+
+
 def test_a_block_result_over_max_blob_bytes_ends_its_attempt_and_frees_the_slot(tmp_path: Path) -> None:
     """A decoder answering with more columns than the door counts (here 4 float64 columns, 3.2 MB for 100,000
     rows) passes the door; its result is then too large to send. The worker knows the orchestrator's limit
@@ -270,21 +291,12 @@ def test_a_block_result_over_max_blob_bytes_ends_its_attempt_and_frees_the_slot(
                                              "restart_grace_s": 1.0, "max_blob_bytes": 2_000_000})
     backend = SumBlocks(BlockConfig(type="sum", name="sum", slots=1, extra_columns=2))
 
-    async def go() -> tuple[Any, Any, dict[str, Any], int]:
-        lab_ = EmbeddedLab(lab, backends=[backend])
-        client = await lab_.start()
-        try:
-            [big] = await client.submit_block(CAP, _bytes_columns(100_000), block_rows=100_000)
-            [t_big] = await client.wait([big], timeout=60)
-            [small] = await client.submit_block(CAP, _bytes_columns(1000), block_rows=1000)
-            [t_small] = await client.wait([small], timeout=60)
-            counters = (await client.status())["counters"]
-            held = sum(len(h.unacked) for w in lab_.workers for h in w.hosts.values())
-            return t_big, t_small, counters, held
-        finally:
-            await lab_.close()
+    async def block(client: AsyncPPUClient, rows: int) -> Any:
+        [tid] = await client.submit_block(CAP, _bytes_columns(rows), block_rows=rows)
+        return (await client.wait([tid], timeout=60))[0]
 
-    t_big, t_small, counters, held = asyncio.run(go())
+    t_big, t_small, counters, held = _too_large_then_next(
+        lab, backend, lambda c: block(c, 100_000), lambda c: block(c, 1000))
     assert t_big.state is TaskState.failed and t_big.attempts == 1, (t_big.state, t_big.error)
     assert "orchestrator.max_blob_bytes" in (t_big.error or "") and "block_rows=" in (t_big.error or ""), t_big.error
     assert t_small.state is TaskState.succeeded
@@ -308,19 +320,11 @@ def test_a_result_over_max_message_bytes_ends_its_attempt_and_frees_the_slot(tmp
                                              "restart_grace_s": 1.0, "max_message_bytes": 65536})
     backend = BigOutputs(EchoConfig(type="echo", name="echo-1", slots=1, duration_s=0.0))
 
-    async def go() -> tuple[Any, Any, dict[str, Any], int]:
-        lab_ = EmbeddedLab(lab, backends=[backend])
-        client = await lab_.start()
-        try:
-            [big] = await client.run([{"capability": "echo", "inputs": {"x": 200_000}}], timeout=60)
-            [small] = await client.run([{"capability": "echo", "inputs": {"x": 3}}], timeout=60)
-            counters = (await client.status())["counters"]
-            held = sum(len(h.unacked) for w in lab_.workers for h in w.hosts.values())
-            return big, small, counters, held
-        finally:
-            await lab_.close()
+    async def echo(client: AsyncPPUClient, x: int) -> Any:
+        return (await client.run([{"capability": "echo", "inputs": {"x": x}}], timeout=60))[0]
 
-    big, small, counters, held = asyncio.run(go())
+    big, small, counters, held = _too_large_then_next(
+        lab, backend, lambda c: echo(c, 200_000), lambda c: echo(c, 3))
     assert big.state is TaskState.failed and big.attempts == 1, (big.state, big.attempts, big.error)
     assert "orchestrator.max_message_bytes" in (big.error or "") and "65536" in (big.error or ""), big.error
     assert small.state is TaskState.succeeded, small.error
