@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -30,7 +29,6 @@ from ppu.transport.ops import DEFAULT_BLOCK_ROWS, ColumnsLike, SpecLike
 from ppu.transport.security import CurveKeys
 
 T = TypeVar("T")
-log = logging.getLogger(__name__)
 
 
 def _error_classes() -> dict[str, type[errors.PPUError]]:
@@ -311,24 +309,11 @@ class PPUClient(_Client):
                     msg = _decode(self._sock.recv_multipart())
                     if isinstance(msg, p.Event):
                         self._events.append(msg.event)
-                elif self._drops() and not self._subscribe_again(timeout):
-                    return
+                elif self._drops() and not self._drive(ops.subscribe_again(timeout)):
+                    return  # not back within the stream's silence
         finally:
             with contextlib.suppress(errors.PPUError):
                 self.request(p.Unsubscribe(), 1.0)
-
-    def _subscribe_again(self, timeout: float | None) -> bool:
-        """Subscribe again after a drop, asking until the orchestrator answers; False when ``timeout``
-        seconds pass first (the stream's silence)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            try:
-                self.request(p.Subscribe(), None if deadline is None else max(0.1, deadline - time.monotonic()))
-                log.info("subscribed again to %s after the connection dropped", self.address)
-                return True
-            except p.NotAnswering:
-                if deadline is not None and time.monotonic() >= deadline:
-                    return False
 
 
 class AsyncPPUClient(_Client):
@@ -380,17 +365,8 @@ class AsyncPPUClient(_Client):
                 self._resubscribing = asyncio.get_running_loop().create_task(self._subscribe_again())
 
     async def _subscribe_again(self) -> None:
-        """After a drop, subscribe again while anyone follows events (a restarted orchestrator knows no
-        subscriber), asking until it answers."""
-        while self._queues:
-            try:
-                await self.request(p.Subscribe(), again_on_drop=True)
-                log.info("subscribed again to %s after the connection dropped", self.address)
-                return
-            except p.ConnectionDropped:
-                continue  # dropped again before the answer: the request goes out when it is back
-            except errors.PPUError:  # not answering yet (the socket was replaced): ask again
-                await asyncio.sleep(0.2)
+        """After a drop, subscribe again for whoever follows events (see :func:`ops.subscribe_again`)."""
+        await self._drive(ops.subscribe_again(None))
 
     async def close(self) -> None:
         if self._resubscribing is not None:

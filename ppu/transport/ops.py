@@ -402,6 +402,23 @@ def wait(task_ids: str | list[str], timeout: float | None, client_timeout: float
     return out
 
 
+def subscribe_again(timeout: float | None) -> Op[bool]:
+    """Subscribe again after the connection dropped (a restarted orchestrator knows no subscriber), asking
+    until it answers; False when ``timeout`` seconds pass first (None: as long as it takes)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            yield Call(p.Subscribe(), None if deadline is None else max(0.1, deadline - time.monotonic()),
+                       again_on_drop=True)
+            log.info("subscribed again after the connection dropped")
+            return True
+        except p.ConnectionDropped:
+            continue  # dropped again before the answer: asked again, it goes out when the orchestrator is back
+        except p.NotAnswering:  # not back yet (the client replaced its socket): ask again while time is left
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+
+
 def timed_out(given: float | None) -> str:
     """What a WaitTimeout says: the timeout the caller gave (never the seconds that were left of it)."""
     return f"the tasks did not all end within the {given:g} s given" if given is not None else \
