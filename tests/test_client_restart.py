@@ -13,6 +13,13 @@ timeouts are 10 minutes, so a wait that is not asked again would not come back w
 The same holds for event streams: a restarted orchestrator knows no subscriber, so a dashboard's live
 feed went silent for good while its requests still worked. Both clients now subscribe again when the
 connection drops.
+
+A network can also go silent without closing the connection (a NAT or firewall that drops a flow, a host
+gone without a word): the clients then saw no drop at all, and a wait out hung until its own timeout,
+its answer and every re-ask lost in the dead connection. The clients now send ZMQ heartbeats, and a
+connection with nothing back for a few of them is dropped like a closed one. The silent network here is
+a line process between the clients and the orchestrator (``silent_line.py``) that, on a signal, stops
+carrying the connections it holds without closing them, and carries new ones.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from ppu.transport import AsyncPPUClient, PPUClient
 
 TESTS = Path(__file__).parent
 LONG = 600.0  # the clients' timeout: a lost wait asked again only after it would outlast the test
+CLIENT_HB = 0.2  # the clients' heartbeat through the silent line: a silent connection is dropped after 1 s
 
 
 class GateConfig(EchoConfig):
@@ -218,6 +226,138 @@ def test_event_streams_subscribe_again_when_the_orchestrator_restarts(tmp_path: 
         lab.until(lambda: _counter(probe, "subscriptions") >= 2, "both streams to subscribe again")
         [after] = probe.submit([TaskSpec(capability="echo", inputs={"x": 2.0})])
         lab.until(lambda: ended(after), "both streams to see the task submitted after the restart")
+        stop.set()
+        [last] = probe.submit([TaskSpec(capability="echo", inputs={"x": 3.0})])  # an event to stop on
+        for t in threads:
+            t.join(30)
+        assert not any(t.is_alive() for t in threads) and last
+    finally:
+        stop.set()
+        probe.close()
+        lab.stop()
+        if not any(t.is_alive() for t in threads):
+            loop.close()
+
+
+@dataclass
+class _SilentLine:
+    """A ``silent_line.py`` process carrying TCP from its own port to the lab's orchestrator."""
+
+    lab: _Lab
+    state: Path = field(init=False)
+    address: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.state = self.lab.tmp / "line"
+        self.state.mkdir()
+        port = free_port()
+        self.address = f"tcp://127.0.0.1:{port}"
+        upstream = self.lab.address.rsplit(":", 1)[1]
+        with open(self.lab.log, "ab") as out:
+            self.lab.procs["line"] = subprocess.Popen(
+                [sys.executable, str(TESTS / "silent_line.py"), str(port), upstream, str(self.state)],
+                stdout=out, stderr=subprocess.STDOUT)
+        self.lab.until((self.state / "listening").exists, "the line to listen")
+
+    def go_silent(self) -> int:
+        """Silence the connections the line carries now; how many there were."""
+        self.lab.procs["line"].send_signal(signal.SIGUSR1)
+        self.lab.until((self.state / "silent").exists, "the line to go silent")
+        return int((self.state / "silent").read_text())
+
+
+def test_waits_out_when_the_network_goes_silent_are_asked_again_on_a_new_connection(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Both waits go through the line; it goes silent, then the task ends. Each client drops its silent
+    connection by its heartbeats, connects again through the line and asks again. Without heartbeats the
+    answers and re-asks went into the dead connections, and the waits never came back."""
+    lab = _Lab(tmp_path)
+    line = _SilentLine(lab)
+    probe = PPUClient(lab.address, timeout=2)  # straight to the orchestrator, not through the line
+    blocking = PPUClient(line.address, timeout=LONG, heartbeat_s=CLIENT_HB)
+    got: dict[str, Any] = {}
+    caplog.set_level(logging.WARNING, logger="ppu.transport.ops")
+    loop = asyncio.new_event_loop()
+    try:
+        lab.until(lambda: _counter(probe, "waits") >= 0 and probe.status()["backends"], "the worker to register")
+        [tid] = probe.submit([TaskSpec(capability="echo", inputs={"x": 2.0})])
+        lab.until(lambda: probe.task(tid).state is TaskState.running, "the task to run")
+
+        def wait_blocking() -> None:
+            got["blocking"] = blocking.wait([tid])
+
+        async def wait_async() -> None:
+            async with AsyncPPUClient(line.address, timeout=LONG, heartbeat_s=CLIENT_HB) as c:
+                got["async"] = await c.wait([tid])
+
+        threads = [threading.Thread(target=wait_blocking, daemon=True),
+                   threading.Thread(target=lambda: loop.run_until_complete(wait_async()), daemon=True)]
+        for t in threads:
+            t.start()
+        lab.until(lambda: _counter(probe, "waits") >= 2, "both waits to reach the orchestrator")
+
+        assert line.go_silent() == 2  # the two clients' connections, neither closed
+        (lab.gate / "go").touch()  # the task ends; the answers to the waits go into the silent connections
+        for t in threads:
+            t.join(120)
+        assert not any(t.is_alive() for t in threads), "a wait did not come back after the network went silent"
+        for name in ("blocking", "async"):
+            [task] = got[name]
+            assert task.id == tid and task.state is TaskState.succeeded, (name, task)
+        said = [r.getMessage() for r in caplog.records if r.name == "ppu.transport.ops"]
+        assert sum("dropped during a wait" in m for m in said) == 2 and not any("did not answer" in m for m in said), \
+            said
+    finally:
+        probe.close()
+        blocking.close()
+        lab.stop()
+        if not any(t.is_alive() for t in threads):
+            loop.close()
+
+
+def test_event_streams_subscribe_again_when_the_network_goes_silent(tmp_path: Path) -> None:
+    """A blocking and an asyncio event stream through the line; it goes silent. Each client drops its
+    silent connection by its heartbeats and subscribes again through the line, and both see a task
+    submitted after that. Without heartbeats both streams stayed silent for good."""
+    lab = _Lab(tmp_path)
+    (lab.gate / "go").touch()  # nothing held here
+    line = _SilentLine(lab)
+    probe = PPUClient(lab.address, timeout=2)
+    seen: dict[str, list[tuple[str, str]]] = {"blocking": [], "async": []}
+    stop = threading.Event()
+
+    def follow_blocking() -> None:
+        with PPUClient(line.address, timeout=5, heartbeat_s=CLIENT_HB) as c:
+            for ev in c.events(timeout=60.0):
+                seen["blocking"].append((ev.get("task_id", ""), ev.get("dst", "")))
+                if stop.is_set():
+                    return
+
+    async def follow_async() -> None:
+        async with AsyncPPUClient(line.address, timeout=5, heartbeat_s=CLIENT_HB) as c:
+            async for ev in c.events():
+                seen["async"].append((ev.get("task_id", ""), ev.get("dst", "")))
+                if stop.is_set():
+                    return
+
+    def ended(tid: str) -> bool:
+        return all((tid, "succeeded") in got for got in seen.values())
+
+    loop = asyncio.new_event_loop()
+    threads = [threading.Thread(target=follow_blocking, daemon=True),
+               threading.Thread(target=lambda: loop.run_until_complete(follow_async()), daemon=True)]
+    try:
+        lab.until(lambda: _counter(probe, "registrations") >= 1, "the worker to register")
+        for t in threads:
+            t.start()
+        lab.until(lambda: _counter(probe, "subscriptions") >= 2, "both streams to subscribe")
+        [first] = probe.submit([TaskSpec(capability="echo", inputs={"x": 1.0})])
+        lab.until(lambda: ended(first), "both streams to see a first task")
+
+        assert line.go_silent() == 2
+        lab.until(lambda: _counter(probe, "subscriptions") >= 4, "both streams to subscribe again")
+        [after] = probe.submit([TaskSpec(capability="echo", inputs={"x": 2.0})])
+        lab.until(lambda: ended(after), "both streams to see the task submitted after the network went silent")
         stop.set()
         [last] = probe.submit([TaskSpec(capability="echo", inputs={"x": 3.0})])  # an event to stop on
         for t in threads:

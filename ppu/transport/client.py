@@ -54,6 +54,8 @@ def error_from(msg: p.Error) -> errors.PPUError:
 
 
 _POLL_SLICE_S = 3600.0
+HEARTBEAT_S = 1.0  # a client's ZMQ heartbeat (PING) interval: see _socket
+MISSED_HEARTBEATS = 5  # a connection with no traffic back for this many intervals is dropped
 
 
 def _not_answering(address: str, timeout: float) -> p.NotAnswering:
@@ -90,9 +92,19 @@ def _is_drop(frames: list[Any]) -> bool:
     return parse_monitor_message(frames)["event"] == zmq.EVENT_DISCONNECTED
 
 
-def _socket(ctx: zmq.Context[Any], address: str, curve: CurveKeys | None) -> Any:
+def _socket(ctx: zmq.Context[Any], address: str, curve: CurveKeys | None, heartbeat_s: float) -> Any:
+    """The DEALER a client talks through. It PINGs the orchestrator every ``heartbeat_s`` (ZMTP
+    heartbeats, answered by the orchestrator's ZMQ I/O thread, busy Python or not): a connection that
+    goes silent without closing (a network or NAT that drops it, a host gone without a word) is dropped
+    after MISSED_HEARTBEATS intervals with nothing back, like a closed one, so the socket monitor sees
+    it and a wait out is asked again on a new connection. The TTL asks the orchestrator to drop this
+    connection in turn when the PINGs stop coming."""
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    ivl_ms = max(1, round(heartbeat_s * 1000))
+    sock.setsockopt(zmq.HEARTBEAT_IVL, ivl_ms)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, MISSED_HEARTBEATS * ivl_ms)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, min(6_553_500, MISSED_HEARTBEATS * ivl_ms))  # at most 6553.5 s
     sock.setsockopt(zmq.ROUTING_ID, f"client-{uuid.uuid4().hex[:12]}".encode())
     if curve is not None:
         sock.curve_publickey = curve.public
@@ -106,9 +118,13 @@ class _Client:
     """What both clients hold (the address, timeouts, keys, actor) and how they stamp a request."""
 
     def __init__(self, address: str, *, timeout: float = 10.0, curve: CurveKeys | None = None,
-                 actor: str | None = None, max_blob_bytes: int = p.MAX_BLOB_BYTES):
+                 actor: str | None = None, max_blob_bytes: int = p.MAX_BLOB_BYTES, heartbeat_s: float = HEARTBEAT_S):
+        if not heartbeat_s > 0:
+            raise errors.ConfigError(f"a client's heartbeat_s must be above 0 seconds, not {heartbeat_s}",
+                                     field="heartbeat_s", hint="leave it out for the default of 1 s")
         self.address = address
         self.timeout = timeout
+        self.heartbeat_s = heartbeat_s  # see _socket: how soon a silent connection is dropped
         self.max_blob_bytes = max_blob_bytes  # the orchestrator's max_blob_bytes: a bigger message is refused here
         self.curve = curve
         self.actor = actor
@@ -134,7 +150,7 @@ class PPUClient(_Client):
         self._events: collections.deque[dict[str, Any]] = collections.deque()
 
     def _connect(self) -> None:
-        self._sock = _socket(self._ctx, self.address, self.curve)
+        self._sock = _socket(self._ctx, self.address, self.curve, self.heartbeat_s)
         self._monitor = _watch(self._sock)
         self._poller = zmq.Poller()
         self._poller.register(self._sock, zmq.POLLIN)
@@ -332,7 +348,7 @@ class AsyncPPUClient(_Client):
 
     def _ensure(self) -> None:
         if self._sock is None:
-            sock = _socket(self._ctx, self.address, self.curve)
+            sock = _socket(self._ctx, self.address, self.curve, self.heartbeat_s)
             self._sock, self._monitor = AsyncSocket(sock), AsyncSocket(_watch(sock))
             loop = asyncio.get_running_loop()
             self._reader = loop.create_task(self._read(self._sock))

@@ -391,7 +391,8 @@ def wait(task_ids: str | list[str], timeout: float | None, client_timeout: float
                     break
                 cursor = reply.next  # the tasks did not fit in one reply: the rest (all ended) from there
             except p.ConnectionDropped:  # asked again at once: it goes out when the orchestrator is back
-                log.warning("the connection to the orchestrator dropped during a wait (restarting?); asking again")
+                log.warning("the connection to the orchestrator dropped during a wait (restarting, or the network went "
+                            "silent?); asking again")
             except (p.WaitTimeout, p.NotAnswering) as exc:
                 if rest is not None and rest <= part:  # the caller's own time is up
                     if isinstance(exc, p.WaitTimeout):

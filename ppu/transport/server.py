@@ -143,6 +143,10 @@ class OrchestratorServer:
             sock = ctx.socket(zmq.ROUTER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            # A peer that connects again under its routing id takes over from its old connection, which
+            # may still look open here (a network gone silent: the old one ends by heartbeat TTL later);
+            # without this the new connection would be refused while the old one lingers.
+            sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
             # Messages a little over the limit get a typed error from decode(); far over it, ZMQ drops them.
             sock.setsockopt(zmq.MAXMSGSIZE, 2 * self.cfg.max_message_bytes + self.cfg.max_blob_bytes + 4096)
             if keys is not None:
@@ -709,9 +713,9 @@ class OrchestratorServer:
         await self.send(identity, reply)
 
     def _subscribe(self, identity: bytes) -> None:
-        if identity in self._subs:
+        self.orch.counters["subscriptions"] += 1  # asked: a client on a new connection asks again
+        if identity in self._subs:  # its connection was handed over (ROUTER_HANDOVER): the events follow it
             return
-        self.orch.counters["subscriptions"] += 1
         q = self.orch.subscribe()
         self._sub_queues[identity] = q
         self._subs[identity] = asyncio.get_running_loop().create_task(self._forward(identity, q))
