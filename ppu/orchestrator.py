@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from ppu import capabilities
 from ppu.autonomy import approval_key, approval_reason, process_key
 from ppu.backends.base import Backend, TaskRun
+from ppu.busy import BusyTime
 from ppu.config import AutonomyConfig, OrchestratorConfig
 from ppu.errors import (
     JournalFailed,
@@ -170,11 +171,12 @@ class Orchestrator:
         self.links: dict[str, WorkerLink] = {}
         self.specs: dict[str, BackendSpec] = {}
         self.counters: Counter[str] = Counter()
+        # Tasks per state as the scheduler has them: seeded from the store at start, then moved by each
+        # carried-out transition, so that a status counts without a query over every task ever run.
+        self._states: Counter[str] = Counter()
         self.progress_of: dict[str, dict[str, Any]] = {}
         # why each task waiting for approval waits (the policy's words, also in its audit entry)
         self._approval_why: dict[str, str] = {}
-        self.busy_log: list[dict[str, Any]] = []  # backend busy intervals, for Gantt charts
-        self._busy_since: dict[tuple[str, str], float] = {}
         self._waiters: dict[str, list[asyncio.Future[Any]]] = {}  # each answered with the ended record
         # The last ENDED_KEPT tasks that ended, as durably journaled: a wait for them reads no store.
         self._ended: dict[str, Any] = {}
@@ -190,6 +192,7 @@ class Orchestrator:
         self._assigning: dict[str, asyncio.Lock] = {}  # per backend: its assignments leave in order
         self._closing = False
         self.started_at = clock()
+        self.busy = BusyTime(self.started_at)  # backends' busy intervals (Gantt charts) and utilisation
 
     # ---- life cycle -----------------------------------------------------------------------
 
@@ -201,6 +204,7 @@ class Orchestrator:
         self.store.acquire_writer(self.writer_id, self.cfg.bind)
         self.journal.start()
         live, done = self.store.load()
+        self._states.update(self.store.count_tasks())
         self.sched.restore(live, done, self.clock(), self.store.next_seq())
         waiting = [t.id for t in live if t.approval is ApprovalState.waiting]
         self._approval_why = {t: str(d.get("reason", "")) for t, d in
@@ -306,7 +310,7 @@ class Orchestrator:
                 link = self.links.get(ins.backend)
                 if not runs:
                     continue
-                self._busy_since.setdefault((ins.backend, ins.batch_id), self.clock())
+                self.busy.open(ins.backend, ins.batch_id, self.clock())
                 if link is None:  # provably never left: back to the queue, not to review
                     loop.call_soon(self._undelivered, ins.backend, ins.tasks, "no connected worker")
                 else:
@@ -320,11 +324,15 @@ class Orchestrator:
             elif isinstance(ins, Dropped):
                 self.counters["dropped_" + ins.why.split(" ")[0]] += 1
                 log.info("dropped %s attempt %d: %s", ins.task_id, ins.attempt, ins.why)
+        states = self._states
         for tr in step.transitions:
+            if tr.src is not None:
+                states[tr.src.value] -= 1
+            states[tr.dst.value] += 1
             rec = step.records.get(tr.task_id)
             in_flight = (TaskState.assigned, TaskState.running)
             if tr.src in in_flight and tr.dst not in in_flight and rec is not None:  # left the backend
-                self._close_busy(rec.backend, rec.batch_id or tr.task_id, tr.at)
+                self.busy.close(rec.backend, rec.batch_id or tr.task_id, tr.at)
             if self._subscribers:  # no event built for nobody (this runs for every transition)
                 self._publish({"type": "transition", "task_id": tr.task_id,
                                "src": tr.src.value if tr.src else None, "dst": tr.dst.value, "at": tr.at,
@@ -347,13 +355,6 @@ class Orchestrator:
         ended[task_id] = rec
         if len(ended) > ENDED_KEPT:
             del ended[next(iter(ended))]
-
-    def _close_busy(self, backend: str | None, batch_id: str, at: float) -> None:
-        if backend is None:
-            return
-        start = self._busy_since.pop((backend, batch_id), None)
-        if start is not None:
-            self.busy_log.append({"backend": backend, "start": start, "end": at, "batch": batch_id})
 
     async def _assign(self, link: WorkerLink, ins: Assign, runs: list[TaskRun]) -> None:
         # One backend's assignments leave in the order they were made. The worker's heartbeat names
@@ -965,11 +966,7 @@ class Orchestrator:
     def status(self) -> dict[str, Any]:
         now = self.clock()
         span = max(now - self.started_at, 1e-9)
-        busy: dict[str, float] = {}
-        for iv in self.busy_log:
-            busy[iv["backend"]] = busy.get(iv["backend"], 0.0) + iv["end"] - max(iv["start"], self.started_at)
-        for (name, _), start in self._busy_since.items():
-            busy[name] = busy.get(name, 0.0) + now - start
+        busy = self.busy.seconds(now)
         backends = self.sched.backends()
         for row in backends:
             row["utilisation"] = min(1.0, busy.get(row["name"], 0.0) / span / max(1, row["slots"]))
@@ -986,7 +983,7 @@ class Orchestrator:
                                   "progress": progress}))
         shown = [row for _, row in heapq.nsmallest(MAX_RUNNING_SHOWN, running, key=lambda kv: kv[0])]
         return {"backends": backends, "queues": self.sched.queue_depths(), "counters": dict(self.counters),
-                "tasks": self.store.count_tasks(), "uptime_s": span, "running": shown,
+                "tasks": {state: n for state, n in self._states.items() if n}, "uptime_s": span, "running": shown,
                 "running_groups": [{"backend": b, "capability": c, "running": n}
                                    for (b, c), n in sorted(groups.items(), key=lambda kv: (-kv[1], kv[0]))]}
 

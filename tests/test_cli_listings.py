@@ -211,13 +211,15 @@ def test_the_orchestrator_lists_running_tasks_the_store_has_as_assigned_across_p
         assert c.tasks("assigned") == []
 
 
-def test_status_says_why_the_store_counts_a_running_task_as_assigned(
+def test_status_counts_a_running_task_the_store_has_as_assigned_as_running(
         one_running: tuple[Path, str, PPUClient, str], monkeypatch: pytest.MonkeyPatch):
-    lab, address, _, _ = one_running
+    """The orchestrator counts tasks per state as they are now, not as the store last wrote them."""
+    lab, address, c, tid = one_running
+    assert _stored_states(lab) == {tid: "assigned"}, "the premise: the store journals the start with the next change"
+    assert c.status()["tasks"] == {"running": 1}
     screen = Console(record=True, width=200, file=io.StringIO())
     monkeypatch.setattr(cli, "console", screen)
     r = runner.invoke(app, ["status", "--connect", address, "-c", str(lab)])
     assert r.exit_code == 0, r.output
     text = screen.export_text()
-    assert "running=1" in text and "tasks in the store: assigned=1" in text
-    assert "1 running task(s) are still assigned in the store" in text, text
+    assert "tasks: running=1" in text and "assigned" not in text, text

@@ -201,8 +201,9 @@ def test_every_answer_that_grows_with_stored_data_comes_in_parts_under_the_limit
             listed = await c.tasks()
             assert [t.id for t in listed] == (waiting + cancelled)[::-1] and parts_of(sent) >= 2
 
-            embedded.orch.busy_log.extend({"backend": "b", "start": float(i), "end": float(i) + 0.5, "batch": f"#{i}"}
-                                          for i in range(600))
+            for i in range(600):
+                embedded.orch.busy.open("b", f"#{i}", float(i))
+                embedded.orch.busy.close("b", f"#{i}", float(i) + 0.5)
             del sent[:]
             busy = await c.busy()
             assert [iv["batch"] for iv in busy] == [f"#{i}" for i in range(600)] and parts_of(sent) >= 2

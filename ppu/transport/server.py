@@ -613,9 +613,8 @@ class OrchestratorServer:
                 return self._page(msg.req, [as_json(r) for r in rows], lambda k: str(rows[k - 1]["seq"]),
                                   lambda k: f"task {rows[k]['task_id']}'s entry")
             case p.BusyLog():
-                skip = cursor(msg, int) or 0
-                ivs = [iv for iv in o.busy_log if iv["end"] >= msg.since]  # appended in order: positions stay
-                return self._page(msg.req, (as_json(iv) for iv in ivs[skip:]), lambda k: str(skip + k),
+                kept = o.busy.since(msg.since, cursor(msg, int) or 0)  # positions stay as old ones go
+                return self._page(msg.req, (as_json(iv) for _, iv in kept), lambda k: str(kept[k - 1][0] + 1),
                                   lambda k: "a busy interval")
             case p.SampleShow():
                 return self._sample(msg)
