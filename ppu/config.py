@@ -73,6 +73,9 @@ class OrchestratorConfig(Strict):
     backoff_max_s: float = Field(300.0, ge=0, le=86400)
     restart_grace_s: float = Field(10.0, ge=0, le=3600,
                                    description="after a restart, how long workers have to come back")
+    ended_kept: int = Field(50_000, ge=1, le=10_000_000,
+                            description="ended tasks whose end state the orchestrator keeps in memory (for "
+                                        "dependencies and duplicate ids); it reads older ones from the store")
 
     @field_validator("bind")
     @classmethod

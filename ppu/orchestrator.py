@@ -19,6 +19,7 @@ the same :class:`~ppu.host.BackendHost` and call the same methods here.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import heapq
 import logging
@@ -167,7 +168,7 @@ class Orchestrator:
             restart_grace_s=self.cfg.restart_grace_s,
             forget_after_s=10 * self.cfg.heartbeat_s * self.cfg.missed_heartbeats,
             max_batch_bytes=max(1, self.cfg.max_message_bytes - _ASSIGN_MARGIN),
-            max_batch_blob_bytes=self.cfg.max_blob_bytes))
+            max_batch_blob_bytes=self.cfg.max_blob_bytes, done_kept=self.cfg.ended_kept))
         self.links: dict[str, WorkerLink] = {}
         self.specs: dict[str, BackendSpec] = {}
         self.counters: Counter[str] = Counter()
@@ -179,7 +180,7 @@ class Orchestrator:
         self._approval_why: dict[str, str] = {}
         self._waiters: dict[str, list[asyncio.Future[Any]]] = {}  # each answered with the ended record
         # The last ENDED_KEPT tasks that ended, as durably journaled: a wait for them reads no store.
-        self._ended: dict[str, Any] = {}
+        self._ended: collections.OrderedDict[str, Any] = collections.OrderedDict()  # popped oldest first
         self._subscribers: list[asyncio.Queue[dict[str, Any]]] = []
         self._known_processes: set[str] = set()  # approval keys of what made a sample successfully
         self._rearm = asyncio.Event()
@@ -203,9 +204,10 @@ class Orchestrator:
         """
         self.store.acquire_writer(self.writer_id, self.cfg.bind)
         self.journal.start()
-        live, done = self.store.load()
+        kept = self.sched.cfg.done_kept
+        live, done = self.store.load(done_limit=kept + 1)  # one more: whether the store holds older ones
         self._states.update(self.store.count_tasks())
-        self.sched.restore(live, done, self.clock(), self.store.next_seq())
+        self.sched.restore(live, done[-kept:], self.clock(), self.store.next_seq(), forgot=len(done) > kept)
         waiting = [t.id for t in live if t.approval is ApprovalState.waiting]
         self._approval_why = {t: str(d.get("reason", "")) for t, d in
                               self.store.audit_details("approval_required", waiting).items()}
@@ -354,7 +356,7 @@ class Orchestrator:
         ended = self._ended
         ended[task_id] = rec
         if len(ended) > ENDED_KEPT:
-            del ended[next(iter(ended))]
+            ended.popitem(last=False)
 
     async def _assign(self, link: WorkerLink, ins: Assign, runs: list[TaskRun]) -> None:
         # One backend's assignments leave in the order they were made. The worker's heartbeat names
@@ -705,8 +707,18 @@ class Orchestrator:
         self._check_ids(ids, [t for t, _ in checked])
         return checked
 
+    def _recall(self, ids: Iterable[str]) -> None:
+        """The scheduler keeps only the newest ended tasks (``done_kept``): once it let older ones go, the
+        ids it does not know are looked up in the store, so that a duplicate id is refused and an old
+        dependency found as they were when the scheduler knew every task."""
+        if self.sched.forgot:
+            unknown = list(dict.fromkeys(i for i in ids if self.sched.state_of(i) is None))
+            if unknown:
+                self.sched.recall(self.store.task_states(unknown))
+
     def _check_ids(self, ids: list[str], tasks: list[Task]) -> None:
         """All or none: what the scheduler would refuse half-way through a submission, refused first."""
+        self._recall([*ids, *(d for t in tasks for d in t.depends_on)])
         earlier: set[str] = set()
         for t in tasks:
             if self.sched.state_of(t.id) is not None:
@@ -718,21 +730,25 @@ class Orchestrator:
             earlier.add(t.id)
 
     def cancel(self, task_id: str, actor: str = "local", reason: str = "") -> None:
+        self._recall([task_id])  # an old task: "already ended", not "unknown"
         self._apply([Cancel(task_id, self.clock(), f"cancelled by {actor}" + (f": {reason}" if reason else ""))],
                     [AuditEntry(actor=actor, action="cancel", target=task_id, detail={"reason": reason})])
 
     def approve(self, task_id: str, actor: str = "local", note: str = "") -> None:
+        self._recall([task_id])  # an old task: "already ended", not "unknown"
         self._apply([Approve(task_id, self.clock(), actor)],
                     [AuditEntry(actor=actor, action="approve", target=task_id, detail={"note": note})])
         self._approval_why.pop(task_id, None)
 
     def reject(self, task_id: str, actor: str = "local", reason: str = "") -> None:
+        self._recall([task_id])  # an old task: "already ended", not "unknown"
         self._apply([Reject(task_id, self.clock(), actor, reason)],
                     [AuditEntry(actor=actor, action="reject", target=task_id, detail={"reason": reason})])
         self._approval_why.pop(task_id, None)
 
     def review(self, task_id: str, decision: str, actor: str = "local", reason: str = "",
                outputs: dict[str, Any] | None = None) -> None:
+        self._recall([task_id])
         result = None
         if decision == "result":
             t = self.sched.task(task_id)

@@ -15,6 +15,7 @@ Data layout, chosen for 1,000 backends x 100,000 queued tasks (see benchmarks/sc
 
 from __future__ import annotations
 
+import collections
 import functools
 import heapq
 import json
@@ -221,13 +222,20 @@ class SchedulerConfig:
     # door bounds each task). 0: no bound.
     max_batch_bytes: int = 0
     max_batch_blob_bytes: int = 0
+    # Ended tasks whose end state is kept here (for dependencies and duplicate ids), the newest ones;
+    # once older ones are let go (:attr:`Scheduler.forgot`), the shell asks its store about an id it
+    # does not find (:meth:`Scheduler.recall`). Memory stays bounded however many tasks a lab runs.
+    done_kept: int = 50_000
 
 
 class Scheduler:
     def __init__(self, config: SchedulerConfig | None = None):
         self.cfg = config or SchedulerConfig()
         self._tasks: dict[str, _T] = {}  # every non-terminal task
-        self._done: dict[str, TaskState] = {}  # terminal tasks: only their end state is needed here
+        # The newest done_kept ended tasks, oldest first: their end state. An OrderedDict: a dict whose
+        # oldest key is deleted at every insert rescans the dead slots before it (quadratic in done_kept).
+        self._done: collections.OrderedDict[str, TaskState] = collections.OrderedDict()
+        self.forgot = False  # an ended task was let go of (or not restored): unknown ids may be in the store
         self._dependents: dict[str, list[str]] = {}
         self._ready: dict[str, dict[float, list[tuple[tuple[int, float, int], int, str]]]] = {}
         self._pinned: dict[str, list[tuple[tuple[int, float, int], int, str]]] = {}
@@ -389,9 +397,10 @@ class Scheduler:
         return out
 
     def restore(self, tasks: Iterable[Task], done: Iterable[tuple[str, TaskState]], at: float,
-                next_seq: int = 0) -> None:
+                next_seq: int = 0, forgot: bool = False) -> None:
         """Rebuild from the store after a restart: same tasks, same queue order, same seq counter
         (``next_seq``: one past the highest ever given, ended tasks included; see Store.next_seq).
+        ``done``: ended tasks, oldest first; ``forgot``: the store holds older ones left out of it.
 
         Tasks that were in flight keep their backend; that backend gets ``restart_grace_s`` to
         re-register and say which of them it still holds (see ``_on_register``).
@@ -399,7 +408,7 @@ class Scheduler:
         self._now = at
         self._seq = max(self._seq, next_seq)
         for tid, st in done:
-            self._done[tid] = st
+            self._ended(tid, st)
         live = [_T(t) for t in tasks]
         for t in live:
             self._tasks[t.id] = t
@@ -422,8 +431,24 @@ class Scheduler:
                 b.batches.setdefault(t.batch_id or t.id, []).append(t.id)
                 if t.sample_id:
                     self._sample_holder[t.sample_id] = t.id
+        self.forgot = self.forgot or forgot
         self.timers += 1
         self._step = Step()
+
+    def recall(self, ended: dict[str, TaskState]) -> None:
+        """End states the shell read from its store for ids not found here (see ``forgot``): kept again
+        as the newest, so that the submission or request that needs them next finds them."""
+        for tid, st in ended.items():
+            if st in TERMINAL_STATES and tid not in self._tasks:
+                self._done.pop(tid, None)
+                self._ended(tid, st)
+
+    def _ended(self, task_id: str, state: TaskState) -> None:
+        done = self._done
+        done[task_id] = state
+        if len(done) > self.cfg.done_kept:
+            done.popitem(last=False)
+            self.forgot = True
 
     # ---- events ----------------------------------------------------------------------------
 
@@ -711,7 +736,7 @@ class Scheduler:
         if dst is not S.succeeded:
             t.error = reason
         self._move(t, dst, reason)
-        self._done[t.id] = dst
+        self._ended(t.id, dst)
         del self._tasks[t.id]
         self._terminal[t.id] = t  # the shell snapshots it from the step before it is gone
         stack = [t]
@@ -728,7 +753,7 @@ class Scheduler:
                     why = f"dependency {cur.id} {cur.state.value}"
                     d.error = why
                     self._move(d, S.failed, why)
-                    self._done[d.id] = S.failed
+                    self._ended(d.id, S.failed)
                     del self._tasks[d.id]
                     self._terminal[d.id] = d
                     stack.append(d)
