@@ -206,8 +206,13 @@ class Orchestrator:
         self.journal.start()
         kept = self.sched.cfg.done_kept
         live, done = self.store.load(done_limit=kept + 1)  # one more: whether the store holds older ones
+        forgot, done = len(done) > kept, done[-kept:]
+        if forgot:  # a live task's dependency that ended before the newest kept ones still counts
+            known = {tid for tid, _ in done} | {t.id for t in live}
+            deps = list(dict.fromkeys(d for t in live for d in t.depends_on if d not in known))
+            done += [(tid, st) for tid, st in self.store.task_states(deps).items() if st in TERMINAL_STATES]
         self._states.update(self.store.count_tasks())
-        self.sched.restore(live, done[-kept:], self.clock(), self.store.next_seq(), forgot=len(done) > kept)
+        self.sched.restore(live, done, self.clock(), self.store.next_seq(), forgot=forgot)
         waiting = [t.id for t in live if t.approval is ApprovalState.waiting]
         self._approval_why = {t: str(d.get("reason", "")) for t, d in
                               self.store.audit_details("approval_required", waiting).items()}

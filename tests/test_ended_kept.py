@@ -5,8 +5,9 @@ ids), ~113 bytes each: 100,000 tasks held 11 MB, a lab at 5,000 tasks/s would gr
 restart read every ended task back. Now it keeps ``orchestrator.ended_kept`` of them (the newest), and
 once it has let older ones go the orchestrator looks up the ids it does not know in the store. These
 tests keep 5 and check that everything that depends on old tasks behaves as when every one was kept:
-a reused id is refused (not a failed journal write), a dependency on an old task is honoured, an old
-task is "already ended", a wait finds it, and all of it after a restart too.
+a reused id is refused (not its stored row overwritten), a dependency on an old task is honoured, an
+old task is "already ended", a wait finds it, and all of it after a restart too, where a task that
+waited for approval across the restart still finds its long-ended dependency.
 """
 
 from __future__ import annotations
@@ -81,6 +82,11 @@ def test_old_ended_tasks_are_found_in_the_store_before_and_after_a_restart(tmp_p
                 old = [{"id": f"old-{i:02d}", "capability": "echo", "inputs": {"x": 13.0 if i == 1 else float(i)},
                         "max_attempts": 1} for i in range(20)]
                 await c.wait(await c.submit(old))
+            else:  # restored with only the newest ended tasks, and with the one the waiting task needs
+                await c.set_autonomy("autonomous", capability="echo")
+                await c.approve("gated")
+                [gated] = await c.wait(["gated"])
+                assert gated.state is TaskState.succeeded
             assert orch.sched.forgot and orch.sched.state_of("old-00") is None  # let go (or never restored)
             assert len(orch.sched._done) <= KEPT
 
@@ -99,6 +105,9 @@ def test_old_ended_tasks_are_found_in_the_store_before_and_after_a_restart(tmp_p
             assert ok.state is TaskState.succeeded
             assert failed.state is TaskState.failed and "dependency old-01 failed" in (failed.error or "")
             assert orch.journal.fatal is None and (await c.status())["tasks"] == embedded.store.count_tasks()  # type: ignore[union-attr]
+            if first:  # a task that waits for a person's approval across the restart, its dependency long ended
+                await c.set_autonomy("manual", capability="echo")
+                await c.submit([{"id": "gated", "capability": "echo", "inputs": {"x": 1.0}, "depends_on": ["old-05"]}])
         finally:
             await embedded.close()
 
