@@ -136,40 +136,40 @@ def _counter(probe: PPUClient, name: str) -> int:
         return -1
 
 
-def test_waits_out_when_the_orchestrator_restarts_are_asked_again_at_once(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    lab = _Lab(tmp_path)
-    address = lab.address
-    probe = PPUClient(address, timeout=2)
-    blocking = PPUClient(address, timeout=LONG)
+def _waits_go_on(lab: _Lab, caplog: pytest.LogCaptureFixture, through: str, interrupt: Any, what: str,
+                 **client: Any) -> None:
+    """A blocking and an asyncio client (``client`` options) wait through ``through`` for a task the
+    worker holds; ``interrupt()`` breaks their connections; then the task ends. Each wait comes back with
+    the task, its client having seen the drop once and never waited out a request's timeout."""
+    probe = PPUClient(lab.address, timeout=2)  # straight to the orchestrator
+    blocking = PPUClient(through, timeout=LONG, **client)
     got: dict[str, Any] = {}
     caplog.set_level(logging.WARNING, logger="ppu.transport.ops")
+    loop = asyncio.new_event_loop()
+    threads: list[threading.Thread] = []
     try:
         lab.until(lambda: _counter(probe, "waits") >= 0 and probe.status()["backends"], "the worker to register")
-        [tid] = blocking.submit([TaskSpec(capability="echo", inputs={"x": 2.0})])
+        [tid] = probe.submit([TaskSpec(capability="echo", inputs={"x": 2.0})])
         lab.until(lambda: probe.task(tid).state is TaskState.running, "the task to run")
 
         def wait_blocking() -> None:
             got["blocking"] = blocking.wait([tid])
 
         async def wait_async() -> None:
-            async with AsyncPPUClient(address, timeout=LONG) as c:
+            async with AsyncPPUClient(through, timeout=LONG, **client) as c:
                 got["async"] = await c.wait([tid])
 
-        loop = asyncio.new_event_loop()
-        threads = [threading.Thread(target=wait_blocking, daemon=True),
-                   threading.Thread(target=lambda: loop.run_until_complete(wait_async()), daemon=True)]
+        threads += [threading.Thread(target=wait_blocking, daemon=True),
+                    threading.Thread(target=lambda: loop.run_until_complete(wait_async()), daemon=True)]
         for t in threads:
             t.start()
         lab.until(lambda: _counter(probe, "waits") >= 2, "both waits to reach the orchestrator")
 
-        lab.restart_orchestrator()  # the waits out die with the one killed
-        lab.until(lambda: _counter(probe, "waits") >= 2, "both waits to be asked again of the new orchestrator")
+        interrupt(probe)
         (lab.gate / "go").touch()
         for t in threads:
             t.join(120)
-        assert not any(t.is_alive() for t in threads), "a wait did not come back after the restart"
-        loop.close()
+        assert not any(t.is_alive() for t in threads), f"a wait did not come back after {what}"
         for name in ("blocking", "async"):
             [task] = got[name]
             assert task.id == tid and task.state is TaskState.succeeded, (name, task)
@@ -180,28 +180,28 @@ def test_waits_out_when_the_orchestrator_restarts_are_asked_again_at_once(
         probe.close()
         blocking.close()
         lab.stop()
+        if not any(t.is_alive() for t in threads):
+            loop.close()
 
 
-def test_event_streams_subscribe_again_when_the_orchestrator_restarts(tmp_path: Path) -> None:
-    """A restarted orchestrator knows no subscriber: a dashboard's live feed (the asyncio client's
-    ``events``) and a blocking ``events`` loop went silent for good, though every request still worked.
-    Now both subscribe again when their connection drops, and see the next task's transitions."""
-    lab = _Lab(tmp_path)
+def _streams_go_on(lab: _Lab, through: str, interrupt: Any, subscribed: int, what: str, **client: Any) -> None:
+    """A blocking and an asyncio event stream (``client`` options) through ``through`` see a first task;
+    ``interrupt()`` breaks their connections; once the orchestrator has had ``subscribed`` subscriptions
+    in all, both see a task submitted after that."""
     (lab.gate / "go").touch()  # nothing held here
-    address = lab.address
-    probe = PPUClient(address, timeout=2)
+    probe = PPUClient(lab.address, timeout=2)
     seen: dict[str, list[tuple[str, str]]] = {"blocking": [], "async": []}
     stop = threading.Event()
 
     def follow_blocking() -> None:
-        with PPUClient(address, timeout=5) as c:
-            for ev in c.events(timeout=1.0 if stop.is_set() else 60.0):
+        with PPUClient(through, timeout=5, **client) as c:
+            for ev in c.events(timeout=60.0):
                 seen["blocking"].append((ev.get("task_id", ""), ev.get("dst", "")))
                 if stop.is_set():
                     return
 
     async def follow_async() -> None:
-        async with AsyncPPUClient(address, timeout=5) as c:
+        async with AsyncPPUClient(through, timeout=5, **client) as c:
             async for ev in c.events():
                 seen["async"].append((ev.get("task_id", ""), ev.get("dst", "")))
                 if stop.is_set():
@@ -221,11 +221,10 @@ def test_event_streams_subscribe_again_when_the_orchestrator_restarts(tmp_path: 
         [first] = probe.submit([TaskSpec(capability="echo", inputs={"x": 1.0})])
         lab.until(lambda: ended(first), "both streams to see a first task")
 
-        lab.restart_orchestrator()
-        lab.until(lambda: _counter(probe, "registrations") >= 1, "the worker to register again")
-        lab.until(lambda: _counter(probe, "subscriptions") >= 2, "both streams to subscribe again")
+        interrupt(probe)
+        lab.until(lambda: _counter(probe, "subscriptions") >= subscribed, "both streams to subscribe again")
         [after] = probe.submit([TaskSpec(capability="echo", inputs={"x": 2.0})])
-        lab.until(lambda: ended(after), "both streams to see the task submitted after the restart")
+        lab.until(lambda: ended(after), f"both streams to see the task submitted after {what}")
         stop.set()
         [last] = probe.submit([TaskSpec(capability="echo", inputs={"x": 3.0})])  # an event to stop on
         for t in threads:
@@ -237,6 +236,29 @@ def test_event_streams_subscribe_again_when_the_orchestrator_restarts(tmp_path: 
         lab.stop()
         if not any(t.is_alive() for t in threads):
             loop.close()
+
+
+def _restart(lab: _Lab, counter: str, least: int) -> Any:
+    """Kill and restart the orchestrator, then wait until its ``counter`` reaches ``least`` (the waits
+    asked again, the worker registered again)."""
+    def interrupt(probe: PPUClient) -> None:
+        lab.restart_orchestrator()  # what was out dies with the one killed
+        lab.until(lambda: _counter(probe, counter) >= least, f"{counter} to reach the new orchestrator")
+    return interrupt
+
+
+def test_waits_out_when_the_orchestrator_restarts_are_asked_again_at_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    lab = _Lab(tmp_path)
+    _waits_go_on(lab, caplog, lab.address, _restart(lab, "waits", 2), "the restart")
+
+
+def test_event_streams_subscribe_again_when_the_orchestrator_restarts(tmp_path: Path) -> None:
+    """A restarted orchestrator knows no subscriber: a dashboard's live feed (the asyncio client's
+    ``events``) and a blocking ``events`` loop went silent for good, though every request still worked.
+    Now both subscribe again when their connection drops, and see the next task's transitions."""
+    lab = _Lab(tmp_path)
+    _streams_go_on(lab, lab.address, _restart(lab, "registrations", 1), 2, "the restart")
 
 
 @dataclass
@@ -259,11 +281,11 @@ class _SilentLine:
                 stdout=out, stderr=subprocess.STDOUT)
         self.lab.until((self.state / "listening").exists, "the line to listen")
 
-    def go_silent(self) -> int:
-        """Silence the connections the line carries now; how many there were."""
+    def go_silent(self, _probe: PPUClient | None = None) -> None:
+        """Silence the connections the line carries now: the two clients', neither closed."""
         self.lab.procs["line"].send_signal(signal.SIGUSR1)
         self.lab.until((self.state / "silent").exists, "the line to go silent")
-        return int((self.state / "silent").read_text())
+        assert int((self.state / "silent").read_text()) == 2
 
 
 def test_waits_out_when_the_network_goes_silent_are_asked_again_on_a_new_connection(
@@ -273,46 +295,7 @@ def test_waits_out_when_the_network_goes_silent_are_asked_again_on_a_new_connect
     answers and re-asks went into the dead connections, and the waits never came back."""
     lab = _Lab(tmp_path)
     line = _SilentLine(lab)
-    probe = PPUClient(lab.address, timeout=2)  # straight to the orchestrator, not through the line
-    blocking = PPUClient(line.address, timeout=LONG, heartbeat_s=CLIENT_HB)
-    got: dict[str, Any] = {}
-    caplog.set_level(logging.WARNING, logger="ppu.transport.ops")
-    loop = asyncio.new_event_loop()
-    try:
-        lab.until(lambda: _counter(probe, "waits") >= 0 and probe.status()["backends"], "the worker to register")
-        [tid] = probe.submit([TaskSpec(capability="echo", inputs={"x": 2.0})])
-        lab.until(lambda: probe.task(tid).state is TaskState.running, "the task to run")
-
-        def wait_blocking() -> None:
-            got["blocking"] = blocking.wait([tid])
-
-        async def wait_async() -> None:
-            async with AsyncPPUClient(line.address, timeout=LONG, heartbeat_s=CLIENT_HB) as c:
-                got["async"] = await c.wait([tid])
-
-        threads = [threading.Thread(target=wait_blocking, daemon=True),
-                   threading.Thread(target=lambda: loop.run_until_complete(wait_async()), daemon=True)]
-        for t in threads:
-            t.start()
-        lab.until(lambda: _counter(probe, "waits") >= 2, "both waits to reach the orchestrator")
-
-        assert line.go_silent() == 2  # the two clients' connections, neither closed
-        (lab.gate / "go").touch()  # the task ends; the answers to the waits go into the silent connections
-        for t in threads:
-            t.join(120)
-        assert not any(t.is_alive() for t in threads), "a wait did not come back after the network went silent"
-        for name in ("blocking", "async"):
-            [task] = got[name]
-            assert task.id == tid and task.state is TaskState.succeeded, (name, task)
-        said = [r.getMessage() for r in caplog.records if r.name == "ppu.transport.ops"]
-        assert sum("dropped during a wait" in m for m in said) == 2 and not any("did not answer" in m for m in said), \
-            said
-    finally:
-        probe.close()
-        blocking.close()
-        lab.stop()
-        if not any(t.is_alive() for t in threads):
-            loop.close()
+    _waits_go_on(lab, caplog, line.address, line.go_silent, "the network went silent", heartbeat_s=CLIENT_HB)
 
 
 def test_event_streams_subscribe_again_when_the_network_goes_silent(tmp_path: Path) -> None:
@@ -320,52 +303,5 @@ def test_event_streams_subscribe_again_when_the_network_goes_silent(tmp_path: Pa
     silent connection by its heartbeats and subscribes again through the line, and both see a task
     submitted after that. Without heartbeats both streams stayed silent for good."""
     lab = _Lab(tmp_path)
-    (lab.gate / "go").touch()  # nothing held here
     line = _SilentLine(lab)
-    probe = PPUClient(lab.address, timeout=2)
-    seen: dict[str, list[tuple[str, str]]] = {"blocking": [], "async": []}
-    stop = threading.Event()
-
-    def follow_blocking() -> None:
-        with PPUClient(line.address, timeout=5, heartbeat_s=CLIENT_HB) as c:
-            for ev in c.events(timeout=60.0):
-                seen["blocking"].append((ev.get("task_id", ""), ev.get("dst", "")))
-                if stop.is_set():
-                    return
-
-    async def follow_async() -> None:
-        async with AsyncPPUClient(line.address, timeout=5, heartbeat_s=CLIENT_HB) as c:
-            async for ev in c.events():
-                seen["async"].append((ev.get("task_id", ""), ev.get("dst", "")))
-                if stop.is_set():
-                    return
-
-    def ended(tid: str) -> bool:
-        return all((tid, "succeeded") in got for got in seen.values())
-
-    loop = asyncio.new_event_loop()
-    threads = [threading.Thread(target=follow_blocking, daemon=True),
-               threading.Thread(target=lambda: loop.run_until_complete(follow_async()), daemon=True)]
-    try:
-        lab.until(lambda: _counter(probe, "registrations") >= 1, "the worker to register")
-        for t in threads:
-            t.start()
-        lab.until(lambda: _counter(probe, "subscriptions") >= 2, "both streams to subscribe")
-        [first] = probe.submit([TaskSpec(capability="echo", inputs={"x": 1.0})])
-        lab.until(lambda: ended(first), "both streams to see a first task")
-
-        assert line.go_silent() == 2
-        lab.until(lambda: _counter(probe, "subscriptions") >= 4, "both streams to subscribe again")
-        [after] = probe.submit([TaskSpec(capability="echo", inputs={"x": 2.0})])
-        lab.until(lambda: ended(after), "both streams to see the task submitted after the network went silent")
-        stop.set()
-        [last] = probe.submit([TaskSpec(capability="echo", inputs={"x": 3.0})])  # an event to stop on
-        for t in threads:
-            t.join(30)
-        assert not any(t.is_alive() for t in threads) and last
-    finally:
-        stop.set()
-        probe.close()
-        lab.stop()
-        if not any(t.is_alive() for t in threads):
-            loop.close()
+    _streams_go_on(lab, line.address, line.go_silent, 4, "the network went silent", heartbeat_s=CLIENT_HB)
