@@ -22,6 +22,7 @@ import asyncio
 import collections
 import contextlib
 import heapq
+import itertools
 import logging
 import os
 import socket
@@ -723,7 +724,7 @@ class Orchestrator:
 
     def _check_ids(self, ids: list[str], tasks: list[Task]) -> None:
         """All or none: what the scheduler would refuse half-way through a submission, refused first."""
-        self._recall([*ids, *(d for t in tasks for d in t.depends_on)])
+        self._recall(itertools.chain(ids, (d for t in tasks for d in t.depends_on)))  # read only if needed
         earlier: set[str] = set()
         for t in tasks:
             if self.sched.state_of(t.id) is not None:
