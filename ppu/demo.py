@@ -37,7 +37,7 @@ async def _core_demo(n: int, run_dir: Path, console: Console) -> None:
     ]
     worker = LocalWorker(orch, backends)
     await worker.start()
-    events = orch.subscribe()
+    events = orch.feed.subscribe()
     t0 = time.time()
     # Half independent tasks, half in chains of three (each waits for the one before), and one
     # chain whose head fails on every backend so its dependents fail with the cause named.

@@ -202,7 +202,7 @@ def test_the_orchestrator_lists_running_tasks_the_store_has_as_assigned_across_p
 
         async def rows_of(state: TaskState) -> tuple[list[tuple[int, str, str]], bool]:
             assert orch is not None
-            return orch.task_rows(state, None, None, limit=2)  # on the lab's own loop
+            return orch.view.task_rows(state, None, None, limit=2)  # on the lab's own loop
 
         rows, more = asyncio.run_coroutine_threadsafe(rows_of(TaskState.assigned), lt._loop).result(10)
         assert rows == [] and more is False  # 5 stored as assigned, read in two chunks, none kept

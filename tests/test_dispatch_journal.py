@@ -15,7 +15,6 @@ import pytest
 from sched_helpers import ok, spec, task
 
 from ppu import journal as journal_mod
-from ppu import orchestrator as orch_mod
 from ppu.backends.base import TaskRun
 from ppu.config import OrchestratorConfig, parse_lab
 from ppu.errors import ConfigError, PPUError, StoreError
@@ -89,25 +88,25 @@ def test_a_body_the_fast_encoder_cannot_write_is_written_all_the_same():
     assert Task.model_validate_json(rec.body_json()).inputs == {"big": big, "name": "Kupfer \u00fc"}
 
 
-def test_a_wait_answers_from_memory_and_from_the_store_alike(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """The last ENDED_KEPT ended tasks are answered from their records, older ones from the store:
+def test_a_wait_answers_from_memory_and_from_the_store_alike(tmp_path: Path):
+    """The last ``kept`` ended tasks are answered from their records, older ones from the store:
     both as Task and as the JSON the server sends, and all four agree."""
-    monkeypatch.setattr(orch_mod, "ENDED_KEPT", 2)
 
     async def body() -> None:
         store = Store(sqlite_url(tmp_path / "ppu.sqlite"))
         orch, link = await _orch(store)
+        orch.waits.kept = 2
         ids = orch.submit([TaskSpec(capability="echo", inputs={"x": i}) for i in range(5)])
         for _ in ids:  # one slot: each is assigned once the one before has ended
             await asyncio.sleep(0)
             tid, attempt = link.assigned[-1]
             orch.finished(ok(tid, attempt, y=2.0), "robot")
-        assert list(orch._ended) == ids[-2:]  # the oldest let go
+        assert list(orch.waits.records) == ids[-2:]  # the oldest let go
         for tid in (ids[0], ids[-1]):  # from the store, from memory
-            [t] = await orch.wait([tid], timeout=5)
-            [raw] = await orch.wait_json([tid], timeout=5)
+            [t] = await orch.waits.wait([tid], timeout=5)
+            [raw] = await orch.waits.wait_json([tid], timeout=5)
             assert t.state is TaskState.succeeded and Task.model_validate_json(raw) == t == store.get_task(tid)
-        tasks = await orch.wait(ids, timeout=5)
+        tasks = await orch.waits.wait(ids, timeout=5)
         assert [t.id for t in tasks] == ids
         await orch.close()
         store.close()
@@ -140,7 +139,7 @@ def test_the_start_of_once_work_is_journaled_at_once(tmp_path: Path):
         orch, _ = await _orch(store)
         [tid] = orch.submit([TaskSpec(capability="synthesize",
                                       inputs={"recipe": {"composition": {"Cu": 0.5, "O": 0.5}}})])
-        assert orch.get_task(tid).action is ActionClass.once
+        assert orch.view.get_task(tid).action is ActionClass.once
         n = len(store.writes)
         orch.started(tid, 1, "robot")
         assert len(store.writes) == n + 1
@@ -184,12 +183,12 @@ def test_a_start_lost_in_a_crash_is_rebuilt_as_assigned_and_the_result_still_lan
         store2 = Store(url)
         orch2 = Orchestrator(store2, OrchestratorConfig(heartbeat_s=0.05))
         await orch2.start()
-        t = orch2.get_task(tid)
+        t = orch2.view.get_task(tid)
         assert t is not None and t.state is TaskState.assigned and t.backend == "robot"
         orch2.register(spec("robot", ["echo", "synthesize"], kind="physical"), Link(), [tid])  # still holds it
-        assert orch2.get_task(tid).state is TaskState.assigned
+        assert orch2.view.get_task(tid).state is TaskState.assigned
         orch2.finished(ok(tid), "robot")
-        assert orch2.get_task(tid).state is TaskState.succeeded
+        assert orch2.view.get_task(tid).state is TaskState.succeeded
         assert _moves(store2, tid) == ["pending", "ready", "assigned", "succeeded"]
         assert [r.attempt for r in store2.results_for(tid)] == [1]
         await orch2.close()

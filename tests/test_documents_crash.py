@@ -68,7 +68,7 @@ def test_worker_killed_mid_isotherm_leaves_the_partial_run_on_disk(tmp_path: Pat
             [tid] = await client.submit([{"capability": "measure.co2_uptake", "inputs": {"sample_id": sample}}])
             await until(lambda: _events_on_disk(docs, tid) >= 3, 30, "three isotherm points on disk")
             _kill(worker)  # SIGKILL mid-plan: no stop document, no result
-            await until(lambda: orch.get_task(tid).state is TaskState.needs_review, 10, "the isotherm to review")
+            await until(lambda: orch.view.get_task(tid).state is TaskState.needs_review, 10, "the isotherm to review")
 
             sink = JsonlSink(docs)
             # the reviewer finds the interrupted runs by the task id: the transfer in, then the isotherm

@@ -40,7 +40,7 @@ class Lab:
         self.store.close()
 
     def state(self, tid: str) -> TaskState:
-        t = self.orch.get_task(tid)
+        t = self.orch.view.get_task(tid)
         assert t is not None
         return t.state
 
@@ -54,16 +54,16 @@ def test_stop_during_synthesis_lets_the_anneal_finish_holds_the_queue_and_keeps_
         async with Lab(tmp_path, [_phys(tmp_path, "synthesis_robot", "robot")]) as lab:
             a = await lab.synth(3)
             await _until(lambda: lab.state(a) is TaskState.running)
-            states = await lab.orch.stop(actor="carol")
+            states = await lab.orch.controls.stop(actor="carol")
             assert states["robot"].startswith("pause requested at the next checkpoint")
             b = await lab.synth(4)
-            (ta,) = await lab.orch.wait([a], timeout=20)
+            (ta,) = await lab.orch.waits.wait([a], timeout=20)
             assert ta.state is TaskState.succeeded  # a synthesis is never cut mid-anneal
             await asyncio.sleep(0.3)
             assert lab.state(b) is TaskState.ready  # held: nothing new starts while stopped
-            resumed = await lab.orch.resume(actor="carol")
+            resumed = await lab.orch.controls.resume(actor="carol")
             assert set(resumed) == {"robot"}
-            (tb,) = await lab.orch.wait([b], timeout=20)
+            (tb,) = await lab.orch.waits.wait([b], timeout=20)
             assert tb.state is TaskState.succeeded
             samples = lab.store.list_samples()
             assert sorted(s.made_by or "" for s in samples) == sorted([a, b])
@@ -80,14 +80,14 @@ def test_stop_pauses_a_measurement_at_a_checkpoint_and_resume_finishes_it(tmp_pa
         async with Lab(tmp_path, [_phys(tmp_path, "synthesis_robot", "robot"),
                                   _phys(tmp_path, "gas_sorption", "gas", time_scale=3000)]) as lab:
             s = await lab.synth(5)
-            (ts,) = await lab.orch.wait([s], timeout=20)
+            (ts,) = await lab.orch.waits.wait([s], timeout=20)
             assert ts.state is TaskState.succeeded, ts.error
             sample_id = lab.store.final_result(s).outputs["sample_id"]
             (m,) = lab.orch.submit([TaskSpec(capability="measure.co2_uptake",
                                              inputs={"sample_id": sample_id, "points": 6})])
             await _until(lambda: lab.state(m) is TaskState.running)
             await asyncio.sleep(0.2)
-            states = await lab.orch.stop("gas", actor="dan")
+            states = await lab.orch.controls.stop("gas", actor="dan")
             assert "pause requested" in states["gas"]
             gas = next(b for b in lab.backends if b.name == "gas")
             await _until(lambda: gas.host.state == "paused")  # type: ignore[attr-defined]
@@ -95,10 +95,10 @@ def test_stop_pauses_a_measurement_at_a_checkpoint_and_resume_finishes_it(tmp_pa
             assert lab.state(m) is TaskState.running
             # ppu status says the running plan is paused, and why nothing new starts there
             await _until(lambda: any(r["task_id"] == m and (r["progress"] or {}).get("message") ==
-                                     "paused at a checkpoint" for r in lab.orch.status()["running"]))
-            assert [r["held"] for r in lab.orch.status()["running"] if r["task_id"] == m] == [True]
-            await lab.orch.resume("gas", actor="dan")
-            (tm,) = await lab.orch.wait([m], timeout=30)
+                                     "paused at a checkpoint" for r in lab.orch.view.status()["running"]))
+            assert [r["held"] for r in lab.orch.view.status()["running"] if r["task_id"] == m] == [True]
+            await lab.orch.controls.resume("gas", actor="dan")
+            (tm,) = await lab.orch.waits.wait([m], timeout=30)
             assert tm.state is TaskState.succeeded, tm.error
             assert lab.store.final_result(m).outputs["uptake_mmol_g"] > 0
             assert lab.store.get_sample(sample_id).measurements == [m]
@@ -114,30 +114,30 @@ def test_each_autonomy_level_gates_exactly_what_it_says(tmp_path: Path):
             (dear,) = lab.orch.submit([TaskSpec(capability="echo", inputs={"x": 1})])
             new = await lab.synth(7)
             hot = await lab.synth(8, anneal_temperature_c=795.0)  # robot's safe max is 800
-            waiting = {w["task_id"]: w["reason"] for w in lab.orch.approvals()}
+            waiting = {w["task_id"]: w["reason"] for w in lab.orch.view.approvals()}
             assert "above the supervised threshold" in waiting[dear]
             assert "recipe outside the set" in waiting[new]
             assert "within 5%" in waiting[hot] or "recipe outside" in waiting[hot]
             lab.orch.approve(new, actor="erin")
-            (t,) = await lab.orch.wait([new], timeout=20)
+            (t,) = await lab.orch.waits.wait([new], timeout=20)
             assert t.state is TaskState.succeeded
             again = await lab.synth(7)  # a recipe already run successfully: runs on its own
-            assert lab.orch.get_task(again).approval is ApprovalState.not_required
-            lab.orch.set_autonomy("autonomous", actor="erin", capability="echo")
-            lab.orch.set_autonomy("autonomous", actor="erin", backend="dear")
+            assert lab.orch.view.get_task(again).approval is ApprovalState.not_required
+            lab.orch.controls.set_autonomy("autonomous", actor="erin", capability="echo")
+            lab.orch.controls.set_autonomy("autonomous", actor="erin", backend="dear")
             (cheap_now,) = lab.orch.submit([TaskSpec(capability="echo", inputs={"x": 2})])
-            assert lab.orch.get_task(cheap_now).approval is ApprovalState.not_required
-            lab.orch.set_autonomy("manual", actor="erin", capability="synthesize")
+            assert lab.orch.view.get_task(cheap_now).approval is ApprovalState.not_required
+            lab.orch.controls.set_autonomy("manual", actor="erin", capability="synthesize")
             manual = await lab.synth(7)  # known recipe, but manual means every task
-            assert lab.orch.get_task(manual).approval is ApprovalState.waiting
+            assert lab.orch.view.get_task(manual).approval is ApprovalState.waiting
             lab.orch.reject(manual, actor="erin", reason="not today")
             lab.orch.reject(hot, actor="erin", reason="too close to the limit")
-            (tm,) = await lab.orch.wait([manual], timeout=5)
+            (tm,) = await lab.orch.waits.wait([manual], timeout=5)
             assert tm.state is TaskState.cancelled and tm.attempts == 0  # a rejected task never ran
             audit = [(e.actor, e.action) for e in lab.store.audit_entries() if e.actor == "erin"]
             assert audit == [("erin", "approve"), ("erin", "autonomy"), ("erin", "autonomy"), ("erin", "autonomy"),
                              ("erin", "reject"), ("erin", "reject")]
-            await lab.orch.wait([again], timeout=20)
+            await lab.orch.waits.wait([again], timeout=20)
     asyncio.run(body())
 
 
@@ -146,21 +146,21 @@ def test_interrupted_measurement_goes_to_review_and_a_manual_result_enters_like_
         faulty = _phys(tmp_path, "xrd", "xrd", faults={"fail_on": [1], "message": "detector tripped"})
         async with Lab(tmp_path, [_phys(tmp_path, "synthesis_robot", "robot"), faulty]) as lab:
             s = await lab.synth(2)
-            (ts,) = await lab.orch.wait([s], timeout=20)
+            (ts,) = await lab.orch.waits.wait([s], timeout=20)
             assert ts.state is TaskState.succeeded, ts.error
             sample_id = lab.store.final_result(s).outputs["sample_id"]
             (m,) = lab.orch.submit([TaskSpec(capability="characterize.xrd", inputs={"sample_id": sample_id})])
             await _until(lambda: lab.state(m) is TaskState.needs_review, timeout=20)
-            (r,) = lab.orch.reviews()
+            (r,) = lab.orch.view.reviews()
             assert r["task_id"] == m and "detector tripped" in (r["why"] or "")
             assert r["sample"]["id"] == sample_id
             lab.orch.review(m, "result", actor="alice", outputs={"phases": {"rocksalt": 1.0}, "purity": 0.97,
                                                                  "main_phase": "rocksalt"})
-            (tm,) = await lab.orch.wait([m], timeout=5)
+            (tm,) = await lab.orch.waits.wait([m], timeout=5)
             assert tm.state is TaskState.succeeded
             res = lab.store.final_result(m)
             assert res.outputs["purity"] == 0.97 and res.provenance.entered_by == "alice"
-            detail = lab.orch.sample_detail(sample_id)
+            detail = lab.orch.view.sample_detail(sample_id)
             assert [x["task_id"] for x in detail["measurements"]] == [m]
             assert detail["measurements"][0]["entered_by"] == "alice"
             assert ("alice", "review_result") in [(e.actor, e.action) for e in lab.store.audit_entries()]
@@ -178,7 +178,7 @@ def test_cancelling_a_running_synthesis_stops_the_robot_so_no_sample_appears_aft
             await _until(lambda: lab.state(t) is TaskState.running)
             await asyncio.sleep(0.5)  # the anneal is under way (4.5 s of wall time at this time scale)
             lab.orch.cancel(t, "erin", "wrong recipe")
-            (tt,) = await lab.orch.wait([t], timeout=20)
+            (tt,) = await lab.orch.waits.wait([t], timeout=20)
             assert tt.state is TaskState.cancelled
             await asyncio.sleep(6.0)  # past the end the synthesis would have had
             assert robot.lab.known_samples() == []  # type: ignore[attr-defined]

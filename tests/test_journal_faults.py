@@ -137,13 +137,13 @@ def test_an_error_after_a_durable_commit_keeps_the_acks(tmp_path: Path):
         async with embedded as client:
             orch = embedded.orch
             assert orch is not None
-            orch._subscribers.append(_BrokenSubscriber())  # type: ignore[arg-type]
+            orch.feed._subscribers.append(_BrokenSubscriber())  # type: ignore[arg-type]
             ids = await client.submit([{"capability": "echo", "inputs": {"x": i}} for i in range(20)])
             assert len(ids) == 20  # answered, although carrying out the step raised afterwards
             assert orch.counters["carry_out_errors"] >= 1
             assert embedded.store is not None
             assert {t.id for t in embedded.store.list_tasks()} >= set(ids)
-            orch._subscribers.clear()
+            orch.feed._subscribers.clear()
             done = await client.wait(ids, timeout=20)
             assert all(t.state is TaskState.succeeded for t in done)
     run(body(), 60)
@@ -159,7 +159,7 @@ def test_a_submission_is_all_or_none_even_when_the_scheduler_would_refuse_half_w
             with pytest.raises(NotAllowed):
                 orch.submit([TaskSpec(capability="echo", inputs={"x": 2}, id="fresh"),
                              TaskSpec(capability="echo", inputs={"x": 3}, id=first)])
-            assert orch.get_task("fresh") is None and store.get_task("fresh") is None
+            assert orch.view.get_task("fresh") is None and store.get_task("fresh") is None
             assert [t.id for t in store.list_tasks()] == [first]
         finally:
             await orch.close()

@@ -89,7 +89,7 @@ def _many_tasks_through_the_client(tmp_path: Path, n: int) -> None:
             orch = embedded.orch
             assert orch is not None
             # Record what each request asked of the orchestrator (a spy; the real methods run).
-            submit, wait = orch.submit, orch.wait_json  # the server answers a wait with the tasks' JSON
+            submit, wait = orch.submit, orch.waits.wait_json  # the server answers a wait with the tasks' JSON
 
             def spy_submit(specs: Any, *args: Any, **kwargs: Any) -> list[str]:
                 sizes["submit"].append(len(specs))
@@ -98,7 +98,7 @@ def _many_tasks_through_the_client(tmp_path: Path, n: int) -> None:
             async def spy_wait(ids: list[str], *args: Any, **kwargs: Any) -> Any:
                 sizes["wait"].append(len(ids))
                 return await wait(ids, *args, **kwargs)
-            orch.submit, orch.wait_json = spy_submit, spy_wait  # type: ignore[method-assign]
+            orch.submit, orch.waits.wait_json = spy_submit, spy_wait  # type: ignore[method-assign]
 
             worst = 0.0
             stop = threading.Event()

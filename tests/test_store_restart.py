@@ -162,7 +162,7 @@ def test_door_refuses_bad_input_naming_field_and_changes_nothing(orch_env):
         assert "sample registry" in str(e4.value)
         assert store.count_tasks() == {}  # an all-or-nothing submission: nothing was accepted
         ids = orch.submit([TaskSpec(capability="echo", inputs={"x": 2})])
-        (t,) = await orch.wait(ids, timeout=5)
+        (t,) = await orch.waits.wait(ids, timeout=5)
         assert t.state is TaskState.succeeded and store.final_result(ids[0]).outputs["y"] == 4
         await worker.close()
         await orch.close()
@@ -190,10 +190,10 @@ def test_manual_autonomy_waits_for_approval_and_audits_it(orch_env):
         store, orch, worker = await orch_env(default="manual")
         ids = orch.submit([TaskSpec(capability="echo", inputs={"x": 1}), TaskSpec(capability="echo")])
         await asyncio.sleep(0.1)
-        assert orch.get_task(ids[0]).state is TaskState.pending
+        assert orch.view.get_task(ids[0]).state is TaskState.pending
         orch.approve(ids[0], actor="alice", note="fine")
         orch.reject(ids[1], actor="alice", reason="not today")
-        done = await orch.wait(ids, timeout=5)
+        done = await orch.waits.wait(ids, timeout=5)
         assert [t.state for t in done] == [TaskState.succeeded, TaskState.cancelled]
         actions = [(a.actor, a.action, a.target) for a in store.audit_entries()]
         assert ("alice", "approve", ids[0]) in actions and ("alice", "reject", ids[1]) in actions
@@ -217,10 +217,10 @@ def test_approvals_say_why_from_memory_and_again_after_a_restart(orch_env, store
 
         for name in ("audit_entries", "audit_rows", "audit_details"):
             setattr(store, name, no_audit_reads)
-        listed = orch.approvals()
+        listed = orch.view.approvals()
         assert [a["task_id"] for a in listed] == ids[2:]
         assert all("manual" in a["reason"] for a in listed), listed
-        assert [a["task_id"] for a in orch.approvals(after_seq=listed[0]["seq"])] == ids[3:]
+        assert [a["task_id"] for a in orch.view.approvals(after_seq=listed[0]["seq"])] == ids[3:]
         await worker.close()
         await orch.close()
         store.close()
@@ -228,9 +228,10 @@ def test_approvals_say_why_from_memory_and_again_after_a_restart(orch_env, store
         store2 = Store(store_url)
         orch2 = Orchestrator(store2, orch.cfg, orch.autonomy)
         await orch2.start()
-        assert [(a["task_id"], a["reason"]) for a in orch2.approvals()] == [(a["task_id"], a["reason"]) for a in listed]
+        pairs = [(a["task_id"], a["reason"]) for a in orch2.view.approvals()]
+        assert pairs == [(a["task_id"], a["reason"]) for a in listed]
         orch2.approve(ids[2], actor="bob")
-        assert [a["task_id"] for a in orch2.approvals()] == ids[3:]
+        assert [a["task_id"] for a in orch2.view.approvals()] == ids[3:]
         await orch2.close()
         store2.close()
     asyncio.run(body())
@@ -242,7 +243,7 @@ def test_retry_on_other_backend_through_the_orchestrator(orch_env):
             {"type": "echo", "name": "flaky", "fail_when_x": 3, "duration_s": 0},
             {"type": "echo", "name": "solid", "duration_s": 0.5, "time_scale": 10}])
         ids = orch.submit([TaskSpec(capability="echo", inputs={"x": 3}, pin_backend=None)])
-        (t,) = await orch.wait(ids, timeout=10)
+        (t,) = await orch.waits.wait(ids, timeout=10)
         assert t.state is TaskState.succeeded
         rs = store.results_for(ids[0])
         assert all(r.provenance.backend in ("flaky", "solid") for r in rs)
@@ -257,17 +258,17 @@ def test_stop_resume_reviews_and_autonomy_are_audited(orch_env):
     async def body():
         store, orch, worker = await orch_env([
             {"type": "echo", "name": "e1", "duration_s": 0}])
-        held = orch.hold("e1", True, actor="carol")
+        held = orch.controls.hold("e1", True, actor="carol")
         assert held == ["e1"]
         ids = orch.submit([TaskSpec(capability="echo", inputs={"x": 1})])
         await asyncio.sleep(0.1)
-        assert orch.get_task(ids[0]).state is TaskState.ready  # stopped: nothing new starts
-        orch.hold("e1", False, actor="carol")
-        (t,) = await orch.wait(ids, timeout=5)
+        assert orch.view.get_task(ids[0]).state is TaskState.ready  # stopped: nothing new starts
+        orch.controls.hold("e1", False, actor="carol")
+        (t,) = await orch.waits.wait(ids, timeout=5)
         assert t.state is TaskState.succeeded
-        orch.set_autonomy("manual", actor="carol", capability="echo")
+        orch.controls.set_autonomy("manual", actor="carol", capability="echo")
         ids = orch.submit([TaskSpec(capability="echo", inputs={"x": 2})])
-        (waiting,) = orch.approvals()
+        (waiting,) = orch.view.approvals()
         assert waiting["task_id"] == ids[0] and "manual" in waiting["reason"]
         actions = [a.action for a in store.audit_entries() if a.actor == "carol"]
         assert actions == ["stop", "resume", "autonomy"]

@@ -63,12 +63,12 @@ def test_a_tripped_interlock_suspends_the_plan_status_says_why_and_it_finishes_o
         try:
             recipe = candidate_pool(40, seed=2)[5].model_dump(mode="json")
             (s,) = orch.submit([TaskSpec(capability="synthesize", inputs={"recipe": recipe})])
-            (ts,) = await orch.wait([s], timeout=20)
+            (ts,) = await orch.waits.wait([s], timeout=20)
             assert ts.state is TaskState.succeeded, ts.error
             sample_id = store.final_result(s).outputs["sample_id"]
             (m,) = orch.submit([TaskSpec(capability="measure.co2_uptake", inputs={"sample_id": sample_id,
                                                                                   "points": 6})])
-            await until(lambda: orch.get_task(m).state is TaskState.running)  # type: ignore[union-attr]
+            await until(lambda: orch.view.get_task(m).state is TaskState.running)  # type: ignore[union-attr]
             await asyncio.sleep(0.2)
             gas = backends[1]
             (door,) = [signal_of(x) for x in gas.suspenders]  # type: ignore[attr-defined]
@@ -78,23 +78,24 @@ def test_a_tripped_interlock_suspends_the_plan_status_says_why_and_it_finishes_o
             door.publish(1)  # the door opens
 
             def message() -> str:
-                rows = [r for r in orch.status()["running"] if r["task_id"] == m]
+                rows = [r for r in orch.view.status()["running"] if r["task_id"] == m]
                 return str((rows[0]["progress"] or {}).get("message") or "") if rows else ""
 
             await until(lambda: message() == "suspended: enclosure door open")
             await asyncio.sleep(0.3)
-            assert orch.get_task(m).state is TaskState.running  # type: ignore[union-attr]
+            assert orch.view.get_task(m).state is TaskState.running  # type: ignore[union-attr]
             out = Console(record=True, width=200)
             monkeypatch.setattr(cli, "console", out)
-            cli._print_status(orch.status())
+            cli._print_status(orch.view.status())
             assert "suspended: enclosure door open" in out.export_text()
             # the dashboard's backend card says it too
-            live = [t for t in [orch.get_task(m)] if t is not None]
-            raw = Raw(now=time.time(), status=orch.status(), live=live, approvals=[], reviews=[], busy=[], samples=[])
+            live = [t for t in [orch.view.get_task(m)] if t is not None]
+            raw = Raw(now=time.time(), status=orch.view.status(), live=live, approvals=[], reviews=[], busy=[],
+                      samples=[])
             [card] = [b for b in LabView({}).snapshot(raw)["backends"] if b["name"] == "gas"]
             assert [c["waiting"] for c in card["current"]] == ["suspended: enclosure door open"]
             door.publish(0)  # closed again: the plan goes on from its checkpoint
-            (tm,) = await orch.wait([m], timeout=30)
+            (tm,) = await orch.waits.wait([m], timeout=30)
             assert tm.state is TaskState.succeeded, tm.error
             assert store.final_result(m).outputs["uptake_mmol_g"] > 0
             assert len(store.results_for(m)) == 1

@@ -89,7 +89,7 @@ def test_worker_killed_mid_task(tmp_path: Path):
             await spare.start()
             [t] = await client.wait([rep], timeout=10)
             assert t.state is TaskState.succeeded and t.backend == "spare" and t.attempts == 2
-            await until(lambda: orch.get_task(once).state is TaskState.needs_review, 5, "once -> needs_review")
+            await until(lambda: orch.view.get_task(once).state is TaskState.needs_review, 5, "once -> needs_review")
             await asyncio.sleep(5 * HB)  # time in which a wrong scheduler would re-run it
             assert (await client.task(once)).state is TaskState.needs_review
             assert _runs(log)[once] == 1 and _runs(log)[rep] == 2

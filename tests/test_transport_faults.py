@@ -218,7 +218,7 @@ def test_forged_results_and_spoofed_registers_are_refused(tmp_path: Path):
             [held, waiting] = await client.submit([{"capability": "synthesize", "inputs": RECIPE}] * 2)
             await client.approve(held)
             await until(lambda: _runs(log)[held] == 1, 10, "the approved synthesis to run")
-            assert orch.get_task(waiting).approval.value == "waiting"
+            assert orch.view.get_task(waiting).approval.value == "waiting"
 
             def forged(tid: str, attempt: int, backend: str) -> p.ResultMsg:
                 return p.ResultMsg(backend=backend, result=Result(
@@ -249,8 +249,8 @@ def test_forged_results_and_spoofed_registers_are_refused(tmp_path: Path):
             assert server.peers[server.backend_peer["robot"]].boot == worker.boot  # still the real worker
             [t] = await client.wait([held], timeout=20)
             assert t.state is TaskState.succeeded and t.attempts == 1
-            assert orch.get_task(waiting).approval.value == "waiting"
-            assert orch.get_task(waiting).state is TaskState.pending
+            assert orch.view.get_task(waiting).approval.value == "waiting"
+            assert orch.view.get_task(waiting).state is TaskState.pending
             assert {s.id for s in store.list_samples()} == {f"s-{held}"}  # no forged sample
             assert not [r for r in store.results_for(held) if r.outputs.get("sample_id", "").startswith("forged")]
             assert orch.counters["refused_result"] == 5 and orch.counters["refused_started"] == 1
@@ -295,11 +295,11 @@ def test_floods_and_spoofed_backends_leave_state_bounded(tmp_path: Path):
             assert audit_rows < 10  # progress refusals are counted, not written one by one
             # timed-out waits leave no future behind (the task waits for an approval that never comes)
             [tid] = await client.submit([{"capability": "echo", "inputs": {"x": 1}}])
-            assert orch.get_task(tid).approval.value == "waiting"
+            assert orch.view.get_task(tid).approval.value == "waiting"
             for _ in range(50):
                 with pytest.raises(WaitTimeout):
                     await client.wait([tid], timeout=0.01)
-            assert orch._waiters == {}
+            assert len(orch.waits) == 0
             # 100 spoofed backends that register and vanish are forgotten
             for i in range(100):
                 peer = RawPeer(ctx, addr)
@@ -499,7 +499,7 @@ def test_registering_again_happens_on_a_new_connection_once(tmp_path: Path):
             assert worker.registrations == regs + 1 and worker.reconnects == 1
             assert orch.counters["registrations"] == 2
             [tid] = orch.submit([TaskSpec(capability="synthesize", inputs=RECIPE)])
-            [t] = await orch.wait([tid], timeout=10)
+            [t] = await orch.waits.wait([tid], timeout=10)
             assert t.state is TaskState.succeeded and _runs(log)[tid] == 1
         finally:
             await worker.close()

@@ -184,7 +184,7 @@ def test_the_submitter_survives_a_restart(tmp_path: Path):
         try:
             orch = Orchestrator(store, cfg.orchestrator)
             await orch.start()
-            live = orch.get_task(tid)
+            live = orch.view.get_task(tid)
             assert live is not None and live.state.value in ("pending", "ready")  # live, not done
             assert live.submitter_key == key and live.submitted_by == "ada[AAAAAAAA]"
             authorise(Role.client, "cancel", live, key)

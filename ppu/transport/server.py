@@ -180,7 +180,7 @@ class OrchestratorServer:
                 await t
         self._main, self._tasks, self._subs = [], set(), {}
         for q in list(self._sub_queues.values()):
-            self.orch.unsubscribe(q)
+            self.orch.feed.unsubscribe(q)
         self._sub_queues.clear()
         if self._zap is not None:
             self._zap.stop()
@@ -477,7 +477,7 @@ class OrchestratorServer:
 
     async def _on_request(self, identity: bytes, key: str | None, msg: Any) -> None:
         try:  # authorisation, in this one place: the role of the key against the request (and its task)
-            task = self.orch.get_task(msg.task_id) if msg.type in OWN_ONLY else None
+            task = self.orch.view.get_task(msg.task_id) if msg.type in OWN_ONLY else None
             authorise(self.auth.role(key), msg.type, task, key)
         except NotAllowed as exc:
             self.orch.counters["refused_request"] += 1
@@ -609,7 +609,8 @@ class OrchestratorServer:
                 o.review(msg.task_id, msg.decision, actor, msg.reason, msg.outputs)
             case p.Approvals() | p.Reviews():
                 after = cursor(msg, int)
-                rows = (o.approvals if isinstance(msg, p.Approvals) else o.reviews)(-1 if after is None else after)
+                listing = o.view.approvals if isinstance(msg, p.Approvals) else o.view.reviews
+                rows = listing(-1 if after is None else after)
                 return self._page(msg.req, [as_json(r) for r in rows], lambda k: str(rows[k - 1]["seq"]),
                                   lambda k: f"task {rows[k]['task_id']}'s entry")
             case p.BusyLog():
@@ -619,24 +620,24 @@ class OrchestratorServer:
             case p.SampleShow():
                 return self._sample(msg)
             case p.SetAutonomy():
-                o.set_autonomy(msg.level, actor, msg.backend, msg.capability)
+                o.controls.set_autonomy(msg.level, actor, msg.backend, msg.capability)
             case p.Status():
-                st = o.status()
+                st = o.view.status()
                 st["workers"] = len(self.peers)
                 return st
             case p.Tasks():
-                found, more = o.task_rows(msg.state, msg.campaign, msg.capability, msg.limit, msg.offset,
+                found, more = o.view.task_rows(msg.state, msg.campaign, msg.capability, msg.limit, msg.offset,
                                           cursor(msg, seq_id))
                 return self._page(msg.req, [body for _, _, body in found],
                                   lambda k: f"{found[k - 1][0]}:{found[k - 1][1]}",
                                   lambda k: f"task {found[k][1]}'s record", more=more)
             case p.GetTask():
-                t = o.get_task(msg.task_id)
+                t = o.view.get_task(msg.task_id)
                 if t is None:
                     raise UnknownTaskError(f"unknown task {msg.task_id!r}", hint="ppu tasks lists the tasks")
                 return t.model_dump(mode="json")
             case p.GetResult():
-                if o.get_task(msg.task_id) is None:
+                if o.view.get_task(msg.task_id) is None:
                     raise UnknownTaskError(f"unknown task {msg.task_id!r}", hint="ppu tasks lists the tasks")
                 r = o.store.final_result(msg.task_id)
                 return r.model_dump(mode="json") if r else None
@@ -663,9 +664,9 @@ class OrchestratorServer:
     async def _hold(self, identity: bytes, msg: p.Hold, actor: str) -> None:
         try:
             if msg.held:
-                data = await self.orch.stop(msg.backend, actor, now=msg.now)
+                data = await self.orch.controls.stop(msg.backend, actor, now=msg.now)
             else:
-                data = await self.orch.resume(msg.backend, actor)
+                data = await self.orch.controls.resume(msg.backend, actor)
             async with self.orch.grouped():  # an empty group: durable once all that came before is
                 pass
             reply: Any = p.Reply(req=msg.req, data=data)
@@ -683,14 +684,14 @@ class OrchestratorServer:
     def _sample(self, msg: p.SampleShow) -> p.RawReply:
         """A sample's detail; its measurements (each with its task's outputs) in parts when they do not
         fit: a later part holds only ``measurements``."""
-        o = self.orch
+        view = self.orch.view
         skip = cursor(msg, int) or 0
-        s = o.sample_record(msg.sample_id)
+        s = view.sample_record(msg.sample_id)
         head = '{"measurements":['
         if not skip:
-            head = f'{{"sample":{s.model_dump_json()},"made_by":{as_json(o.sample_task(s.made_by))},"measurements":['
+            head = f'{{"sample":{s.model_dump_json()},"made_by":{as_json(view.sample_task(s.made_by))},"measurements":['
         tids = s.measurements[skip:]
-        return self._page(msg.req, (as_json(o.sample_task(tid)) for tid in tids), lambda k: str(skip + k),
+        return self._page(msg.req, (as_json(view.sample_task(tid)) for tid in tids), lambda k: str(skip + k),
                           lambda k: f"sample {s.id}'s measurement by task {tids[k]}" if k >= 0
                           else f"sample {s.id} with the task that made it", head=head, tail="]}")
 
@@ -702,7 +703,7 @@ class OrchestratorServer:
                 raise ValidationFailed(f"cursor {skip} is past the {len(msg.task_ids)} task ids", field="cursor",
                                        hint=CURSOR_HINT)
             ids = msg.task_ids[skip:]
-            reply: Any = self._page(msg.req, await self.orch.wait_json(ids, msg.timeout), lambda k: str(skip + k),
+            reply: Any = self._page(msg.req, await self.orch.waits.wait_json(ids, msg.timeout), lambda k: str(skip + k),
                                     lambda k: f"task {ids[k]}'s record")
         except TimeoutError:
             reply = p.Error.of(p.WaitTimeout(f"the tasks did not all end within {msg.timeout}s",
@@ -715,7 +716,7 @@ class OrchestratorServer:
         self.orch.counters["subscriptions"] += 1  # asked: a client on a new connection asks again
         if identity in self._subs:  # its connection was handed over (ROUTER_HANDOVER): the events follow it
             return
-        q = self.orch.subscribe()
+        q = self.orch.feed.subscribe()
         self._sub_queues[identity] = q
         self._subs[identity] = asyncio.get_running_loop().create_task(self._forward(identity, q))
 
@@ -725,7 +726,7 @@ class OrchestratorServer:
             t.cancel()
         q = self._sub_queues.pop(identity, None)
         if q is not None:
-            self.orch.unsubscribe(q)
+            self.orch.feed.unsubscribe(q)
 
     async def _forward(self, identity: bytes, q: asyncio.Queue[dict[str, Any]]) -> None:
         while True:
@@ -735,7 +736,7 @@ class OrchestratorServer:
                     # the subscriber went away (or stopped reading): end its subscription
                     self._subs.pop(identity, None)
                     self._sub_queues.pop(identity, None)
-                    self.orch.unsubscribe(q)
+                    self.orch.feed.unsubscribe(q)
                     return
 
 
