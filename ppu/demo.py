@@ -37,7 +37,7 @@ async def _core_demo(n: int, run_dir: Path, console: Console) -> None:
     ]
     worker = LocalWorker(orch, backends)
     await worker.start()
-    events = orch.feed.subscribe()
+    events, _ = orch.feed.subscribe()
     t0 = time.time()
     # Half independent tasks, half in chains of three (each waits for the one before), and one
     # chain whose head fails on every backend so its dependents fail with the cause named.
@@ -61,7 +61,7 @@ async def _core_demo(n: int, run_dir: Path, console: Console) -> None:
         done: set[str] = {i for i in ids if orch.sched.state_of(i) in TERMINAL_STATES}
         bar.update(job, completed=len(done))
         while len(done) < len(ids):
-            ev = await asyncio.wait_for(events.get(), timeout=60)
+            _, ev = await asyncio.wait_for(events.get(), timeout=60)
             if ev["type"] == "transition" and ev["dst"] in {s.value for s in TERMINAL_STATES}:
                 done.add(ev["task_id"])
                 bar.update(job, completed=len(done))

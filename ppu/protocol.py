@@ -426,6 +426,12 @@ class Wait(_Paged):
 
 class Subscribe(_Req):
     type: Literal["subscribe"] = "subscribe"
+    epoch: Name | None = Field(None, description=(
+        "the orchestrator run the client's last event came from (its event's epoch); with after, the "
+        "subscription goes on from there"))
+    after: int | None = Field(None, ge=0, description=(
+        "the seq of the last event the client took (of run epoch): the events after it that the orchestrator "
+        "still keeps are sent again first; the reply's missed counts those it no longer keeps"))
 
 
 class Unsubscribe(_Req):
@@ -479,6 +485,9 @@ class Event(_Msg):
 
     type: Literal["event"] = "event"
     event: dict[str, Any]
+    epoch: Name = Field("", description="the orchestrator run it comes from (a new one each time it starts)")
+    seq: int = Field(0, ge=0, description=(
+        "its number in its run, one more than the event before: a jump means the subscriber missed events"))
 
 
 class TransitionEvent(Strict):
@@ -493,6 +502,15 @@ class TransitionEvent(Strict):
     backend: str | None = Field(description="the backend it is on or was last on")
     capability: str | None
     campaign: str | None
+
+
+class GapEvent(Strict):
+    """What our clients' ``events`` yield where the stream has a hole (they make it; the orchestrator never
+    sends one): read what changed meanwhile with ``status`` / ``tasks``."""
+
+    type: Literal["gap"] = "gap"
+    missed: int | None = Field(description="how many events were missed; null when unknown (a restart)")
+    reason: str = Field(description="why, in words")
 
 
 class ProgressEvent(Strict):

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "protocol.md"
 DOC_SCHEMA = ROOT / "docs" / SCHEMA_NAME
 # not messages, but what a reply's `data` or an event's `event` holds
-EXTRA_MODELS = (Task, Result, Sample, AuditEntry, p.TransitionEvent, p.ProgressEvent)
+EXTRA_MODELS = (Task, Result, Sample, AuditEntry, p.TransitionEvent, p.ProgressEvent, p.GapEvent)
 TO_WORKER = (p.RegisterOk, p.Assign, p.Abort, p.Pause, p.Resume, p.Ack)
 LIMITS = {"max_message_bytes (default)": p.MAX_MESSAGE_BYTES, "MAX_REQ": p.MAX_REQ, "MAX_ACTOR": p.MAX_ACTOR,
           "MAX_NAME": p.MAX_NAME, "MAX_TEXT": p.MAX_TEXT, "MAX_IDS": MAX_IDS, "MAX_SUBMIT_TASKS": p.MAX_SUBMIT_TASKS,

@@ -4,8 +4,9 @@ Run as its own process, as a network is: ``python silent_line.py LISTEN_PORT UPS
 It forwards every connection to the upstream port on loopback. On SIGUSR1 the connections it carries
 go silent: nothing more is read or written on either side, and nothing is closed, as when a NAT or
 firewall drops a flow's state or a host vanishes without a word. New connections are forwarded as
-before. It writes ``STATE_DIR/listening`` once it accepts, and ``STATE_DIR/silent`` (how many
-connections it silenced) after each SIGUSR1.
+before, but only once ``STATE_DIR/hold`` does not exist (while it does, they are accepted and wait, as
+on a network still down). It writes ``STATE_DIR/listening`` once it accepts, and ``STATE_DIR/silent``
+(how many connections it silenced) after each SIGUSR1.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ class Line:
         self.silenced: list[asyncio.StreamWriter] = []  # held, so that they are never closed
 
     async def carry(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (self.state / "hold").exists():
+            await asyncio.sleep(0.05)
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         pumps = [asyncio.create_task(_pump(reader, up_writer)), asyncio.create_task(_pump(up_reader, writer))]
         self.live[id(writer)] = ([writer, up_writer], pumps)

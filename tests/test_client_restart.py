@@ -184,31 +184,32 @@ def _waits_go_on(lab: _Lab, caplog: pytest.LogCaptureFixture, through: str, inte
             loop.close()
 
 
-def _streams_go_on(lab: _Lab, through: str, interrupt: Any, subscribed: int, what: str, **client: Any) -> None:
+def _streams_go_on(lab: _Lab, through: str, interrupt: Any, subscribed: int, what: str,
+                   meanwhile: Any = None, **client: Any) -> dict[str, list[dict[str, Any]]]:
     """A blocking and an asyncio event stream (``client`` options) through ``through`` see a first task;
-    ``interrupt()`` breaks their connections; once the orchestrator has had ``subscribed`` subscriptions
-    in all, both see a task submitted after that."""
+    ``interrupt()`` breaks their connections, then ``meanwhile(probe)`` runs; once the orchestrator has had
+    ``subscribed`` subscriptions in all, both see a task submitted after that. Returns what each saw."""
     (lab.gate / "go").touch()  # nothing held here
     probe = PPUClient(lab.address, timeout=2)
-    seen: dict[str, list[tuple[str, str]]] = {"blocking": [], "async": []}
+    seen: dict[str, list[dict[str, Any]]] = {"blocking": [], "async": []}
     stop = threading.Event()
 
     def follow_blocking() -> None:
         with PPUClient(through, timeout=5, **client) as c:
             for ev in c.events(timeout=60.0):
-                seen["blocking"].append((ev.get("task_id", ""), ev.get("dst", "")))
+                seen["blocking"].append(ev)
                 if stop.is_set():
                     return
 
     async def follow_async() -> None:
         async with AsyncPPUClient(through, timeout=5, **client) as c:
             async for ev in c.events():
-                seen["async"].append((ev.get("task_id", ""), ev.get("dst", "")))
+                seen["async"].append(ev)
                 if stop.is_set():
                     return
 
     def ended(tid: str) -> bool:
-        return all((tid, "succeeded") in got for got in seen.values())
+        return all(any(e.get("task_id") == tid and e.get("dst") == "succeeded" for e in got) for got in seen.values())
 
     loop = asyncio.new_event_loop()
     threads = [threading.Thread(target=follow_blocking, daemon=True),
@@ -222,6 +223,8 @@ def _streams_go_on(lab: _Lab, through: str, interrupt: Any, subscribed: int, wha
         lab.until(lambda: ended(first), "both streams to see a first task")
 
         interrupt(probe)
+        if meanwhile is not None:
+            meanwhile(probe)
         lab.until(lambda: _counter(probe, "subscriptions") >= subscribed, "both streams to subscribe again")
         [after] = probe.submit([TaskSpec(capability="echo", inputs={"x": 2.0})])
         lab.until(lambda: ended(after), f"both streams to see the task submitted after {what}")
@@ -230,12 +233,18 @@ def _streams_go_on(lab: _Lab, through: str, interrupt: Any, subscribed: int, wha
         for t in threads:
             t.join(30)
         assert not any(t.is_alive() for t in threads) and last
+        seen["counters"] = [probe.status()["counters"]]
+        return seen
     finally:
         stop.set()
         probe.close()
         lab.stop()
         if not any(t.is_alive() for t in threads):
             loop.close()
+
+
+def _gaps(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in events if e.get("type") == "gap"]
 
 
 def _restart(lab: _Lab, counter: str, least: int) -> Any:
@@ -258,7 +267,10 @@ def test_event_streams_subscribe_again_when_the_orchestrator_restarts(tmp_path: 
     ``events``) and a blocking ``events`` loop went silent for good, though every request still worked.
     Now both subscribe again when their connection drops, and see the next task's transitions."""
     lab = _Lab(tmp_path)
-    _streams_go_on(lab, lab.address, _restart(lab, "registrations", 1), 2, "the restart")
+    seen = _streams_go_on(lab, lab.address, _restart(lab, "registrations", 1), 2, "the restart")
+    for name in ("blocking", "async"):  # the restarted orchestrator's events before it are lost: said once
+        [gap] = _gaps(seen[name])
+        assert gap["missed"] is None and "restarted" in gap["reason"], (name, gap)
 
 
 @dataclass
@@ -304,4 +316,38 @@ def test_event_streams_subscribe_again_when_the_network_goes_silent(tmp_path: Pa
     submitted after that. Without heartbeats both streams stayed silent for good."""
     lab = _Lab(tmp_path)
     line = _SilentLine(lab)
-    _streams_go_on(lab, line.address, line.go_silent, 4, "the network went silent", heartbeat_s=CLIENT_HB)
+    seen = _streams_go_on(lab, line.address, line.go_silent, 4, "the network went silent", heartbeat_s=CLIENT_HB)
+    for name in ("blocking", "async"):
+        assert not _gaps(seen[name]), seen[name]
+
+
+def test_events_a_stream_missed_while_the_network_was_silent_are_sent_again_once(tmp_path: Path) -> None:
+    """The line goes silent and holds new connections while a task runs to its end: none of its events can
+    reach the streams. Once the line carries again, each stream subscribes after the last event it took and
+    is sent those events again: each stream sees every transition of that task once, and no gap."""
+    lab = _Lab(tmp_path)
+    line = _SilentLine(lab)
+    during: list[str] = []
+
+    def meanwhile(probe: PPUClient) -> None:
+        during.extend(probe.submit([TaskSpec(capability="echo", inputs={"x": 9.0})]))
+        [task] = probe.wait(during, timeout=60)
+        assert task.state is TaskState.succeeded
+        (line.state / "hold").unlink()  # the network is back
+
+    def interrupt(probe: PPUClient) -> None:
+        (line.state / "hold").touch()  # new connections wait: the streams cannot subscribe again yet
+        line.go_silent(probe)
+
+    seen = _streams_go_on(lab, line.address, interrupt, 4, "the network went silent", meanwhile,
+                          heartbeat_s=CLIENT_HB)
+    for name in ("blocking", "async"):
+        events = seen[name]
+        moves = [e["dst"] for e in events if e.get("task_id") == during[0] and e.get("type") == "transition"]
+        assert moves[:1] == ["pending"] and moves[-1:] == ["succeeded"] and len(moves) == len(set(moves)) >= 4, \
+            (name, moves)
+        assert not _gaps(events), events
+        stamped = [(e.get("task_id"), e.get("type"), e.get("dst"), e.get("at")) for e in events]
+        assert len(stamped) == len(set(stamped)), "an event was handed on twice"
+    [counters] = seen["counters"]
+    assert counters.get("events_replayed", 0) >= 2 * 4, counters  # each stream: at least those 4 moves

@@ -137,6 +137,7 @@ def test_an_error_after_a_durable_commit_keeps_the_acks(tmp_path: Path):
         async with embedded as client:
             orch = embedded.orch
             assert orch is not None
+            listening, _ = orch.feed.subscribe()  # events are built once someone listens
             orch.feed._subscribers.append(_BrokenSubscriber())  # type: ignore[arg-type]
             ids = await client.submit([{"capability": "echo", "inputs": {"x": i}} for i in range(20)])
             assert len(ids) == 20  # answered, although carrying out the step raised afterwards
@@ -144,6 +145,7 @@ def test_an_error_after_a_durable_commit_keeps_the_acks(tmp_path: Path):
             assert embedded.store is not None
             assert {t.id for t in embedded.store.list_tasks()} >= set(ids)
             orch.feed._subscribers.clear()
+            assert not listening.empty()
             done = await client.wait(ids, timeout=20)
             assert all(t.state is TaskState.succeeded for t in done)
     run(body(), 60)

@@ -424,7 +424,8 @@ class Orchestrator:
             raise NotAllowed(f"progress for task {task_id!r}, which {backend or 'nobody'} holds now",
                              field="task_id")
         self.progress_of[task_id] = {"fraction": fraction, "message": message, "at": self.clock()}
-        self.feed.publish({"type": "progress", "task_id": task_id, "fraction": fraction, "message": message})
+        if self.feed:
+            self.feed.publish({"type": "progress", "task_id": task_id, "fraction": fraction, "message": message})
 
     def finished(self, result: Result, backend: str | None = None) -> None:
         """Record a result (idempotent by task id + attempt). The caller acks after this returns."""

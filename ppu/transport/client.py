@@ -25,6 +25,7 @@ from ppu import protocol as p
 from ppu.models import Artifact, AuditEntry, Result, Sample, Task, new_id
 from ppu.transport import ops
 from ppu.transport.aiosock import AsyncSocket
+from ppu.transport.feed_position import FeedPosition
 from ppu.transport.ops import DEFAULT_BLOCK_ROWS, ColumnsLike, SpecLike
 from ppu.transport.security import CurveKeys
 
@@ -147,7 +148,8 @@ class PPUClient(_Client):
     def _open(self) -> None:
         self._ctx: zmq.Context[Any] = zmq.Context()
         self._connect()
-        self._events: collections.deque[dict[str, Any]] = collections.deque()
+        self._events: collections.deque[p.Event] = collections.deque()
+        self._feed = FeedPosition()
 
     def _connect(self) -> None:
         self._sock = _socket(self._ctx, self.address, self.curve, self.heartbeat_s)
@@ -202,7 +204,7 @@ class PPUClient(_Client):
                 continue
             reply = _decode(self._sock.recv_multipart())
             if isinstance(reply, p.Event):
-                self._events.append(reply.event)
+                self._events.append(reply)
             elif isinstance(reply, p.Error) and reply.req in (msg.req, ""):
                 raise error_from(reply)
             elif isinstance(reply, p.Reply) and reply.req == msg.req:
@@ -311,22 +313,32 @@ class PPUClient(_Client):
         return self._drive(ops.audit(since))
 
     def events(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
-        """Subscribe and yield events (transitions, progress); stops after ``timeout`` s of silence. When
-        the connection drops (the orchestrator restarted: it knows no subscriber) it subscribes again."""
-        self.request(p.Subscribe())
+        """Subscribe and yield events (transitions, progress) from now on; stops after ``timeout`` s of
+        silence. When the connection drops it subscribes again after the last event it took, and is sent
+        again what it missed; where that cannot be (the orchestrator restarted, or no longer kept them) it
+        yields a ``gap`` event (:class:`ppu.protocol.GapEvent`): read what changed with status / tasks."""
+        feed = self._feed
+        feed.reset()
+        self._events.clear()  # an earlier stream's
+        feed.subscribed(self.request(feed.subscribe()))
         try:
             while True:
                 while self._events:
-                    yield self._events.popleft()
+                    yield from feed.take(self._events.popleft())
                 ready = dict(self._poller.poll(None if timeout is None else int(timeout * 1000) + 1))
                 if not ready:
                     return
                 if self._sock in ready:
                     msg = _decode(self._sock.recv_multipart())
                     if isinstance(msg, p.Event):
-                        self._events.append(msg.event)
-                elif self._drops() and not self._drive(ops.subscribe_again(timeout)):
-                    return  # not back within the stream's silence
+                        self._events.append(msg)
+                elif self._drops():
+                    back, data = self._drive(ops.subscribe_again(timeout, feed.subscribe))
+                    if not back:
+                        return  # not back within the stream's silence
+                    gap = feed.subscribed(data)
+                    if gap is not None:
+                        yield gap
         finally:
             with contextlib.suppress(errors.PPUError):
                 self.request(p.Unsubscribe(), 1.0)
@@ -344,7 +356,8 @@ class AsyncPPUClient(_Client):
         self._futs: dict[str, asyncio.Future[Any]] = {}
         self._droppable: set[str] = set()  # requests given up when the connection drops
         self._resubscribing: asyncio.Task[None] | None = None
-        self._queues: list[asyncio.Queue[dict[str, Any]]] = []
+        self._queues: list[asyncio.Queue[dict[str, Any]]] = []  # one per events() consumer
+        self._feed = FeedPosition()  # where this client's one subscription is in the feed
 
     def _ensure(self) -> None:
         if self._sock is None:
@@ -381,8 +394,13 @@ class AsyncPPUClient(_Client):
                 self._resubscribing = asyncio.get_running_loop().create_task(self._subscribe_again())
 
     async def _subscribe_again(self) -> None:
-        """After a drop, subscribe again for whoever follows events (see :func:`ops.subscribe_again`)."""
-        await self._drive(ops.subscribe_again(None))
+        """After a drop, subscribe again for whoever follows events, after the last event taken (see
+        :func:`ops.subscribe_again`)."""
+        _, data = await self._drive(ops.subscribe_again(None, self._feed.subscribe))
+        gap = self._feed.subscribed(data)
+        if gap is not None:
+            for q in self._queues:
+                q.put_nowait(gap)
 
     async def close(self) -> None:
         if self._resubscribing is not None:
@@ -411,8 +429,9 @@ class AsyncPPUClient(_Client):
                     fut.set_exception(exc)
                 continue
             if isinstance(msg, p.Event):
-                for q in self._queues:
-                    q.put_nowait(msg.event)
+                for ev in self._feed.take(msg):
+                    for q in self._queues:
+                        q.put_nowait(ev)
             elif isinstance(msg, p.Reply | p.Error):
                 fut = self._futs.pop(msg.req, None)
                 if fut is not None and not fut.done():
@@ -621,9 +640,14 @@ class AsyncPPUClient(_Client):
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         """Subscribe and yield events until the consumer stops iterating."""
         q: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        first = not self._queues
         self._queues.append(q)
         try:
-            await self.request(p.Subscribe())
+            if first:  # a new stream: from now on
+                self._feed.reset()
+                self._feed.subscribed(await self.request(self._feed.subscribe()))
+            else:  # the subscription is there already: asking again is the same as once
+                await self.request(p.Subscribe())
             while True:
                 yield await q.get()
         finally:

@@ -403,21 +403,22 @@ def wait(task_ids: str | list[str], timeout: float | None, client_timeout: float
     return out
 
 
-def subscribe_again(timeout: float | None) -> Op[bool]:
+def subscribe_again(timeout: float | None, subscribe: Callable[[], p.Subscribe]) -> Op[tuple[bool, Any]]:
     """Subscribe again after the connection dropped (a restarted orchestrator knows no subscriber), asking
-    until it answers; False when ``timeout`` seconds pass first (None: as long as it takes)."""
+    ``subscribe()`` (after the last event taken) until it answers: (True, the reply's data), or (False, None)
+    when ``timeout`` seconds pass first (None: as long as it takes)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         try:
-            yield Call(p.Subscribe(), None if deadline is None else max(0.1, deadline - time.monotonic()),
-                       again_on_drop=True)
+            data = yield Call(subscribe(), None if deadline is None else max(0.1, deadline - time.monotonic()),
+                              again_on_drop=True)
             log.info("subscribed again after the connection dropped")
-            return True
+            return True, data
         except p.ConnectionDropped:
             continue  # dropped again before the answer: asked again, it goes out when the orchestrator is back
         except p.NotAnswering:  # not back yet (the client replaced its socket): ask again while time is left
             if deadline is not None and time.monotonic() >= deadline:
-                return False
+                return False, None
 
 
 def timed_out(given: float | None) -> str:

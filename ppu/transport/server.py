@@ -48,6 +48,7 @@ from ppu.errors import (
 )
 from ppu.models import AuditEntry, Result, TaskSpec
 from ppu.orchestrator import Orchestrator
+from ppu.orchestrator.feed import Stamped
 from ppu.transport.aiosock import AsyncSocket
 from ppu.transport.paging import CURSOR_HINT, as_json, at_id, cursor, page, seq_id, too_large
 from ppu.transport.security import OWN_ONLY, Authorizer, authorise, check_bind, load_keypair
@@ -125,7 +126,7 @@ class OrchestratorServer:
         self._main: list[asyncio.Task[None]] = []
         self._asks: dict[str, asyncio.Future[str]] = {}
         self._subs: dict[bytes, asyncio.Task[None]] = {}
-        self._sub_queues: dict[bytes, asyncio.Queue[dict[str, Any]]] = {}
+        self._sub_queues: dict[bytes, asyncio.Queue[Stamped]] = {}
         self._outbox: list[tuple[bytes, Any]] | None = None
         self.burst = 256  # most messages handled in one group commit
         self.burst_bytes = 1 << 20  # and most bytes: a burst of big submits is cut short
@@ -656,7 +657,7 @@ class OrchestratorServer:
                                   lambda k: str(entries[k - 1][0]), lambda k: "an audit entry", more=more,
                                   reverse=True)
             case p.Subscribe():
-                self._subscribe(identity)
+                return self._subscribe(identity, msg)
             case p.Unsubscribe():
                 self._unsubscribe(identity)
         return None
@@ -712,13 +713,20 @@ class OrchestratorServer:
             reply = p.Error.of(exc, msg.req)
         await self.send(identity, reply)
 
-    def _subscribe(self, identity: bytes) -> None:
+    def _subscribe(self, identity: bytes, msg: p.Subscribe) -> dict[str, Any]:
+        """Start (or go on with) pushing events to ``identity``; answers where the feed is now."""
+        feed = self.orch.feed
         self.orch.counters["subscriptions"] += 1  # asked: a client on a new connection asks again
-        if identity in self._subs:  # its connection was handed over (ROUTER_HANDOVER): the events follow it
-            return
-        q = self.orch.feed.subscribe()
+        if identity in self._subs:
+            if msg.after is None:  # subscribing twice is the same as once
+                return {"epoch": feed.epoch, "seq": feed.seq, "missed": 0}
+            # Its connection was handed over (ROUTER_HANDOVER): what went into the old one may be lost, so
+            # the subscription starts again after the last event the client took.
+            self._unsubscribe(identity)
+        q, missed = feed.subscribe(msg.epoch, msg.after)
         self._sub_queues[identity] = q
         self._subs[identity] = asyncio.get_running_loop().create_task(self._forward(identity, q))
+        return {"epoch": feed.epoch, "seq": feed.seq, "missed": missed}
 
     def _unsubscribe(self, identity: bytes) -> None:
         t = self._subs.pop(identity, None)
@@ -728,10 +736,11 @@ class OrchestratorServer:
         if q is not None:
             self.orch.feed.unsubscribe(q)
 
-    async def _forward(self, identity: bytes, q: asyncio.Queue[dict[str, Any]]) -> None:
+    async def _forward(self, identity: bytes, q: asyncio.Queue[Stamped]) -> None:
+        epoch = self.orch.feed.epoch
         while True:
-            ev = await q.get()
-            if not await self.send(identity, p.Event(event=ev)):
+            seq, ev = await q.get()
+            if not await self.send(identity, p.Event(event=ev, epoch=epoch, seq=seq)):
                 if self._sock is not None and identity not in self.peers:
                     # the subscriber went away (or stopped reading): end its subscription
                     self._subs.pop(identity, None)
