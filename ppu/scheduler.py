@@ -250,6 +250,11 @@ class Scheduler:
         self._batch_seq = 0
         self._step = Step()
         self._terminal: dict[str, _T] = {}  # tasks that ended during the current step
+        # Live tasks counted and listed without a walk over all of them: a status, and the approvals and
+        # reviews a dashboard asks for at every refresh, cost the same behind a backlog of 100,000 tasks.
+        self._depths: dict[str, dict[str, int]] = {}  # capability -> state -> live tasks
+        self._listed: dict[TaskState, dict[str, None]] = {S.running: {}, S.needs_review: {}}  # ordered sets
+        self._awaiting: dict[str, None] = {}  # live tasks waiting for a person's approval
         self._now = 0.0
         self._last_tick = 0.0
         # Counts changes that may bring next_wake() earlier (a batch flush, a retry's backoff, a
@@ -327,18 +332,24 @@ class Scheduler:
     def live_tasks(self, state: S | None = None, approval: ApprovalState | None = None,
                    after_seq: int = -1) -> Iterable[Task]:
         """Live tasks, in no order; with ``state``, ``approval`` or ``after_seq`` only those that match
-        (chosen before any model is built: a lab may hold tens of thousands)."""
+        (chosen before any model is built: a lab may hold tens of thousands; running, in review and
+        waiting for approval are read from their own lists, not found among all of them)."""
         if state is None and approval is None and after_seq < 0:
             return (t.to_task() for t in self._tasks.values())
-        return (t.to_task() for t in self._tasks.values()
+        listed = self._listed.get(state) if state is not None else None
+        among: Iterable[str] = listed if listed is not None else \
+            self._awaiting if approval is ApprovalState.waiting else self._tasks
+        tasks = self._tasks
+        return (t.to_task() for t in (tasks[tid] for tid in among)
                 if (state is None or t.state is state) and (approval is None or t.approval is approval)
                 and t.seq > after_seq)
 
     def running(self) -> Iterator[tuple[str, str, str | None, ActionClass, int]]:
         """(id, capability, backend, action, seq) of each running task, no model built (a status of a lab
         with tens of thousands of live tasks must not build one per task)."""
-        return ((t.id, t.capability, t.backend, t.action, t.seq) for t in self._tasks.values()
-                if t.state is S.running)
+        tasks = self._tasks
+        return ((t.id, t.capability, t.backend, t.action, t.seq) for t in map(tasks.__getitem__,
+                                                                              self._listed[S.running]))
 
     def backends(self) -> list[dict[str, Any]]:
         out = []
@@ -390,11 +401,9 @@ class Scheduler:
         return [e[2] for e in sorted(entries)]
 
     def queue_depths(self) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, int]] = {}
-        for t in self._tasks.values():
-            d = out.setdefault(t.capability, {})
-            d[t.state.value] = d.get(t.state.value, 0) + 1
-        return out
+        """Live tasks per capability and state."""
+        out = {cap: {state: n for state, n in d.items() if n} for cap, d in self._depths.items()}
+        return {cap: d for cap, d in out.items() if d}
 
     def restore(self, tasks: Iterable[Task], done: Iterable[tuple[str, TaskState]], at: float,
                 next_seq: int = 0, forgot: bool = False) -> None:
@@ -413,6 +422,9 @@ class Scheduler:
         for t in live:
             self._tasks[t.id] = t
             self._seq = max(self._seq, t.seq + 1)
+            self._index(t, None, t.state)
+            if t.approval is ApprovalState.waiting:
+                self._awaiting[t.id] = None
         for t in live:
             for d in t.depends_on:
                 if self._done.get(d) is not S.succeeded:
@@ -467,6 +479,8 @@ class Scheduler:
         t.attempts = 0
         self._tasks[t.id] = t
         self._record(t, None, S.pending, "submitted")
+        if t.approval is ApprovalState.waiting:
+            self._awaiting[t.id] = None
         failed_dep = next((d for d in t.depends_on if self._done.get(d) in (S.failed, S.cancelled)), None)
         if failed_dep is not None:
             self._finish(t, S.failed, f"dependency {failed_dep} {self._done[failed_dep].value}")
@@ -649,6 +663,7 @@ class Scheduler:
         if t.approval is not ApprovalState.waiting:
             raise NotAllowed(f"task {task_id} is not waiting for approval (approval: {t.approval.value})")
         t.approval = ApprovalState.approved
+        self._awaiting.pop(t.id, None)
         self._step.changed.add(t.id)
         self._maybe_ready(t)
 
@@ -657,6 +672,7 @@ class Scheduler:
         if t.approval is not ApprovalState.waiting:
             raise NotAllowed(f"task {task_id} is not waiting for approval (approval: {t.approval.value})")
         t.approval = ApprovalState.rejected
+        self._awaiting.pop(t.id, None)
         self._finish(t, S.cancelled, f"rejected by {actor}: {reason}")
 
     def _on_review(self, ev: Review) -> None:
@@ -728,6 +744,25 @@ class Scheduler:
     def _record(self, t: _T, src: TaskState | None, dst: TaskState, reason: str) -> None:
         self._step.transitions.append(Transition(t.id, src, dst, self._now, reason))
         self._step.changed.add(t.id)
+        self._index(t, src, dst)
+
+    def _index(self, t: _T, src: TaskState | None, dst: TaskState) -> None:
+        """Keep the live tasks' counts and lists (see ``_depths``) as ``t`` moves from ``src`` to ``dst``."""
+        depth = self._depths.get(t.capability)
+        if depth is None:
+            depth = self._depths[t.capability] = {}
+        if src is not None:
+            depth[src.value] -= 1
+            listed = self._listed.get(src)
+            if listed is not None:
+                del listed[t.id]
+        if dst in TERMINAL_STATES:
+            self._awaiting.pop(t.id, None)
+            return
+        depth[dst.value] = depth.get(dst.value, 0) + 1
+        listed = self._listed.get(dst)
+        if listed is not None:
+            listed[t.id] = None
 
     def _finish(self, t: _T, dst: TaskState, reason: str) -> None:
         """Move to a terminal state and settle everything that waited on this task."""

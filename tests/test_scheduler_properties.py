@@ -19,6 +19,7 @@ from sched_helpers import bad, ok, spec, task
 
 from ppu.errors import PPUError
 from ppu.events import (
+    Approve,
     Assign,
     BackendLost,
     Cancel,
@@ -27,6 +28,7 @@ from ppu.events import (
     Hold,
     Inventory,
     RegisterBackend,
+    Reject,
     Review,
     SetBackendState,
     Started,
@@ -35,7 +37,7 @@ from ppu.events import (
     Tick,
     Undelivered,
 )
-from ppu.models import TERMINAL_STATES, ActionClass, BackendState, TaskState
+from ppu.models import TERMINAL_STATES, ActionClass, ApprovalState, BackendState, TaskState
 from ppu.scheduler import Scheduler, SchedulerConfig
 
 CAPS = {"echo": ActionClass.repeatable, "synthesize": ActionClass.once}
@@ -134,14 +136,22 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert (self.s._tasks[tid].state, self.s._tasks[tid].attempts) == before
 
     @rule(cap=st.sampled_from(sorted(CAPS)), prio=st.integers(-2, 2), ndeps=st.integers(0, 2),
-          data=st.data())
-    def submit(self, cap: str, prio: int, ndeps: int, data: st.DataObject) -> None:
+          gated=st.sampled_from([False, False, True]), data=st.data())
+    def submit(self, cap: str, prio: int, ndeps: int, gated: bool, data: st.DataObject) -> None:
         tid = f"{'syn' if cap == 'synthesize' else 'dig'}{self.n}"
         self.n += 1
         deps = data.draw(st.lists(st.sampled_from(self.ids), max_size=ndeps, unique=True)) if self.ids else []
-        t = task(tid, cap, CAPS[cap], priority=prio, depends_on=deps, max_attempts=2)
+        t = task(tid, cap, CAPS[cap], priority=prio, depends_on=deps, max_attempts=2,
+                 approval=ApprovalState.waiting if gated else ApprovalState.not_required)
         if self._do(Submit(t, self.now)) is not None:
             self.ids.append(tid)
+
+    @precondition(lambda self: any(t.approval is ApprovalState.waiting for t in self.s._tasks.values()))
+    @rule(data=st.data(), approve=st.booleans())
+    def decide(self, data: st.DataObject, approve: bool) -> None:
+        tid = data.draw(st.sampled_from(
+            sorted(t.id for t in self.s._tasks.values() if t.approval is ApprovalState.waiting)))
+        self._do(Approve(tid, self.now, "ada") if approve else Reject(tid, self.now, "ada", "no"))
 
     @rule(name=st.sampled_from(sorted(BACKENDS)), keep=st.booleans())
     def register(self, name: str, keep: bool) -> None:
@@ -221,6 +231,24 @@ class SchedulerMachine(RuleBasedStateMachine):
                 assert t.id not in seen, (t.id, t.state)
 
     @invariant()
+    def counts_and_lists_of_live_tasks_match_a_walk_over_them(self) -> None:
+        live = list(self.s._tasks.values())
+        depths: dict[str, Counter[str]] = {}
+        for t in live:
+            depths.setdefault(t.capability, Counter())[t.state.value] += 1
+        assert self.s.queue_depths() == {c: dict(d) for c, d in depths.items()}
+        assert sorted(r[0] for r in self.s.running()) == sorted(t.id for t in live if t.state is TaskState.running)
+        for state in (TaskState.needs_review, TaskState.ready, None):
+            assert sorted(t.id for t in self.s.live_tasks(state=state, after_seq=0 if state is None else -1)) == \
+                sorted(t.id for t in live if (state is None or t.state is state) and t.seq > (-1 if state else 0))
+        waiting = sorted(t.id for t in self.s.live_tasks(approval=ApprovalState.waiting))
+        assert waiting == sorted(t.id for t in live if t.approval is ApprovalState.waiting)
+        # the lists themselves hold no more than they should (a stale entry would cost every read)
+        assert sorted(self.s._awaiting) == waiting
+        for state, listed in self.s._listed.items():
+            assert sorted(listed) == sorted(t.id for t in live if t.state is state), state
+
+    @invariant()
     def terminal_exactly_once(self) -> None:
         for tid, n in self.terminal_entries.items():
             assert n == 1, (tid, n)
@@ -247,6 +275,8 @@ class SchedulerMachine(RuleBasedStateMachine):
             for t in list(self.s._tasks.values()):
                 if t.state is TaskState.needs_review:
                     self._do(Review(t.id, "fail", self.now, reason="teardown"))
+                elif t.approval is ApprovalState.waiting:
+                    self._do(Approve(t.id, self.now, "teardown"))
         assert not self.s._tasks, {t.id: t.state for t in self.s._tasks.values()}
         for tid in self.ids:
             assert self.s.state_of(tid) in TERMINAL_STATES
