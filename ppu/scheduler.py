@@ -78,6 +78,10 @@ TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     S.cancelled: frozenset(),
 }
 _IN_FLIGHT = (S.assigned, S.running)
+# The live-task lists and counts (Scheduler._index) are keyed by each state's plain string: an enum
+# member hashes in Python (~0.25 us) and every transition of every task updates them.
+_RUNNING, _REVIEW = S.running, S.needs_review
+_ENDED = frozenset(s._value_ for s in TERMINAL_STATES)
 _ACCEPTING = (BackendState.online, BackendState.busy)
 _SKIP_LIMIT = 64  # heads a freed slot may pass over (pinned elsewhere, avoided, limits) per pull
 _std_dumps = functools.partial(json.dumps, separators=(",", ":"), allow_nan=False)
@@ -253,7 +257,7 @@ class Scheduler:
         # Live tasks counted and listed without a walk over all of them: a status, and the approvals and
         # reviews a dashboard asks for at every refresh, cost the same behind a backlog of 100,000 tasks.
         self._depths: dict[str, dict[str, int]] = {}  # capability -> state -> live tasks
-        self._listed: dict[TaskState, dict[str, None]] = {S.running: {}, S.needs_review: {}}  # ordered sets
+        self._listed: dict[str, dict[str, None]] = {_RUNNING._value_: {}, _REVIEW._value_: {}}  # ordered sets
         self._awaiting: dict[str, None] = {}  # live tasks waiting for a person's approval
         self._now = 0.0
         self._last_tick = 0.0
@@ -336,7 +340,7 @@ class Scheduler:
         waiting for approval are read from their own lists, not found among all of them)."""
         if state is None and approval is None and after_seq < 0:
             return (t.to_task() for t in self._tasks.values())
-        listed = self._listed.get(state) if state is not None else None
+        listed = self._listed.get(state._value_) if state is not None else None
         among: Iterable[str] = listed if listed is not None else \
             self._awaiting if approval is ApprovalState.waiting else self._tasks
         tasks = self._tasks
@@ -349,7 +353,7 @@ class Scheduler:
         with tens of thousands of live tasks must not build one per task)."""
         tasks = self._tasks
         return ((t.id, t.capability, t.backend, t.action, t.seq) for t in map(tasks.__getitem__,
-                                                                              self._listed[S.running]))
+                                                                              self._listed[_RUNNING._value_]))
 
     def backends(self) -> list[dict[str, Any]]:
         out = []
@@ -752,17 +756,17 @@ class Scheduler:
         if depth is None:
             depth = self._depths[t.capability] = {}
         if src is not None:
-            depth[src.value] -= 1
-            listed = self._listed.get(src)
-            if listed is not None:
-                del listed[t.id]
-        if dst in TERMINAL_STATES:
+            key = src._value_
+            depth[key] -= 1
+            if src is _RUNNING or src is _REVIEW:
+                del self._listed[key][t.id]
+        key = dst._value_
+        if key in _ENDED:
             self._awaiting.pop(t.id, None)
             return
-        depth[dst.value] = depth.get(dst.value, 0) + 1
-        listed = self._listed.get(dst)
-        if listed is not None:
-            listed[t.id] = None
+        depth[key] = depth.get(key, 0) + 1
+        if dst is _RUNNING or dst is _REVIEW:
+            self._listed[key][t.id] = None
 
     def _finish(self, t: _T, dst: TaskState, reason: str) -> None:
         """Move to a terminal state and settle everything that waited on this task."""

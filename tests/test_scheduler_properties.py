@@ -246,7 +246,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         # the lists themselves hold no more than they should (a stale entry would cost every read)
         assert sorted(self.s._awaiting) == waiting
         for state, listed in self.s._listed.items():
-            assert sorted(listed) == sorted(t.id for t in live if t.state is state), state
+            assert sorted(listed) == sorted(t.id for t in live if t.state.value == state), state
 
     @invariant()
     def terminal_exactly_once(self) -> None:
