@@ -25,8 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ppu.errors import JournalFailed
+from ppu.events import Step
 from ppu.models import ActionClass, AuditEntry, Sample, TaskState
-from ppu.scheduler import Step
 from ppu.store import Rows, Store
 
 log = logging.getLogger(__name__)

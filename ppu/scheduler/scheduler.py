@@ -3,30 +3,18 @@
 No IO, no clock, no threads: every event carries its time, and the asyncio/ZMQ shell around it
 (``ppu.orchestrator``) journals the returned transitions to the store *before* it carries out the
 instructions or acknowledges anything. Task states move only through :data:`TRANSITIONS`;
-anything else raises :class:`~ppu.errors.IllegalTransition`.
-
-Data layout, chosen for 1,000 backends x 100,000 queued tasks (see benchmarks/scheduler_scale.py):
-- ready tasks sit in one heap per (capability, minimum fidelity) plus one heap per pinned backend,
-  ordered by (-priority, deadline, submission seq): priorities first, then earliest deadline,
-  then FIFO. Entries are removed lazily (a per-task queue version marks stale ones).
-- ``_free[capability]`` holds the backends that could take work now, so a task arriving while
-  everything is busy costs one heap push, and a freed slot costs a few heap peeks.
+anything else raises :class:`~ppu.errors.IllegalTransition`. The state it keeps, the moves and the
+placement of ready tasks are :class:`~ppu.scheduler.placement.Placement`'s; here are the events and
+the rules each follows.
 """
 
 from __future__ import annotations
 
-import collections
-import functools
 import heapq
-import json
-import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
-from ppu.errors import IllegalTransition, NotAllowed, UnknownBackendError, UnknownTaskError
+from ppu.errors import NotAllowed, UnknownTaskError
 from ppu.events import (
     Abort,
     Approve,
@@ -47,7 +35,6 @@ from ppu.events import (
     Step,
     Submit,
     Tick,
-    Transition,
     Undelivered,
 )
 from ppu.models import (
@@ -61,210 +48,14 @@ from ppu.models import (
     ResultStatus,
     Task,
     TaskState,
-    limit_violations,
 )
+from ppu.scheduler.placement import IN_FLIGHT, RUNNING, TRANSITIONS, Placement, S, SchedulerConfig
+from ppu.scheduler.records import BackendRecord, TaskRecord
 
-S = TaskState
-# The one table of legal moves. Terminal states have no way out.
-TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
-    # pending/ready -> succeeded: a late result for the attempt that was being retried.
-    S.pending: frozenset({S.ready, S.succeeded, S.failed, S.cancelled}),
-    S.ready: frozenset({S.assigned, S.pending, S.succeeded, S.cancelled, S.failed}),
-    S.assigned: frozenset({S.running, S.ready, S.pending, S.succeeded, S.failed, S.cancelled, S.needs_review}),
-    S.running: frozenset({S.succeeded, S.failed, S.cancelled, S.needs_review, S.pending}),
-    S.needs_review: frozenset({S.ready, S.succeeded, S.failed, S.cancelled}),
-    S.succeeded: frozenset(),
-    S.failed: frozenset(),
-    S.cancelled: frozenset(),
-}
-_IN_FLIGHT = (S.assigned, S.running)
-# The live-task lists and counts (Scheduler._index) are keyed by each state's plain string: an enum
-# member hashes in Python (~0.25 us) and every transition of every task updates them.
-_RUNNING, _REVIEW = S.running, S.needs_review
-_ENDED = frozenset(s._value_ for s in TERMINAL_STATES)
-_ACCEPTING = (BackendState.online, BackendState.busy)
-_SKIP_LIMIT = 64  # heads a freed slot may pass over (pinned elsewhere, avoided, limits) per pull
-_std_dumps = functools.partial(json.dumps, separators=(",", ":"), allow_nan=False)
+__all__ = ["TRANSITIONS", "Scheduler", "SchedulerConfig"]
 
 
-def _dumps(obj: Any) -> str:
-    """Compact JSON of a record's fields (orjson, several times faster; what it cannot write, such as
-    an integer beyond 64 bits, the standard library writes). Numbers here are finite: the task
-    models refuse NaN and infinities at the door."""
-    try:
-        return orjson.dumps(obj).decode()
-    except TypeError:
-        return _std_dumps(obj)
-
-
-class _T:
-    """The scheduler's compact record of a live task (about 300 bytes; Task is the boundary form)."""
-
-    __slots__ = (
-        "_static", "action", "approval", "attempts", "avoid", "backend", "batch_id", "block", "campaign",
-        "cancel_requested", "capability", "deadline", "depends_on", "deps_left", "error", "id", "inputs",
-        "max_attempts", "min_fidelity", "not_before", "pin", "priority", "qver", "ready_at", "sample_id", "seq",
-        "state", "submitted_at", "submitted_by", "submitter_key",
-    )
-
-    def __init__(self, t: Task):
-        self.id = t.id
-        self.capability = t.capability
-        self.inputs = t.inputs
-        self.block = t.block
-        self.action = t.action
-        self.priority = t.priority
-        self.campaign = t.campaign
-        self.depends_on = tuple(t.depends_on)
-        self.deadline = t.deadline
-        self.pin = t.pin_backend
-        self.min_fidelity = t.min_fidelity
-        self.max_attempts = t.max_attempts
-        self.sample_id = t.sample_id
-        self.seq = t.seq
-        self.state = t.state
-        self.approval = t.approval
-        self.attempts = t.attempts
-        self.backend = t.backend
-        self.submitted_at = t.submitted_at
-        self.submitted_by = t.submitted_by
-        self.submitter_key = t.submitter_key
-        self.not_before = t.not_before
-        self.avoid: tuple[str, ...] = tuple(t.avoid)
-        self.cancel_requested = t.cancel_requested
-        self.error = t.error
-        self.batch_id = t.batch_id
-        self.deps_left = 0
-        self.qver = 0
-        self.ready_at = 0.0
-        self._static: str | None = None  # body_json's fields that never change, serialised once
-
-    def key(self) -> tuple[int, float, int]:
-        return (-self.priority, self.deadline if self.deadline is not None else math.inf, self.seq)
-
-    def size(self) -> int:
-        """Bytes of the task's record as journaled (its inputs, mostly): what it adds to an assignment."""
-        if self._static is None:
-            self.body_json()
-        return len(self._static or "")
-
-    def blob_size(self) -> int:
-        """Bytes of a columnar task's rows (as stored): what it adds to an assignment's binary frames."""
-        return 0 if self.block is None else self.block.bytes
-
-    def body_json(self) -> str:
-        """The task as the store keeps it: the JSON of :meth:`to_task`, without building the model
-        (this runs for every change of every task; tests check both forms agree). The fields fixed
-        at submission (inputs among them) are serialised once; only the changing ones each time."""
-        static = self._static
-        if static is None:
-            static = self._static = _dumps({
-                "id": self.id, "capability": self.capability, "inputs": self.inputs, "action": self.action.value,
-                "priority": self.priority, "campaign": self.campaign, "depends_on": list(self.depends_on),
-                "deadline": self.deadline, "pin_backend": self.pin, "min_fidelity": self.min_fidelity,
-                "max_attempts": self.max_attempts, "sample_id": self.sample_id,
-                "block": None if self.block is None else self.block.model_dump(mode="json"), "seq": self.seq,
-                "submitted_at": self.submitted_at, "submitted_by": self.submitted_by,
-                "submitter_key": self.submitter_key,
-            })[:-1]
-        return static + "," + _dumps({
-            "state": self.state.value, "approval": self.approval.value, "attempts": self.attempts,
-            "backend": self.backend, "not_before": self.not_before, "avoid": list(self.avoid),
-            "cancel_requested": self.cancel_requested, "error": self.error, "batch_id": self.batch_id,
-        })[1:]
-
-    def to_task(self) -> Task:
-        return Task.model_construct(
-            id=self.id, capability=self.capability, inputs=self.inputs, block=self.block, action=self.action,
-            priority=self.priority, campaign=self.campaign, depends_on=list(self.depends_on),
-            deadline=self.deadline, pin_backend=self.pin, min_fidelity=self.min_fidelity,
-            max_attempts=self.max_attempts, sample_id=self.sample_id, seq=self.seq, state=self.state,
-            approval=self.approval, attempts=self.attempts, backend=self.backend,
-            submitted_at=self.submitted_at, submitted_by=self.submitted_by, submitter_key=self.submitter_key,
-            not_before=self.not_before, avoid=list(self.avoid),
-            cancel_requested=self.cancel_requested, error=self.error, batch_id=self.batch_id,
-        )
-
-
-@dataclass(slots=True)
-class _B:
-    spec: BackendSpec
-    state: BackendState
-    alive_until: float
-    liveness_s: float
-    held: bool = False
-    registered: bool = True
-    used: int = 0  # slots in use (a batch uses one slot)
-    backlog_s: float = 0.0  # expected seconds of work in flight
-    batches: dict[str, list[str]] = field(default_factory=dict)  # batch id -> task ids
-    offers: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # cap -> (fid, dur, cost)
-    reg: str = ""  # the registration in force; assignments are numbered under it
-    seq: int = 0  # the last assignment number given under ``reg``
-    stamps: dict[str, tuple[int, float]] = field(default_factory=dict)  # batch id -> (number, sent at)
-    unreachable: bool = False  # an assignment could not be sent: nothing new until it is heard from
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    def accepting(self) -> bool:
-        return self.registered and self.state in _ACCEPTING and not self.held and not self.unreachable
-
-    def free(self) -> int:
-        return self.spec.slots - self.used if self.accepting() else 0
-
-
-@dataclass(frozen=True, slots=True)
-class SchedulerConfig:
-    backoff_base_s: float = 1.0
-    backoff_max_s: float = 300.0
-    restart_grace_s: float = 10.0  # how long a restarted scheduler waits for workers to come back
-    forget_after_s: float = 60.0  # a lost backend holding nothing is forgotten this long after its loss
-    tick_gap_s: float = 1.0  # ticks further apart than this mean the orchestrator itself stalled
-    # A batch stops growing before its tasks' records pass max_batch_bytes, or its columnar tasks' rows
-    # max_batch_blob_bytes: its assignment is one message. One task always goes, however large (the
-    # door bounds each task). 0: no bound.
-    max_batch_bytes: int = 0
-    max_batch_blob_bytes: int = 0
-    # Ended tasks whose end state is kept here (for dependencies and duplicate ids), the newest ones;
-    # once older ones are let go (:attr:`Scheduler.forgot`), the shell asks its store about an id it
-    # does not find (:meth:`Scheduler.recall`). Memory stays bounded however many tasks a lab runs.
-    done_kept: int = 50_000
-
-
-class Scheduler:
-    def __init__(self, config: SchedulerConfig | None = None):
-        self.cfg = config or SchedulerConfig()
-        self._tasks: dict[str, _T] = {}  # every non-terminal task
-        # The newest done_kept ended tasks, oldest first: their end state. An OrderedDict: a dict whose
-        # oldest key is deleted at every insert rescans the dead slots before it (quadratic in done_kept).
-        self._done: collections.OrderedDict[str, TaskState] = collections.OrderedDict()
-        self.forgot = False  # an ended task was let go of (or not restored): unknown ids may be in the store
-        self._dependents: dict[str, list[str]] = {}
-        self._ready: dict[str, dict[float, list[tuple[tuple[int, float, int], int, str]]]] = {}
-        self._pinned: dict[str, list[tuple[tuple[int, float, int], int, str]]] = {}
-        self._delayed: list[tuple[float, str]] = []  # (not_before, task id)
-        self._backends: dict[str, _B] = {}
-        self._offered_by: dict[str, set[str]] = {}  # capability -> backend names
-        self._free: dict[str, set[str]] = {}  # capability -> backends with a free slot now
-        self._flush_at: dict[str, float] = {}  # batch backend -> when its partial batch must leave
-        self._sample_holder: dict[str, str] = {}
-        self._sample_waiters: dict[str, set[str]] = {}  # sample id -> ready tasks refused for it
-        self._seq = 0
-        self._batch_seq = 0
-        self._step = Step()
-        self._terminal: dict[str, _T] = {}  # tasks that ended during the current step
-        # Live tasks counted and listed without a walk over all of them: a status, and the approvals and
-        # reviews a dashboard asks for at every refresh, cost the same behind a backlog of 100,000 tasks.
-        self._depths: dict[str, dict[str, int]] = {}  # capability -> state -> live tasks
-        self._listed: dict[str, dict[str, None]] = {_RUNNING._value_: {}, _REVIEW._value_: {}}  # ordered sets
-        self._awaiting: dict[str, None] = {}  # live tasks waiting for a person's approval
-        self._now = 0.0
-        self._last_tick = 0.0
-        # Counts changes that may bring next_wake() earlier (a batch flush, a retry's backoff, a
-        # registration's liveness): the shell re-arms its clock only when this moved.
-        self.timers = 0
-
+class Scheduler(Placement):
     # ---- public surface ------------------------------------------------------------------
 
     def handle(self, event: Event) -> Step:
@@ -353,7 +144,7 @@ class Scheduler:
         with tens of thousands of live tasks must not build one per task)."""
         tasks = self._tasks
         return ((t.id, t.capability, t.backend, t.action, t.seq) for t in map(tasks.__getitem__,
-                                                                              self._listed[_RUNNING._value_]))
+                                                                              self._listed[RUNNING._value_]))
 
     def backends(self) -> list[dict[str, Any]]:
         out = []
@@ -422,7 +213,7 @@ class Scheduler:
         self._seq = max(self._seq, next_seq)
         for tid, st in done:
             self._ended(tid, st)
-        live = [_T(t) for t in tasks]
+        live = [TaskRecord(t) for t in tasks]
         for t in live:
             self._tasks[t.id] = t
             self._seq = max(self._seq, t.seq + 1)
@@ -438,12 +229,13 @@ class Scheduler:
                 self._enqueue(t)
             elif t.state is S.pending and t.not_before is not None:
                 heapq.heappush(self._delayed, (t.not_before, t.id))
-            elif t.state in _IN_FLIGHT and t.backend:
+            elif t.state in IN_FLIGHT and t.backend:
                 b = self._backends.get(t.backend)
                 if b is None:
                     spec = BackendSpec(name=t.backend, kind="digital", capabilities=[{"name": t.capability}])
-                    b = self._backends[t.backend] = _B(spec=spec, state=BackendState.offline, registered=False,
-                                                       alive_until=at + self.cfg.restart_grace_s, liveness_s=0)
+                    b = self._backends[t.backend] = BackendRecord(
+                        spec=spec, state=BackendState.offline, registered=False,
+                        alive_until=at + self.cfg.restart_grace_s, liveness_s=0)
                 b.batches.setdefault(t.batch_id or t.id, []).append(t.id)
                 if t.sample_id:
                     self._sample_holder[t.sample_id] = t.id
@@ -476,7 +268,7 @@ class Scheduler:
         for d in task.depends_on:
             if d not in self._tasks and d not in self._done:
                 raise UnknownTaskError(f"dependency {d!r} is not a known task", field="depends_on")
-        t = _T(task)
+        t = TaskRecord(task)
         t.seq = self._seq
         self._seq += 1
         t.state = S.pending
@@ -499,7 +291,7 @@ class Scheduler:
         self.timers += 1
         spec = ev.spec
         old = self._backends.get(spec.name)
-        b = _B(spec=spec, state=spec.state, alive_until=ev.at + ev.liveness_s, liveness_s=ev.liveness_s,
+        b = BackendRecord(spec=spec, state=spec.state, alive_until=ev.at + ev.liveness_s, liveness_s=ev.liveness_s,
                reg=ev.reg)
         b.offers = {c.name: (c.fidelity, c.duration_s, c.cost) for c in spec.capabilities}
         self._backends[spec.name] = b
@@ -561,7 +353,7 @@ class Scheduler:
         for tid, attempt in inv.running:  # work the worker runs that nobody expects any more
             t = self._tasks.get(tid)
             if (t is not None and t.attempts == attempt and t.backend == b.name
-                    and (t.state in _IN_FLIGHT or t.state is S.needs_review)):
+                    and (t.state in IN_FLIGHT or t.state is S.needs_review)):
                 continue
             self._step.instructions.append(Abort(b.name, tid, attempt))
 
@@ -599,7 +391,7 @@ class Scheduler:
         if b.accepting():
             self._pull(b)
 
-    def _check_holder(self, t: _T | None, attempt: int, backend: str | None, what: str) -> None:
+    def _check_holder(self, t: TaskRecord | None, attempt: int, backend: str | None, what: str) -> None:
         """Refuse a start or result from a backend that does not hold the attempt it names."""
         if t is None or backend is None or (1 <= attempt < t.attempts):
             return  # ended task or an earlier attempt: judged later (dropped or kept as late)
@@ -623,7 +415,7 @@ class Scheduler:
         if t is None:
             self._step.instructions.append(Dropped(r.task_id, r.attempt, "task already ended"))
             return
-        late = t.state not in _IN_FLIGHT
+        late = t.state not in IN_FLIGHT
         # A late result is still the truth about the attempt it names: accept it while the task
         # waits for review (the worker came back) or for its retry (saves re-running it).
         if r.attempt != t.attempts or (late and t.state not in (S.needs_review, S.pending, S.ready)):
@@ -653,7 +445,7 @@ class Scheduler:
 
     def _on_cancel(self, task_id: str, reason: str) -> None:
         t = self._live(task_id)
-        if t.state in _IN_FLIGHT:
+        if t.state in IN_FLIGHT:
             if not t.cancel_requested:
                 t.cancel_requested = True
                 self._step.changed.add(t.id)
@@ -723,7 +515,7 @@ class Scheduler:
             elif not b.registered and b.alive_until + self.cfg.forget_after_s < now:
                 self._forget(b)
 
-    def _forget(self, b: _B) -> None:
+    def _forget(self, b: BackendRecord) -> None:
         """A lost backend that holds nothing and never came back: let go of it (bounded memory)."""
         pinned = self._pinned.get(b.name, [])
         if any(self._valid(e) for e in pinned):
@@ -737,40 +529,9 @@ class Scheduler:
 
     # ---- state changes ---------------------------------------------------------------------
 
-    def _move(self, t: _T, dst: TaskState, reason: str) -> None:
-        if dst not in TRANSITIONS[t.state]:
-            raise IllegalTransition(t.id, t.state.value, dst.value)
-        self._record(t, t.state, dst, reason)
-        t.state = dst
-        if dst is S.ready:
-            t.ready_at = self._now
-
-    def _record(self, t: _T, src: TaskState | None, dst: TaskState, reason: str) -> None:
-        self._step.transitions.append(Transition(t.id, src, dst, self._now, reason))
-        self._step.changed.add(t.id)
-        self._index(t, src, dst)
-
-    def _index(self, t: _T, src: TaskState | None, dst: TaskState) -> None:
-        """Keep the live tasks' counts and lists (see ``_depths``) as ``t`` moves from ``src`` to ``dst``."""
-        depth = self._depths.get(t.capability)
-        if depth is None:
-            depth = self._depths[t.capability] = {}
-        if src is not None:
-            key = src._value_
-            depth[key] -= 1
-            if src is _RUNNING or src is _REVIEW:
-                del self._listed[key][t.id]
-        key = dst._value_
-        if key in _ENDED:
-            self._awaiting.pop(t.id, None)
-            return
-        depth[key] = depth.get(key, 0) + 1
-        if dst is _RUNNING or dst is _REVIEW:
-            self._listed[key][t.id] = None
-
-    def _finish(self, t: _T, dst: TaskState, reason: str) -> None:
+    def _finish(self, t: TaskRecord, dst: TaskState, reason: str) -> None:
         """Move to a terminal state and settle everything that waited on this task."""
-        if t.state in _IN_FLIGHT:
+        if t.state in IN_FLIGHT:
             self._release(t)
         if dst is not S.succeeded:
             t.error = reason
@@ -797,7 +558,7 @@ class Scheduler:
                     self._terminal[d.id] = d
                     stack.append(d)
 
-    def _maybe_ready(self, t: _T) -> None:
+    def _maybe_ready(self, t: TaskRecord) -> None:
         if t.state is not S.pending or t.deps_left > 0:
             return
         if t.approval in (ApprovalState.waiting, ApprovalState.rejected):
@@ -809,8 +570,8 @@ class Scheduler:
         self._enqueue(t)
         self._place(t)
 
-    def _retry(self, t: _T, why: str, avoid: str | None) -> None:
-        if t.state in _IN_FLIGHT:
+    def _retry(self, t: TaskRecord, why: str, avoid: str | None) -> None:
+        if t.state in IN_FLIGHT:
             self._release(t)
         if avoid and avoid not in t.avoid:
             t.avoid = (*t.avoid, avoid)
@@ -821,7 +582,7 @@ class Scheduler:
         heapq.heappush(self._delayed, (t.not_before, t.id))
         self.timers += 1
 
-    def _requeue(self, t: _T, why: str) -> None:
+    def _requeue(self, t: TaskRecord, why: str) -> None:
         """Back to the queue: the attempt provably never reached a worker (nothing ran)."""
         self._release(t)
         t.error = None
@@ -829,7 +590,7 @@ class Scheduler:
         self._enqueue(t)
         self._place(t)
 
-    def _interrupt(self, t: _T, why: str) -> None:
+    def _interrupt(self, t: TaskRecord, why: str) -> None:
         """The backend running ``t`` vanished: requeue digital work, hold physical work for a person."""
         if t.cancel_requested:
             self._finish(t, S.cancelled, f"cancelled; backend gone ({why})")
@@ -842,7 +603,7 @@ class Scheduler:
         else:
             self._finish(t, S.failed, f"gave up after {t.attempts} attempts: {why}")
 
-    def _release(self, t: _T) -> None:
+    def _release(self, t: TaskRecord) -> None:
         """Take ``t`` off its backend (if still there); frees the slot when its batch is empty."""
         name = t.backend
         if t.sample_id and self._sample_holder.get(t.sample_id) == t.id:
@@ -866,224 +627,3 @@ class Scheduler:
                 b.backlog_s = max(0.0, b.backlog_s - self._duration(b, t.capability))
                 self._refresh_free(b)
                 self._pull(b)
-
-    # ---- queues and placement --------------------------------------------------------------
-
-    def _enqueue(self, t: _T) -> None:
-        t.qver += 1
-        entry = (t.key(), t.qver, t.id)
-        if t.pin:
-            heapq.heappush(self._pinned.setdefault(t.pin, []), entry)
-        else:
-            heapq.heappush(self._ready.setdefault(t.capability, {}).setdefault(t.min_fidelity, []), entry)
-
-    def _valid(self, e: tuple[Any, int, str]) -> bool:
-        t = self._tasks.get(e[2])
-        return t is not None and t.state is S.ready and t.qver == e[1]
-
-    def _stale_delayed(self, e: tuple[float, str]) -> bool:
-        t = self._tasks.get(e[1])
-        return t is None or t.state is not S.pending or t.not_before != e[0]
-
-    def _peek(self, heap: list[tuple[Any, int, str]]) -> tuple[Any, int, str] | None:
-        while heap and not self._valid(heap[0]):
-            heapq.heappop(heap)
-        return heap[0] if heap else None
-
-    def _heaps_for(self, b: _B) -> list[list[tuple[Any, int, str]]]:
-        heaps = []
-        for cap, (fid, _, _) in b.offers.items():
-            for minf, heap in self._ready.get(cap, {}).items():
-                if minf <= fid and heap:
-                    heaps.append(heap)
-        pinned = self._pinned.get(b.name)
-        if pinned:
-            heaps.append(pinned)
-        return heaps
-
-    def _acceptable(self, b: _B, t: _T) -> bool:
-        offer = b.offers.get(t.capability)
-        if offer is None or offer[0] < t.min_fidelity or (t.pin and t.pin != b.name):
-            return False
-        if t.block is not None and not b.spec.columnar:  # a block waits for a backend that runs blocks
-            return False
-        if b.spec.safe_limits and limit_violations(b.spec.safe_limits, t.inputs):
-            return False
-        if t.sample_id and self._sample_holder.get(t.sample_id, t.id) != t.id:
-            self._sample_waiters.setdefault(t.sample_id, set()).add(t.id)
-            return False
-        if b.name in t.avoid:
-            # "on another backend where possible": only refuse while another candidate is up.
-            others = self._offered_by.get(t.capability, set()) - {b.name} - set(t.avoid)
-            if any(self._backends[o].accepting() for o in others):
-                return False
-        return True
-
-    def _pull(self, b: _B) -> None:
-        """Fill ``b``'s free slots with the best ready tasks it can take."""
-        skipped: list[tuple[list[Any], tuple[Any, int, str]]] = []
-        while b.free() > 0:
-            best: tuple[Any, int, str] | None = None
-            best_heap: list[Any] | None = None
-            for heap in self._heaps_for(b):
-                head = self._peek(heap)
-                if head is not None and (best is None or head < best):
-                    best, best_heap = head, heap
-            if best is None or best_heap is None:
-                break
-            t = self._tasks[best[2]]
-            if not self._acceptable(b, t):
-                skipped.append((best_heap, heapq.heappop(best_heap)))
-                if len(skipped) >= _SKIP_LIMIT:
-                    break
-                continue
-            if b.spec.batch_size > 1:
-                if not self._pull_batch(b, t):
-                    break
-            else:
-                heapq.heappop(best_heap)
-                self._assign(b, [t])
-        for heap, e in skipped:
-            heapq.heappush(heap, e)
-
-    def _pull_batch(self, b: _B, head: _T) -> bool:
-        """Take up to batch_size ready tasks of head's capability; wait for more until the flush time."""
-        cap = head.capability
-        fid = b.offers[cap][0]
-        heaps = [h for minf, h in self._ready.get(cap, {}).items() if minf <= fid]
-        if b.name in self._pinned:
-            heaps.append(self._pinned[b.name])
-        if self._flush_at.get(b.name, 0.0) > self._now and sum(map(len, heaps)) < b.spec.batch_size:
-            # A partial batch already waits for its flush time, and even every queued entry would not
-            # fill it: nothing changes (without this, each task of a burst re-scanned the whole queue).
-            return False
-        taken: list[tuple[list[Any], tuple[Any, int, str]]] = []
-        aside: list[tuple[list[Any], tuple[Any, int, str]]] = []
-        budget, blob_budget = self.cfg.max_batch_bytes, self.cfg.max_batch_blob_bytes
-        size = blobs = 0
-        full = False
-        while len(taken) < b.spec.batch_size and len(aside) < _SKIP_LIMIT:
-            best: tuple[Any, int, str] | None = None
-            best_heap: list[Any] | None = None
-            for h in heaps:
-                e = self._peek(h)
-                if e is not None and (best is None or e < best):
-                    best, best_heap = e, h
-            if best is None or best_heap is None:
-                break
-            t = self._tasks[best[2]]
-            if taken and t.capability == cap and ((budget and size + t.size() > budget)
-                                                  or (blob_budget and blobs + t.blob_size() > blob_budget)):
-                full = True  # as many bytes as one assignment carries: it leaves now, the task waits
-                break
-            heapq.heappop(best_heap)
-            if t.capability == cap and self._acceptable(b, t):
-                taken.append((best_heap, best))
-                size += t.size() if budget else 0
-                blobs += t.blob_size()
-            else:
-                aside.append((best_heap, best))
-        for h, e in aside:
-            heapq.heappush(h, e)
-        if not taken:
-            return False
-        if len(taken) < b.spec.batch_size and not full:
-            flush = min(self._tasks[e[2]].ready_at for _, e in taken) + b.spec.batch_wait_s
-            if flush > self._now:
-                for h, e in taken:
-                    heapq.heappush(h, e)
-                self._flush_at[b.name] = min(flush, self._flush_at.get(b.name, math.inf))
-                self.timers += 1
-                return False
-        self._flush_at.pop(b.name, None)
-        self._assign(b, [self._tasks[e[2]] for _, e in taken])
-        return True
-
-    def _assign(self, b: _B, tasks: list[_T]) -> None:
-        self._batch_seq += 1
-        batch_id = f"{b.name}#{self._batch_seq}" if len(tasks) > 1 else tasks[0].id
-        for t in tasks:
-            t.attempts += 1
-            t.backend = b.name
-            t.batch_id = batch_id if len(tasks) > 1 else None
-            if t.sample_id:
-                self._sample_holder[t.sample_id] = t.id
-            self._move(t, S.assigned, f"on {b.name}")
-        b.batches[batch_id] = [t.id for t in tasks]
-        b.seq += 1
-        b.stamps[batch_id] = (b.seq, self._now)
-        b.used += 1
-        b.backlog_s += self._duration(b, tasks[0].capability)
-        self._refresh_free(b)
-        self._step.instructions.append(Assign(b.name, batch_id, tuple((t.id, t.attempts) for t in tasks),
-                                              b.reg, b.seq))
-
-    def _place(self, t: _T) -> None:
-        """A task just became ready: offer it to free backends, best by policy first."""
-        free = self._free.get(t.capability)
-        if not free:
-            return
-        cands = [self._backends[n] for n in free]
-        if len(cands) > 1:
-            cands.sort(key=lambda b: self._policy_key(b, t.capability))
-        for b in cands:
-            if t.state is not S.ready:
-                return
-            if self._acceptable(b, t):
-                self._pull(b)
-
-    def _policy_key(self, b: _B, cap: str) -> tuple[float, float, float, str]:
-        """Default policy: earliest expected completion, then lower cost, then higher fidelity."""
-        fid, dur, cost = b.offers[cap]
-        return (b.backlog_s / b.spec.slots + dur, cost, -fid, b.name)
-
-    def _retry_placement_for(self, caps: Iterable[str]) -> None:
-        for cap in caps:
-            for name in list(self._free.get(cap, ())):
-                self._pull(self._backends[name])
-
-    def _refresh_free(self, b: _B) -> None:
-        has = b.free() > 0
-        for cap in b.offers:
-            s = self._free.setdefault(cap, set())
-            if has:
-                s.add(b.name)
-            else:
-                s.discard(b.name)
-        if not has:
-            self._flush_at.pop(b.name, None)
-
-    def _unindex(self, b: _B) -> None:
-        for cap in b.offers:
-            self._free.get(cap, set()).discard(b.name)
-            self._offered_by.get(cap, set()).discard(b.name)
-        self._flush_at.pop(b.name, None)
-
-    # ---- helpers ---------------------------------------------------------------------------
-
-    def _key_of(self, tid: str) -> tuple[int, float, int]:
-        t = self._tasks.get(tid)
-        return t.key() if t is not None else (0, 0.0, 0)
-
-    def _duration(self, b: _B, cap: str) -> float:
-        o = b.offers.get(cap)
-        return o[1] if o else 0.0
-
-    def _effective_state(self, b: _B) -> BackendState:
-        if b.state is BackendState.online and b.used >= b.spec.slots:
-            return BackendState.busy
-        return b.state
-
-    def _backend(self, name: str) -> _B:
-        b = self._backends.get(name)
-        if b is None:
-            raise UnknownBackendError(f"unknown backend {name!r}", hint="ppu status lists the backends")
-        return b
-
-    def _live(self, task_id: str) -> _T:
-        t = self._tasks.get(task_id)
-        if t is None:
-            if task_id in self._done:
-                raise NotAllowed(f"task {task_id} already ended ({self._done[task_id].value})")
-            raise UnknownTaskError(f"unknown task {task_id!r}", hint="ppu tasks lists the tasks")
-        return t
