@@ -156,6 +156,16 @@ class Placement:
             heapq.heappop(heap)
         return heap[0] if heap else None
 
+    def _best_head(self, heaps: Iterable[list[Any]]) -> tuple[tuple[Any, int, str], list[Any]] | None:
+        """The entry that leaves first among ``heaps``' valid heads, and the heap it heads."""
+        best: tuple[Any, int, str] | None = None
+        best_heap: list[Any] = []
+        for heap in heaps:
+            head = self._peek(heap)
+            if head is not None and (best is None or head < best):
+                best, best_heap = head, heap
+        return None if best is None else (best, best_heap)
+
     def _heaps_for(self, b: BackendRecord) -> list[list[tuple[Any, int, str]]]:
         heaps = []
         for cap, (fid, _, _) in b.offers.items():
@@ -189,14 +199,10 @@ class Placement:
         """Fill ``b``'s free slots with the best ready tasks it can take."""
         skipped: list[tuple[list[Any], tuple[Any, int, str]]] = []
         while b.free() > 0:
-            best: tuple[Any, int, str] | None = None
-            best_heap: list[Any] | None = None
-            for heap in self._heaps_for(b):
-                head = self._peek(heap)
-                if head is not None and (best is None or head < best):
-                    best, best_heap = head, heap
-            if best is None or best_heap is None:
+            found = self._best_head(self._heaps_for(b))
+            if found is None:
                 break
+            best, best_heap = found
             t = self._tasks[best[2]]
             if not self._acceptable(b, t):
                 skipped.append((best_heap, heapq.heappop(best_heap)))
@@ -229,14 +235,10 @@ class Placement:
         size = blobs = 0
         full = False
         while len(taken) < b.spec.batch_size and len(aside) < _SKIP_LIMIT:
-            best: tuple[Any, int, str] | None = None
-            best_heap: list[Any] | None = None
-            for h in heaps:
-                e = self._peek(h)
-                if e is not None and (best is None or e < best):
-                    best, best_heap = e, h
-            if best is None or best_heap is None:
+            found = self._best_head(heaps)
+            if found is None:
                 break
+            best, best_heap = found
             t = self._tasks[best[2]]
             if taken and t.capability == cap and ((budget and size + t.size() > budget)
                                                   or (blob_budget and blobs + t.blob_size() > blob_budget)):
