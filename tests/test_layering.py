@@ -62,7 +62,8 @@ def test_import_contracts_hold() -> None:
 @pytest.mark.parametrize(("where", "line", "contract"), [
     ("drivers/mof/xrd.py", "import ppu.simulators.mof.world  # noqa: F401", "drivers never import simulators"),
     ("ppu/orchestrator/door.py", "import ppu.drivers.mof.analysis  # noqa: F401", "the core never imports a pack"),
-    ("ppu/scheduler/placement.py", "import sqlite3\nimport sqlalchemy  # noqa: F401", "the scheduler is a pure state machine"),
+    ("ppu/scheduler/placement.py", "import sqlite3\nimport sqlalchemy  # noqa: F401",
+     "the scheduler is a pure state machine"),
 ])
 def test_a_broken_layer_is_caught(tmp_path: Path, where: str, line: str, contract: str) -> None:
     """The contracts are not vacuous: one bad import in a copy of the tree breaks the named one."""

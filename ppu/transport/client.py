@@ -638,7 +638,8 @@ class AsyncPPUClient(_Client):
         return await self._drive(ops.audit(since))
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
-        """Subscribe and yield events until the consumer stops iterating."""
+        """Subscribe and yield events until the consumer stops iterating; after a drop, as
+        :meth:`PPUClient.events` (what was missed is sent again, or a ``gap`` event stands in its place)."""
         q: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         first = not self._queues
         self._queues.append(q)

@@ -14,6 +14,8 @@ from typing import Any
 
 from ppu import protocol as p
 
+_RESTARTED = "the orchestrator restarted: the events since the last one taken are lost"
+
 
 def _gap(missed: int | None, why: str) -> dict[str, Any]:
     return {"type": "gap", "missed": missed, "reason": why}
@@ -46,7 +48,7 @@ class FeedPosition:
             return None
         if epoch != self.epoch:  # its events since the last one taken are not known to the new run
             self.epoch, self.seq = epoch, seq
-            return _gap(None, "the orchestrator restarted: the events since the last one taken are lost")
+            return _gap(None, _RESTARTED)
         if missed and self.seq == self._asked:  # else an event past the hole came first, with its gap
             self.seq = self._asked + int(missed)  # the next one sent is right after the hole
             return _gap(int(missed), f"{missed} events were missed: the orchestrator no longer kept them")
@@ -58,8 +60,7 @@ class FeedPosition:
         if not msg.epoch:  # an orchestrator that numbers no events
             return [msg.event]
         if msg.epoch != self.epoch:
-            out = [] if self.epoch is None else [
-                _gap(None, "the orchestrator restarted: the events since the last one taken are lost")]
+            out = [] if self.epoch is None else [_gap(None, _RESTARTED)]
             self.epoch, self.seq = msg.epoch, msg.seq
             return [*out, msg.event]
         if msg.seq <= self.seq:
