@@ -56,6 +56,8 @@ __all__ = ["TRANSITIONS", "Scheduler", "SchedulerConfig"]
 
 
 class Scheduler(Placement):
+    """Turns each event into moves of the state :class:`Placement` keeps, by the rules below; reads it."""
+
     # ---- public surface ------------------------------------------------------------------
 
     def handle(self, event: Event) -> Step:
